@@ -1,0 +1,426 @@
+use aya_ebpf::{
+    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    helpers::bpf_redirect,
+    macros::{btf_map, classifier},
+    programs::TcContext,
+};
+use metadata_ebpf::{
+    Counters, DatapathConfig, FlowEntry, FlowKey, MAX_FLOWS, MAX_PORTS, METADATA_ADDR,
+    METADATA_MAC, METADATA_PORT, PortEntry,
+};
+
+#[btf_map]
+static PORTS: HashMap<u32, PortEntry, { MAX_PORTS as usize }> = HashMap::new();
+#[btf_map]
+static FLOWS: LruHashMap<FlowKey, FlowEntry, { MAX_FLOWS as usize }> = LruHashMap::new();
+#[btf_map]
+static CONFIG: Array<DatapathConfig, 1> = Array::new();
+#[btf_map]
+static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+
+/// "Not ours": let the rest of the TC chain (or the stack) decide, so we
+/// compose with other tcx programs on the same device.
+const TC_ACT_UNSPEC: i32 = -1;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const IPPROTO_TCP: u8 = 6;
+
+// Offsets inside the IPv4 header.
+const IP_CHECK: usize = 10;
+const IP_SADDR: usize = 12;
+const IP_DADDR: usize = 16;
+const IP_MIN_LEN: usize = 20;
+// Offsets inside the TCP header.
+const TCP_SPORT: usize = 0;
+const TCP_DPORT: usize = 2;
+const TCP_CHECK: usize = 16;
+const TCP_MIN_LEN: usize = 20;
+// ARP for IPv4 over Ethernet.
+const ARP_OP_REQUEST: u16 = 1;
+const ARP_OP_REPLY: u16 = 2;
+/// Bytes the parser wants in the linear part of the skb: Ethernet, IPv4 with
+/// no options and TCP with no options (options are read with skb loads).
+const PARSE_LEN: usize = ETH_HLEN + IP_MIN_LEN + TCP_MIN_LEN;
+
+macro_rules! count {
+    ($field:ident) => {
+        if let Some(c) = COUNTERS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, only this CPU writes it while we run.
+            unsafe { (*c).$field += 1 };
+        }
+    };
+}
+
+#[repr(C)]
+struct EthHdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    proto_be: u16,
+}
+
+#[repr(C)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len_be: u16,
+    id_be: u16,
+    frag_off_be: u16,
+    ttl: u8,
+    protocol: u8,
+    check: u16,
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+}
+
+#[repr(C)]
+struct ArpHdr {
+    htype_be: u16,
+    ptype_be: u16,
+    hlen: u8,
+    plen: u8,
+    op_be: u16,
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+}
+
+/// A bounds-checked pointer into the linear packet data, or None.
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Makes sure the first `PARSE_LEN` bytes (or the whole packet, if shorter)
+/// are linear, so direct packet access sees the headers.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext) {
+    if ctx.data() + PARSE_LEN > ctx.data_end() {
+        let len = ctx.len().min(PARSE_LEN as u32);
+        let _ = ctx.pull_data(len);
+    }
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[classifier]
+pub fn tap_ingress(ctx: TcContext) -> i32 {
+    pull_headers(&ctx);
+    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
+        count!(passed);
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    match u16::from_be(unsafe { (*eth).proto_be }) {
+        ETH_P_IP => tap_ipv4(&ctx),
+        ETH_P_ARP => tap_arp(&ctx),
+        _ => {
+            count!(passed);
+            TC_ACT_UNSPEC
+        }
+    }
+}
+
+/// TCP to 169.254.169.254:80 from a registered tap: rewrite towards the server.
+#[inline(always)]
+fn tap_ipv4(ctx: &TcContext) -> i32 {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        count!(passed);
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (daddr, protocol, version_ihl, frag_off, saddr) = unsafe {
+        (
+            (*ip).daddr,
+            (*ip).protocol,
+            (*ip).version_ihl,
+            u16::from_be((*ip).frag_off_be),
+            (*ip).saddr,
+        )
+    };
+    if daddr != METADATA_ADDR || protocol != IPPROTO_TCP {
+        count!(passed);
+        return TC_ACT_UNSPEC;
+    }
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || ihl < IP_MIN_LEN {
+        count!(dropped_malformed);
+        return TC_ACT_SHOT;
+    }
+    // MF set or a non-zero offset: the TCP ports may be missing, and guests
+    // never fragment TCP to the metadata service (they send DF).
+    if frag_off & 0x3fff != 0 {
+        count!(dropped_fragment);
+        return TC_ACT_SHOT;
+    }
+    let tcp = ETH_HLEN + ihl;
+    let Ok(dport_be) = ctx.load::<u16>(tcp + TCP_DPORT) else {
+        count!(dropped_malformed);
+        return TC_ACT_SHOT;
+    };
+    if u16::from_be(dport_be) != METADATA_PORT {
+        count!(passed);
+        return TC_ACT_UNSPEC;
+    }
+    // The identity comes from the tap the packet arrived on, nothing else.
+    let tap = ifindex(ctx);
+    // SAFETY: a plain-old-data copy out of the map value.
+    let Some(port) = (unsafe { PORTS.get(tap) }).copied() else {
+        count!(passed_unregistered);
+        return TC_ACT_UNSPEC;
+    };
+    let Some(config) = CONFIG.get(0).copied() else {
+        count!(dropped_not_ready);
+        return TC_ACT_SHOT;
+    };
+    if config.ready == 0 {
+        count!(dropped_not_ready);
+        return TC_ACT_SHOT;
+    }
+    let Ok(sport_be) = ctx.load::<u16>(tcp + TCP_SPORT) else {
+        count!(dropped_malformed);
+        return TC_ACT_SHOT;
+    };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        count!(dropped_malformed);
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (guest_mac, gateway_mac) = unsafe { ((*eth).src, (*eth).dst) };
+
+    remember_flow(
+        FlowKey {
+            identity_addr: port.identity_addr,
+            guest_port_be: sport_be,
+            _pad: 0,
+        },
+        FlowEntry {
+            guest_addr: saddr,
+            tap_ifindex: tap,
+            guest_mac,
+            gateway_mac,
+        },
+    );
+
+    let rewritten = rewrite(
+        ctx,
+        tcp,
+        Rewrite {
+            saddr: (saddr, port.identity_addr),
+            daddr: (METADATA_ADDR, config.server_addr),
+            port_offset: TCP_DPORT,
+            port: (dport_be, config.server_port_be),
+            eth_dst: config.server_mac,
+            eth_src: guest_mac,
+        },
+    );
+    if rewritten.is_err() {
+        count!(dropped_rewrite);
+        return TC_ACT_SHOT;
+    }
+    count!(caught);
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(config.redirect_ifindex, 0) as i32 }
+}
+
+/// Stores the return path of a flow, skipping the map write when the entry
+/// is already what we would write (the common case after the SYN).
+#[inline(always)]
+fn remember_flow(key: FlowKey, entry: FlowEntry) {
+    // SAFETY: a plain-old-data copy out of the map value.
+    if let Some(known) = unsafe { FLOWS.get(key) } {
+        if *known == entry {
+            return;
+        }
+    }
+    let _ = FLOWS.insert(key, entry, 0);
+}
+
+/// An ARP request for 169.254.169.254 from a registered tap: turn it into the
+/// reply in place and send it back out of the same tap.
+#[inline(always)]
+fn tap_arp(ctx: &TcContext) -> i32 {
+    let Some(arp) = ptr_at::<ArpHdr>(ctx, ETH_HLEN) else {
+        count!(passed);
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (htype, ptype, hlen, plen, op, sha, spa, tpa) = unsafe {
+        (
+            u16::from_be((*arp).htype_be),
+            u16::from_be((*arp).ptype_be),
+            (*arp).hlen,
+            (*arp).plen,
+            u16::from_be((*arp).op_be),
+            (*arp).sha,
+            (*arp).spa,
+            (*arp).tpa,
+        )
+    };
+    if htype != 1
+        || ptype != ETH_P_IP
+        || hlen != 6
+        || plen != 4
+        || op != ARP_OP_REQUEST
+        || tpa != METADATA_ADDR
+    {
+        count!(passed);
+        return TC_ACT_UNSPEC;
+    }
+    let tap = ifindex(ctx);
+    // SAFETY: only checks presence.
+    if unsafe { PORTS.get(tap) }.is_none() {
+        count!(passed_unregistered);
+        return TC_ACT_UNSPEC;
+    }
+    let reply = ArpHdr {
+        htype_be: 1u16.to_be(),
+        ptype_be: ETH_P_IP.to_be(),
+        hlen: 6,
+        plen: 4,
+        op_be: ARP_OP_REPLY.to_be(),
+        sha: METADATA_MAC,
+        spa: METADATA_ADDR,
+        tha: sha,
+        tpa: spa,
+    };
+    let eth = EthHdr {
+        dst: sha,
+        src: METADATA_MAC,
+        proto_be: ETH_P_ARP.to_be(),
+    };
+    if ctx.store(0, &eth, 0).is_err() || ctx.store(ETH_HLEN, &reply, 0).is_err() {
+        count!(dropped_rewrite);
+        return TC_ACT_SHOT;
+    }
+    count!(arp_answered);
+    // Out of the same tap: back to the guest that asked.
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(tap, 0) as i32 }
+}
+
+#[classifier]
+pub fn server_egress(ctx: TcContext) -> i32 {
+    pull_headers(&ctx);
+    let (Some(eth), Some(ip)) = (
+        ptr_at::<EthHdr>(&ctx, 0),
+        ptr_at::<Ipv4Hdr>(&ctx, ETH_HLEN),
+    ) else {
+        count!(egress_passed);
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let (proto, saddr, daddr, protocol, version_ihl) = unsafe {
+        (
+            u16::from_be((*eth).proto_be),
+            (*ip).saddr,
+            (*ip).daddr,
+            (*ip).protocol,
+            (*ip).version_ihl,
+        )
+    };
+    let Some(config) = CONFIG.get(0).copied() else {
+        count!(egress_passed);
+        return TC_ACT_UNSPEC;
+    };
+    if proto != ETH_P_IP || protocol != IPPROTO_TCP || saddr != config.server_addr {
+        count!(egress_passed);
+        return TC_ACT_UNSPEC;
+    }
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    if ihl < IP_MIN_LEN {
+        count!(dropped_malformed);
+        return TC_ACT_SHOT;
+    }
+    let tcp = ETH_HLEN + ihl;
+    let (Ok(sport_be), Ok(dport_be)) = (
+        ctx.load::<u16>(tcp + TCP_SPORT),
+        ctx.load::<u16>(tcp + TCP_DPORT),
+    ) else {
+        count!(dropped_malformed);
+        return TC_ACT_SHOT;
+    };
+    if sport_be != config.server_port_be {
+        count!(egress_passed);
+        return TC_ACT_UNSPEC;
+    }
+    let key = FlowKey {
+        identity_addr: daddr,
+        guest_port_be: dport_be,
+        _pad: 0,
+    };
+    // SAFETY: a plain-old-data copy out of the map value.
+    let Some(flow) = (unsafe { FLOWS.get(key) }).copied() else {
+        count!(dropped_no_flow);
+        return TC_ACT_SHOT;
+    };
+    let rewritten = rewrite(
+        &ctx,
+        tcp,
+        Rewrite {
+            saddr: (config.server_addr, METADATA_ADDR),
+            daddr: (daddr, flow.guest_addr),
+            port_offset: TCP_SPORT,
+            port: (sport_be, METADATA_PORT.to_be()),
+            eth_dst: flow.guest_mac,
+            eth_src: flow.gateway_mac,
+        },
+    );
+    if rewritten.is_err() {
+        count!(dropped_rewrite);
+        return TC_ACT_SHOT;
+    }
+    count!(replied);
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(flow.tap_ifindex, 0) as i32 }
+}
+
+/// One NAT step: (old, new) pairs for the IPv4 addresses and one TCP port,
+/// plus the new Ethernet addresses.
+struct Rewrite {
+    saddr: ([u8; 4], [u8; 4]),
+    daddr: ([u8; 4], [u8; 4]),
+    port_offset: usize,
+    port: (u16, u16),
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+}
+
+/// Applies a `Rewrite`, keeping the IPv4 and TCP checksums right (incremental
+/// updates; the TCP one includes the pseudo-header, so it also works for
+/// CHECKSUM_PARTIAL skbs from virtio guests and local sockets).
+#[inline(always)]
+fn rewrite(ctx: &TcContext, tcp: usize, rw: Rewrite) -> Result<(), i64> {
+    let ip = ETH_HLEN;
+    let tcp_check = tcp + TCP_CHECK;
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | 4;
+    for (offset, (old, new)) in [(IP_SADDR, rw.saddr), (IP_DADDR, rw.daddr)] {
+        let (old, new) = (u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64);
+        if old == new {
+            continue;
+        }
+        ctx.l4_csum_replace(tcp_check, old, new, pseudo)?;
+        ctx.l3_csum_replace(ip + IP_CHECK, old, new, 4)?;
+        ctx.store(ip + offset, &(new as u32), 0)?;
+    }
+    let (old, new) = rw.port;
+    if old != new {
+        ctx.l4_csum_replace(tcp_check, old as u64, new as u64, 2)?;
+        ctx.store(tcp + rw.port_offset, &new, 0)?;
+    }
+    ctx.store(0, &rw.eth_dst, 0)?;
+    ctx.store(6, &rw.eth_src, 0)?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Types shared by the TC programs (`src/main.rs`) and the userspace daemon.
+//!
+//! Every map value is `#[repr(C)]` with explicit padding so the layout is the
+//! same on both sides and the BTF that bpf-linker emits describes it field by
+//! field (`bpftool map dump pinned ...` prints the names). Addresses and MACs
+//! are byte arrays in wire order: the programs copy them straight from and to
+//! packets, and bpftool prints them as dotted bytes.
+#![no_std]
+
+/// The metadata address every guest asks, 169.254.169.254.
+pub const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
+/// The metadata port guests connect to.
+pub const METADATA_PORT: u16 = 80;
+/// The MAC the datapath answers ARP for 169.254.169.254 with. Locally
+/// administered (0x0a), and the last four bytes spell 169.254.169.254, so it is
+/// easy to recognise in a guest's neighbour table or a capture.
+pub const METADATA_MAC: [u8; 6] = [0x0a, 0x58, 0xa9, 0xfe, 0xa9, 0xfe];
+
+/// Capacity of the `PORTS` map (registered taps on one host).
+pub const MAX_PORTS: u32 = 65_536;
+/// Capacity of the `FLOWS` LRU map (guest connections remembered for the
+/// return path; an evicted entry only matters for a connection still open).
+pub const MAX_FLOWS: u32 = 65_536;
+
+/// Names of the maps and programs in the object file, used for pinning.
+pub mod names {
+    pub const PORTS: &str = "PORTS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const TAP_INGRESS: &str = "tap_ingress";
+    pub const SERVER_EGRESS: &str = "server_egress";
+}
+
+/// `PORTS[tap ifindex]`: a tap that is registered for metadata.
+///
+/// The identity address is what the server sees as the connection's peer; it
+/// is derived from the port's slot by userspace, so the datapath never has to
+/// trust anything the guest put in a packet to know who is asking.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortEntry {
+    /// The port's stable slot (persisted by the daemon, survives tap re-creation).
+    pub slot: u32,
+    /// Source address the guest's packets get on the way to the server.
+    pub identity_addr: [u8; 4],
+}
+
+/// `FLOWS` key: one guest TCP connection as the server sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub identity_addr: [u8; 4],
+    /// The guest's TCP source port, network byte order (left as the guest chose it).
+    pub guest_port_be: u16,
+    pub _pad: u16,
+}
+
+/// `FLOWS` value: what the return path needs to hand a reply back to the guest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The guest's own source address, as it sent it.
+    pub guest_addr: [u8; 4],
+    /// The tap the request came in on; replies leave through it.
+    pub tap_ifindex: u32,
+    /// The guest's MAC (destination of replies).
+    pub guest_mac: [u8; 6],
+    /// The MAC the guest sent to (router, DHCP port or `METADATA_MAC`); replies
+    /// come from it so the guest's neighbour cache stays consistent.
+    pub gateway_mac: [u8; 6],
+}
+
+/// `CONFIG[0]`: where caught requests go. Written by the daemon at start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// Address the server listens on (on the server end of the veth pair).
+    pub server_addr: [u8; 4],
+    /// Port the server listens on, network byte order.
+    pub server_port_be: u16,
+    /// MAC of the server end, so the redirected frame is addressed to the host.
+    pub server_mac: [u8; 6],
+    /// The outer end of the veth pair: a frame sent out of it arrives at the server end.
+    pub redirect_ifindex: u32,
+    /// Non-zero once the daemon has filled this in.
+    pub ready: u32,
+}
+
+/// `COUNTERS[0]`, per CPU: one field for each decision the programs take.
+/// Userspace sums the CPUs; `bpftool map dump` shows them by name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Tap ingress: TCP to 169.254.169.254:80 redirected to the server.
+    pub caught: u64,
+    /// Tap ingress: ARP request for 169.254.169.254 answered by the program.
+    pub arp_answered: u64,
+    /// Tap ingress: not metadata traffic, passed untouched.
+    pub passed: u64,
+    /// Tap ingress: metadata traffic on a tap that is not (or no longer) registered, passed untouched.
+    pub passed_unregistered: u64,
+    /// Tap ingress: a fragment addressed to the metadata service (the port is unknown), dropped.
+    pub dropped_fragment: u64,
+    /// Tap ingress: a truncated or inconsistent header addressed to the metadata service, dropped.
+    pub dropped_malformed: u64,
+    /// Tap ingress: the daemon has not configured the datapath yet, dropped.
+    pub dropped_not_ready: u64,
+    /// Either direction: a packet rewrite helper failed, dropped.
+    pub dropped_rewrite: u64,
+    /// Server egress: a reply translated and sent back out of its tap.
+    pub replied: u64,
+    /// Server egress: a packet for an identity address with no remembered flow, dropped.
+    pub dropped_no_flow: u64,
+    /// Server egress: not a reply from the server, passed untouched.
+    pub egress_passed: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], Copy, contain no pointers, and have
+    // explicit padding so every byte pattern is a valid value.
+    unsafe impl aya::Pod for super::PortEntry {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::Counters {}
+}
