@@ -1,4 +1,31 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
-    println!("{}", obj.len());
+//! metadata-redirector: one host-wide metadata service for the guests of a
+//! hypervisor, fed by an eBPF program on each VM tap.
+mod admin;
+mod cli;
+mod datapath;
+mod instance;
+mod metadata;
+mod port;
+mod registry;
+mod serve;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Serve(args) => serve::run(args),
+        command => admin::client::run(&cli.admin_socket, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line, naming what was wrong: scripts and operators read this.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

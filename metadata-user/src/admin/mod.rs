@@ -1,0 +1,4 @@
+//! The admin API: HTTP/1.1 + JSON on a root-only unix socket. `server` is the
+//! daemon's side, `client` is the CLI's.
+pub mod client;
+pub mod server;

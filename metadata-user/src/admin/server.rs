@@ -1,0 +1,1 @@
+//! Daemon side of the admin API (owned by the control-plane work).

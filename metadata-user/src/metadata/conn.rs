@@ -1,0 +1,62 @@
+//! Who is on the other end of a guest connection, and what we may do to the
+//! connection's socket.
+use std::{
+    net::Ipv4Addr,
+    os::fd::RawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+};
+
+use crate::{instance::InstanceDoc, port::Port};
+
+/// The guest behind one accepted connection. Built by the server from the
+/// BPF flow map (never from anything the guest sent), once per connection.
+#[derive(Clone, Debug)]
+pub struct Guest {
+    pub port: Arc<Port>,
+    /// The guest's own source address, as it sent it (for X-Forwarded-For).
+    pub guest_addr: Ipv4Addr,
+    pub conn: Arc<ConnHandle>,
+}
+
+/// Per-connection socket controls the API needs (IMDSv2 hop limit).
+#[derive(Debug)]
+pub struct ConnHandle {
+    fd: RawFd,
+    ttl: AtomicU8,
+}
+
+/// Linux's default IP TTL for our responses.
+pub const DEFAULT_TTL: u8 = 64;
+
+impl ConnHandle {
+    /// `fd` must stay open as long as this handle is used (the server keeps
+    /// the TcpStream alive for the whole connection).
+    pub fn new(fd: RawFd) -> Self {
+        Self {
+            fd,
+            ttl: AtomicU8::new(DEFAULT_TTL),
+        }
+    }
+
+    /// Sets the IP TTL of what the connection sends next. Skips the syscall
+    /// when the TTL is already right, so the common path costs nothing.
+    pub fn set_ip_ttl(&self, ttl: u8) {
+        if self.ttl.swap(ttl, Ordering::Relaxed) == ttl {
+            return;
+        }
+        let value = libc::c_int::from(ttl);
+        // SAFETY: setsockopt on a socket fd we own, with a correctly sized int.
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::IPPROTO_IP,
+                libc::IP_TTL,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! SQLite persistence (owned by the control-plane work).
