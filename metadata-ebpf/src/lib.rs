@@ -116,6 +116,41 @@ pub struct Counters {
     pub egress_passed: u64,
 }
 
+impl Counters {
+    /// Each counter with its name, in declaration order (for status output
+    /// and for summing the per-CPU copies).
+    pub fn fields(&self) -> [(&'static str, u64); 11] {
+        [
+            ("caught", self.caught),
+            ("arp_answered", self.arp_answered),
+            ("passed", self.passed),
+            ("passed_unregistered", self.passed_unregistered),
+            ("dropped_fragment", self.dropped_fragment),
+            ("dropped_malformed", self.dropped_malformed),
+            ("dropped_not_ready", self.dropped_not_ready),
+            ("dropped_rewrite", self.dropped_rewrite),
+            ("replied", self.replied),
+            ("dropped_no_flow", self.dropped_no_flow),
+            ("egress_passed", self.egress_passed),
+        ]
+    }
+
+    /// Adds another CPU's copy into this one.
+    pub fn accumulate(&mut self, other: &Counters) {
+        self.caught += other.caught;
+        self.arp_answered += other.arp_answered;
+        self.passed += other.passed;
+        self.passed_unregistered += other.passed_unregistered;
+        self.dropped_fragment += other.dropped_fragment;
+        self.dropped_malformed += other.dropped_malformed;
+        self.dropped_not_ready += other.dropped_not_ready;
+        self.dropped_rewrite += other.dropped_rewrite;
+        self.replied += other.replied;
+        self.dropped_no_flow += other.dropped_no_flow;
+        self.egress_passed += other.egress_passed;
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], Copy, contain no pointers, and have
