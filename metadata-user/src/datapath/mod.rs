@@ -27,8 +27,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
-        FdLink, LinkOrder, SchedClassifier, TcAttachType,
-        links::PinnedLink,
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
         tc::TcAttachOptions,
     },
 };

@@ -65,7 +65,7 @@ impl GuestServer {
                         continue;
                     }
                 },
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = shutdown.changed() => break,
             };
             let conn = Arc::new(ConnHandle::new(stream.as_raw_fd()));
             let Some(guest) = self.identify(peer, conn) else {
