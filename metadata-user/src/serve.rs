@@ -32,7 +32,7 @@ pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")),
         )
         .with_writer(std::io::stderr)
         .init();

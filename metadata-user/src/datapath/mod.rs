@@ -5,7 +5,7 @@
 //! DIR/maps/{PORTS,FLOWS,CONFIG,COUNTERS}   reused across restarts (flows survive)
 //! DIR/progs/{tap_ingress,server_egress}    the programs of the running daemon
 //! DIR/links/server-egress                  TCX egress link on the server end
-//! DIR/links/tap-<ifname>                   TCX ingress link on each registered tap
+//! DIR/links/tap-<ifname>                   TCX ingress link on each registered tap ('.' as %2e)
 //! ```
 //! Links are pinned so the datapath keeps working while the daemon is down
 //! or restarting; a new daemon attaches its programs next to the old links
@@ -67,6 +67,7 @@ impl Datapath {
         server: &ServerLink,
         server_port: u16,
     ) -> anyhow::Result<Self> {
+        ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
         let progs_dir = bpffs.join("progs");
         let links_dir = bpffs.join("links");
@@ -170,7 +171,7 @@ impl Datapath {
             names::TAP_INGRESS,
             ifindex,
             TcAttachType::Ingress,
-            &format!("tap-{ifname}"),
+            &tap_pin_name(ifname),
         ) {
             let _ = self.ports.remove(&ifindex);
             return Err(err.context(format!("attaching to {ifname}")));
@@ -187,7 +188,7 @@ impl Datapath {
             return Ok(());
         };
         let _ = self.ports.remove(&old.ifindex);
-        remove_pin(&self.links_dir.join(format!("tap-{ifname}")))?;
+        remove_pin(&self.links_dir.join(tap_pin_name(ifname)))?;
         info!(ifname, ifindex = old.ifindex, "tap detached");
         Ok(())
     }
@@ -210,10 +211,10 @@ impl Datapath {
         for entry in fs::read_dir(&self.links_dir)? {
             let name = entry?.file_name();
             let name = name.to_string_lossy();
-            let Some(ifname) = name.strip_prefix("tap-") else {
+            let Some(ifname) = tap_ifname_of_pin(&name) else {
                 continue;
             };
-            if !self.attached.contains_key(ifname) {
+            if !self.attached.contains_key(&ifname) {
                 debug!(ifname, "removing stale link pin");
                 remove_pin(&self.links_dir.join(name.as_ref()))?;
             }
@@ -242,7 +243,7 @@ impl Datapath {
             .with_context(|| format!("attaching {program} to {ifname}"))?;
         let link: FdLink = prog.take_link(id)?.try_into()?;
         let pin = self.links_dir.join(pin_name);
-        let staging = self.links_dir.join(format!(".{pin_name}.new"));
+        let staging = self.links_dir.join(format!("staging-{pin_name}"));
         remove_pin(&staging)?;
         let pinned: PinnedLink = link
             .pin(&staging)
@@ -252,6 +253,16 @@ impl Datapath {
         drop(pinned);
         Ok(())
     }
+}
+
+/// bpffs refuses names with a '.', which interface names may contain.
+fn tap_pin_name(ifname: &str) -> String {
+    format!("tap-{}", ifname.replace('%', "%25").replace('.', "%2e"))
+}
+
+fn tap_ifname_of_pin(pin: &str) -> Option<String> {
+    let encoded = pin.strip_prefix("tap-")?;
+    Some(encoded.replace("%2e", ".").replace("%25", "%"))
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
@@ -269,6 +280,42 @@ where
         .take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// Where bpffs is conventionally mounted; mounted by us if nobody has yet
+/// (as iproute2 and systemd do), so pins work on a bare host.
+const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let is_bpffs = |path: &Path| -> bool {
+        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs into a zeroed struct with a valid NUL-terminated path.
+        let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+        (unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } == 0) && stat.f_type as i64 == BPF_FS_MAGIC
+    };
+    // The nearest existing ancestor tells which filesystem `dir` will be on.
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    if !dir.starts_with(BPFFS_MOUNT) {
+        anyhow::bail!("{} is not on a bpffs (mount one, or use a directory under {BPFFS_MOUNT})", dir.display());
+    }
+    fs::create_dir_all(BPFFS_MOUNT)?;
+    let target = std::ffi::CString::new(BPFFS_MOUNT)?;
+    let fstype = std::ffi::CString::new("bpf")?;
+    // SAFETY: plain mount(2) with valid NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
+    }
+    info!("mounted bpffs at {BPFFS_MOUNT}");
+    Ok(())
 }
 
 fn remove_pin(path: &Path) -> anyhow::Result<()> {
