@@ -23,10 +23,15 @@ use crate::{
     datapath::{self, Datapath, netdev, reconcile::Reconciler},
     metadata::{
         api::{ApiConfig, ApiContext},
+        limits::ConnectionLimiter,
         server::GuestServer,
     },
     registry::Registry,
 };
+
+/// Open connections one port may hold. cloud-init uses one at a time; a
+/// guest's parallel tooling rarely needs more than a few.
+const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -119,6 +124,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         flows,
         registry: registry.clone(),
         api: Arc::new(api),
+        connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
     });
     let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
     info!(

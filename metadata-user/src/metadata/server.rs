@@ -21,11 +21,15 @@ use tracing::{debug, warn};
 use super::{
     api::{self, ApiContext},
     conn::{ConnHandle, Guest},
+    limits::ConnectionLimiter,
 };
 use crate::{datapath::FlowTable, registry::Registry};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line + headers) a guest may send; beyond
+/// it hyper answers 431.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// How long in-flight requests get to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,6 +37,7 @@ pub struct GuestServer {
     pub flows: Arc<FlowTable>,
     pub registry: Arc<Registry>,
     pub api: Arc<ApiContext>,
+    pub connections: Arc<ConnectionLimiter>,
 }
 
 impl GuestServer {
@@ -72,6 +77,10 @@ impl GuestServer {
                 debug!(%peer, "connection without a datapath identity, closed");
                 continue;
             };
+            let Some(permit) = self.connections.acquire(guest.port.slot) else {
+                debug!(%peer, slot = guest.port.slot, "too many open connections for this port, closed");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let server = self.clone();
             let service = service_fn(move |request| {
@@ -91,12 +100,14 @@ impl GuestServer {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
                 .serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
                     debug!(%peer, "connection: {err}");
                 }
+                drop(permit);
             });
         }
         drop(listener);
