@@ -314,10 +314,8 @@ fn tap_arp(ctx: &TcContext) -> i32 {
 #[classifier]
 pub fn server_egress(ctx: TcContext) -> i32 {
     pull_headers(&ctx);
-    let (Some(eth), Some(ip)) = (
-        ptr_at::<EthHdr>(&ctx, 0),
-        ptr_at::<Ipv4Hdr>(&ctx, ETH_HLEN),
-    ) else {
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(&ctx, 0), ptr_at::<Ipv4Hdr>(&ctx, ETH_HLEN))
+    else {
         count!(egress_passed);
         return TC_ACT_UNSPEC;
     };
@@ -407,7 +405,10 @@ fn rewrite(ctx: &TcContext, tcp: usize, rw: Rewrite) -> Result<(), i64> {
     let tcp_check = tcp + TCP_CHECK;
     let pseudo = BPF_F_PSEUDO_HDR as u64 | 4;
     for (offset, (old, new)) in [(IP_SADDR, rw.saddr), (IP_DADDR, rw.daddr)] {
-        let (old, new) = (u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64);
+        let (old, new) = (
+            u32::from_ne_bytes(old) as u64,
+            u32::from_ne_bytes(new) as u64,
+        );
         if old == new {
             continue;
         }

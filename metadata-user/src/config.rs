@@ -79,9 +79,14 @@ impl Settings {
             .entry_ifname
             .or(file.entry_ifname)
             .unwrap_or_else(|| DEFAULT_ENTRY_IFNAME.into());
-        for (flag, name) in [("--server-ifname", &server_ifname), ("--entry-ifname", &entry_ifname)] {
+        for (flag, name) in [
+            ("--server-ifname", &server_ifname),
+            ("--entry-ifname", &entry_ifname),
+        ] {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':', '\0']) {
-                bail!("{flag}: {name:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)");
+                bail!(
+                    "{flag}: {name:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)"
+                );
             }
         }
         if server_ifname == entry_ifname {
@@ -93,7 +98,10 @@ impl Settings {
                 .or(file.state_dir)
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             admin_socket,
-            bpffs: args.bpffs.or(file.bpffs).unwrap_or_else(|| DEFAULT_BPFFS.into()),
+            bpffs: args
+                .bpffs
+                .or(file.bpffs)
+                .unwrap_or_else(|| DEFAULT_BPFFS.into()),
             link: ServerLinkPlan {
                 server_ifname,
                 entry_ifname,
@@ -111,9 +119,8 @@ impl Settings {
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--config: reading {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        anyhow::anyhow!("--config {}: {}", path.display(), e.message())
-    })
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--config {}: {}", path.display(), e.message()))
 }
 
 fn parse_cidr(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
@@ -138,7 +145,8 @@ mod tests {
 
     #[test]
     fn defaults_apply() {
-        let settings = Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
         assert_eq!(settings.bpffs, Path::new(DEFAULT_BPFFS));
         assert_eq!(settings.link.server_ifname, "mdr-srv");
         assert_eq!(settings.server_port, 80);
@@ -146,7 +154,8 @@ mod tests {
 
     #[test]
     fn file_values_and_flag_precedence() {
-        let settings = with_file("bpffs = \"/sys/fs/bpf/x\"\nidentity_net = \"240.2.0.0/16\"\n").unwrap();
+        let settings =
+            with_file("bpffs = \"/sys/fs/bpf/x\"\nidentity_net = \"240.2.0.0/16\"\n").unwrap();
         assert_eq!(settings.bpffs, Path::new("/sys/fs/bpf/x"));
         assert_eq!(settings.identity.net, Ipv4Addr::new(240, 2, 0, 0));
         let dir = tempfile::tempdir().unwrap();
@@ -165,9 +174,15 @@ mod tests {
     fn unknown_and_bad_keys_are_named() {
         let err = with_file("bpfs = \"/x\"\n").unwrap_err().to_string();
         assert!(err.contains("unknown field `bpfs`"), "{err}");
-        let err = format!("{:#}", with_file("identity_net = \"240.1.0.0\"\n").unwrap_err());
+        let err = format!(
+            "{:#}",
+            with_file("identity_net = \"240.1.0.0\"\n").unwrap_err()
+        );
         assert!(err.contains("identity_net"), "{err}");
-        let err = format!("{:#}", with_file("server_ifname = \"much-too-long-name\"\n").unwrap_err());
+        let err = format!(
+            "{:#}",
+            with_file("server_ifname = \"much-too-long-name\"\n").unwrap_err()
+        );
         assert!(err.contains("--server-ifname"), "{err}");
     }
 }

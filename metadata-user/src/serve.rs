@@ -36,8 +36,9 @@ const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -59,14 +60,22 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 
     let netlink = netdev::connect()?;
     let server_link = netdev::ensure_server_link(&netlink, &settings.link).await?;
-    let datapath = Datapath::load(&settings.bpffs, settings.identity, &server_link, settings.server_port)
-        .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
+    let datapath = Datapath::load(
+        &settings.bpffs,
+        settings.identity,
+        &server_link,
+        settings.server_port,
+    )
+    .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
     let counters = datapath.counters();
     let listener = TcpListener::bind((settings.identity.server_addr, settings.server_port))
         .await
         .with_context(|| {
-            format!("listening on {}:{}", settings.identity.server_addr, settings.server_port)
+            format!(
+                "listening on {}:{}",
+                settings.identity.server_addr, settings.server_port
+            )
         })?;
 
     // Subscribe to link events before listing links, so a tap created in
@@ -110,7 +119,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         })
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::server::serve(admin_listener, registry.clone(), status));
+    let admin_task = tokio::spawn(admin::server::serve(
+        admin_listener,
+        registry.clone(),
+        status,
+    ));
 
     let api = ApiContext::new(
         ApiConfig {

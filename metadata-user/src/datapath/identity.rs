@@ -32,13 +32,23 @@ impl IdentityPlan {
     /// Checks the plan is usable: a sane prefix, the server outside the range.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !(8..=30).contains(&self.prefix_len) {
-            bail!("identity prefix length must be 8..=30, got {}", self.prefix_len);
+            bail!(
+                "identity prefix length must be 8..=30, got {}",
+                self.prefix_len
+            );
         }
         if u32::from(self.net) & !self.mask() != 0 {
-            bail!("identity network {}/{} has host bits set", self.net, self.prefix_len);
+            bail!(
+                "identity network {}/{} has host bits set",
+                self.net,
+                self.prefix_len
+            );
         }
         if self.slot_of(self.server_addr).is_some() || self.contains(self.server_addr) {
-            bail!("server address {} lies inside the identity range", self.server_addr);
+            bail!(
+                "server address {} lies inside the identity range",
+                self.server_addr
+            );
         }
         Ok(())
     }

@@ -73,7 +73,10 @@ impl Datapath {
         let links_dir = bpffs.join("links");
         for dir in [bpffs, &maps_dir, &progs_dir, &links_dir] {
             fs::create_dir_all(dir).with_context(|| {
-                format!("creating {} (is bpffs mounted at /sys/fs/bpf?)", dir.display())
+                format!(
+                    "creating {} (is bpffs mounted at /sys/fs/bpf?)",
+                    dir.display()
+                )
             })?;
         }
 
@@ -91,10 +94,14 @@ impl Datapath {
 
         for name in [names::TAP_INGRESS, names::SERVER_EGRESS] {
             let program: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
-            program.load().with_context(|| format!("verifying program {name}"))?;
+            program
+                .load()
+                .with_context(|| format!("verifying program {name}"))?;
             let pin = progs_dir.join(name);
             remove_pin(&pin)?;
-            program.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+            program
+                .pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
         }
 
         let mut config: Array<MapData, DatapathConfig> = take_map(&mut ebpf, names::CONFIG)?;
@@ -249,7 +256,8 @@ impl Datapath {
             .pin(&staging)
             .with_context(|| format!("pinning {}", staging.display()))?;
         // Renaming over the old pin drops the old link (nobody else holds it).
-        fs::rename(&staging, &pin).with_context(|| format!("moving link pin to {}", pin.display()))?;
+        fs::rename(&staging, &pin)
+            .with_context(|| format!("moving link pin to {}", pin.display()))?;
         drop(pinned);
         Ok(())
     }
@@ -294,22 +302,35 @@ fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
         };
         // SAFETY: statfs into a zeroed struct with a valid NUL-terminated path.
         let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-        (unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } == 0) && stat.f_type as i64 == BPF_FS_MAGIC
+        (unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } == 0)
+            && stat.f_type as i64 == BPF_FS_MAGIC
     };
     // The nearest existing ancestor tells which filesystem `dir` will be on.
-    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if is_bpffs(existing) {
         return Ok(());
     }
     if !dir.starts_with(BPFFS_MOUNT) {
-        anyhow::bail!("{} is not on a bpffs (mount one, or use a directory under {BPFFS_MOUNT})", dir.display());
+        anyhow::bail!(
+            "{} is not on a bpffs (mount one, or use a directory under {BPFFS_MOUNT})",
+            dir.display()
+        );
     }
     fs::create_dir_all(BPFFS_MOUNT)?;
     let target = std::ffi::CString::new(BPFFS_MOUNT)?;
     let fstype = std::ffi::CString::new("bpf")?;
     // SAFETY: plain mount(2) with valid NUL-terminated strings and no data.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");

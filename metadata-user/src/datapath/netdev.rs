@@ -57,7 +57,10 @@ pub fn connect() -> anyhow::Result<Handle> {
 
 /// Creates (or adopts) the veth pair, addresses it and routes the identity
 /// range to it. Idempotent: a restart finds everything in place.
-pub async fn ensure_server_link(handle: &Handle, plan: &ServerLinkPlan) -> anyhow::Result<ServerLink> {
+pub async fn ensure_server_link(
+    handle: &Handle,
+    plan: &ServerLinkPlan,
+) -> anyhow::Result<ServerLink> {
     let mut created = false;
     if link_by_name(handle, &plan.server_ifname).await?.is_none() {
         if link_by_name(handle, &plan.entry_ifname).await?.is_some() {
@@ -72,7 +75,12 @@ pub async fn ensure_server_link(handle: &Handle, plan: &ServerLinkPlan) -> anyho
             .add(LinkVeth::new(&plan.server_ifname, &plan.entry_ifname).build())
             .execute()
             .await
-            .with_context(|| format!("creating veth pair {}/{}", plan.server_ifname, plan.entry_ifname))?;
+            .with_context(|| {
+                format!(
+                    "creating veth pair {}/{}",
+                    plan.server_ifname, plan.entry_ifname
+                )
+            })?;
         created = true;
     }
     let server = link_by_name(handle, &plan.server_ifname)
@@ -80,17 +88,31 @@ pub async fn ensure_server_link(handle: &Handle, plan: &ServerLinkPlan) -> anyho
         .with_context(|| format!("{} vanished", plan.server_ifname))?;
     let entry = link_by_name(handle, &plan.entry_ifname)
         .await?
-        .with_context(|| format!("{} is not the peer of {}", plan.entry_ifname, plan.server_ifname))?;
+        .with_context(|| {
+            format!(
+                "{} is not the peer of {}",
+                plan.entry_ifname, plan.server_ifname
+            )
+        })?;
 
     // No IPv6 chatter (router solicitations, DAD) on a pair that only carries
     // redirected IPv4. Best effort: IPv6 may be disabled on the host.
     for ifname in [&plan.server_ifname, &plan.entry_ifname] {
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"), "1");
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+            "1",
+        );
     }
     for (index, arp) in [(server.header.index, false), (entry.header.index, true)] {
         handle
             .link()
-            .set(LinkUnspec::new_with_index(index).mtu(SERVER_LINK_MTU).arp(arp).up().build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .mtu(SERVER_LINK_MTU)
+                    .arp(arp)
+                    .up()
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("configuring interface index {index}"))?;
@@ -120,7 +142,8 @@ pub async fn ensure_server_link(handle: &Handle, plan: &ServerLinkPlan) -> anyho
     Ok(ServerLink {
         server_ifindex: server.header.index,
         entry_ifindex: entry.header.index,
-        server_mac: mac_of(&server).with_context(|| format!("{} has no MAC", plan.server_ifname))?,
+        server_mac: mac_of(&server)
+            .with_context(|| format!("{} has no MAC", plan.server_ifname))?,
         created,
     })
 }
@@ -161,15 +184,22 @@ fn name_of(link: &LinkMessage) -> Option<&str> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
     /// Appeared or changed (also sent for every existing link by `current_links`).
-    Present { ifname: String, ifindex: u32 },
-    Gone { ifname: String, ifindex: u32 },
+    Present {
+        ifname: String,
+        ifindex: u32,
+    },
+    Gone {
+        ifname: String,
+        ifindex: u32,
+    },
 }
 
 /// Subscribes to link events. Subscribe before listing the current links so
 /// nothing that happens in between is missed.
 pub fn watch_links() -> anyhow::Result<impl Stream<Item = LinkEvent>> {
     let (connection, _handle, messages) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).context("subscribing to link events")?;
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+            .context("subscribing to link events")?;
     tokio::spawn(connection);
     Ok(messages.filter_map(|(message, _)| async move {
         let NetlinkPayload::InnerMessage(message) = message.payload else {
@@ -215,16 +245,13 @@ pub fn ifname_of(ifindex: u32) -> anyhow::Result<String> {
     // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
     let ptr = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
     if ptr.is_null() {
-        bail!("no interface with index {ifindex}: {}", std::io::Error::last_os_error());
+        bail!(
+            "no interface with index {ifindex}: {}",
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
-}
-
-/// The index of the interface called `ifname`, if it exists.
-pub fn ifindex_of(ifname: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(ifname).ok()?;
-    // SAFETY: a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
+    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
 }

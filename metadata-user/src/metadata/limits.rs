@@ -71,10 +71,16 @@ mod tests {
         let limiter = ConnectionLimiter::new(2);
         let a1 = limiter.acquire(1).unwrap();
         let _a2 = limiter.acquire(1).unwrap();
-        assert!(limiter.acquire(1).is_none(), "third connection of port 1 refused");
+        assert!(
+            limiter.acquire(1).is_none(),
+            "third connection of port 1 refused"
+        );
         let _b1 = limiter.acquire(2).expect("port 2 unaffected by port 1");
         drop(a1);
         assert_eq!(limiter.open_connections(1), 1);
-        assert!(limiter.acquire(1).is_some(), "a released place can be reused");
+        assert!(
+            limiter.acquire(1).is_some(),
+            "a released place can be reused"
+        );
     }
 }

@@ -2,13 +2,7 @@
 //! from its peer address through the BPF flow map, then hands its requests
 //! to the API. A connection that did not come through a registered tap has
 //! no flow and is closed without a word.
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    os::fd::AsRawFd as _,
-    sync::Arc,
-    time::Duration,
-};
+use std::{convert::Infallible, net::SocketAddr, os::fd::AsRawFd as _, sync::Arc, time::Duration};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::{
@@ -111,7 +105,10 @@ impl GuestServer {
             });
         }
         drop(listener);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+            .await
+            .is_err()
+        {
             warn!("some guest connections were still open after {DRAIN_TIMEOUT:?}; closing them");
         }
     }
