@@ -33,3 +33,150 @@ pub struct Port {
     pub spec: PortSpec,
     pub slot: u32,
 }
+
+/// The longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_BYTES: usize = 15;
+/// Slots are 16 bits in the datapath's identity address; 0 means "none".
+pub const MAX_SLOT: u32 = 65535;
+
+/// `port add` as the CLI sends it to the daemon: the flags' strings, not yet
+/// validated (the daemon validates, so every client gets the same answers).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortAddRequest {
+    pub ifname: String,
+    pub instance: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+}
+
+impl From<crate::cli::PortAddArgs> for PortAddRequest {
+    fn from(args: crate::cli::PortAddArgs) -> Self {
+        Self {
+            ifname: args.ifname,
+            instance: args.instance,
+            port_id: args.port_id,
+            mac: args.mac,
+            ips: args.ips,
+            network_id: args.network_id,
+            project_id: args.project_id,
+        }
+    }
+}
+
+impl PortAddRequest {
+    /// Checks every field's syntax and normalizes it (canonical UUIDs,
+    /// lower-case MAC). Whether the instance exists is the registry's
+    /// question. The error is one line naming the CLI flag.
+    pub fn validate(&self) -> Result<PortSpec, String> {
+        check_ifname(&self.ifname)?;
+        let ips = self
+            .ips
+            .iter()
+            .map(|ip| {
+                ip.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("--ip: {ip:?} is not an IPv4 address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(project_id) = &self.project_id {
+            crate::instance::check_line(
+                "--project-id",
+                project_id,
+                crate::instance::MAX_TEXT_BYTES,
+            )?;
+        }
+        Ok(PortSpec {
+            ifname: self.ifname.clone(),
+            instance: parse_uuid("--instance", &self.instance)?,
+            port_id: self
+                .port_id
+                .as_deref()
+                .map(|id| parse_uuid("--port-id", id))
+                .transpose()?,
+            mac: self.mac.as_deref().map(parse_mac).transpose()?,
+            ips,
+            network_id: self
+                .network_id
+                .as_deref()
+                .map(|id| parse_uuid("--network-id", id))
+                .transpose()?,
+            project_id: self.project_id.clone(),
+        })
+    }
+}
+
+impl Port {
+    /// The port's project: its own `--project-id`, else the instance's.
+    /// Resolved when read, so replacing the instance document moves it along.
+    #[allow(dead_code)] // for the guest API (X-Tenant-ID)
+    pub fn project_id<'a>(&'a self, instance: &'a crate::instance::InstanceDoc) -> Option<&'a str> {
+        self.spec
+            .project_id
+            .as_deref()
+            .or(instance.project_id.as_deref())
+    }
+}
+
+/// What Linux accepts as an interface name (net/core/dev.c dev_valid_name),
+/// plus ':' which would make an alias name.
+pub fn check_ifname(ifname: &str) -> Result<(), String> {
+    if ifname.is_empty() {
+        return Err("--ifname: must not be empty".to_string());
+    }
+    if ifname.len() > MAX_IFNAME_BYTES {
+        return Err(format!(
+            "--ifname: {ifname:?} is longer than {MAX_IFNAME_BYTES} bytes ({} bytes)",
+            ifname.len()
+        ));
+    }
+    if ifname == "." || ifname == ".." {
+        return Err(format!("--ifname: {ifname:?} is not an interface name"));
+    }
+    if let Some(bad) = ifname
+        .chars()
+        .find(|&c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+    {
+        return Err(format!(
+            "--ifname: {ifname:?} contains {bad:?} (no '/', ':', whitespace or NUL)"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_uuid(flag: &str, text: &str) -> Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(text).map_err(|err| format!("{flag}: {text:?} is not a UUID ({err})"))
+}
+
+/// Six hex pairs separated by ':', unicast and not all zero (what Linux
+/// accepts as a device's address); returned lower-case.
+fn parse_mac(text: &str) -> Result<String, String> {
+    let octets: Vec<u8> = text
+        .split(':')
+        .map(|pair| {
+            if pair.len() == 2 && pair.bytes().all(|b| b.is_ascii_hexdigit()) {
+                u8::from_str_radix(pair, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<_>>()
+        .filter(|octets: &Vec<u8>| octets.len() == 6)
+        .ok_or_else(|| {
+            format!("--mac: {text:?} is not a MAC address (six hex pairs separated by ':')")
+        })?;
+    if octets[0] & 1 == 1 {
+        return Err(format!("--mac: {text:?} is a multicast address"));
+    }
+    if octets.iter().all(|&b| b == 0) {
+        return Err(format!("--mac: {text:?} is the all-zero address"));
+    }
+    Ok(text.to_ascii_lowercase())
+}
