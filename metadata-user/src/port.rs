@@ -180,3 +180,214 @@ fn parse_mac(text: &str) -> Result<String, String> {
     }
     Ok(text.to_ascii_lowercase())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e";
+
+    fn request() -> PortAddRequest {
+        PortAddRequest {
+            ifname: "tap0".into(),
+            instance: UUID.into(),
+            ..Default::default()
+        }
+    }
+
+    #[track_caller]
+    fn assert_refused(req: PortAddRequest, prefix: &str) {
+        let err = req.validate().expect_err("request should be refused");
+        assert!(!err.contains('\n'), "not one line: {err:?}");
+        assert!(
+            err.starts_with(prefix),
+            "{err:?} should start with {prefix:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_request_is_normalized() {
+        let spec = PortAddRequest {
+            ifname: "tap-1.x".into(),
+            instance: UUID.to_uppercase(),
+            port_id: Some("urn:uuid:11111111-2222-3333-4444-555555555555".into()),
+            mac: Some("FA:16:3E:0A:0B:0C".into()),
+            ips: vec!["10.0.0.5".into(), "192.0.2.1".into()],
+            network_id: Some("{aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee}".into()),
+            project_id: Some("p1".into()),
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(spec.instance.to_string(), UUID);
+        assert_eq!(
+            spec.port_id.unwrap().to_string(),
+            "11111111-2222-3333-4444-555555555555"
+        );
+        assert_eq!(spec.mac.as_deref(), Some("fa:16:3e:0a:0b:0c"));
+        assert_eq!(
+            spec.ips,
+            vec![Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(192, 0, 2, 1)]
+        );
+        assert_eq!(
+            spec.network_id.unwrap().to_string(),
+            "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+        );
+    }
+
+    #[test]
+    fn ifname_follows_linux_rules() {
+        assert!(
+            PortAddRequest {
+                ifname: "a".repeat(15),
+                ..request()
+            }
+            .validate()
+            .is_ok()
+        );
+        assert_refused(
+            PortAddRequest {
+                ifname: "a".repeat(16),
+                ..request()
+            },
+            "--ifname:",
+        );
+        assert_refused(
+            PortAddRequest {
+                ifname: "".into(),
+                ..request()
+            },
+            "--ifname: must not be empty",
+        );
+        for bad in ["ta/p", "ta p", "tap:1", "ta\0p", "ta\tp", ".", ".."] {
+            assert_refused(
+                PortAddRequest {
+                    ifname: bad.into(),
+                    ..request()
+                },
+                "--ifname:",
+            );
+        }
+    }
+
+    #[test]
+    fn uuids_are_checked_per_flag() {
+        assert_refused(
+            PortAddRequest {
+                instance: "web-1".into(),
+                ..request()
+            },
+            "--instance:",
+        );
+        assert_refused(
+            PortAddRequest {
+                port_id: Some("x".into()),
+                ..request()
+            },
+            "--port-id:",
+        );
+        assert_refused(
+            PortAddRequest {
+                network_id: Some("".into()),
+                ..request()
+            },
+            "--network-id:",
+        );
+    }
+
+    #[test]
+    fn mac_must_be_six_hex_pairs_unicast() {
+        for bad in [
+            "fa:16:3e:0a:0b",
+            "fa:16:3e:0a:0b:0c:0d",
+            "fa-16-3e-0a-0b-0c",
+            "fa:16:3e:0a:0b:0g",
+            "fa:16:3e:0a:0b:c",
+            "fa163e0a0b0c",
+            "+a:16:3e:0a:0b:0c",
+            "",
+        ] {
+            assert_refused(
+                PortAddRequest {
+                    mac: Some(bad.into()),
+                    ..request()
+                },
+                "--mac:",
+            );
+        }
+        assert_refused(
+            PortAddRequest {
+                mac: Some("01:00:5e:00:00:01".into()),
+                ..request()
+            },
+            "--mac: \"01:00:5e:00:00:01\" is a multicast",
+        );
+        assert_refused(
+            PortAddRequest {
+                mac: Some("ff:ff:ff:ff:ff:ff".into()),
+                ..request()
+            },
+            "--mac: \"ff:ff:ff:ff:ff:ff\" is a multicast",
+        );
+        assert_refused(
+            PortAddRequest {
+                mac: Some("00:00:00:00:00:00".into()),
+                ..request()
+            },
+            "--mac:",
+        );
+    }
+
+    #[test]
+    fn ips_must_be_ipv4() {
+        for bad in ["10.0.0", "10.0.0.256", "2001:db8::1", "10.0.0.1/24", ""] {
+            assert_refused(
+                PortAddRequest {
+                    ips: vec!["10.0.0.1".into(), bad.into()],
+                    ..request()
+                },
+                "--ip:",
+            );
+        }
+    }
+
+    #[test]
+    fn project_id_is_bounded_and_printable() {
+        assert_refused(
+            PortAddRequest {
+                project_id: Some("p".repeat(256)),
+                ..request()
+            },
+            "--project-id: longer than 255",
+        );
+        assert_refused(
+            PortAddRequest {
+                project_id: Some("a\u{7}b".into()),
+                ..request()
+            },
+            "--project-id: contains a control",
+        );
+        assert_refused(
+            PortAddRequest {
+                project_id: Some("".into()),
+                ..request()
+            },
+            "--project-id: must not be empty",
+        );
+    }
+
+    #[test]
+    fn project_id_falls_back_to_the_instance() {
+        let instance = crate::instance::InstanceDoc::from_json(
+            format!(r#"{{"uuid": "{UUID}", "name": "n", "project_id": "from-instance"}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut port = Port {
+            spec: request().validate().unwrap(),
+            slot: 1,
+        };
+        assert_eq!(port.project_id(&instance), Some("from-instance"));
+        port.spec.project_id = Some("own".into());
+        assert_eq!(port.project_id(&instance), Some("own"));
+    }
+}

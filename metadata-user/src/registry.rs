@@ -275,3 +275,407 @@ fn load(store: &Store) -> anyhow::Result<Snapshot> {
 fn parse_uuid(field: &str, text: &str) -> Result<uuid::Uuid, AdminError> {
     crate::port::parse_uuid(field, text).map_err(AdminError::Invalid)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const A: &str = "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e";
+    const B: &str = "0b5c53a2-4a8e-4b1f-8a37-2f1e5b9c7d10";
+
+    fn uuid(text: &str) -> uuid::Uuid {
+        text.parse().unwrap()
+    }
+
+    fn doc(uuid: &str, name: &str) -> Vec<u8> {
+        json!({"uuid": uuid, "name": name, "project_id": "p"})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn port(ifname: &str, instance: &str) -> PortAddRequest {
+        PortAddRequest {
+            ifname: ifname.into(),
+            instance: instance.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Everything in state.db, read behind the registry's back.
+    fn dump(dir: &Path) -> Vec<String> {
+        let conn = rusqlite::Connection::open(crate::store::db_path(dir)).unwrap();
+        let mut rows = Vec::new();
+        for query in [
+            "SELECT 'instance', uuid, doc FROM instances",
+            "SELECT 'port', ifname, slot || ' ' || spec FROM ports",
+            "SELECT 'password', uuid, password FROM passwords",
+            "SELECT 'secret', name, hex(value) FROM secrets",
+        ] {
+            let mut stmt = conn.prepare(query).unwrap();
+            let found = stmt
+                .query_map([], |r| {
+                    Ok(format!(
+                        "{} {} {}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?
+                    ))
+                })
+                .unwrap();
+            rows.extend(found.map(Result::unwrap));
+        }
+        rows.sort();
+        rows
+    }
+
+    /// A registry with instance A and port tap0 on it.
+    fn populated() -> (tempfile::TempDir, Arc<Registry>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        registry.put_instance(&doc(A, "a")).unwrap();
+        registry.add_port(port("tap0", A)).unwrap();
+        (tmp, registry)
+    }
+
+    #[track_caller]
+    fn assert_refused_without_change<T: std::fmt::Debug>(
+        dir: &Path,
+        registry: &Registry,
+        attempt: impl FnOnce() -> Result<T, AdminError>,
+        expected: fn(&AdminError) -> bool,
+        prefix: &str,
+    ) {
+        let before = dump(dir);
+        let snapshot_before = registry.snapshot();
+        let err = attempt().expect_err("should be refused");
+        assert!(expected(&err), "wrong kind: {err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(prefix),
+            "{message:?} should start with {prefix:?}"
+        );
+        assert!(!message.contains('\n'));
+        assert_eq!(dump(dir), before, "the store changed");
+        assert!(
+            Arc::ptr_eq(&registry.snapshot(), &snapshot_before),
+            "a snapshot was published"
+        );
+    }
+
+    #[test]
+    fn instances_and_ports_survive_reopen() {
+        let (tmp, registry) = populated();
+        registry.put_instance(&doc(B, "b")).unwrap();
+        registry
+            .add_port(PortAddRequest {
+                mac: Some("FA:16:3E:00:00:01".into()),
+                ..port("tap1", B)
+            })
+            .unwrap();
+        let before = registry.snapshot();
+        drop(registry);
+
+        let registry = Registry::open(tmp.path()).unwrap();
+        let after = registry.snapshot();
+        assert_eq!(after.instances.len(), 2);
+        assert_eq!(after.instance(&uuid(B)).unwrap().name, "b");
+        assert_eq!(after.ports, before.ports);
+        let tap1 = after.port_by_slot(2).unwrap();
+        assert_eq!(tap1.spec.ifname, "tap1");
+        assert_eq!(tap1.spec.mac.as_deref(), Some("fa:16:3e:00:00:01"));
+        assert_eq!(after.port_by_slot(1).unwrap().spec.ifname, "tap0");
+    }
+
+    #[test]
+    fn put_instance_replaces_and_stores_the_normalized_document() {
+        let (tmp, registry) = populated();
+        let upper = A.to_uppercase();
+        let stored = registry
+            .put_instance(
+                json!({"uuid": upper, "name": "renamed", "imds": {}})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(stored.uuid, uuid(A));
+        assert_eq!(registry.snapshot().instances.len(), 1);
+        assert_eq!(
+            registry.snapshot().instance(&uuid(A)).unwrap().name,
+            "renamed"
+        );
+        let rows = dump(tmp.path());
+        let row = rows.iter().find(|r| r.starts_with("instance")).unwrap();
+        assert!(row.contains(&format!(r#""uuid":"{A}""#)), "{row}");
+        assert!(
+            row.contains(r#""imds":{"tokens":"optional","hop_limit":1}"#),
+            "{row}"
+        );
+    }
+
+    #[test]
+    fn bad_documents_change_nothing() {
+        let (tmp, registry) = populated();
+        let cases: &[(&[u8], &str)] = &[
+            (b"{", "document: invalid JSON"),
+            (br#"{"uuid": "nope", "name": "a"}"#, "uuid:"),
+            (br#"{"name": "a"}"#, "uuid: required"),
+            (br#"{"uuid": "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e", "name": "a", "extra": 1}"#, "extra: unknown field"),
+            (br#"{"uuid": "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e", "name": "a", "user_data": "%%"}"#, "user_data:"),
+            (br#"{"uuid": "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e", "name": "a", "hostname": "a_b"}"#, "hostname:"),
+            (br#"{"uuid": "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e", "name": "a", "imds": {"hop_limit": 0}}"#, "imds.hop_limit:"),
+        ];
+        for (bytes, prefix) in cases {
+            assert_refused_without_change(
+                tmp.path(),
+                &registry,
+                || registry.put_instance(bytes),
+                |e| matches!(e, AdminError::Invalid(_)),
+                prefix,
+            );
+        }
+        // The instance that was there is untouched (the bad one had its UUID).
+        assert_eq!(registry.snapshot().instance(&uuid(A)).unwrap().name, "a");
+    }
+
+    #[test]
+    fn bad_port_requests_change_nothing() {
+        let (tmp, registry) = populated();
+        let invalid = |e: &AdminError| matches!(e, AdminError::Invalid(_));
+        let cases = [
+            (port("tap-name-too-long", A), "--ifname:"),
+            (port("tap/1", A), "--ifname:"),
+            (port("tap1", "not-a-uuid"), "--instance:"),
+            (
+                PortAddRequest {
+                    mac: Some("ff:ff:ff:ff:ff:ff".into()),
+                    ..port("tap1", A)
+                },
+                "--mac:",
+            ),
+            (
+                PortAddRequest {
+                    mac: Some("fa:16:3e".into()),
+                    ..port("tap1", A)
+                },
+                "--mac:",
+            ),
+            (
+                PortAddRequest {
+                    ips: vec!["10.0.0.300".into()],
+                    ..port("tap1", A)
+                },
+                "--ip:",
+            ),
+            (
+                PortAddRequest {
+                    port_id: Some("x".into()),
+                    ..port("tap1", A)
+                },
+                "--port-id:",
+            ),
+            (
+                PortAddRequest {
+                    network_id: Some("x".into()),
+                    ..port("tap1", A)
+                },
+                "--network-id:",
+            ),
+            // Re-adding an existing port with a bad field must not touch it either.
+            (
+                PortAddRequest {
+                    mac: Some("01:00:00:00:00:01".into()),
+                    ..port("tap0", A)
+                },
+                "--mac:",
+            ),
+        ];
+        for (request, prefix) in cases {
+            assert_refused_without_change(
+                tmp.path(),
+                &registry,
+                || registry.add_port(request),
+                invalid,
+                prefix,
+            );
+        }
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.add_port(port("tap1", B)),
+            |e| matches!(e, AdminError::NotFound(_)),
+            &format!("--instance: no instance {B}"),
+        );
+    }
+
+    #[test]
+    fn slots_are_the_smallest_free_and_stable() {
+        let (_tmp, registry) = populated();
+        registry.put_instance(&doc(B, "b")).unwrap();
+        let slot = |ifname: &str| registry.snapshot().ports[ifname].slot;
+        registry.add_port(port("tap1", A)).unwrap();
+        registry.add_port(port("tap2", A)).unwrap();
+        assert_eq!((slot("tap0"), slot("tap1"), slot("tap2")), (1, 2, 3));
+
+        // Re-adding replaces the spec and keeps the slot.
+        let readded = registry
+            .add_port(PortAddRequest {
+                ips: vec!["10.0.0.9".into()],
+                ..port("tap1", B)
+            })
+            .unwrap();
+        assert_eq!(readded.slot, 2);
+        assert_eq!(
+            registry.snapshot().port_by_slot(2).unwrap().spec.instance,
+            uuid(B)
+        );
+        assert_eq!(registry.snapshot().ports.len(), 3);
+
+        // A freed slot is the next one handed out.
+        let deleted = registry.delete_port("tap1").unwrap();
+        assert_eq!(deleted.slot, 2);
+        assert!(registry.snapshot().port_by_slot(2).is_none());
+        assert_eq!(registry.add_port(port("tap9", A)).unwrap().slot, 2);
+        assert_eq!(registry.add_port(port("tap8", A)).unwrap().slot, 4);
+    }
+
+    #[test]
+    fn slots_run_out_at_65535() {
+        let (tmp, registry) = populated();
+        // Fill every slot in memory (65535 fsynced inserts would take minutes).
+        let mut full = registry.snapshot().next();
+        let template = registry.snapshot().ports["tap0"].clone();
+        for slot in 2..=MAX_SLOT {
+            let mut spec = template.spec.clone();
+            spec.ifname = format!("t{slot}");
+            full.insert_port(Arc::new(Port { spec, slot }));
+        }
+        registry.publish(full);
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.add_port(port("tapx", A)),
+            |e| matches!(e, AdminError::Conflict(_)),
+            "--ifname: no free slot",
+        );
+        // Replacing an existing port needs no new slot.
+        assert_eq!(registry.add_port(port("t70", A)).unwrap().slot, 70);
+    }
+
+    #[test]
+    fn delete_port_unknown_or_invalid() {
+        let (tmp, registry) = populated();
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_port("tap7"),
+            |e| matches!(e, AdminError::NotFound(_)),
+            "--ifname: no port tap7",
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_port("a/b"),
+            |e| matches!(e, AdminError::Invalid(_)),
+            "--ifname:",
+        );
+    }
+
+    #[test]
+    fn deleting_an_instance_drops_its_password_and_keeps_its_ports() {
+        let (tmp, registry) = populated();
+        registry.set_password(&uuid(A), "secret-pw").unwrap();
+        registry.delete_instance(A).unwrap();
+        let snapshot = registry.snapshot();
+        assert!(snapshot.instance(&uuid(A)).is_none());
+        assert_eq!(snapshot.port_by_slot(1).unwrap().spec.instance, uuid(A));
+        assert_eq!(registry.password(&uuid(A)), None);
+        assert!(!dump(tmp.path()).iter().any(|row| row.contains("secret-pw")));
+
+        // Back again: the port serves it again, and there is no old password.
+        registry.put_instance(&doc(A, "a")).unwrap();
+        assert_eq!(registry.password(&uuid(A)), None);
+        registry.set_password(&uuid(A), "new").unwrap();
+        assert_eq!(registry.password(&uuid(A)).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn delete_instance_unknown_or_invalid() {
+        let (tmp, registry) = populated();
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_instance(B),
+            |e| matches!(e, AdminError::NotFound(_)),
+            &format!("no instance {B}"),
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_instance("web-1"),
+            |e| matches!(e, AdminError::Invalid(_)),
+            "uuid:",
+        );
+    }
+
+    #[test]
+    fn a_password_is_set_once() {
+        let (tmp, registry) = populated();
+        assert_eq!(registry.password(&uuid(A)), None);
+        registry.set_password(&uuid(A), "first").unwrap();
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.set_password(&uuid(A), "second"),
+            |e| matches!(e, AdminError::Conflict(_)),
+            "instance",
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.set_password(&uuid(B), "x"),
+            |e| matches!(e, AdminError::NotFound(_)),
+            "no instance",
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.set_password(&uuid(A), &"x".repeat(MAX_PASSWORD_BYTES + 1)),
+            |e| matches!(e, AdminError::Invalid(_)),
+            "password: longer than 256",
+        );
+        drop(registry);
+        let registry = Registry::open(tmp.path()).unwrap();
+        assert_eq!(registry.password(&uuid(A)).as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn secrets_are_random_and_stable_across_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        let token_key = registry.secret("imds-token").unwrap();
+        let other = registry.secret("other").unwrap();
+        assert_ne!(token_key, other);
+        assert_ne!(token_key, [0; 32]);
+        assert_eq!(registry.secret("imds-token").unwrap(), token_key);
+        drop(registry);
+        let registry = Registry::open(tmp.path()).unwrap();
+        assert_eq!(registry.secret("imds-token").unwrap(), token_key);
+        assert_eq!(registry.secret("other").unwrap(), other);
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_each_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        let mut changes = registry.subscribe();
+        assert!(changes.borrow_and_update().instances.is_empty());
+        registry.put_instance(&doc(A, "a")).unwrap();
+        changes.changed().await.unwrap();
+        assert_eq!(changes.borrow_and_update().instances.len(), 1);
+        registry.add_port(port("tap0", A)).unwrap();
+        changes.changed().await.unwrap();
+        assert!(changes.borrow_and_update().port_by_slot(1).is_some());
+    }
+}
