@@ -346,3 +346,346 @@ fn human_duration(seconds: u64) -> String {
         format!("{seconds}s")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::PermissionsExt as _, sync::Arc};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        admin::{
+            server::{self, StatusFn},
+            wire::MAX_BODY_BYTES,
+        },
+        cli::PortAddArgs,
+        registry::Registry,
+    };
+
+    const A: &str = "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e";
+
+    /// A daemon's admin side on a socket in a temp dir, served by its own
+    /// runtime's worker thread while the test thread plays the CLI.
+    struct Daemon {
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        registry: Arc<Registry>,
+        _runtime: tokio::runtime::Runtime,
+    }
+
+    fn start_daemon() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/admin.sock");
+        let registry = Registry::open(&dir.path().join("state")).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime.block_on(async { server::bind(&socket) }).unwrap();
+        let status: StatusFn = Arc::new(
+            || json!({"attached_taps": 2, "bpffs": "/sys/fs/bpf/x", "counters": {"caught": 5, "arp": [1, 2]}}),
+        );
+        runtime.spawn(server::serve(listener, Arc::clone(&registry), status));
+        Daemon {
+            dir,
+            socket,
+            registry,
+            _runtime: runtime,
+        }
+    }
+
+    impl Daemon {
+        fn run(&self, command: Command) -> anyhow::Result<String> {
+            execute(&self.socket, command)
+        }
+
+        fn write_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+
+        /// One raw request, for what the CLI never sends.
+        fn raw(
+            &self,
+            method: Method,
+            path: &str,
+            body: Option<Vec<u8>>,
+        ) -> (StatusCode, serde_json::Value) {
+            let admin = Admin::new(&self.socket).unwrap();
+            let (status, bytes) = admin
+                .runtime
+                .block_on(admin.send(method, path, body))
+                .unwrap();
+            (status, serde_json::from_slice(&bytes).unwrap())
+        }
+    }
+
+    fn put(file: PathBuf) -> Command {
+        Command::Instance(InstanceCommand::Put { file })
+    }
+
+    fn port_add(ifname: &str, instance: &str) -> PortAddArgs {
+        PortAddArgs {
+            ifname: ifname.into(),
+            instance: instance.into(),
+            port_id: None,
+            mac: None,
+            ips: vec![],
+            network_id: None,
+            project_id: None,
+        }
+    }
+
+    #[test]
+    fn cli_round_trip() {
+        let daemon = start_daemon();
+        let doc = json!({"uuid": A, "name": "web-1", "hostname": "web-1", "project_id": "p1"});
+        let file = daemon.write_file("a.json", doc.to_string().as_bytes());
+        assert_eq!(
+            daemon.run(put(file)).unwrap(),
+            format!("stored instance {A} (web-1)\n")
+        );
+
+        let shown: serde_json::Value = serde_json::from_str(
+            &daemon
+                .run(Command::Instance(InstanceCommand::Get { uuid: A.into() }))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(shown, doc);
+
+        let added = daemon
+            .run(Command::Port(PortCommand::Add(PortAddArgs {
+                mac: Some("FA:16:3E:00:00:01".into()),
+                ips: vec!["10.0.0.5".into(), "10.0.0.6".into()],
+                ..port_add("tap%1", A)
+            })))
+            .unwrap();
+        assert_eq!(
+            added,
+            format!("added port tap%1 for instance {A} (slot 1)\n")
+        );
+        daemon
+            .run(Command::Port(PortCommand::Add(port_add(
+                "tap-long-name",
+                A,
+            ))))
+            .unwrap();
+
+        let table = daemon
+            .run(Command::Port(PortCommand::List { json: false }))
+            .unwrap();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "IFNAME         SLOT  INSTANCE                              MAC                IPS"
+        );
+        assert_eq!(
+            lines[1],
+            format!("tap%1          1     {A}  fa:16:3e:00:00:01  10.0.0.5,10.0.0.6")
+        );
+        assert_eq!(
+            lines[2],
+            format!("tap-long-name  2     {A}  -                  -")
+        );
+        let ports: Vec<Port> = serde_json::from_str(
+            &daemon
+                .run(Command::Port(PortCommand::List { json: true }))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[0], *daemon.registry.snapshot().ports["tap%1"]);
+
+        let table = daemon
+            .run(Command::Instance(InstanceCommand::List { json: false }))
+            .unwrap();
+        assert_eq!(
+            table,
+            format!(
+                "UUID                                  NAME   HOSTNAME  PROJECT  PORTS\n{A}  web-1  web-1     p1       tap%1,tap-long-name\n"
+            )
+        );
+        let rows: Vec<InstanceSummary> = serde_json::from_str(
+            &daemon
+                .run(Command::Instance(InstanceCommand::List { json: true }))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(rows[0].ports, vec!["tap%1", "tap-long-name"]);
+
+        let status = daemon.run(Command::Status { json: false }).unwrap();
+        assert!(
+            status.starts_with(&format!(
+                "daemon: running (pid {}, version ",
+                std::process::id()
+            )),
+            "{status}"
+        );
+        assert!(status.contains("\ninstances: 1\nports: 2\n"), "{status}");
+        assert!(
+            status.ends_with(
+                "\ndatapath:\n  attached_taps: 2\n  bpffs: /sys/fs/bpf/x\n  counters.arp: 1, 2\n  counters.caught: 5\n"
+            ),
+            "{status}"
+        );
+        let status: serde_json::Value =
+            serde_json::from_str(&daemon.run(Command::Status { json: true }).unwrap()).unwrap();
+        assert_eq!(status["ports"], 2);
+        assert_eq!(status["datapath"]["attached_taps"], 2);
+
+        // The percent sign survives the trip through the URL path.
+        assert_eq!(
+            daemon
+                .run(Command::Port(PortCommand::Del {
+                    ifname: "tap%1".into()
+                }))
+                .unwrap(),
+            "deleted port tap%1 (slot 1)\n"
+        );
+        assert_eq!(
+            daemon
+                .run(Command::Instance(InstanceCommand::Del { uuid: A.into() }))
+                .unwrap(),
+            format!("deleted instance {A}\n")
+        );
+        assert!(daemon.registry.snapshot().instances.is_empty());
+        assert_eq!(daemon.registry.snapshot().ports.len(), 1);
+    }
+
+    #[test]
+    fn error_answers_become_one_line_errors() {
+        let daemon = start_daemon();
+        let message = |command| daemon.run(command).expect_err("should fail").to_string();
+
+        let bad = daemon.write_file("bad.json", br#"{"uuid": "x", "name": "a"}"#);
+        assert!(message(put(bad)).starts_with("uuid: "));
+        let unknown = daemon.write_file(
+            "unknown.json",
+            format!(r#"{{"uuid": "{A}", "name": "a", "nmae": 1}}"#).as_bytes(),
+        );
+        assert!(message(put(unknown)).starts_with("nmae: unknown field `nmae`"));
+        let missing = daemon.dir.path().join("missing.json");
+        let err = message(put(missing.clone()));
+        assert!(
+            err.starts_with(&format!("cannot read {}", missing.display())),
+            "{err}"
+        );
+
+        assert_eq!(
+            message(Command::Port(PortCommand::Add(port_add("tap0", A)))),
+            format!("--instance: no instance {A}")
+        );
+        assert!(
+            message(Command::Port(PortCommand::Add(port_add(
+                "tap-name-too-long",
+                A
+            ))))
+            .starts_with("--ifname:")
+        );
+        assert_eq!(
+            message(Command::Instance(InstanceCommand::Get { uuid: A.into() })),
+            format!("no instance {A}")
+        );
+        assert!(
+            message(Command::Instance(InstanceCommand::Get {
+                uuid: "nope".into()
+            }))
+            .starts_with("uuid: ")
+        );
+        assert_eq!(
+            message(Command::Port(PortCommand::Del {
+                ifname: "tap0".into()
+            })),
+            "--ifname: no port tap0"
+        );
+        assert!(daemon.registry.snapshot().instances.is_empty());
+        assert!(daemon.registry.snapshot().ports.is_empty());
+    }
+
+    #[test]
+    fn an_absent_daemon_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let err = execute(&socket, Command::Status { json: false })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "cannot reach the daemon at {}: No such file or directory (os error 2) (is `metadata-redirector serve` running?)",
+                socket.display()
+            )
+        );
+    }
+
+    #[test]
+    fn http_details() {
+        let daemon = start_daemon();
+        let (status, body) = daemon.raw(Method::POST, "/v1/instances", None);
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["error"], "POST is not allowed on /v1/instances");
+        let (status, _) = daemon.raw(Method::GET, "/v1/nothing", None);
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = daemon.raw(Method::GET, "/v2/status", None);
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, body) = daemon.raw(
+            Method::POST,
+            "/v1/ports",
+            Some(br#"{"ifname": "t", "instance": "x", "colour": 1}"#.to_vec()),
+        );
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field `colour`")
+        );
+        let (status, body) = daemon.raw(
+            Method::PUT,
+            "/v1/instances",
+            Some(vec![b' '; MAX_BODY_BYTES + 1]),
+        );
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        let (status, _) = daemon.raw(
+            Method::PUT,
+            "/v1/instances",
+            Some(format!(r#"{{"uuid":"{A}","name":"a"}}"#).into_bytes()),
+        );
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = daemon.raw(Method::GET, &format!("/v1/instances/{A}/"), None);
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[test]
+    fn bind_refuses_a_live_socket_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("sub/admin.sock");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+
+        let live = server::bind(&socket).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&socket), 0o600);
+        assert_eq!(mode(socket.parent().unwrap()), 0o755);
+        let err = server::bind(&socket).unwrap_err().to_string();
+        assert!(err.contains("already serving"), "{err}");
+
+        // The listener goes away but its socket file stays behind: stale.
+        drop(live);
+        assert!(socket.exists());
+        let _again = server::bind(&socket).unwrap();
+
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "x").unwrap();
+        let err = server::bind(&file).unwrap_err().to_string();
+        assert!(err.contains("is not a socket"), "{err}");
+        assert!(file.exists());
+    }
+}
