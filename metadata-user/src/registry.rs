@@ -96,6 +96,8 @@ impl Snapshot {
 pub struct Registry {
     store: Mutex<Store>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Secrets never change once made; the token code asks on every request.
+    secrets: Mutex<HashMap<String, [u8; 32]>>,
 }
 
 impl Registry {
@@ -108,6 +110,7 @@ impl Registry {
         Ok(Arc::new(Registry {
             store: Mutex::new(store),
             snapshot: watch::Sender::new(Arc::new(snapshot)),
+            secrets: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -231,14 +234,24 @@ impl Registry {
     /// restarts): the IMDSv2 token keys.
     #[allow(dead_code)] // called by the guest API
     pub fn secret(&self, name: &str) -> anyhow::Result<[u8; 32]> {
+        let mut cache = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(secret) = cache.get(name) {
+            return Ok(*secret);
+        }
         let mut fresh = [0u8; 32];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut urandom| urandom.read_exact(&mut fresh))
             .context("reading /dev/urandom")?;
+        // The stored one wins if there is one: a restart keeps tokens valid.
         let stored = self.lock_store().secret_or_insert(name, &fresh)?;
-        stored.try_into().map_err(|value: Vec<u8>| {
-            anyhow::anyhow!("secret {name:?} has {} bytes, not 32", value.len())
-        })
+        let secret: [u8; 32] = stored.try_into().map_err(|value: Vec<u8>| {
+            anyhow::anyhow!(
+                "state.db: secret {name:?} has {} bytes, not 32",
+                value.len()
+            )
+        })?;
+        cache.insert(name.to_owned(), secret);
+        Ok(secret)
     }
 
     fn lock_store(&self) -> MutexGuard<'_, Store> {

@@ -2,7 +2,7 @@
 //! unix socket, answers printed as text tables or JSON.
 use std::{
     fmt::Write as _,
-    io::Read as _,
+    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use super::wire::{ErrorBody, InstanceSummary, encode_segment};
 use crate::{
     cli::{Command, InstanceCommand, PortCommand},
-    instance::InstanceDoc,
+    instance::{InstanceDoc, MAX_DOCUMENT_BYTES},
     port::{Port, PortAddRequest},
 };
 
@@ -26,8 +26,18 @@ use crate::{
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(admin_socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
-    print!("{}", execute(admin_socket, command)?);
-    Ok(ExitCode::SUCCESS)
+    let output = execute(admin_socket, command)?;
+    // Not print!: it panics when stdout is a closed pipe (`... | head -1`).
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(output.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("writing to stdout")
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Runs one command and returns what it prints. An error answer from the
@@ -104,15 +114,27 @@ fn execute(admin_socket: &Path, command: Command) -> anyhow::Result<String> {
     }
 }
 
-/// The document for `instance put`: a file, or stdin for `-`.
+/// The document for `instance put`: a file, or stdin for `-`. An oversized
+/// one is refused here: the daemon would answer 413 without reading it, and
+/// the CLI, still writing, would only see a closed connection.
 fn read_input(file: &Path) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
+    let limit = MAX_DOCUMENT_BYTES as u64 + 1;
     if file == Path::new("-") {
         std::io::stdin()
+            .take(limit)
             .read_to_end(&mut bytes)
             .context("cannot read the document from stdin")?;
     } else {
-        bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        std::fs::File::open(file)
+            .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+            .with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        bail!(
+            "document: {} is larger than {MAX_DOCUMENT_BYTES} bytes",
+            file.display()
+        );
     }
     Ok(bytes)
 }
@@ -423,6 +445,20 @@ mod tests {
         }
     }
 
+    impl Daemon {
+        /// Writes `request` as is (a daemon that answers early may stop
+        /// reading it) and returns the whole answer.
+        fn raw_exchange(&self, request: &[u8]) -> String {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+            let _ = stream.write_all(request);
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            answer
+        }
+    }
+
     fn put(file: PathBuf) -> Command {
         Command::Instance(InstanceCommand::Put { file })
     }
@@ -568,6 +604,12 @@ mod tests {
             format!(r#"{{"uuid": "{A}", "name": "a", "nmae": 1}}"#).as_bytes(),
         );
         assert!(message(put(unknown)).starts_with("nmae: unknown field `nmae`"));
+        let huge = daemon.write_file("huge.json", &vec![b' '; MAX_DOCUMENT_BYTES + 1]);
+        let err = message(put(huge.clone()));
+        assert_eq!(
+            err,
+            format!("document: {} is larger than 1048576 bytes", huge.display())
+        );
         let missing = daemon.dir.path().join("missing.json");
         let err = message(put(missing.clone()));
         assert!(
@@ -644,12 +686,28 @@ mod tests {
                 .unwrap()
                 .contains("unknown field `colour`")
         );
-        let (status, body) = daemon.raw(
-            Method::PUT,
-            "/v1/instances",
-            Some(vec![b' '; MAX_BODY_BYTES + 1]),
+        let declared = format!(
+            "PUT /v1/instances HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY_BYTES + 1
         );
-        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(
+            daemon
+                .raw_exchange(declared.as_bytes())
+                .starts_with("HTTP/1.1 413 ")
+        );
+        let mut chunked = format!(
+            "PUT /v1/instances HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            MAX_BODY_BYTES + 1
+        )
+        .into_bytes();
+        chunked.extend(std::iter::repeat_n(b' ', MAX_BODY_BYTES + 1));
+        chunked.extend(b"\r\n0\r\n\r\n");
+        let answer = daemon.raw_exchange(&chunked);
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert!(
+            answer.contains(r#"{"error":"request body: larger than 2097152 bytes"}"#),
+            "{answer}"
+        );
         let (status, _) = daemon.raw(
             Method::PUT,
             "/v1/instances",
