@@ -11,6 +11,7 @@
 //! | DELETE | /v1/ports/{ifname} | delete (ifname percent-encoded) |
 //! | GET | /v1/status | version, pid, uptime, counts, datapath |
 use std::{
+    collections::HashMap,
     convert::Infallible,
     fs::{self, DirBuilder},
     io,
@@ -290,6 +291,13 @@ impl Context {
 }
 
 fn instance_summaries(snapshot: &Snapshot) -> Vec<InstanceSummary> {
+    let mut ports_of: HashMap<uuid::Uuid, Vec<String>> = HashMap::new();
+    for port in snapshot.ports.values() {
+        ports_of
+            .entry(port.spec.instance)
+            .or_default()
+            .push(port.spec.ifname.clone());
+    }
     let mut rows: Vec<InstanceSummary> = snapshot
         .instances
         .values()
@@ -299,12 +307,7 @@ fn instance_summaries(snapshot: &Snapshot) -> Vec<InstanceSummary> {
             hostname: doc.hostname.clone(),
             project_id: doc.project_id.clone(),
             availability_zone: doc.availability_zone.clone(),
-            ports: snapshot
-                .ports
-                .values()
-                .filter(|port| port.spec.instance == doc.uuid)
-                .map(|port| port.spec.ifname.clone())
-                .collect(),
+            ports: ports_of.remove(&doc.uuid).unwrap_or_default(),
         })
         .collect();
     rows.sort_by(|a, b| (&a.name, a.uuid).cmp(&(&b.name, b.uuid)));
