@@ -670,6 +670,9 @@ mod tests {
         let (status, body) = daemon.raw(Method::POST, "/v1/instances", None);
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body["error"], "POST is not allowed on /v1/instances");
+        let answer = daemon.raw_exchange(b"DELETE /v1/ports HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+        assert!(answer.contains("\r\nallow: GET, POST\r\n"), "{answer}");
         let (status, _) = daemon.raw(Method::GET, "/v1/nothing", None);
         assert_eq!(status, StatusCode::NOT_FOUND);
         let (status, _) = daemon.raw(Method::GET, "/v2/status", None);
