@@ -41,6 +41,7 @@ pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let settings = Settings::resolve(args, admin_socket)?;
     tokio::runtime::Builder::new_multi_thread()
