@@ -93,7 +93,19 @@ impl Snapshot {
     }
 }
 
+/// What a port must be bound to, which depends on who answers its guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PortPolicy {
+    /// The local store answers: the instance document must exist.
+    #[default]
+    LocalInstance,
+    /// nova answers: the document may be absent, but X-Tenant-ID needs the
+    /// project, from `--project-id` or the document's `project_id`.
+    NovaProject,
+}
+
 pub struct Registry {
+    policy: PortPolicy,
     store: Mutex<Store>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// Secrets never change once made; the token code asks on every request.
@@ -105,9 +117,14 @@ impl Registry {
     /// does not parse: that is a damaged database, not something to skip.
     #[allow(dead_code)] // called by serve.rs
     pub fn open(state_dir: &Path) -> anyhow::Result<Arc<Registry>> {
+        Self::open_with_policy(state_dir, PortPolicy::default())
+    }
+
+    pub fn open_with_policy(state_dir: &Path, policy: PortPolicy) -> anyhow::Result<Arc<Registry>> {
         let store = Store::open(state_dir)?;
         let snapshot = load(&store)?;
         Ok(Arc::new(Registry {
+            policy,
             store: Mutex::new(store),
             snapshot: watch::Sender::new(Arc::new(snapshot)),
             secrets: Mutex::new(HashMap::new()),
@@ -156,11 +173,24 @@ impl Registry {
         let spec: PortSpec = req.validate().map_err(AdminError::Invalid)?;
         let mut store = self.lock_store();
         let current = self.snapshot();
-        if current.instance(&spec.instance).is_none() {
-            return Err(AdminError::NotFound(format!(
-                "--instance: no instance {}",
-                spec.instance
-            )));
+        let instance = current.instance(&spec.instance);
+        match self.policy {
+            PortPolicy::LocalInstance if instance.is_none() => {
+                return Err(AdminError::NotFound(format!(
+                    "--instance: no instance {}",
+                    spec.instance
+                )));
+            }
+            PortPolicy::NovaProject
+                if spec.project_id.is_none()
+                    && instance.and_then(|i| i.project_id.as_ref()).is_none() =>
+            {
+                return Err(AdminError::Invalid(format!(
+                    "--project-id is required in nova mode: instance {} has no local document with a project_id",
+                    spec.instance
+                )));
+            }
+            _ => {}
         }
         let slot = match current.ports.get(&spec.ifname) {
             Some(existing) => existing.slot,
@@ -375,6 +405,33 @@ mod tests {
             Arc::ptr_eq(&registry.snapshot(), &snapshot_before),
             "a snapshot was published"
         );
+    }
+
+    #[test]
+    fn nova_mode_needs_a_project_not_a_document() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open_with_policy(tmp.path(), PortPolicy::NovaProject).unwrap();
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.add_port(port("tap0", A)),
+            |e| matches!(e, AdminError::Invalid(_)),
+            "--project-id is required in nova mode",
+        );
+        registry
+            .add_port(PortAddRequest {
+                project_id: Some("p1".into()),
+                ..port("tap0", A)
+            })
+            .expect("--project-id is enough without a document");
+        registry
+            .put_instance(
+                format!(r#"{{"uuid": "{B}", "name": "b", "project_id": "p2"}}"#).as_bytes(),
+            )
+            .unwrap();
+        registry
+            .add_port(port("tap1", B))
+            .expect("the document's project_id is enough");
     }
 
     #[test]
