@@ -51,7 +51,8 @@ pub struct ServeArgs {
     pub bpffs: Option<PathBuf>,
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
-    /// server_addr, server_port, identity_net, domain, detach_on_exit.
+    /// server_addr, server_port, identity_net, domain, detach_on_exit,
+    /// syn_rate_per_port.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Name of the veth end the server listens behind [default: mdr-srv].

@@ -36,6 +36,7 @@ struct FileConfig {
     identity_net: Option<String>,
     domain: Option<String>,
     detach_on_exit: Option<bool>,
+    syn_rate_per_port: Option<u32>,
 }
 
 /// Resolved settings for one daemon.
@@ -49,6 +50,8 @@ pub struct Settings {
     pub server_port: u16,
     pub domain: String,
     pub detach_on_exit: bool,
+    /// New connections per second one port may open (enforced in the datapath).
+    pub syn_rate_per_port: u32,
 }
 
 impl Settings {
@@ -112,6 +115,11 @@ impl Settings {
             server_port: file.server_port.unwrap_or(DEFAULT_SERVER_PORT),
             domain: file.domain.unwrap_or_else(|| DEFAULT_DOMAIN.into()),
             detach_on_exit: args.detach_on_exit || file.detach_on_exit.unwrap_or(false),
+            syn_rate_per_port: match file.syn_rate_per_port {
+                Some(0) => bail!("syn_rate_per_port: must be at least 1"),
+                Some(rate) => rate,
+                None => metadata_ebpf::DEFAULT_SYN_RATE_PER_PORT,
+            },
         })
     }
 }

@@ -66,6 +66,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         settings.identity,
         &server_link,
         settings.server_port,
+        settings.syn_rate_per_port,
     )
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();

@@ -66,6 +66,7 @@ impl Datapath {
         identity: IdentityPlan,
         server: &ServerLink,
         server_port: u16,
+        syn_rate_per_port: u32,
     ) -> anyhow::Result<Self> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
@@ -114,6 +115,7 @@ impl Datapath {
                     server_mac: server.server_mac,
                     redirect_ifindex: server.entry_ifindex,
                     ready: 1,
+                    syn_rate_per_port,
                 },
                 0,
             )
@@ -165,10 +167,7 @@ impl Datapath {
             // Re-created under the same name, or given another slot.
             let _ = self.ports.remove(&old.ifindex);
         }
-        let entry = PortEntry {
-            slot,
-            identity_addr: self.identity.address_of(slot)?.octets(),
-        };
+        let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
         // The map entry first: the program passes traffic from taps it does
         // not know, so there is no window where a guest is served wrongly.
         self.ports
