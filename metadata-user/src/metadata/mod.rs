@@ -2,3 +2,4 @@
 //! identifies the guest, `api` answers its requests.
 pub mod api;
 pub mod conn;
+pub mod ratelimit;
