@@ -13,7 +13,7 @@ use super::{
     view::InstanceView,
 };
 
-/// A value in the tree, as nova's dicts, lists and scalars.
+/// A value in the meta-data tree, as nova's dicts, lists and strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
     /// A dict. `label` is nova's `_name` entry: a dict that has one is listed
@@ -24,7 +24,6 @@ pub enum Node {
     },
     List(Vec<String>),
     Text(String),
-    Bytes(Bytes),
 }
 
 impl Node {
@@ -82,7 +81,6 @@ impl Node {
             }
             Node::List(items) => Bytes::from(items.join("\n")),
             Node::Text(text) => Bytes::from(text.clone()),
-            Node::Bytes(bytes) => bytes.clone(),
         }
     }
 }
@@ -96,9 +94,28 @@ pub fn lookup(view: &InstanceView<'_>, segments: &[String]) -> Result<Document, 
     if rest.first().map(String::as_str) == Some("dynamic") {
         return identity::lookup(view, version, &rest[1..]);
     }
-    let tree = version_tree(view, version);
-    let node = tree.find(rest).ok_or(ApiError::NotFound)?;
-    Ok(Document::text(node.render()))
+    // `get_ec2_metadata(version)` is {"meta-data": {...}, "user-data": raw}
+    // (the latter only when present); each branch is built only when the
+    // path goes there, so metadata reads never decode the user data.
+    match rest.split_first() {
+        None => {
+            let mut listing = String::from("meta-data/");
+            if view.doc.user_data.is_some() {
+                listing.push_str("\nuser-data");
+            }
+            Ok(Document::text(listing))
+        }
+        Some((branch, path)) if branch == "meta-data" => {
+            let node = meta_data(view, version)
+                .find(path)
+                .ok_or(ApiError::NotFound)?;
+            Ok(Document::text(node.render()))
+        }
+        Some((branch, [])) if branch == "user-data" => {
+            Ok(Document::text(view.user_data().ok_or(ApiError::NotFound)?))
+        }
+        _ => Err(ApiError::NotFound),
+    }
 }
 
 /// `GET /`: every EC2 version, then `latest` (handler.py `__call__`).
@@ -106,16 +123,6 @@ pub fn versions_listing() -> String {
     let mut versions: Vec<&str> = EC2_VERSIONS.to_vec();
     versions.push("latest");
     versions.join("\n")
-}
-
-/// `get_ec2_metadata(version)`: `meta-data`, and `user-data` when present.
-pub fn version_tree(view: &InstanceView<'_>, version: Ec2Version) -> Node {
-    let mut top = BTreeMap::new();
-    top.insert("meta-data".to_owned(), meta_data(view, version));
-    if let Some(user_data) = view.user_data() {
-        top.insert("user-data".to_owned(), Node::Bytes(Bytes::from(user_data)));
-    }
-    Node::dir(top)
 }
 
 /// The meta-data dict, key by key in the version nova adds it.

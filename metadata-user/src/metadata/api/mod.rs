@@ -15,6 +15,23 @@
 //! answer their trees, `password` and `token` the two endpoints with state,
 //! `view` applies nova's defaults to the instance document, `pyjson` and
 //! `response` produce nova's exact bytes and headers.
+//!
+//! Where we knowingly differ from nova (behind neutron):
+//! - Methods: only GET/HEAD, POST on `password`, PUT on the token path; any
+//!   other is 405 with `Allow` (nova answers a POST anywhere like a GET, and
+//!   a PUT on `password` with 400).
+//! - A path that walks into a string or list is 404 (nova: 500). A leading
+//!   `//` is collapsed like any other (nova: the EC2 version list).
+//! - A deleted instance gets 404 everywhere, `/` included (nova lists the
+//!   versions before looking the caller up).
+//! - HEAD carries the Content-Length a GET would (neutron's proxy sends 0).
+//! - JSON objects taken from the instance document (`vendor_data`,
+//!   `network_data`, `meta`, unknown device keys) come out with sorted keys;
+//!   nova keeps its source's order. Same members and values either way.
+//! - Several public keys are all shown (nova shows the one keypair).
+//! - Added: `PUT /latest/api/token` and `/<2009-04-04|latest>/dynamic/
+//!   instance-identity/document`, not listed in `/latest/` (as in nova's
+//!   listing, which has neither).
 mod ec2;
 mod identity;
 mod openstack;

@@ -256,3 +256,12 @@ pub fn map(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// The server spawns a task per connection, so `handle`'s future must be
+/// Send for hyper's own body type (checked at compile time).
+#[allow(dead_code)]
+fn handle_future_is_send(ctx: &ApiContext, guest: &Guest, req: Request<hyper::body::Incoming>) {
+    fn assert_send<T: Send>(_: &T) {}
+    let future = handle(ctx, guest, None, req);
+    assert_send(&future);
+}
