@@ -23,7 +23,10 @@ use std::{
     collections::HashMap,
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -111,6 +114,8 @@ struct State {
     behaviour: Mutex<Behaviour>,
     log: Mutex<Vec<RecordedRequest>>,
     next_seq: Mutex<u64>,
+    /// TCP connections accepted (to see keep-alive at work).
+    connections: AtomicUsize,
 }
 
 /// A running fake nova. Dropping it (or `stop`) closes the listener and
@@ -144,6 +149,7 @@ impl FakeNova {
             behaviour: Mutex::default(),
             log: Mutex::default(),
             next_seq: Mutex::new(0),
+            connections: AtomicUsize::new(0),
         });
         let server_state = state.clone();
         let server = tokio::spawn(async move {
@@ -157,6 +163,7 @@ impl FakeNova {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                server_state.connections.fetch_add(1, Ordering::Relaxed);
                 let state = server_state.clone();
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
@@ -204,6 +211,11 @@ impl FakeNova {
 
     pub fn request_count(&self) -> usize {
         self.state.log.lock().unwrap().len()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connection_count(&self) -> usize {
+        self.state.connections.load(Ordering::Relaxed)
     }
 
     pub fn clear_requests(&self) {

@@ -160,6 +160,25 @@ async fn nova_receives_exactly_the_proxy_headers_and_never_the_guests() {
 }
 
 #[tokio::test]
+async fn connections_to_nova_are_kept_alive() {
+    let nova = fake_nova(SECRET).await;
+    let backend = NovaBackend::new(&config_for(nova.addr()));
+    for n in 0..20 {
+        let path = format!("/openstack/latest/item-{n}");
+        assert_eq!(
+            backend.forward(&target(), get(&path)).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(nova.request_count(), 20);
+    assert_eq!(
+        nova.connection_count(),
+        1,
+        "one pooled connection for sequential requests"
+    );
+}
+
+#[tokio::test]
 async fn wrong_secret_is_nova_403_and_not_cached() {
     let nova = fake_nova(b"another secret").await;
     let backend = NovaBackend::new(&config_for(nova.addr()));
