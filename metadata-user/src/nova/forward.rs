@@ -48,11 +48,28 @@ const HOP_BY_HOP_HEADERS: &[&str] = &[
     "content-length",
 ];
 
+/// Headers that would make nova's answer depend on the single request: a
+/// compressed body (we pass no Content-Encoding back), 304/206 answers
+/// (which we would turn into 500), or a 100-continue dance for a body we
+/// already hold. Without them every answer is a whole, plain one that any
+/// guest of the instance may share from the cache.
+const PER_REQUEST_HEADERS: &[&str] = &[
+    "accept-encoding",
+    "expect",
+    "range",
+    "if-range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+];
+
 /// True for a header a guest (or the proxy in front of it) may not pass on.
 pub fn is_dropped_header(name: &HeaderName) -> bool {
     let name = name.as_str();
     IDENTITY_HEADERS.contains(&name)
         || HOP_BY_HOP_HEADERS.contains(&name)
+        || PER_REQUEST_HEADERS.contains(&name)
         || name.starts_with("x-neutron-")
 }
 
@@ -208,6 +225,10 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("host", "169.254.169.254"),
             ("content-length", "5"),
+            ("accept-encoding", "gzip"),
+            ("if-none-match", "\"etag\""),
+            ("range", "bytes=0-1"),
+            ("expect", "100-continue"),
             ("accept", "application/json"),
             ("user-agent", "cloud-init"),
         ] {
