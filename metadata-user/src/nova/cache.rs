@@ -4,7 +4,10 @@
 //! window.
 //!
 //! - Key: instance, project and path including the query. The project is in
-//!   the key because nova's answer depends on it (a mismatch is 404).
+//!   the key because nova's answer depends on it (a mismatch is 404). The
+//!   guest's address is not: nova caches its metadata per instance too, so
+//!   X-Forwarded-For does not change the answer (the first request's address
+//!   is the one nova sees for a shared request).
 //! - Kept: 200 and 404 answers (see `Answer::is_cacheable`), for the
 //!   expiration time counted from when the answer arrived.
 //! - Shared but not kept: everything else. Requests that arrived while the
