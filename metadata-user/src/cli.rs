@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::nova::config::{BackendKind, Protocol};
+
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/metadata-redirector/admin.sock";
 
 /// Serves instance metadata (OpenStack and EC2 formats) to the guests of this
@@ -52,7 +54,11 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
     /// server_addr, server_port, identity_net, domain, detach_on_exit,
-    /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst.
+    /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, and
+    /// the nova backend's: backend, nova_metadata_host, nova_metadata_port,
+    /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
+    /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
+    /// nova_metadata_timeout, metadata_cache_expiration, neutron_agent_socket.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Name of the veth end the server listens behind [default: mdr-srv].
@@ -66,6 +72,74 @@ pub struct ServeArgs {
     /// restarted daemon resumes with every tap and open flow intact.
     #[arg(long)]
     pub detach_on_exit: bool,
+    #[command(flatten)]
+    pub nova: NovaArgs,
+}
+
+/// The OpenStack options, named as neutron-metadata-agent's.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "OpenStack (nova backend, neutron agent socket)")]
+pub struct NovaArgs {
+    /// Answer guests from the local store, or forward to nova-api-metadata
+    /// [default: local].
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub backend: Option<BackendKind>,
+    /// nova-api-metadata's host name or IP address (required with --backend nova).
+    #[arg(long, value_name = "HOST")]
+    pub nova_metadata_host: Option<String>,
+    /// nova-api-metadata's port [default: 8775].
+    #[arg(long, value_name = "PORT")]
+    pub nova_metadata_port: Option<u16>,
+    /// How to reach nova-api-metadata [default: http].
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub nova_metadata_protocol: Option<Protocol>,
+    /// https: do not verify nova's certificate.
+    #[arg(long)]
+    pub nova_metadata_insecure: bool,
+    /// https: client certificate (PEM) to present to nova.
+    #[arg(long, value_name = "FILE")]
+    pub nova_client_cert: Option<PathBuf>,
+    /// https: private key (PEM) of --nova-client-cert.
+    #[arg(long, value_name = "FILE")]
+    pub nova_client_priv_key: Option<PathBuf>,
+    /// https: the CA certificates (PEM) to trust for nova [default: the system's].
+    #[arg(long, value_name = "FILE")]
+    pub auth_ca_cert: Option<PathBuf>,
+    /// File holding nova's metadata_proxy_shared_secret (one trailing newline
+    /// is ignored). Without it, the METADATA_PROXY_SHARED_SECRET environment
+    /// variable. Never given on the command line itself.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_proxy_shared_secret_file: Option<PathBuf>,
+    /// Seconds to wait for nova's whole answer before telling the guest 503
+    /// [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub nova_metadata_timeout: Option<f64>,
+    /// Seconds a GET answer from nova is reused; 0 disables the cache [default: 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub metadata_cache_expiration: Option<u64>,
+    /// Also serve neutron-metadata-agent's protocol on this unix socket, for
+    /// haproxy proxies in router or DHCP namespaces (either backend).
+    #[arg(long, value_name = "PATH")]
+    pub neutron_agent_socket: Option<PathBuf>,
+}
+
+impl NovaArgs {
+    /// The nova options given on the command line.
+    pub fn options(&self) -> crate::nova::config::NovaOptions {
+        crate::nova::config::NovaOptions {
+            backend: self.backend,
+            nova_metadata_host: self.nova_metadata_host.clone(),
+            nova_metadata_port: self.nova_metadata_port,
+            nova_metadata_protocol: self.nova_metadata_protocol,
+            nova_metadata_insecure: self.nova_metadata_insecure.then_some(true),
+            nova_client_cert: self.nova_client_cert.clone(),
+            nova_client_priv_key: self.nova_client_priv_key.clone(),
+            auth_ca_cert: self.auth_ca_cert.clone(),
+            metadata_proxy_shared_secret_file: self.metadata_proxy_shared_secret_file.clone(),
+            nova_metadata_timeout: self.nova_metadata_timeout,
+            metadata_cache_expiration: self.metadata_cache_expiration,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,7 @@ use crate::{
     cli::{DEFAULT_ADMIN_SOCKET, ServeArgs},
     datapath::{IdentityPlan, netdev::ServerLinkPlan},
     metadata::ratelimit::RateLimitConfig,
+    nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
 };
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
@@ -42,6 +43,39 @@ struct FileConfig {
     rate_limit_per_sec: Option<f64>,
     /// ...and in a burst.
     rate_limit_burst: Option<u32>,
+    // The nova backend (see nova::config; names as neutron-metadata-agent's).
+    backend: Option<BackendKind>,
+    nova_metadata_host: Option<String>,
+    nova_metadata_port: Option<u16>,
+    nova_metadata_protocol: Option<Protocol>,
+    nova_metadata_insecure: Option<bool>,
+    nova_client_cert: Option<PathBuf>,
+    nova_client_priv_key: Option<PathBuf>,
+    auth_ca_cert: Option<PathBuf>,
+    metadata_proxy_shared_secret_file: Option<PathBuf>,
+    /// Seconds (an integer or a fraction).
+    nova_metadata_timeout: Option<f64>,
+    metadata_cache_expiration: Option<u64>,
+    neutron_agent_socket: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// The nova options the file sets (moved out; the rest stays).
+    fn take_nova_options(&mut self) -> NovaOptions {
+        NovaOptions {
+            backend: self.backend.take(),
+            nova_metadata_host: self.nova_metadata_host.take(),
+            nova_metadata_port: self.nova_metadata_port.take(),
+            nova_metadata_protocol: self.nova_metadata_protocol.take(),
+            nova_metadata_insecure: self.nova_metadata_insecure.take(),
+            nova_client_cert: self.nova_client_cert.take(),
+            nova_client_priv_key: self.nova_client_priv_key.take(),
+            auth_ca_cert: self.auth_ca_cert.take(),
+            metadata_proxy_shared_secret_file: self.metadata_proxy_shared_secret_file.take(),
+            nova_metadata_timeout: self.nova_metadata_timeout.take(),
+            metadata_cache_expiration: self.metadata_cache_expiration.take(),
+        }
+    }
 }
 
 /// Resolved settings for one daemon.
@@ -58,15 +92,30 @@ pub struct Settings {
     /// New connections per second one port may open (enforced in the datapath).
     pub syn_rate_per_port: u32,
     pub rate_limit: RateLimitConfig,
+    /// Where guests' requests are answered (`--backend`).
+    pub backend: BackendConfig,
+    /// `--neutron-agent-socket`: serve neutron-metadata-agent's protocol too.
+    pub neutron_agent_socket: Option<PathBuf>,
 }
 
 impl Settings {
     pub fn resolve(args: ServeArgs, admin_socket: PathBuf) -> anyhow::Result<Self> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
         let rate_limit = rate_limit(&file)?;
+        // Flags win over the file; the secret's environment variable is
+        // read here so nova::config stays free of process state.
+        let backend = args
+            .nova
+            .options()
+            .or(file.take_nova_options())
+            .resolve(std::env::var_os(SECRET_ENV))?;
+        let neutron_agent_socket = args
+            .nova
+            .neutron_agent_socket
+            .or(file.neutron_agent_socket.take());
         let mut identity = IdentityPlan::default();
         if let Some(addr) = file.server_addr {
             identity.server_addr = addr;
@@ -128,6 +177,8 @@ impl Settings {
                 Some(rate) => rate,
                 None => metadata_ebpf::DEFAULT_SYN_RATE_PER_PORT,
             },
+            backend,
+            neutron_agent_socket,
         })
     }
 }
@@ -201,6 +252,67 @@ mod tests {
         };
         let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
         assert_eq!(settings.bpffs, Path::new("/sys/fs/bpf/y"));
+    }
+
+    #[test]
+    fn nova_options_from_file_and_flags() {
+        use crate::nova::config::NovaConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "backend = \"nova\"\nnova_metadata_host = \"nova.example\"\nnova_metadata_port = 8000\n\
+                 nova_metadata_timeout = 3\nmetadata_cache_expiration = 0\n\
+                 metadata_proxy_shared_secret_file = {secret:?}\nneutron_agent_socket = \"/run/mdr/metadata_proxy\"\n"
+            ),
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            nova: crate::cli::NovaArgs {
+                nova_metadata_port: Some(9000),
+                nova_metadata_timeout: Some(0.5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        let BackendConfig::Nova(NovaConfig {
+            host,
+            port,
+            timeout,
+            cache_expiration,
+            secret,
+            ..
+        }) = settings.backend
+        else {
+            panic!("expected the nova backend");
+        };
+        assert_eq!((host.as_str(), port), ("nova.example", 9000), "flags win");
+        assert_eq!(timeout, std::time::Duration::from_millis(500));
+        assert!(cache_expiration.is_zero());
+        assert_eq!(&*secret.0, b"s3cret");
+        assert_eq!(
+            settings.neutron_agent_socket.as_deref(),
+            Some(Path::new("/run/mdr/metadata_proxy"))
+        );
+
+        // The default stays local; a nova option misspelt (neutron's old
+        // nova_metadata_ip) is refused like any unknown key.
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert!(matches!(settings.backend, BackendConfig::Local));
+        let err = with_file("nova_metadata_ip = \"10.0.0.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `nova_metadata_ip`"), "{err}");
+        let err = with_file("backend = \"neutron\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `neutron`"), "{err}");
     }
 
     #[test]

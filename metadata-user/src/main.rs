@@ -6,6 +6,7 @@ mod config;
 mod datapath;
 mod instance;
 mod metadata;
+mod nova;
 mod port;
 mod registry;
 mod serve;

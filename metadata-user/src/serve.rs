@@ -23,11 +23,13 @@ use crate::{
     datapath::{self, Datapath, netdev, reconcile::Reconciler},
     metadata::{
         api::{ApiConfig, ApiContext},
+        backend::{Backend, Responder},
         limits::ConnectionLimiter,
         ratelimit::RateLimiter,
         server::GuestServer,
     },
-    registry::Registry,
+    nova::{NovaBackend, config::BackendConfig, neutron_agent},
+    registry::{PortPolicy, Registry},
 };
 
 /// Open connections one port may hold. cloud-init uses one at a time; a
@@ -54,7 +56,11 @@ pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let registry = Registry::open(&settings.state_dir)
+    let policy = match settings.backend {
+        BackendConfig::Local => PortPolicy::LocalInstance,
+        BackendConfig::Nova(_) => PortPolicy::NovaProject,
+    };
+    let registry = Registry::open_with_policy(&settings.state_dir, policy)
         .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
     // Bind the admin socket first: it refuses to start a second daemon.
     let admin_listener = admin::server::bind(&settings.admin_socket)
@@ -89,8 +95,45 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let attached = reconciler.attached();
     tokio::spawn(reconciler.run(registry.subscribe(), link_events));
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let backend = match &settings.backend {
+        BackendConfig::Local => Backend::Local(ApiContext::new(
+            ApiConfig {
+                domain: settings.domain.clone(),
+                ..ApiConfig::default()
+            },
+            registry.secret("imds-token-key")?,
+            registry.clone(),
+        )),
+        BackendConfig::Nova(nova) => Backend::Nova(NovaBackend::new(nova)),
+    };
+    let responder = Arc::new(Responder {
+        backend,
+        registry: registry.clone(),
+        requests: RateLimiter::from_config(settings.rate_limit),
+    });
+    if let Some(path) = &settings.neutron_agent_socket {
+        tokio::spawn(neutron_agent::serve(
+            neutron_agent::bind(path)?,
+            {
+                let registry = registry.clone();
+                Arc::new(move || registry.snapshot().ports.values().cloned().collect())
+            },
+            {
+                let responder = responder.clone();
+                Arc::new(move |guest, request| {
+                    let responder = responder.clone();
+                    Box::pin(async move { responder.respond(&guest, request).await })
+                })
+            },
+            shutdown_rx.clone(),
+        ));
+        info!(socket = %path.display(), "serving the neutron-metadata-agent protocol");
+    }
+
     let status: admin::server::StatusFn = {
         let settings = settings.clone();
+        let responder = responder.clone();
         Arc::new(move || {
             let counters = counters
                 .totals()
@@ -115,33 +158,24 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 "bpffs": settings.bpffs,
                 "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
                 "server_ifname": settings.link.server_ifname,
+                "backend": responder.status(),
                 "attached_taps": taps,
                 "counters": counters,
                 "uptime_seconds": started.elapsed().as_secs(),
             })
         })
     };
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let admin_task = tokio::spawn(admin::server::serve(
         admin_listener,
         registry.clone(),
         status,
     ));
 
-    let api = ApiContext::new(
-        ApiConfig {
-            domain: settings.domain.clone(),
-            ..ApiConfig::default()
-        },
-        registry.secret("imds-token-key")?,
-        registry.clone(),
-    );
     let guest_server = Arc::new(GuestServer {
         flows,
         registry: registry.clone(),
-        api: Arc::new(api),
+        responder,
         connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
-        requests: RateLimiter::from_config(settings.rate_limit),
     });
     let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
     info!(
@@ -160,6 +194,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let _ = guest_task.await;
     admin_task.abort();
     let _ = std::fs::remove_file(&settings.admin_socket);
+    if let Some(path) = &settings.neutron_agent_socket {
+        let _ = std::fs::remove_file(path);
+    }
     if settings.detach_on_exit {
         datapath::remove_pins(&settings.bpffs)?;
         netdev::delete_server_link(&netlink, &settings.link.server_ifname).await?;

@@ -43,7 +43,8 @@ impl ConnectionLimiter {
         })
     }
 
-    pub fn open_connections(&self, slot: u32) -> u32 {
+    #[cfg(test)]
+    fn open_connections(&self, slot: u32) -> u32 {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.get(&slot).copied().unwrap_or(0)
     }

@@ -13,10 +13,9 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, warn};
 
 use super::{
-    api::{self, ApiContext},
+    backend::Responder,
     conn::{ConnHandle, Guest},
     limits::ConnectionLimiter,
-    ratelimit::{RateLimiter, too_many_requests},
 };
 use crate::{datapath::FlowTable, registry::Registry};
 
@@ -31,9 +30,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct GuestServer {
     pub flows: Arc<FlowTable>,
     pub registry: Arc<Registry>,
-    pub api: Arc<ApiContext>,
+    pub responder: Arc<Responder>,
     pub connections: Arc<ConnectionLimiter>,
-    pub requests: RateLimiter,
 }
 
 impl GuestServer {
@@ -82,23 +80,7 @@ impl GuestServer {
             let service = service_fn(move |request| {
                 let server = server.clone();
                 let guest = guest.clone();
-                async move {
-                    if let Err(retry_after) = server.requests.check(guest.port.slot) {
-                        return Ok(too_many_requests(
-                            retry_after,
-                            request.method(),
-                            request.headers(),
-                        ));
-                    }
-                    // Looked up per request: `instance put` and `instance del`
-                    // take effect on the next request, even on an open connection.
-                    let instance = server
-                        .registry
-                        .snapshot()
-                        .instance(&guest.port.spec.instance)
-                        .cloned();
-                    Ok::<_, Infallible>(api::handle(&server.api, &guest, instance, request).await)
-                }
+                async move { Ok::<_, Infallible>(server.responder.respond(&guest, request).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
