@@ -1,0 +1,82 @@
+//! Sample instance documents for tests and the demo.
+use serde_json::{Value, json};
+
+use crate::names::random_u64;
+
+/// An instance document and the values tests compare answers with.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub uuid: String,
+    pub name: String,
+    /// `ec2.instance_id`, what `/latest/meta-data/instance-id` answers.
+    pub ec2_id: String,
+    pub doc: Value,
+}
+
+impl Instance {
+    /// A complete document whose every identifying value is new.
+    pub fn sample(name: &str) -> Self {
+        let uuid = random_uuid();
+        let ec2_id = format!("i-{:08x}", random_u64() as u32);
+        let doc = json!({
+            "uuid": uuid,
+            "name": name,
+            "hostname": name,
+            "project_id": format!("{:032x}", u128::from(random_u64())),
+            "availability_zone": "nova",
+            "launch_index": 0,
+            "public_keys": { format!("{name}-key"): format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} {name}@test") },
+            "meta": { "role": name },
+            "ec2": { "instance_id": ec2_id },
+        });
+        Self::from_doc(doc).expect("the sample has uuid, name and ec2.instance_id")
+    }
+
+    /// Wraps an existing document (the demo ships its own).
+    pub fn from_doc(doc: Value) -> Option<Self> {
+        Some(Self {
+            uuid: doc["uuid"].as_str()?.to_owned(),
+            name: doc["name"].as_str()?.to_owned(),
+            ec2_id: doc["ec2"]["instance_id"].as_str()?.to_owned(),
+            doc,
+        })
+    }
+}
+
+/// A random (version 4) UUID in canonical form.
+pub fn random_uuid() -> String {
+    let value = (u128::from(random_u64()) << 64 | u128::from(random_u64()))
+        & !(0xf000 << 64 | 0xc000 << 48)
+        | (0x4000 << 64 | 0x8000 << 48);
+    let hex = format!("{value:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_canonical_version_4() {
+        let uuid = random_uuid();
+        assert_eq!(uuid.len(), 36);
+        assert_eq!(&uuid[14..15], "4");
+        assert!(matches!(&uuid[19..20], "8" | "9" | "a" | "b"), "{uuid}");
+        assert_ne!(uuid, random_uuid());
+    }
+
+    #[test]
+    fn samples_differ() {
+        let (a, b) = (Instance::sample("a"), Instance::sample("b"));
+        assert_ne!(a.uuid, b.uuid);
+        assert_eq!(a.doc["uuid"], a.uuid.as_str());
+        assert_eq!(a.doc["ec2"]["instance_id"], a.ec2_id.as_str());
+    }
+}
