@@ -13,7 +13,8 @@ pub fn command(args: &[&str]) -> Command {
 
 /// Runs a command to completion and returns its output, whatever its status.
 pub fn output(cmd: &mut Command) -> Result<Output> {
-    cmd.output().with_context(|| format!("cannot run {}", describe(cmd)))
+    cmd.output()
+        .with_context(|| format!("cannot run {}", describe(cmd)))
 }
 
 /// Runs a command and returns its stdout; a non-zero exit is an error that

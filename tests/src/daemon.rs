@@ -134,7 +134,10 @@ impl Daemon {
                 && let Some(exit) = child.try_wait()?
             {
                 self.child = None;
-                bail!("the daemon exited ({exit}) before it answered; its log:\n{}", self.log());
+                bail!(
+                    "the daemon exited ({exit}) before it answered; its log:\n{}",
+                    self.log()
+                );
             }
             let out = self.cli(&["status"])?;
             Ok(if out.status.success() {
@@ -230,8 +233,16 @@ impl Daemon {
     pub fn add_port(&self, guest: &Guest, instance: &Instance) -> Result<()> {
         let addr = guest.addr().to_string();
         self.cli_ok(&[
-            "port", "add", "--ifname", guest.tap(), "--instance", &instance.uuid, "--mac",
-            guest.mac(), "--ip", &addr,
+            "port",
+            "add",
+            "--ifname",
+            guest.tap(),
+            "--instance",
+            &instance.uuid,
+            "--mac",
+            guest.mac(),
+            "--ip",
+            &addr,
         ])?;
         Ok(())
     }
@@ -265,7 +276,9 @@ impl Daemon {
 
     /// SIGTERM, then SIGKILL if it has not exited within 5 s.
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         cmd::signal(child.id(), libc::SIGTERM);
         let exited = wait::until("the daemon to exit", Duration::from_secs(5), || {
             Ok(match child.try_wait()? {

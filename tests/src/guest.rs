@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::process::Output;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::host::Host;
 use crate::http::{self, Reply};
@@ -49,7 +49,7 @@ impl GuestConfig {
 pub struct Guest {
     host: Host,
     bridge: String,
-    gateway: Ipv4Addr,
+    gateway: Option<Ipv4Addr>,
     prefix_len: u8,
     tap: String,
     config: GuestConfig,
@@ -76,7 +76,15 @@ impl Guest {
     /// guest's) and configures both ends.
     fn plug(&self) -> Result<()> {
         self.host.ip(&[
-            "link", "add", &self.tap, "type", "veth", "peer", "name", "eth0", "netns",
+            "link",
+            "add",
+            &self.tap,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             self.ns.name(),
         ])?;
         self.host
@@ -95,11 +103,12 @@ impl Guest {
         ns.ip(&["link", "set", "eth0", "up"])?;
         match self.config.route {
             Route::ViaRouter => {
-                ns.ip(&["route", "add", "default", "via", &self.gateway.to_string()])?
+                let gateway = self
+                    .gateway
+                    .context("Route::ViaRouter on a network without a router")?;
+                ns.ip(&["route", "add", "default", "via", &gateway.to_string()])?
             }
-            Route::OnLink => {
-                ns.ip(&["route", "add", &METADATA_ADDR.to_string(), "dev", "eth0"])?
-            }
+            Route::OnLink => ns.ip(&["route", "add", &METADATA_ADDR.to_string(), "dev", "eth0"])?,
         };
         Ok(())
     }
@@ -148,7 +157,12 @@ impl Guest {
 
     /// GETs `http://169.254.169.254{path}` with extra headers.
     pub fn http_get_with(&self, path: &str, headers: &[&str], timeout: Duration) -> Result<Reply> {
-        http::get(&self.ns, &format!("http://{METADATA_ADDR}{path}"), headers, timeout)
+        http::get(
+            &self.ns,
+            &format!("http://{METADATA_ADDR}{path}"),
+            headers,
+            timeout,
+        )
     }
 
     /// GETs any URL from inside the guest.
@@ -171,8 +185,8 @@ impl Guest {
             Duration::from_secs(20),
             || {
                 let reply = self.http_get_with(path, &[], Duration::from_secs(2))?;
-                let served = reply.status == 200
-                    && reply.json().is_some_and(|doc| doc["uuid"] == uuid);
+                let served =
+                    reply.status == 200 && reply.json().is_some_and(|doc| doc["uuid"] == uuid);
                 Ok(if served {
                     Poll::Ready(reply)
                 } else {

@@ -44,7 +44,16 @@ pub fn get(ns: &Netns, url: &str, headers: &[&str], timeout: Duration) -> Result
     // --noproxy: a proxy setting in the environment must never send a
     // guest's request anywhere but where the guest's routes lead.
     let mut args = vec![
-        "curl", "-sS", "--noproxy", "*", "-m", &max_time, "-o", "-", "-w", &write_out,
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "-m",
+        &max_time,
+        "-o",
+        "-",
+        "-w",
+        &write_out,
     ];
     for header in headers {
         args.extend(["-H", header]);

@@ -57,7 +57,8 @@ impl Cpio {
         ];
         self.buf.extend_from_slice(b"070701");
         for field in fields {
-            self.buf.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.buf
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.buf.extend_from_slice(path.as_bytes());
         self.buf.push(0);

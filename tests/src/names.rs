@@ -91,7 +91,10 @@ fn is_stale(name: &str) -> bool {
 /// alone, so this is safe while other runs are going on.
 pub fn sweep_stale() {
     if let Ok(list) = cmd::run(&["ip", "netns", "list"]) {
-        for name in list.lines().filter_map(|line| line.split_whitespace().next()) {
+        for name in list
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+        {
             if is_stale(name) {
                 eprintln!("removing stale network namespace {name}");
                 crate::netns::kill_all_in(name);
@@ -100,7 +103,9 @@ pub fn sweep_stale() {
         }
     }
     for dir in [Path::new(crate::bpffs::ROOT), &std::env::temp_dir()] {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if is_stale(&name) {

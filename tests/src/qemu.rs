@@ -76,12 +76,13 @@ impl QemuGuest {
     /// starts the VM. The split lets a test register the tap first.
     pub fn new(net: &TenantNet, config: QemuConfig) -> Result<Self> {
         let host = net.host().clone();
+        let gateway = net.gateway().context("a qemu guest needs a router")?;
         let tap = names::ifname("vm");
         host.ip(&["tuntap", "add", &tap, "mode", "tap"])?;
         let guest = Self {
             host,
             tap,
-            gateway: net.gateway(),
+            gateway,
             prefix_len: net.prefix_len(),
             config,
             console: Arc::default(),
@@ -119,10 +120,7 @@ impl QemuGuest {
         }
         let initrd = self.dir.join("initrd.cpio");
         std::fs::write(&initrd, self.initramfs(&guest_dir)?)?;
-        let netdev = format!(
-            "tap,id=n0,ifname={},script=no,downscript=no",
-            self.tap
-        );
+        let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap);
         // romfile= : no iPXE option ROM (not needed for -kernel, and not
         // installed without recommends).
         let device = format!("virtio-net-pci,netdev=n0,romfile=,mac={}", self.config.mac);
@@ -130,10 +128,31 @@ impl QemuGuest {
         // KVM is present on these machines but hangs; TCG is reliable.
         let mut child = self.host.spawn(
             &[
-                "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults",
-                "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
-                "-kernel", &kernel, "-initrd", &initrd, "-append",
-                "console=ttyS0 panic=-1 quiet loglevel=3", "-netdev", &netdev, "-device", &device,
+                "qemu-system-x86_64",
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-monitor",
+                "none",
+                "-no-reboot",
+                "-kernel",
+                &kernel,
+                "-initrd",
+                &initrd,
+                "-append",
+                "console=ttyS0 panic=-1 quiet loglevel=3",
+                "-netdev",
+                &netdev,
+                "-device",
+                &device,
             ],
             Stdio::piped(),
             Stdio::piped(),
@@ -178,9 +197,8 @@ impl QemuGuest {
         );
         for module in GUEST_MODULES {
             let path = guest_dir.join("modules").join(format!("{module}.ko"));
-            let data = std::fs::read(&path).with_context(|| {
-                format!("reading {} (run `cargo xtask setup`)", path.display())
-            })?;
+            let data = std::fs::read(&path)
+                .with_context(|| format!("reading {} (run `cargo xtask setup`)", path.display()))?;
             cpio.file(&format!("lib/modules/{module}.ko"), 0o644, &data);
         }
         cpio.file("init", 0o755, self.init_script().as_bytes());
@@ -188,7 +206,9 @@ impl QemuGuest {
     }
 
     fn init_script(&self) -> String {
-        let QemuConfig { addr, fetch_path, .. } = &self.config;
+        let QemuConfig {
+            addr, fetch_path, ..
+        } = &self.config;
         let modules = GUEST_MODULES.join(" ");
         let (gateway, prefix_len) = (self.gateway, self.prefix_len);
         // The fetch is retried: the daemon attaches to the tap
@@ -244,7 +264,10 @@ poweroff -f
                 if let Some(answer) = between_markers(&self.console()) {
                     return Ok(Poll::Ready(answer));
                 }
-                bail!("qemu exited ({exit}) without an answer; console:\n{}", self.console());
+                bail!(
+                    "qemu exited ({exit}) without an answer; console:\n{}",
+                    self.console()
+                );
             }
             Ok(Poll::Pending(String::new()))
         })

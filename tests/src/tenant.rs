@@ -21,50 +21,81 @@ pub const DECOY_MARK: &str = "DECOY";
 pub struct TenantNet {
     host: Host,
     bridge: String,
-    gateway: Ipv4Addr,
     prefix_len: u8,
-    // Dropped in this order after `drop` removed the bridge: the listener
-    // first, so nothing keeps the router namespace alive.
+    // Dropped after `drop` removed the bridge.
+    router: Option<Router>,
+}
+
+/// The router namespace: `eth0` on the bridge with the gateway address.
+pub struct Router {
+    gateway: Ipv4Addr,
+    // Dropped before the namespace, so nothing keeps it alive.
     decoy: Option<Decoy>,
-    router: Netns,
+    ns: Netns,
 }
 
 impl TenantNet {
     /// A bridge and a router namespace whose `eth0` has `gateway/prefix_len`.
     pub fn new(host: &Host, gateway: Ipv4Addr, prefix_len: u8) -> Result<Self> {
-        let bridge = names::ifname("br");
-        host.ip(&["link", "add", &bridge, "type", "bridge"])?;
-        let router = Netns::new("router")?;
-        let net = Self {
-            host: host.clone(),
-            bridge,
-            gateway,
-            prefix_len,
-            decoy: None,
-            router,
-        };
-        net.host.ip(&["link", "set", &net.bridge, "up"])?;
+        let mut net = Self::without_router(host, prefix_len)?;
+        let ns = Netns::new("router")?;
         let uplink = names::ifname("rt");
         // Created straight into both namespaces: nothing of ours ever appears
         // in the machine's own namespace, not even for a moment.
         net.host.ip(&[
-            "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns",
-            net.router.name(),
+            "link",
+            "add",
+            &uplink,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
         ])?;
         net.host
             .ip(&["link", "set", &uplink, "master", &net.bridge, "up"])?;
-        let cidr = format!("{gateway}/{prefix_len}");
-        net.router.ip(&["addr", "add", &cidr, "dev", "eth0"])?;
-        net.router.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{gateway}/{prefix_len}"),
+            "dev",
+            "eth0",
+        ])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        net.router = Some(Router {
+            gateway,
+            decoy: None,
+            ns,
+        });
+        Ok(net)
+    }
+
+    /// Only a bridge: guests on it have no router anywhere.
+    pub fn without_router(host: &Host, prefix_len: u8) -> Result<Self> {
+        let bridge = names::ifname("br");
+        host.ip(&["link", "add", &bridge, "type", "bridge"])?;
+        let net = Self {
+            host: host.clone(),
+            bridge,
+            prefix_len,
+            router: None,
+        };
+        net.host.ip(&["link", "set", &net.bridge, "up"])?;
         Ok(net)
     }
 
     /// Adds a decoy HTTP listener on port 80 in the router namespace, which
     /// also gets 169.254.169.254 on its loopback: a request that the datapath
-    /// does not catch is routed to the router and answered with
-    /// [`DECOY_MARK`], like a Neutron metadata proxy would answer it.
+    /// does not catch and that is routed to the router is answered with
+    /// [`DECOY_MARK`], as a Neutron metadata proxy would answer it.
     pub fn with_decoy(mut self) -> Result<Self> {
-        self.decoy = Some(Decoy::start(&self.router)?);
+        let router = self
+            .router
+            .as_mut()
+            .context("a decoy needs a router namespace")?;
+        router.decoy = Some(Decoy::start(&router.ns)?);
         Ok(self)
     }
 
@@ -76,12 +107,14 @@ impl TenantNet {
         &self.bridge
     }
 
-    pub fn router(&self) -> &Netns {
-        &self.router
+    /// The router namespace, if the network has one.
+    pub fn router(&self) -> Option<&Netns> {
+        self.router.as_ref().map(|router| &router.ns)
     }
 
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.gateway
+    /// The router's address, if the network has one.
+    pub fn gateway(&self) -> Option<Ipv4Addr> {
+        self.router.as_ref().map(|router| router.gateway)
     }
 
     pub fn prefix_len(&self) -> u8 {
@@ -112,6 +145,11 @@ impl Decoy {
     ];
 
     fn start(router: &Netns) -> Result<Self> {
+        // Reachable by routing only: with arp_ignore=1 the router does not
+        // answer ARP for 169.254.169.254 (an address of its loopback), so a
+        // guest with an on-link route gets an answer from the datapath or
+        // none at all.
+        router.exec_ok(&["busybox", "sysctl", "-w", "net.ipv4.conf.all.arp_ignore=1"])?;
         router.ip(&["addr", "add", &format!("{METADATA_ADDR}/32"), "dev", "lo"])?;
         let docroot = TempDir::new("decoy")?;
         for path in Self::PATHS {

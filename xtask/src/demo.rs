@@ -20,7 +20,10 @@ use crate::{build, paths, setup};
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 const GUEST_MAC: &str = "fa:16:3e:00:00:05";
-const PATHS: [&str; 2] = ["/openstack/latest/meta_data.json", "/latest/meta-data/instance-id"];
+const PATHS: [&str; 2] = [
+    "/openstack/latest/meta_data.json",
+    "/latest/meta-data/instance-id",
+];
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -89,7 +92,12 @@ fn sandbox(config: DaemonConfig) -> Result<()> {
     }
 
     let title = |guest: &Guest, name: &str| {
-        format!("{name}: tap {}, {} {}", guest.tap(), guest.addr(), guest.mac())
+        format!(
+            "{name}: tap {}, {} {}",
+            guest.tap(),
+            guest.addr(),
+            guest.mac()
+        )
     };
     println!();
     for path in PATHS {

@@ -28,14 +28,19 @@ pub fn installed() -> Option<String> {
 pub fn install(apt: &mut Apt) -> Result<()> {
     apt.update_once()?;
     let package = current_package()?;
-    println!("installing: guest kernel {package} into {}", paths::guest_dir().display());
+    println!(
+        "installing: guest kernel {package} into {}",
+        paths::guest_dir().display()
+    );
     let dir = paths::guest_dir();
     let unpack = dir.join("unpack");
     let _ = std::fs::remove_dir_all(&unpack);
     std::fs::create_dir_all(&unpack)?;
     cmd::run(Apt::get(&["download", &package]).current_dir(&unpack))?;
-    let deb = find(&unpack, &|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .context("apt-get download left no .deb")?;
+    let deb = find(&unpack, &|path| {
+        path.extension().is_some_and(|ext| ext == "deb")
+    })
+    .context("apt-get download left no .deb")?;
     let root = unpack.join("root");
     cmd::run(command(&["dpkg", "-x"]).arg(&deb).arg(&root))?;
 

@@ -13,7 +13,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, run and test metadata-redirector")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test metadata-redirector"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -48,8 +51,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Task::Setup => setup::ensure(setup::Report::Everything),
         Task::Build => build::release().map(drop),
-        Task::Run { demo: false, serve_args } => run::serve(&serve_args),
-        Task::Run { demo: true, serve_args } => demo::run(&serve_args),
+        Task::Run {
+            demo: false,
+            serve_args,
+        } => run::serve(&serve_args),
+        Task::Run {
+            demo: true,
+            serve_args,
+        } => demo::run(&serve_args),
         Task::Test => test::run(),
         Task::Bench => Err(anyhow::anyhow!(
             "`cargo xtask bench` is not implemented yet"

@@ -21,7 +21,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("libxml2-dev", "bpf-linker"),
     ("bpftool", "inspecting pinned maps"),
     ("qemu-system-x86", "the test guest"),
-    ("busybox-static", "the test guest's initramfs, decoy listener, ping"),
+    (
+        "busybox-static",
+        "the test guest's initramfs, decoy listener, ping",
+    ),
     ("curl", "guests' HTTP client"),
     ("iproute2", "ip, ss"),
     ("util-linux", "nsenter"),
@@ -82,7 +85,10 @@ pub fn ensure(report: Report) -> Result<()> {
     }
     if !missing.is_empty() {
         for package in &missing {
-            let why = APT_PACKAGES.iter().find(|(p, _)| p == package).map(|(_, w)| *w);
+            let why = APT_PACKAGES
+                .iter()
+                .find(|(p, _)| p == package)
+                .map(|(_, w)| *w);
             println!("installing: {package} (for {})", why.unwrap_or("?"));
         }
         require_root("install Debian packages")?;
@@ -101,11 +107,24 @@ pub fn ensure(report: Report) -> Result<()> {
         let has_nightly = probe(&mut command(&["rustup", "toolchain", "list"]))
             .is_some_and(|list| list.lines().any(|line| line.starts_with("nightly")));
         cmd::run(&mut if has_nightly {
-            command(&["rustup", "component", "add", "rust-src", "--toolchain", "nightly"])
+            command(&[
+                "rustup",
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                "nightly",
+            ])
         } else {
             command(&[
-                "rustup", "toolchain", "install", "nightly", "--profile", "minimal",
-                "--component", "rust-src",
+                "rustup",
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
             ])
         })?;
     }
@@ -113,12 +132,20 @@ pub fn ensure(report: Report) -> Result<()> {
     match probe(&mut command(&["bpf-linker", "--version"])) {
         Some(version) => say_ok(version.trim()),
         None => {
-            println!("installing: bpf-linker {BPF_LINKER_VERSION} (cargo install, about 4 minutes)");
+            println!(
+                "installing: bpf-linker {BPF_LINKER_VERSION} (cargo install, about 4 minutes)"
+            );
             // Without LLVM_PREFIX the build looks for -lLLVM in the wrong place.
             cmd::run(
                 command(&[
-                    "cargo", "install", "bpf-linker", "--version", BPF_LINKER_VERSION,
-                    "--no-default-features", "--features", "llvm-22",
+                    "cargo",
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
                 ])
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
             )?;
@@ -146,14 +173,23 @@ pub fn ensure(report: Report) -> Result<()> {
 /// The installed version of a Debian package, if it is installed.
 fn installed_version(package: &str) -> Option<String> {
     let out = probe(&mut command(&[
-        "dpkg-query", "-W", "-f", "${db:Status-Status} ${Version}", package,
+        "dpkg-query",
+        "-W",
+        "-f",
+        "${db:Status-Status} ${Version}",
+        package,
     ]))?;
     out.strip_prefix("installed ").map(str::to_owned)
 }
 
 fn nightly_has_rust_src() -> bool {
     probe(&mut command(&[
-        "rustup", "component", "list", "--toolchain", "nightly", "--installed",
+        "rustup",
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
     ]))
     .is_some_and(|list| list.lines().any(|line| line.starts_with("rust-src")))
 }

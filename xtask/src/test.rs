@@ -19,7 +19,13 @@ pub fn run() -> Result<()> {
     // 2-core machine.
     cmd::run(
         command(&[
-            "cargo", "test", "--release", "-p", "integration-tests", "--", "--include-ignored",
+            "cargo",
+            "test",
+            "--release",
+            "-p",
+            "integration-tests",
+            "--",
+            "--include-ignored",
             "--test-threads=2",
         ])
         .current_dir(paths::root())
