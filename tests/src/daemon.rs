@@ -1,6 +1,7 @@
 //! The daemon under test, running `serve` inside the host namespace.
 use std::fs::File;
 use std::io::Write as _;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -229,28 +230,24 @@ impl Daemon {
         Ok(())
     }
 
-    /// `port add` for `guest`'s tap, with the guest's MAC and address.
-    pub fn add_port(&self, guest: &Guest, instance: &Instance) -> Result<()> {
-        let addr = guest.addr().to_string();
-        self.cli_ok(&[
-            "port",
-            "add",
-            "--ifname",
-            guest.tap(),
-            "--instance",
-            &instance.uuid,
-            "--mac",
-            guest.mac(),
-            "--ip",
-            &addr,
-        ])?;
+    /// `port add --ifname TAP --instance UUID --mac MAC --ip ADDR`.
+    pub fn add_port(
+        &self,
+        tap: &str,
+        instance: &Instance,
+        mac: &str,
+        addr: Ipv4Addr,
+    ) -> Result<()> {
+        let addr = addr.to_string();
+        let args = ["port", "add", "--ifname", tap, "--instance", &instance.uuid];
+        self.cli_ok(&[&args[..], &["--mac", mac, "--ip", &addr]].concat())?;
         Ok(())
     }
 
     /// Stores `instance` and binds `guest`'s tap to it.
     pub fn register(&self, guest: &Guest, instance: &Instance) -> Result<()> {
         self.put_instance(instance)?;
-        self.add_port(guest, instance)
+        self.add_port(guest.tap(), instance, guest.mac(), guest.addr())
     }
 
     /// SIGKILLs the daemon (no cleanup of its own runs) and reaps it.

@@ -1,6 +1,8 @@
 //! Sample instance documents for tests and the demo.
+use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 
+use crate::guest::Guest;
 use crate::names::random_u64;
 
 /// An instance document and the values tests compare answers with.
@@ -41,6 +43,32 @@ impl Instance {
             doc,
         })
     }
+}
+
+/// Checks that `guest` gets `instance`'s own `meta_data.json` (uuid, name,
+/// project and meta all from this document, not another) and instance-id.
+pub fn check_own_answers(guest: &Guest, instance: &Instance) -> Result<()> {
+    let reply = guest.http_get("/openstack/latest/meta_data.json")?;
+    let who = format!("guest on tap {} (expecting {})", guest.tap(), instance.name);
+    ensure!(reply.status == 200, "{who}: meta_data.json: {reply}");
+    let doc = reply
+        .json()
+        .ok_or_else(|| anyhow::anyhow!("{who}: meta_data.json is not JSON: {reply}"))?;
+    for field in ["uuid", "name", "project_id", "meta"] {
+        ensure!(
+            doc[field] == instance.doc[field],
+            "{who}: meta_data.json has {field} {}, not {}",
+            doc[field],
+            instance.doc[field]
+        );
+    }
+    let reply = guest.http_get("/latest/meta-data/instance-id")?;
+    ensure!(
+        reply.status == 200 && reply.body.trim() == instance.ec2_id,
+        "{who}: instance-id should be {}: {reply}",
+        instance.ec2_id
+    );
+    Ok(())
 }
 
 /// A random (version 4) UUID in canonical form.
