@@ -1,7 +1,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    helpers::bpf_redirect,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
@@ -36,7 +36,11 @@ const IP_MIN_LEN: usize = 20;
 // Offsets inside the TCP header.
 const TCP_SPORT: usize = 0;
 const TCP_DPORT: usize = 2;
+const TCP_FLAGS: usize = 13;
 const TCP_CHECK: usize = 16;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const NSEC_PER_SEC: u64 = 1_000_000_000;
 const TCP_MIN_LEN: usize = 20;
 // ARP for IPv4 over Ethernet.
 const ARP_OP_REQUEST: u16 = 1;
@@ -176,12 +180,13 @@ fn tap_ipv4(ctx: &TcContext) -> i32 {
     }
     // The identity comes from the tap the packet arrived on, nothing else.
     let tap = ifindex(ctx);
-    // SAFETY: a plain-old-data copy out of the map value.
-    let Some(port) = (unsafe { PORTS.get(tap) }).copied() else {
+    let Some(port) = PORTS.get_ptr_mut(tap) else {
         count!(passed_unregistered);
         return TC_ACT_UNSPEC;
     };
-    let Some(config) = CONFIG.get(0).copied() else {
+    // SAFETY: a valid map value pointer; fields are plain integers.
+    let (slot_identity, config) = (unsafe { (*port).identity_addr }, CONFIG.get(0).copied());
+    let Some(config) = config else {
         count!(dropped_not_ready);
         return TC_ACT_SHOT;
     };
@@ -189,7 +194,10 @@ fn tap_ipv4(ctx: &TcContext) -> i32 {
         count!(dropped_not_ready);
         return TC_ACT_SHOT;
     }
-    let Ok(sport_be) = ctx.load::<u16>(tcp + TCP_SPORT) else {
+    let (Ok(sport_be), Ok(flags)) = (
+        ctx.load::<u16>(tcp + TCP_SPORT),
+        ctx.load::<u8>(tcp + TCP_FLAGS),
+    ) else {
         count!(dropped_malformed);
         return TC_ACT_SHOT;
     };
@@ -200,25 +208,35 @@ fn tap_ipv4(ctx: &TcContext) -> i32 {
     // SAFETY: bounds checked by ptr_at.
     let (guest_mac, gateway_mac) = unsafe { ((*eth).src, (*eth).dst) };
 
-    remember_flow(
-        FlowKey {
-            identity_addr: port.identity_addr,
-            guest_port_be: sport_be,
-            _pad: 0,
-        },
-        FlowEntry {
-            guest_addr: saddr,
-            tap_ifindex: tap,
-            guest_mac,
-            gateway_mac,
-        },
-    );
+    // Only a connection's SYN writes the flow table: later segments of the
+    // connection find their entry, so the common path does no map update.
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // SAFETY: as above.
+        if !unsafe { take_syn_budget(port, config.syn_rate_per_port) } {
+            count!(dropped_syn_budget);
+            return TC_ACT_SHOT;
+        }
+        let _ = FLOWS.insert(
+            FlowKey {
+                identity_addr: slot_identity,
+                guest_port_be: sport_be,
+                _pad: 0,
+            },
+            FlowEntry {
+                guest_addr: saddr,
+                tap_ifindex: tap,
+                guest_mac,
+                gateway_mac,
+            },
+            0,
+        );
+    }
 
     let rewritten = rewrite(
         ctx,
         tcp,
         Rewrite {
-            saddr: (saddr, port.identity_addr),
+            saddr: (saddr, slot_identity),
             daddr: (METADATA_ADDR, config.server_addr),
             port_offset: TCP_DPORT,
             port: (dport_be, config.server_port_be),
@@ -235,17 +253,27 @@ fn tap_ipv4(ctx: &TcContext) -> i32 {
     unsafe { bpf_redirect(config.redirect_ifindex, 0) as i32 }
 }
 
-/// Stores the return path of a flow, skipping the map write when the entry
-/// is already what we would write (the common case after the SYN).
+/// Counts one SYN against the port's budget for the current second.
+/// Races between CPUs can let a few extra through; that is fine for a budget.
+///
+/// # Safety
+/// `port` must point at a live PORTS value.
 #[inline(always)]
-fn remember_flow(key: FlowKey, entry: FlowEntry) {
-    // SAFETY: a plain-old-data copy out of the map value.
-    if let Some(known) = unsafe { FLOWS.get(key) } {
-        if *known == entry {
-            return;
+unsafe fn take_syn_budget(port: *mut PortEntry, per_second: u32) -> bool {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if now.wrapping_sub((*port).syn_window_start_ns) >= NSEC_PER_SEC {
+            (*port).syn_window_start_ns = now;
+            (*port).syn_count = 0;
         }
+        if (*port).syn_count >= per_second {
+            return false;
+        }
+        (*port).syn_count += 1;
     }
-    let _ = FLOWS.insert(key, entry, 0);
+    true
 }
 
 /// An ARP request for 169.254.169.254 from a registered tap: turn it into the
@@ -314,10 +342,8 @@ fn tap_arp(ctx: &TcContext) -> i32 {
 #[classifier]
 pub fn server_egress(ctx: TcContext) -> i32 {
     pull_headers(&ctx);
-    let (Some(eth), Some(ip)) = (
-        ptr_at::<EthHdr>(&ctx, 0),
-        ptr_at::<Ipv4Hdr>(&ctx, ETH_HLEN),
-    ) else {
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(&ctx, 0), ptr_at::<Ipv4Hdr>(&ctx, ETH_HLEN))
+    else {
         count!(egress_passed);
         return TC_ACT_UNSPEC;
     };
@@ -407,7 +433,10 @@ fn rewrite(ctx: &TcContext, tcp: usize, rw: Rewrite) -> Result<(), i64> {
     let tcp_check = tcp + TCP_CHECK;
     let pseudo = BPF_F_PSEUDO_HDR as u64 | 4;
     for (offset, (old, new)) in [(IP_SADDR, rw.saddr), (IP_DADDR, rw.daddr)] {
-        let (old, new) = (u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64);
+        let (old, new) = (
+            u32::from_ne_bytes(old) as u64,
+            u32::from_ne_bytes(new) as u64,
+        );
         if old == new {
             continue;
         }

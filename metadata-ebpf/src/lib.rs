@@ -20,7 +20,11 @@ pub const METADATA_MAC: [u8; 6] = [0x0a, 0x58, 0xa9, 0xfe, 0xa9, 0xfe];
 pub const MAX_PORTS: u32 = 65_536;
 /// Capacity of the `FLOWS` LRU map (guest connections remembered for the
 /// return path; an evicted entry only matters for a connection still open).
-pub const MAX_FLOWS: u32 = 65_536;
+pub const MAX_FLOWS: u32 = 131_072;
+/// Default cap on new connections (SYNs) per port per second. It bounds how
+/// fast one guest can churn the shared FLOWS table and the server's SYN
+/// queue; cloud-init's whole first boot is ~35 connections.
+pub const DEFAULT_SYN_RATE_PER_PORT: u32 = 10_000;
 
 /// Names of the maps and programs in the object file, used for pinning.
 pub mod names {
@@ -44,6 +48,24 @@ pub struct PortEntry {
     pub slot: u32,
     /// Source address the guest's packets get on the way to the server.
     pub identity_addr: [u8; 4],
+    /// Start of the current one-second SYN budget window (bpf_ktime_get_ns).
+    pub syn_window_start_ns: u64,
+    /// SYNs seen in the current window (updated by the program, racy across
+    /// CPUs by design: an approximate budget needs no lock).
+    pub syn_count: u32,
+    pub _pad: u32,
+}
+
+impl PortEntry {
+    pub fn new(slot: u32, identity_addr: [u8; 4]) -> Self {
+        Self {
+            slot,
+            identity_addr,
+            syn_window_start_ns: 0,
+            syn_count: 0,
+            _pad: 0,
+        }
+    }
 }
 
 /// `FLOWS` key: one guest TCP connection as the server sees it.
@@ -85,6 +107,8 @@ pub struct DatapathConfig {
     pub redirect_ifindex: u32,
     /// Non-zero once the daemon has filled this in.
     pub ready: u32,
+    /// New connections one port may open per second; SYNs over it are dropped.
+    pub syn_rate_per_port: u32,
 }
 
 /// `COUNTERS[0]`, per CPU: one field for each decision the programs take.
@@ -106,6 +130,8 @@ pub struct Counters {
     pub dropped_malformed: u64,
     /// Tap ingress: the daemon has not configured the datapath yet, dropped.
     pub dropped_not_ready: u64,
+    /// Tap ingress: a SYN over the port's per-second budget, dropped.
+    pub dropped_syn_budget: u64,
     /// Either direction: a packet rewrite helper failed, dropped.
     pub dropped_rewrite: u64,
     /// Server egress: a reply translated and sent back out of its tap.
@@ -114,6 +140,43 @@ pub struct Counters {
     pub dropped_no_flow: u64,
     /// Server egress: not a reply from the server, passed untouched.
     pub egress_passed: u64,
+}
+
+impl Counters {
+    /// Each counter with its name, in declaration order (for status output
+    /// and for summing the per-CPU copies).
+    pub fn fields(&self) -> [(&'static str, u64); 12] {
+        [
+            ("caught", self.caught),
+            ("arp_answered", self.arp_answered),
+            ("passed", self.passed),
+            ("passed_unregistered", self.passed_unregistered),
+            ("dropped_fragment", self.dropped_fragment),
+            ("dropped_malformed", self.dropped_malformed),
+            ("dropped_not_ready", self.dropped_not_ready),
+            ("dropped_syn_budget", self.dropped_syn_budget),
+            ("dropped_rewrite", self.dropped_rewrite),
+            ("replied", self.replied),
+            ("dropped_no_flow", self.dropped_no_flow),
+            ("egress_passed", self.egress_passed),
+        ]
+    }
+
+    /// Adds another CPU's copy into this one.
+    pub fn accumulate(&mut self, other: &Counters) {
+        self.caught += other.caught;
+        self.arp_answered += other.arp_answered;
+        self.passed += other.passed;
+        self.passed_unregistered += other.passed_unregistered;
+        self.dropped_fragment += other.dropped_fragment;
+        self.dropped_malformed += other.dropped_malformed;
+        self.dropped_not_ready += other.dropped_not_ready;
+        self.dropped_syn_budget += other.dropped_syn_budget;
+        self.dropped_rewrite += other.dropped_rewrite;
+        self.replied += other.replied;
+        self.dropped_no_flow += other.dropped_no_flow;
+        self.egress_passed += other.egress_passed;
+    }
 }
 
 #[cfg(feature = "user")]

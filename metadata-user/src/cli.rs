@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/metadata-redirector/admin.sock";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
-pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/metadata-redirector";
 
 /// Serves instance metadata (OpenStack and EC2 formats) to the guests of this
 /// hypervisor: an eBPF program on each registered tap catches requests to
@@ -41,17 +39,33 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// Where the SQLite store (instances, ports) and secrets live.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// bpffs directory for the pinned programs, links and maps.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_BPFFS)]
-    pub bpffs: PathBuf,
-    /// Optional TOML file with the same settings as these flags (flags win).
+    /// Where the SQLite store (instances, ports, passwords, token key) lives
+    /// [default: /var/lib/metadata-redirector].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory for the pinned programs, links and maps
+    /// [default: /sys/fs/bpf/metadata-redirector].
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
+    /// TOML file with any of the settings below (command-line flags win).
+    /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
+    /// server_addr, server_port, identity_net, domain, detach_on_exit,
+    /// syn_rate_per_port.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Name of the veth end the server listens behind [default: mdr-srv].
+    #[arg(long, value_name = "NAME")]
+    pub server_ifname: Option<String>,
+    /// Name of the veth end caught requests are sent into [default: mdr-in].
+    #[arg(long, value_name = "NAME")]
+    pub entry_ifname: Option<String>,
+    /// On SIGTERM/SIGINT, also detach from every tap and remove the pinned
+    /// maps and the veth pair. Without it the datapath stays in place, so a
+    /// restarted daemon resumes with every tap and open flow intact.
+    #[arg(long)]
+    pub detach_on_exit: bool,
 }
 
 #[derive(Debug, Subcommand)]

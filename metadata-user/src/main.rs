@@ -2,6 +2,7 @@
 //! hypervisor, fed by an eBPF program on each VM tap.
 mod admin;
 mod cli;
+mod config;
 mod datapath;
 mod instance;
 mod metadata;
@@ -17,7 +18,7 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Serve(args) => serve::run(args, cli.admin_socket),
         command => admin::client::run(&cli.admin_socket, command),
     };
     match result {

@@ -33,3 +33,361 @@ pub struct Port {
     pub spec: PortSpec,
     pub slot: u32,
 }
+
+/// The longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_BYTES: usize = 15;
+/// Slots are 16 bits in the datapath's identity address; 0 means "none".
+pub const MAX_SLOT: u32 = 65535;
+
+/// `port add` as the CLI sends it to the daemon: the flags' strings, not yet
+/// validated (the daemon validates, so every client gets the same answers).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortAddRequest {
+    pub ifname: String,
+    pub instance: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+}
+
+impl From<crate::cli::PortAddArgs> for PortAddRequest {
+    fn from(args: crate::cli::PortAddArgs) -> Self {
+        Self {
+            ifname: args.ifname,
+            instance: args.instance,
+            port_id: args.port_id,
+            mac: args.mac,
+            ips: args.ips,
+            network_id: args.network_id,
+            project_id: args.project_id,
+        }
+    }
+}
+
+impl PortAddRequest {
+    /// Checks every field's syntax and normalizes it (canonical UUIDs,
+    /// lower-case MAC). Whether the instance exists is the registry's
+    /// question. The error is one line naming the CLI flag.
+    pub fn validate(&self) -> Result<PortSpec, String> {
+        check_ifname(&self.ifname)?;
+        let ips = self
+            .ips
+            .iter()
+            .map(|ip| {
+                ip.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("--ip: {ip:?} is not an IPv4 address"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(project_id) = &self.project_id {
+            crate::instance::check_line(
+                "--project-id",
+                project_id,
+                crate::instance::MAX_TEXT_BYTES,
+            )?;
+        }
+        Ok(PortSpec {
+            ifname: self.ifname.clone(),
+            instance: parse_uuid("--instance", &self.instance)?,
+            port_id: self
+                .port_id
+                .as_deref()
+                .map(|id| parse_uuid("--port-id", id))
+                .transpose()?,
+            mac: self.mac.as_deref().map(parse_mac).transpose()?,
+            ips,
+            network_id: self
+                .network_id
+                .as_deref()
+                .map(|id| parse_uuid("--network-id", id))
+                .transpose()?,
+            project_id: self.project_id.clone(),
+        })
+    }
+}
+
+impl Port {
+    /// The port's project: its own `--project-id`, else the instance's.
+    /// Resolved when read, so replacing the instance document moves it along.
+    #[allow(dead_code)] // for the guest API (X-Tenant-ID)
+    pub fn project_id<'a>(&'a self, instance: &'a crate::instance::InstanceDoc) -> Option<&'a str> {
+        self.spec
+            .project_id
+            .as_deref()
+            .or(instance.project_id.as_deref())
+    }
+}
+
+/// What Linux accepts as an interface name (net/core/dev.c dev_valid_name),
+/// plus ':' which would make an alias name.
+pub fn check_ifname(ifname: &str) -> Result<(), String> {
+    if ifname.is_empty() {
+        return Err("--ifname: must not be empty".to_string());
+    }
+    if ifname.len() > MAX_IFNAME_BYTES {
+        return Err(format!(
+            "--ifname: {ifname:?} is longer than {MAX_IFNAME_BYTES} bytes ({} bytes)",
+            ifname.len()
+        ));
+    }
+    if ifname == "." || ifname == ".." {
+        return Err(format!("--ifname: {ifname:?} is not an interface name"));
+    }
+    if let Some(bad) = ifname
+        .chars()
+        .find(|&c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+    {
+        return Err(format!(
+            "--ifname: {ifname:?} contains {bad:?} (no '/', ':', whitespace or NUL)"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_uuid(flag: &str, text: &str) -> Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(text).map_err(|err| format!("{flag}: {text:?} is not a UUID ({err})"))
+}
+
+/// Six hex pairs separated by ':', unicast and not all zero (what Linux
+/// accepts as a device's address); returned lower-case.
+fn parse_mac(text: &str) -> Result<String, String> {
+    let octets: Vec<u8> = text
+        .split(':')
+        .map(|pair| {
+            if pair.len() == 2 && pair.bytes().all(|b| b.is_ascii_hexdigit()) {
+                u8::from_str_radix(pair, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<_>>()
+        .filter(|octets: &Vec<u8>| octets.len() == 6)
+        .ok_or_else(|| {
+            format!("--mac: {text:?} is not a MAC address (six hex pairs separated by ':')")
+        })?;
+    if octets[0] & 1 == 1 {
+        return Err(format!("--mac: {text:?} is a multicast address"));
+    }
+    if octets.iter().all(|&b| b == 0) {
+        return Err(format!("--mac: {text:?} is the all-zero address"));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e";
+
+    fn request() -> PortAddRequest {
+        PortAddRequest {
+            ifname: "tap0".into(),
+            instance: UUID.into(),
+            ..Default::default()
+        }
+    }
+
+    #[track_caller]
+    fn assert_refused(req: PortAddRequest, prefix: &str) {
+        let err = req.validate().expect_err("request should be refused");
+        assert!(!err.contains('\n'), "not one line: {err:?}");
+        assert!(
+            err.starts_with(prefix),
+            "{err:?} should start with {prefix:?}"
+        );
+    }
+
+    #[test]
+    fn a_full_request_is_normalized() {
+        let spec = PortAddRequest {
+            ifname: "tap-1.x".into(),
+            instance: UUID.to_uppercase(),
+            port_id: Some("urn:uuid:11111111-2222-3333-4444-555555555555".into()),
+            mac: Some("FA:16:3E:0A:0B:0C".into()),
+            ips: vec!["10.0.0.5".into(), "192.0.2.1".into()],
+            network_id: Some("{aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee}".into()),
+            project_id: Some("p1".into()),
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(spec.instance.to_string(), UUID);
+        assert_eq!(
+            spec.port_id.unwrap().to_string(),
+            "11111111-2222-3333-4444-555555555555"
+        );
+        assert_eq!(spec.mac.as_deref(), Some("fa:16:3e:0a:0b:0c"));
+        assert_eq!(
+            spec.ips,
+            vec![Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(192, 0, 2, 1)]
+        );
+        assert_eq!(
+            spec.network_id.unwrap().to_string(),
+            "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+        );
+    }
+
+    #[test]
+    fn ifname_follows_linux_rules() {
+        assert!(
+            PortAddRequest {
+                ifname: "a".repeat(15),
+                ..request()
+            }
+            .validate()
+            .is_ok()
+        );
+        assert_refused(
+            PortAddRequest {
+                ifname: "a".repeat(16),
+                ..request()
+            },
+            "--ifname:",
+        );
+        assert_refused(
+            PortAddRequest {
+                ifname: "".into(),
+                ..request()
+            },
+            "--ifname: must not be empty",
+        );
+        for bad in ["ta/p", "ta p", "tap:1", "ta\0p", "ta\tp", ".", ".."] {
+            assert_refused(
+                PortAddRequest {
+                    ifname: bad.into(),
+                    ..request()
+                },
+                "--ifname:",
+            );
+        }
+    }
+
+    #[test]
+    fn uuids_are_checked_per_flag() {
+        assert_refused(
+            PortAddRequest {
+                instance: "web-1".into(),
+                ..request()
+            },
+            "--instance:",
+        );
+        assert_refused(
+            PortAddRequest {
+                port_id: Some("x".into()),
+                ..request()
+            },
+            "--port-id:",
+        );
+        assert_refused(
+            PortAddRequest {
+                network_id: Some("".into()),
+                ..request()
+            },
+            "--network-id:",
+        );
+    }
+
+    #[test]
+    fn mac_must_be_six_hex_pairs_unicast() {
+        for bad in [
+            "fa:16:3e:0a:0b",
+            "fa:16:3e:0a:0b:0c:0d",
+            "fa-16-3e-0a-0b-0c",
+            "fa:16:3e:0a:0b:0g",
+            "fa:16:3e:0a:0b:c",
+            "fa163e0a0b0c",
+            "+a:16:3e:0a:0b:0c",
+            "",
+        ] {
+            assert_refused(
+                PortAddRequest {
+                    mac: Some(bad.into()),
+                    ..request()
+                },
+                "--mac:",
+            );
+        }
+        assert_refused(
+            PortAddRequest {
+                mac: Some("01:00:5e:00:00:01".into()),
+                ..request()
+            },
+            "--mac: \"01:00:5e:00:00:01\" is a multicast",
+        );
+        assert_refused(
+            PortAddRequest {
+                mac: Some("ff:ff:ff:ff:ff:ff".into()),
+                ..request()
+            },
+            "--mac: \"ff:ff:ff:ff:ff:ff\" is a multicast",
+        );
+        assert_refused(
+            PortAddRequest {
+                mac: Some("00:00:00:00:00:00".into()),
+                ..request()
+            },
+            "--mac:",
+        );
+    }
+
+    #[test]
+    fn ips_must_be_ipv4() {
+        for bad in ["10.0.0", "10.0.0.256", "2001:db8::1", "10.0.0.1/24", ""] {
+            assert_refused(
+                PortAddRequest {
+                    ips: vec!["10.0.0.1".into(), bad.into()],
+                    ..request()
+                },
+                "--ip:",
+            );
+        }
+    }
+
+    #[test]
+    fn project_id_is_bounded_and_printable() {
+        assert_refused(
+            PortAddRequest {
+                project_id: Some("p".repeat(256)),
+                ..request()
+            },
+            "--project-id: longer than 255",
+        );
+        assert_refused(
+            PortAddRequest {
+                project_id: Some("a\u{7}b".into()),
+                ..request()
+            },
+            "--project-id: contains a control",
+        );
+        assert_refused(
+            PortAddRequest {
+                project_id: Some("".into()),
+                ..request()
+            },
+            "--project-id: must not be empty",
+        );
+    }
+
+    #[test]
+    fn project_id_falls_back_to_the_instance() {
+        let instance = crate::instance::InstanceDoc::from_json(
+            format!(r#"{{"uuid": "{UUID}", "name": "n", "project_id": "from-instance"}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut port = Port {
+            spec: request().validate().unwrap(),
+            slot: 1,
+        };
+        assert_eq!(port.project_id(&instance), Some("from-instance"));
+        port.spec.project_id = Some("own".into());
+        assert_eq!(port.project_id(&instance), Some("own"));
+    }
+}

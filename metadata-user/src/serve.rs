@@ -1,8 +1,169 @@
-//! `metadata-redirector serve`: wires the store, datapath, admin API and guest server together.
-use std::process::ExitCode;
+//! `metadata-redirector serve`: wires the store, the datapath, the admin API
+//! and the guest server together, and decides what a signal does.
+//!
+//! SIGTERM / SIGINT: stop accepting, let in-flight requests finish (5 s),
+//! close the admin socket and exit 0. The datapath stays pinned and attached
+//! (unless `--detach-on-exit`): while no daemon runs, a guest's connection is
+//! refused at once (the server address has no listener) instead of hanging,
+//! and a restarted daemon takes over every tap without a gap.
+use std::{process::ExitCode, sync::Arc, time::Instant};
 
-use crate::cli::ServeArgs;
+use anyhow::Context as _;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tracing::info;
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+use crate::{
+    admin,
+    cli::ServeArgs,
+    config::Settings,
+    datapath::{self, Datapath, netdev, reconcile::Reconciler},
+    metadata::{
+        api::{ApiConfig, ApiContext},
+        limits::ConnectionLimiter,
+        server::GuestServer,
+    },
+    registry::Registry,
+};
+
+/// Open connections one port may hold. cloud-init uses one at a time; a
+/// guest's parallel tooling rarely needs more than a few.
+const MAX_CONNECTIONS_PER_PORT: u32 = 64;
+
+pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let settings = Settings::resolve(args, admin_socket)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let registry = Registry::open(&settings.state_dir)
+        .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
+    // Bind the admin socket first: it refuses to start a second daemon.
+    let admin_listener = admin::server::bind(&settings.admin_socket)
+        .with_context(|| format!("--admin-socket {}", settings.admin_socket.display()))?;
+
+    let netlink = netdev::connect()?;
+    let server_link = netdev::ensure_server_link(&netlink, &settings.link).await?;
+    let datapath = Datapath::load(
+        &settings.bpffs,
+        settings.identity,
+        &server_link,
+        settings.server_port,
+        settings.syn_rate_per_port,
+    )
+    .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
+    let flows = datapath.flows();
+    let counters = datapath.counters();
+    let listener = TcpListener::bind((settings.identity.server_addr, settings.server_port))
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {}:{}",
+                settings.identity.server_addr, settings.server_port
+            )
+        })?;
+
+    // Subscribe to link events before listing links, so a tap created in
+    // between is not missed.
+    let link_events = netdev::watch_links()?;
+    let mut reconciler = Reconciler::new(datapath, netdev::current_links(&netlink).await?);
+    reconciler.start(&registry.snapshot())?;
+    let attached = reconciler.attached();
+    tokio::spawn(reconciler.run(registry.subscribe(), link_events));
+
+    let status: admin::server::StatusFn = {
+        let settings = settings.clone();
+        Arc::new(move || {
+            let counters = counters
+                .totals()
+                .map(|c| {
+                    c.fields()
+                        .into_iter()
+                        .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
+                        .collect::<serde_json::Map<_, _>>()
+                })
+                .unwrap_or_default();
+            let taps: serde_json::Map<_, _> = attached
+                .borrow()
+                .iter()
+                .map(|(ifname, tap)| {
+                    (
+                        ifname.clone(),
+                        serde_json::json!({ "ifindex": tap.ifindex, "slot": tap.slot }),
+                    )
+                })
+                .collect();
+            serde_json::json!({
+                "bpffs": settings.bpffs,
+                "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
+                "server_ifname": settings.link.server_ifname,
+                "attached_taps": taps,
+                "counters": counters,
+                "uptime_seconds": started.elapsed().as_secs(),
+            })
+        })
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::server::serve(
+        admin_listener,
+        registry.clone(),
+        status,
+    ));
+
+    let api = ApiContext::new(
+        ApiConfig {
+            domain: settings.domain.clone(),
+            ..ApiConfig::default()
+        },
+        registry.secret("imds-token-key")?,
+        registry.clone(),
+    );
+    let guest_server = Arc::new(GuestServer {
+        flows,
+        registry: registry.clone(),
+        api: Arc::new(api),
+        connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
+    });
+    let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
+    info!(
+        server = %format!("{}:{}", settings.identity.server_addr, settings.server_port),
+        bpffs = %settings.bpffs.display(),
+        "serving metadata"
+    );
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => info!("SIGINT: shutting down"),
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = guest_task.await;
+    admin_task.abort();
+    let _ = std::fs::remove_file(&settings.admin_socket);
+    if settings.detach_on_exit {
+        datapath::remove_pins(&settings.bpffs)?;
+        netdev::delete_server_link(&netlink, &settings.link.server_ifname).await?;
+        info!("datapath removed");
+    } else {
+        info!(bpffs = %settings.bpffs.display(), "datapath left in place for the next daemon");
+    }
+    Ok(ExitCode::SUCCESS)
 }

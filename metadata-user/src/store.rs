@@ -1,1 +1,337 @@
-//! SQLite persistence (owned by the control-plane work).
+//! SQLite persistence: `<state_dir>/state.db`.
+//!
+//! The store only keeps rows; what they mean (validation, slots, snapshots) is
+//! the registry's business. Every mutation is one transaction and the
+//! database runs in WAL mode with `synchronous=FULL`, so a crash (SIGKILL,
+//! power loss) leaves either the old row or the new one, never half a write,
+//! and a write that returned is on disk.
+use std::{
+    fs::{self, DirBuilder, File},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{DirBuilderExt, PermissionsExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// The schema this binary writes. Bump it and add a step to `MIGRATIONS`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `MIGRATIONS[n]` takes a database from version n to n + 1.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the first schema.
+    "CREATE TABLE instances (
+         uuid TEXT PRIMARY KEY NOT NULL,
+         doc  TEXT NOT NULL            -- the normalized InstanceDoc, JSON
+     );
+     CREATE TABLE ports (
+         ifname TEXT PRIMARY KEY NOT NULL,
+         slot   INTEGER UNIQUE NOT NULL CHECK (slot BETWEEN 1 AND 65535),
+         spec   TEXT NOT NULL          -- the validated PortSpec, JSON
+     );
+     CREATE TABLE passwords (
+         uuid     TEXT PRIMARY KEY NOT NULL,
+         password TEXT NOT NULL
+     );
+     CREATE TABLE secrets (
+         name  TEXT PRIMARY KEY NOT NULL,
+         value BLOB NOT NULL
+     );",
+];
+
+pub struct Store {
+    conn: Connection,
+    /// Held (flock) for the store's life: two daemons on one state dir would
+    /// hand out the same slots.
+    _lock: File,
+}
+
+/// One `ports` row.
+#[derive(Debug)]
+pub struct PortRow {
+    pub ifname: String,
+    pub slot: u32,
+    pub spec: String,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<state_dir>/state.db` and brings its
+    /// schema up to `SCHEMA_VERSION`. The state dir is created 0700: it
+    /// holds the guests' passwords and the token secrets.
+    pub fn open(state_dir: &Path) -> anyhow::Result<Store> {
+        if !state_dir.exists() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
+        }
+        let lock = lock_state_dir(state_dir)?;
+        let path = db_path(state_dir);
+        let mut conn =
+            Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        // SQLite creates the -wal and -shm files with the database's mode.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot chmod {}", path.display()))?;
+        let journal_mode: String =
+            conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !journal_mode.eq_ignore_ascii_case("wal") {
+            bail!(
+                "{}: cannot switch to WAL mode (got {journal_mode})",
+                path.display()
+            );
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        migrate(&mut conn).with_context(|| format!("{}", path.display()))?;
+        Ok(Store { conn, _lock: lock })
+    }
+
+    pub fn instances(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare("SELECT uuid, doc FROM instances")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates or replaces an instance.
+    pub fn put_instance(&mut self, uuid: &str, doc: &str) -> anyhow::Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO instances (uuid, doc) VALUES (?1, ?2)
+                 ON CONFLICT (uuid) DO UPDATE SET doc = excluded.doc",
+                params![uuid, doc],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Deletes an instance and its password; false if there was none.
+    pub fn delete_instance(&mut self, uuid: &str) -> anyhow::Result<bool> {
+        self.write(|tx| {
+            let deleted = tx.execute("DELETE FROM instances WHERE uuid = ?1", [uuid])?;
+            tx.execute("DELETE FROM passwords WHERE uuid = ?1", [uuid])?;
+            Ok(deleted == 1)
+        })
+    }
+
+    pub fn ports(&self) -> anyhow::Result<Vec<PortRow>> {
+        let mut stmt = self.conn.prepare("SELECT ifname, slot, spec FROM ports")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(PortRow {
+                ifname: row.get(0)?,
+                slot: row.get(1)?,
+                spec: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates or replaces a port.
+    pub fn put_port(&mut self, row: &PortRow) -> anyhow::Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO ports (ifname, slot, spec) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (ifname) DO UPDATE SET slot = excluded.slot, spec = excluded.spec",
+                params![row.ifname, row.slot, row.spec],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// False if there was no such port.
+    pub fn delete_port(&mut self, ifname: &str) -> anyhow::Result<bool> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM ports WHERE ifname = ?1", [ifname])? == 1))
+    }
+
+    pub fn password(&self, uuid: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT password FROM passwords WHERE uuid = ?1",
+                [uuid],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Stores a password unless the instance already has one; true if stored.
+    pub fn set_password_if_absent(&mut self, uuid: &str, password: &str) -> anyhow::Result<bool> {
+        self.write(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO passwords (uuid, password) VALUES (?1, ?2)
+                 ON CONFLICT (uuid) DO NOTHING",
+                params![uuid, password],
+            )?;
+            Ok(inserted == 1)
+        })
+    }
+
+    /// The secret called `name`; stores `fresh` first if there is none yet.
+    pub fn secret_or_insert(&mut self, name: &str, fresh: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+                params![name, fresh],
+            )?;
+            Ok(
+                tx.query_row("SELECT value FROM secrets WHERE name = ?1", [name], |row| {
+                    row.get(0)
+                })?,
+            )
+        })
+    }
+
+    /// Runs `body` in one IMMEDIATE transaction (takes the write lock up
+    /// front), committed only if it succeeds.
+    fn write<T>(
+        &mut self,
+        body: impl FnOnce(&rusqlite::Transaction<'_>) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = body(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("state.db")
+}
+
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<File> {
+    let path = state_dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; it is released when the file is closed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "state dir {} is in use by another metadata-redirector",
+                state_dir.display()
+            );
+        }
+        return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+    }
+    Ok(file)
+}
+
+/// Brings the schema from its `user_version` to `SCHEMA_VERSION`, one
+/// transaction per step, and refuses a database from a newer binary.
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        bail!(
+            "schema version {version} is newer than this binary's ({SCHEMA_VERSION}); \
+             run a newer metadata-redirector"
+        );
+    }
+    for (from, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(step)
+            .with_context(|| format!("migrating schema from version {from}"))?;
+        tx.pragma_update(None, "user_version", from as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_private_state_dir_and_db_at_current_schema() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/state");
+        let store = Store::open(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&db_path(&dir)), 0o600);
+        let version: u32 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let journal: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let sync: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let tmp = tempfile::tempdir().unwrap();
+        drop(Store::open(tmp.path()).unwrap());
+        let conn = Connection::open(db_path(tmp.path())).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(tmp.path()).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("newer than this binary"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = Store::open(tmp.path()).unwrap();
+        let err = Store::open(tmp.path()).err().unwrap();
+        assert!(format!("{err:#}").contains("in use"), "{err:#}");
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path()).unwrap();
+        store
+            .put_port(&PortRow {
+                ifname: "tap0".into(),
+                slot: 1,
+                spec: "{}".into(),
+            })
+            .unwrap();
+        // The second statement fails (slot 1 is taken): the first must not stay.
+        let result = store.write(|tx| {
+            tx.execute("INSERT INTO instances (uuid, doc) VALUES ('u', '{}')", [])?;
+            tx.execute(
+                "INSERT INTO ports (ifname, slot, spec) VALUES ('tap1', 1, '{}')",
+                [],
+            )?;
+            Ok(())
+        });
+        assert!(result.is_err());
+        assert!(store.instances().unwrap().is_empty());
+        assert_eq!(store.ports().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn delete_instance_takes_its_password_along() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path()).unwrap();
+        store.put_instance("u", "{}").unwrap();
+        assert!(store.set_password_if_absent("u", "pw").unwrap());
+        assert!(!store.set_password_if_absent("u", "other").unwrap());
+        assert_eq!(store.password("u").unwrap().as_deref(), Some("pw"));
+        assert!(store.delete_instance("u").unwrap());
+        assert!(!store.delete_instance("u").unwrap());
+        assert_eq!(store.password("u").unwrap(), None);
+    }
+}

@@ -1,1 +1,385 @@
-//! Daemon side of the admin API (owned by the control-plane work).
+//! Daemon side of the admin API: HTTP/1.1 + JSON on a root-only unix socket.
+//!
+//! Routes (bodies and answers are JSON; errors are `{"error": "<one line>"}`):
+//!
+//! | method | path | does |
+//! | --- | --- | --- |
+//! | PUT | /v1/instances | create or replace (body: the document) |
+//! | GET | /v1/instances | list (`InstanceSummary` rows) |
+//! | GET, DELETE | /v1/instances/{uuid} | show, delete |
+//! | GET, POST | /v1/ports | list, add (body: `PortAddRequest`) |
+//! | DELETE | /v1/ports/{ifname} | delete (ifname percent-encoded) |
+//! | GET | /v1/status | version, pid, uptime, counts, datapath |
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    fs::{self, DirBuilder},
+    io,
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::UnixListener;
+
+use super::wire::{self, ErrorBody, InstanceSummary, MAX_BODY_BYTES};
+use crate::{
+    port::PortAddRequest,
+    registry::{AdminError, Registry, Snapshot},
+};
+
+/// The datapath's part of `GET /v1/status` (attached taps, counters, ...),
+/// supplied by whoever runs the datapath.
+pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Binds the admin socket at `path`, root only (0600).
+///
+/// Creates the parent directory (0755) if missing. A socket file already at
+/// `path` is removed only when nothing answers on it; if a daemon answers,
+/// this fails rather than steal its socket. Must be called inside a tokio
+/// runtime.
+#[allow(dead_code)] // called by serve.rs
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    remove_stale_socket(path)?;
+    // Bind under a temporary name, chmod, then rename into place: the socket
+    // is never reachable at `path` with the umask's looser mode.
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("admin socket path {} has no file name", path.display()))?;
+    let temporary = path.with_file_name(format!(
+        ".{}.{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&temporary);
+    let listener = std::os::unix::net::UnixListener::bind(&temporary)
+        .with_context(|| format!("cannot bind the admin socket {}", temporary.display()))?;
+    let placed = fs::set_permissions(&temporary, fs::Permissions::from_mode(0o600))
+        .and_then(|()| fs::rename(&temporary, path));
+    if let Err(err) = placed {
+        let _ = fs::remove_file(&temporary);
+        return Err(err)
+            .with_context(|| format!("cannot place the admin socket at {}", path.display()));
+    }
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener).context("registering the admin socket with tokio")
+}
+
+fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
+    let metadata = match fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err).with_context(|| format!("cannot inspect {}", path.display())),
+    };
+    if !metadata.file_type().is_socket() {
+        bail!(
+            "{} exists and is not a socket; not removing it",
+            path.display()
+        );
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "another metadata-redirector is already serving the admin socket {}",
+            path.display()
+        ),
+        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display())),
+        Err(err) => Err(err).with_context(|| format!("cannot check {}", path.display())),
+    }
+}
+
+/// Serves the admin API on `listener` until the task is dropped.
+#[allow(dead_code)] // called by serve.rs
+pub async fn serve(listener: UnixListener, registry: Arc<Registry>, status: StatusFn) {
+    let context = Arc::new(Context {
+        registry,
+        status,
+        started: Instant::now(),
+    });
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!("admin socket accept: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let context = Arc::clone(&context);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let context = Arc::clone(&context);
+                async move { Ok::<_, Infallible>(context.handle(request).await) }
+            });
+            if let Err(err) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!("admin connection: {err}");
+            }
+        });
+    }
+}
+
+struct Context {
+    registry: Arc<Registry>,
+    status: StatusFn,
+    started: Instant,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+/// An error answer: status and one-line message.
+struct Failure(StatusCode, String);
+
+/// The methods a known path accepts (for 405's Allow header); None for an
+/// unknown path.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        ["instances"] => Some("GET, PUT"),
+        ["instances", _] => Some("GET, DELETE"),
+        ["ports"] => Some("GET, POST"),
+        ["ports", _] => Some("DELETE"),
+        ["status"] => Some("GET"),
+        _ => None,
+    }
+}
+
+impl From<AdminError> for Failure {
+    fn from(err: AdminError) -> Self {
+        let status = match &err {
+            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Internal(_) => {
+                tracing::error!("admin request failed: {err}");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        Failure(status, err.to_string())
+    }
+}
+
+impl Context {
+    async fn handle(&self, request: Request<Incoming>) -> Answer {
+        let segments = path_segments(request.uri().path());
+        let allow = allowed_methods(&segments.iter().map(String::as_str).collect::<Vec<_>>());
+        self.route(request)
+            .await
+            .unwrap_or_else(|Failure(status, message)| {
+                let mut answer = json(status, &ErrorBody { error: message });
+                if let (StatusCode::METHOD_NOT_ALLOWED, Some(allow)) = (status, allow) {
+                    answer
+                        .headers_mut()
+                        .insert(ALLOW, HeaderValue::from_static(allow));
+                }
+                answer
+            })
+    }
+
+    async fn route(&self, request: Request<Incoming>) -> Result<Answer, Failure> {
+        let path = request.uri().path().to_owned();
+        let segments = path_segments(&path);
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let method = request.method().clone();
+        match (segments.as_slice(), &method) {
+            (["instances"], &Method::PUT) => {
+                let body = read_body(request).await?;
+                let doc = self
+                    .blocking(move |registry| registry.put_instance(&body))
+                    .await?;
+                Ok(json(StatusCode::OK, &*doc))
+            }
+            (["instances"], &Method::GET) => Ok(json(
+                StatusCode::OK,
+                &instance_summaries(&self.registry.snapshot()),
+            )),
+            (["instances", id], &Method::GET) => {
+                let uuid = path_uuid(id)?;
+                let snapshot = self.registry.snapshot();
+                let doc = snapshot
+                    .instance(&uuid)
+                    .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no instance {uuid}")))?;
+                Ok(json(StatusCode::OK, &**doc))
+            }
+            (["instances", id], &Method::DELETE) => {
+                let id = path_segment(id)?;
+                self.blocking(move |registry| registry.delete_instance(&id))
+                    .await?;
+                Ok(json(StatusCode::OK, &serde_json::json!({})))
+            }
+            (["ports"], &Method::GET) => {
+                let snapshot = self.registry.snapshot();
+                let ports: Vec<_> = snapshot.ports.values().map(|port| &**port).collect();
+                Ok(json(StatusCode::OK, &ports))
+            }
+            (["ports"], &Method::POST) => {
+                let body = read_body(request).await?;
+                let request: PortAddRequest = serde_json::from_slice(&body).map_err(|err| {
+                    Failure(StatusCode::BAD_REQUEST, format!("port request: {err}"))
+                })?;
+                let port = self
+                    .blocking(move |registry| registry.add_port(request))
+                    .await?;
+                Ok(json(StatusCode::OK, &*port))
+            }
+            (["ports", ifname], &Method::DELETE) => {
+                let ifname = path_segment(ifname)?;
+                let port = self
+                    .blocking(move |registry| registry.delete_port(&ifname))
+                    .await?;
+                Ok(json(StatusCode::OK, &*port))
+            }
+            (["status"], &Method::GET) => Ok(json(StatusCode::OK, &self.status())),
+            _ if allowed_methods(&segments).is_some() => Err(Failure(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            )),
+            _ => Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {path}"),
+            )),
+        }
+    }
+
+    /// Registry writes wait for SQLite's fsync: keep them off the runtime's
+    /// worker threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Registry) -> Result<T, AdminError> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let registry = Arc::clone(&self.registry);
+        tokio::task::spawn_blocking(move || write(&registry))
+            .await
+            .map_err(|err| Failure::from(AdminError::Internal(err.into())))?
+            .map_err(Failure::from)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let snapshot = self.registry.snapshot();
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "instances": snapshot.instances.len(),
+            "ports": snapshot.ports.len(),
+            "datapath": (self.status)(),
+        })
+    }
+}
+
+fn instance_summaries(snapshot: &Snapshot) -> Vec<InstanceSummary> {
+    let mut ports_of: HashMap<uuid::Uuid, Vec<String>> = HashMap::new();
+    for port in snapshot.ports.values() {
+        ports_of
+            .entry(port.spec.instance)
+            .or_default()
+            .push(port.spec.ifname.clone());
+    }
+    let mut rows: Vec<InstanceSummary> = snapshot
+        .instances
+        .values()
+        .map(|doc| InstanceSummary {
+            uuid: doc.uuid,
+            name: doc.name.clone(),
+            hostname: doc.hostname.clone(),
+            project_id: doc.project_id.clone(),
+            availability_zone: doc.availability_zone.clone(),
+            ports: ports_of.remove(&doc.uuid).unwrap_or_default(),
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.name, a.uuid).cmp(&(&b.name, b.uuid)));
+    rows
+}
+
+/// Reads the whole body, refusing (413) more than `MAX_BODY_BYTES`.
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Failure> {
+    let too_large = || {
+        Failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body: larger than {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(too_large()),
+        Err(err) => Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("request body: {err}"),
+        )),
+    }
+}
+
+/// `/v1/a/b/` -> ["a", "b"]; anything outside /v1/ -> [].
+fn path_segments(path: &str) -> Vec<String> {
+    path.strip_prefix("/v1/")
+        .map(|rest| {
+            rest.trim_end_matches('/')
+                .split('/')
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn path_segment(raw: &str) -> Result<String, Failure> {
+    wire::decode_segment(raw).ok_or_else(|| {
+        Failure(
+            StatusCode::BAD_REQUEST,
+            format!("path: {raw:?} is not a valid percent-encoded name"),
+        )
+    })
+}
+
+fn path_uuid(raw: &str) -> Result<uuid::Uuid, Failure> {
+    let text = path_segment(raw)?;
+    crate::port::parse_uuid("uuid", &text)
+        .map_err(|message| Failure(StatusCode::BAD_REQUEST, message))
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Answer {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_else(|err| {
+        serde_json::json!({ "error": format!("serializing the answer: {err}") })
+            .to_string()
+            .into_bytes()
+    });
+    bytes.push(b'\n');
+    let mut answer = Response::new(Full::new(Bytes::from(bytes)));
+    *answer.status_mut() = status;
+    answer
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    answer
+}

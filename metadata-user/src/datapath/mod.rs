@@ -1,1 +1,408 @@
-//! Loads, pins and attaches the eBPF programs; owns the BPF maps.
+//! Loads, pins and attaches the eBPF programs, and owns the BPF maps.
+//!
+//! Layout under `--bpffs DIR`:
+//! ```text
+//! DIR/maps/{PORTS,FLOWS,CONFIG,COUNTERS}   reused across restarts (flows survive)
+//! DIR/progs/{tap_ingress,server_egress}    the programs of the running daemon
+//! DIR/links/server-egress                  TCX egress link on the server end
+//! DIR/links/tap-<ifname>                   TCX ingress link on each registered tap ('.' as %2e)
+//! ```
+//! Links are pinned so the datapath keeps working while the daemon is down
+//! or restarting; a new daemon attaches its programs next to the old links
+//! and only then removes them, so there is no moment without a program.
+pub mod identity;
+pub mod netdev;
+pub mod reconcile;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use metadata_ebpf::{Counters, DatapathConfig, FlowEntry, FlowKey, PortEntry, names};
+use tracing::{debug, info, warn};
+
+pub use identity::IdentityPlan;
+use netdev::ServerLink;
+
+/// The object file built from metadata-ebpf by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
+
+/// A registered tap the programs are attached to right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachedTap {
+    pub ifindex: u32,
+    pub slot: u32,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    ports: HashMap<MapData, u32, PortEntry>,
+    flows: Arc<FlowTable>,
+    counters: Arc<CounterTable>,
+    identity: IdentityPlan,
+    links_dir: PathBuf,
+    attached: BTreeMap<String, AttachedTap>,
+}
+
+impl Datapath {
+    /// Loads the programs (reusing pinned maps if a previous daemon left
+    /// them), pins them, and attaches the return path to the server end.
+    pub fn load(
+        bpffs: &Path,
+        identity: IdentityPlan,
+        server: &ServerLink,
+        server_port: u16,
+        syn_rate_per_port: u32,
+    ) -> anyhow::Result<Self> {
+        ensure_bpffs(bpffs)?;
+        let maps_dir = bpffs.join("maps");
+        let progs_dir = bpffs.join("progs");
+        let links_dir = bpffs.join("links");
+        for dir in [bpffs, &maps_dir, &progs_dir, &links_dir] {
+            fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "creating {} (is bpffs mounted at /sys/fs/bpf?)",
+                    dir.display()
+                )
+            })?;
+        }
+
+        let mut loader = EbpfLoader::new();
+        for name in [names::PORTS, names::FLOWS, names::CONFIG, names::COUNTERS] {
+            loader.map_pin_path(name, maps_dir.join(name));
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
+            format!(
+                "loading the eBPF programs (maps pinned under {}; if they were left by an \
+                 incompatible version, remove that directory)",
+                maps_dir.display()
+            )
+        })?;
+
+        for name in [names::TAP_INGRESS, names::SERVER_EGRESS] {
+            let program: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+            program
+                .load()
+                .with_context(|| format!("verifying program {name}"))?;
+            let pin = progs_dir.join(name);
+            remove_pin(&pin)?;
+            program
+                .pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
+
+        let mut config: Array<MapData, DatapathConfig> = take_map(&mut ebpf, names::CONFIG)?;
+        config
+            .set(
+                0,
+                DatapathConfig {
+                    server_addr: identity.server_addr.octets(),
+                    server_port_be: server_port.to_be(),
+                    server_mac: server.server_mac,
+                    redirect_ifindex: server.entry_ifindex,
+                    ready: 1,
+                    syn_rate_per_port,
+                },
+                0,
+            )
+            .context("writing the datapath configuration")?;
+
+        let mut datapath = Self {
+            ports: take_map(&mut ebpf, names::PORTS)?,
+            flows: Arc::new(FlowTable {
+                map: take_map(&mut ebpf, names::FLOWS)?,
+                identity,
+            }),
+            counters: Arc::new(CounterTable {
+                map: take_map(&mut ebpf, names::COUNTERS)?,
+            }),
+            ebpf,
+            identity,
+            links_dir,
+            attached: BTreeMap::new(),
+        };
+        datapath.attach_program(
+            names::SERVER_EGRESS,
+            server.server_ifindex,
+            TcAttachType::Egress,
+            "server-egress",
+        )?;
+        Ok(datapath)
+    }
+
+    pub fn flows(&self) -> Arc<FlowTable> {
+        self.flows.clone()
+    }
+
+    pub fn counters(&self) -> Arc<CounterTable> {
+        self.counters.clone()
+    }
+
+    pub fn attached(&self) -> &BTreeMap<String, AttachedTap> {
+        &self.attached
+    }
+
+    /// Starts serving the guest behind `ifname` (now `ifindex`) as `slot`.
+    /// Idempotent: attaching what is already attached does nothing.
+    pub fn attach_tap(&mut self, ifname: &str, ifindex: u32, slot: u32) -> anyhow::Result<()> {
+        let wanted = AttachedTap { ifindex, slot };
+        if self.attached.get(ifname) == Some(&wanted) {
+            return Ok(());
+        }
+        if let Some(old) = self.attached.remove(ifname) {
+            // Re-created under the same name, or given another slot.
+            let _ = self.ports.remove(&old.ifindex);
+        }
+        let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
+        // The map entry first: the program passes traffic from taps it does
+        // not know, so there is no window where a guest is served wrongly.
+        self.ports
+            .insert(ifindex, entry, 0)
+            .with_context(|| format!("registering {ifname} in the port map"))?;
+        if let Err(err) = self.attach_program(
+            names::TAP_INGRESS,
+            ifindex,
+            TcAttachType::Ingress,
+            &tap_pin_name(ifname),
+        ) {
+            let _ = self.ports.remove(&ifindex);
+            return Err(err.context(format!("attaching to {ifname}")));
+        }
+        info!(ifname, ifindex, slot, "tap attached");
+        self.attached.insert(ifname.to_string(), wanted);
+        Ok(())
+    }
+
+    /// Stops serving `ifname`: drops its port entry and its link. Also used
+    /// when the tap disappeared (the kernel already dropped the link then).
+    pub fn detach_tap(&mut self, ifname: &str) -> anyhow::Result<()> {
+        let Some(old) = self.attached.remove(ifname) else {
+            return Ok(());
+        };
+        let _ = self.ports.remove(&old.ifindex);
+        remove_pin(&self.links_dir.join(tap_pin_name(ifname)))?;
+        info!(ifname, ifindex = old.ifindex, "tap detached");
+        Ok(())
+    }
+
+    /// Forgets port entries and link pins that no attached tap accounts for:
+    /// what a previous daemon left for ports that are gone now.
+    pub fn prune(&mut self) -> anyhow::Result<()> {
+        let live: std::collections::HashSet<u32> =
+            self.attached.values().map(|tap| tap.ifindex).collect();
+        let stale: Vec<u32> = self
+            .ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| !live.contains(ifindex))
+            .collect();
+        for ifindex in stale {
+            debug!(ifindex, "removing stale port entry");
+            let _ = self.ports.remove(&ifindex);
+        }
+        for entry in fs::read_dir(&self.links_dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            let Some(ifname) = tap_ifname_of_pin(&name) else {
+                continue;
+            };
+            if !self.attached.contains_key(&ifname) {
+                debug!(ifname, "removing stale link pin");
+                remove_pin(&self.links_dir.join(name.as_ref()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches `program` with TCX and pins the link as `links/<pin_name>`,
+    /// replacing a link a previous daemon (or a previous tap) left there only
+    /// after the new one is in place.
+    fn attach_program(
+        &mut self,
+        program: &str,
+        ifindex: u32,
+        attach_type: TcAttachType,
+        pin_name: &str,
+    ) -> anyhow::Result<()> {
+        let ifname = netdev::ifname_of(ifindex)?;
+        let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+        let id = prog
+            .attach_with_options(
+                &ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| format!("attaching {program} to {ifname}"))?;
+        let link: FdLink = prog.take_link(id)?.try_into()?;
+        let pin = self.links_dir.join(pin_name);
+        let staging = self.links_dir.join(format!("staging-{pin_name}"));
+        remove_pin(&staging)?;
+        let pinned: PinnedLink = link
+            .pin(&staging)
+            .with_context(|| format!("pinning {}", staging.display()))?;
+        // Renaming over the old pin drops the old link (nobody else holds it).
+        fs::rename(&staging, &pin)
+            .with_context(|| format!("moving link pin to {}", pin.display()))?;
+        drop(pinned);
+        Ok(())
+    }
+}
+
+/// bpffs refuses names with a '.', which interface names may contain.
+fn tap_pin_name(ifname: &str) -> String {
+    format!("tap-{}", ifname.replace('%', "%25").replace('.', "%2e"))
+}
+
+fn tap_ifname_of_pin(pin: &str) -> Option<String> {
+    let encoded = pin.strip_prefix("tap-")?;
+    Some(encoded.replace("%2e", ".").replace("%25", "%"))
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a classifier"))
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// Where bpffs is conventionally mounted; mounted by us if nobody has yet
+/// (as iproute2 and systemd do), so pins work on a bare host.
+const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let is_bpffs = |path: &Path| -> bool {
+        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs into a zeroed struct with a valid NUL-terminated path.
+        let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+        (unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } == 0)
+            && stat.f_type as i64 == BPF_FS_MAGIC
+    };
+    // The nearest existing ancestor tells which filesystem `dir` will be on.
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    if !dir.starts_with(BPFFS_MOUNT) {
+        anyhow::bail!(
+            "{} is not on a bpffs (mount one, or use a directory under {BPFFS_MOUNT})",
+            dir.display()
+        );
+    }
+    fs::create_dir_all(BPFFS_MOUNT)?;
+    let target = std::ffi::CString::new(BPFFS_MOUNT)?;
+    let fstype = std::ffi::CString::new("bpf")?;
+    // SAFETY: plain mount(2) with valid NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf");
+    }
+    info!("mounted bpffs at {BPFFS_MOUNT}");
+    Ok(())
+}
+
+fn remove_pin(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Removes everything the datapath pinned under `bpffs`: links (which
+/// detaches the programs), programs and maps.
+pub fn remove_pins(bpffs: &Path) -> anyhow::Result<()> {
+    match fs::remove_dir_all(bpffs) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", bpffs.display())),
+    }
+}
+
+/// Read side of the FLOWS map: who is behind a connection to the server.
+pub struct FlowTable {
+    map: HashMap<MapData, FlowKey, FlowEntry>,
+    identity: IdentityPlan,
+}
+
+/// A connection's peer, resolved through the datapath's maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowOrigin {
+    pub slot: u32,
+    pub flow: FlowEntry,
+}
+
+impl FlowTable {
+    /// Resolves the peer of an accepted connection. None when the peer is not
+    /// an identity address or the datapath has no flow for it (the connection
+    /// did not come through a tap).
+    pub fn origin(&self, peer: SocketAddrV4) -> Option<FlowOrigin> {
+        let slot = self.identity.slot_of(*peer.ip())?;
+        let key = FlowKey {
+            identity_addr: peer.ip().octets(),
+            guest_port_be: peer.port().to_be(),
+            _pad: 0,
+        };
+        match self.map.get(&key, 0) {
+            Ok(flow) => Some(FlowOrigin { slot, flow }),
+            Err(err) => {
+                warn!(%peer, %err, "no datapath flow for connection");
+                None
+            }
+        }
+    }
+}
+
+/// Read side of the COUNTERS map.
+pub struct CounterTable {
+    map: PerCpuArray<MapData, Counters>,
+}
+
+impl CounterTable {
+    /// The counters summed over all CPUs.
+    pub fn totals(&self) -> anyhow::Result<Counters> {
+        let per_cpu = self.map.get(&0, 0).context("reading counters")?;
+        let mut total = Counters::default();
+        for counters in per_cpu.iter() {
+            total.accumulate(counters);
+        }
+        Ok(total)
+    }
+}

@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use crate::{instance::InstanceDoc, port::Port};
+use crate::port::Port;
 
 /// The guest behind one accepted connection. Built by the server from the
 /// BPF flow map (never from anything the guest sent), once per connection.

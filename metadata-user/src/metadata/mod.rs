@@ -2,3 +2,5 @@
 //! identifies the guest, `api` answers its requests.
 pub mod api;
 pub mod conn;
+pub mod limits;
+pub mod server;

@@ -1,0 +1,119 @@
+//! Identity addresses: the source address a guest's request has when it
+//! reaches the server. Each registered port has a slot, and slot N maps to
+//! `identity_net + N`, so the server knows the port from the peer address
+//! alone. The range is routed only to the server's veth; nothing else on the
+//! host uses it.
+use std::net::Ipv4Addr;
+
+use anyhow::bail;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdentityPlan {
+    /// The server's own address (on the server end of the veth pair).
+    pub server_addr: Ipv4Addr,
+    /// First address of the identity range.
+    pub net: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Default for IdentityPlan {
+    /// 240.0.0.0/4 is reserved, never routed on the Internet, and accepted as
+    /// unicast by Linux: nothing a host or guest uses can collide with it.
+    fn default() -> Self {
+        Self {
+            server_addr: Ipv4Addr::new(240, 0, 0, 1),
+            net: Ipv4Addr::new(240, 1, 0, 0),
+            prefix_len: 16,
+        }
+    }
+}
+
+impl IdentityPlan {
+    /// Checks the plan is usable: a sane prefix, the server outside the range.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(8..=30).contains(&self.prefix_len) {
+            bail!(
+                "identity prefix length must be 8..=30, got {}",
+                self.prefix_len
+            );
+        }
+        if u32::from(self.net) & !self.mask() != 0 {
+            bail!(
+                "identity network {}/{} has host bits set",
+                self.net,
+                self.prefix_len
+            );
+        }
+        if self.slot_of(self.server_addr).is_some() || self.contains(self.server_addr) {
+            bail!(
+                "server address {} lies inside the identity range",
+                self.server_addr
+            );
+        }
+        Ok(())
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix_len))
+    }
+
+    fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & self.mask() == u32::from(self.net)
+    }
+
+    /// The highest usable slot (the last address of the range is left out).
+    pub fn max_slot(&self) -> u32 {
+        !self.mask() - 1
+    }
+
+    pub fn address_of(&self, slot: u32) -> anyhow::Result<Ipv4Addr> {
+        if slot == 0 || slot > self.max_slot() {
+            bail!("slot {slot} outside 1..={}", self.max_slot());
+        }
+        Ok(Ipv4Addr::from(u32::from(self.net) + slot))
+    }
+
+    pub fn slot_of(&self, addr: Ipv4Addr) -> Option<u32> {
+        if !self.contains(addr) {
+            return None;
+        }
+        let slot = u32::from(addr) - u32::from(self.net);
+        (1..=self.max_slot()).contains(&slot).then_some(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_round_trip() {
+        let plan = IdentityPlan::default();
+        plan.validate().unwrap();
+        assert_eq!(plan.address_of(1).unwrap(), Ipv4Addr::new(240, 1, 0, 1));
+        assert_eq!(plan.address_of(258).unwrap(), Ipv4Addr::new(240, 1, 1, 2));
+        assert_eq!(plan.slot_of(Ipv4Addr::new(240, 1, 1, 2)), Some(258));
+        assert_eq!(plan.max_slot(), 65_534);
+    }
+
+    #[test]
+    fn outside_addresses_have_no_slot() {
+        let plan = IdentityPlan::default();
+        assert_eq!(plan.slot_of(Ipv4Addr::new(240, 1, 0, 0)), None);
+        assert_eq!(plan.slot_of(Ipv4Addr::new(240, 1, 255, 255)), None);
+        assert_eq!(plan.slot_of(Ipv4Addr::new(10, 0, 0, 5)), None);
+        assert_eq!(plan.slot_of(plan.server_addr), None);
+        assert!(plan.address_of(0).is_err());
+        assert!(plan.address_of(65_535).is_err());
+    }
+
+    #[test]
+    fn bad_plans_are_refused() {
+        let mut plan = IdentityPlan::default();
+        plan.server_addr = Ipv4Addr::new(240, 1, 0, 9);
+        assert!(plan.validate().is_err());
+        let mut plan = IdentityPlan::default();
+        plan.net = Ipv4Addr::new(240, 1, 0, 1);
+        assert!(plan.validate().is_err());
+    }
+}
