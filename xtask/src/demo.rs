@@ -150,20 +150,31 @@ fn pretty(body: &str) -> String {
         .unwrap_or_else(|_| body.to_owned())
 }
 
+/// Prints two texts in columns. Long lines (keys, random_seed) are cut so
+/// the two columns stay readable in a normal terminal.
 fn print_side_by_side(left_title: &str, left: &str, right_title: &str, right: &str) {
+    const MAX_WIDTH: usize = 58;
     let width = std::iter::once(left_title)
         .chain(left.lines())
+        .chain(std::iter::once(right_title))
+        .chain(right.lines())
         .map(|line| line.chars().count())
         .max()
         .unwrap_or(0)
-        .min(72);
-    let column = |text: &str| -> Vec<String> { text.lines().map(str::to_owned).collect() };
-    let (left, right) = (column(left), column(right));
-    println!("  {left_title:<width$} | {right_title}");
+        .min(MAX_WIDTH);
+    let cut = |line: &str| -> String {
+        if line.chars().count() <= width {
+            line.to_owned()
+        } else {
+            line.chars().take(width - 1).chain(['…']).collect()
+        }
+    };
+    let (left, right): (Vec<_>, Vec<_>) = (left.lines().collect(), right.lines().collect());
+    println!("  {:<width$} | {}", cut(left_title), cut(right_title));
     println!("  {:-<width$}-+-{:-<width$}", "", "");
     for row in 0..left.len().max(right.len()) {
-        let l = left.get(row).map_or("", String::as_str);
-        let r = right.get(row).map_or("", String::as_str);
+        let l = cut(left.get(row).copied().unwrap_or(""));
+        let r = cut(right.get(row).copied().unwrap_or(""));
         println!("  {l:<width$} | {r}");
     }
 }
