@@ -52,7 +52,7 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
     /// server_addr, server_port, identity_net, domain, detach_on_exit,
-    /// syn_rate_per_port.
+    /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Name of the veth end the server listens behind [default: mdr-srv].

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::{
     cli::{DEFAULT_ADMIN_SOCKET, ServeArgs},
     datapath::{IdentityPlan, netdev::ServerLinkPlan},
+    metadata::ratelimit::RateLimitConfig,
 };
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
@@ -37,6 +38,10 @@ struct FileConfig {
     domain: Option<String>,
     detach_on_exit: Option<bool>,
     syn_rate_per_port: Option<u32>,
+    /// Requests per second one port may make on average...
+    rate_limit_per_sec: Option<f64>,
+    /// ...and in a burst.
+    rate_limit_burst: Option<u32>,
 }
 
 /// Resolved settings for one daemon.
@@ -52,6 +57,7 @@ pub struct Settings {
     pub detach_on_exit: bool,
     /// New connections per second one port may open (enforced in the datapath).
     pub syn_rate_per_port: u32,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Settings {
@@ -60,6 +66,7 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let rate_limit = rate_limit(&file)?;
         let mut identity = IdentityPlan::default();
         if let Some(addr) = file.server_addr {
             identity.server_addr = addr;
@@ -115,6 +122,7 @@ impl Settings {
             server_port: file.server_port.unwrap_or(DEFAULT_SERVER_PORT),
             domain: file.domain.unwrap_or_else(|| DEFAULT_DOMAIN.into()),
             detach_on_exit: args.detach_on_exit || file.detach_on_exit.unwrap_or(false),
+            rate_limit,
             syn_rate_per_port: match file.syn_rate_per_port {
                 Some(0) => bail!("syn_rate_per_port: must be at least 1"),
                 Some(rate) => rate,
@@ -122,6 +130,23 @@ impl Settings {
             },
         })
     }
+}
+
+fn rate_limit(file: &FileConfig) -> anyhow::Result<RateLimitConfig> {
+    let mut config = RateLimitConfig::default();
+    if let Some(rate) = file.rate_limit_per_sec {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("rate_limit_per_sec: must be a positive number, got {rate}");
+        }
+        config.rate_per_sec = rate;
+    }
+    if let Some(burst) = file.rate_limit_burst {
+        if burst == 0 {
+            bail!("rate_limit_burst: must be at least 1");
+        }
+        config.burst = burst;
+    }
+    Ok(config)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -37,6 +37,10 @@ pub struct InstanceDoc {
     pub network_data: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<serde_json::Value>>,
+    /// Host CPUs pinned to the guest (nova's NUMA topology `pcpuset`s), for
+    /// meta_data.json `dedicated_cpus` (2020-10-14 and later; `[]` if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedicated_cpus: Option<Vec<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2: Option<Ec2>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

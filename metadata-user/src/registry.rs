@@ -319,6 +319,24 @@ fn parse_uuid(field: &str, text: &str) -> Result<uuid::Uuid, AdminError> {
     crate::port::parse_uuid(field, text).map_err(AdminError::Invalid)
 }
 
+/// The guest API stores posted passwords here.
+impl crate::metadata::api::PasswordStore for Registry {
+    fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
+        Registry::password(self, uuid)
+    }
+
+    fn set_password(
+        &self,
+        uuid: &uuid::Uuid,
+        password: &str,
+    ) -> Result<(), crate::metadata::api::PasswordConflict> {
+        Registry::set_password(self, uuid, password).map_err(|err| {
+            tracing::warn!(%uuid, "password not stored: {err}");
+            crate::metadata::api::PasswordConflict
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

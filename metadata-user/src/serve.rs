@@ -24,6 +24,7 @@ use crate::{
     metadata::{
         api::{ApiConfig, ApiContext},
         limits::ConnectionLimiter,
+        ratelimit::RateLimiter,
         server::GuestServer,
     },
     registry::Registry,
@@ -140,6 +141,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         registry: registry.clone(),
         api: Arc::new(api),
         connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
+        requests: RateLimiter::from_config(settings.rate_limit),
     });
     let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
     info!(

@@ -16,6 +16,7 @@ use super::{
     api::{self, ApiContext},
     conn::{ConnHandle, Guest},
     limits::ConnectionLimiter,
+    ratelimit::{RateLimiter, too_many_requests},
 };
 use crate::{datapath::FlowTable, registry::Registry};
 
@@ -32,6 +33,7 @@ pub struct GuestServer {
     pub registry: Arc<Registry>,
     pub api: Arc<ApiContext>,
     pub connections: Arc<ConnectionLimiter>,
+    pub requests: RateLimiter,
 }
 
 impl GuestServer {
@@ -81,6 +83,13 @@ impl GuestServer {
                 let server = server.clone();
                 let guest = guest.clone();
                 async move {
+                    if let Err(retry_after) = server.requests.check(guest.port.slot) {
+                        return Ok(too_many_requests(
+                            retry_after,
+                            request.method(),
+                            request.headers(),
+                        ));
+                    }
                     // Looked up per request: `instance put` and `instance del`
                     // take effect on the next request, even on an open connection.
                     let instance = server
