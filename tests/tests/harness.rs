@@ -184,3 +184,32 @@ fn the_daemon_runs_in_the_host_namespace_and_is_cleaned_up() {
         "the daemon still runs"
     );
 }
+
+/// Leftovers of a run that died without unwinding (SIGKILL) are removed by
+/// the next run's sweep; objects of live runs (this one) are kept.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn leftovers_of_dead_runs_are_swept_and_live_ones_kept() {
+    // pid_max is at most 2^22: no process has this pid.
+    let dead = "mdr-test-99999999-0-beef";
+    let (ns, pins, tmp) = (
+        format!("{dead}-host"),
+        Path::new(integration_tests::bpffs::ROOT).join(format!("{dead}-bpffs")),
+        std::env::temp_dir().join(format!("{dead}-daemon")),
+    );
+    integration_tests::bpffs::ensure_mounted().unwrap();
+    cmd::run(&["ip", "netns", "add", &ns]).unwrap();
+    std::fs::create_dir_all(pins.join("maps")).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let live = Host::new().unwrap();
+
+    integration_tests::names::sweep_stale();
+
+    let list = cmd::run(&["ip", "netns", "list"]).unwrap();
+    assert!(!list.contains(&ns), "{ns} survived:\n{list}");
+    assert!(!pins.exists() && !tmp.exists());
+    assert!(
+        list.contains(live.name()),
+        "a live run's namespace was swept"
+    );
+}
