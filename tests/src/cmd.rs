@@ -37,13 +37,23 @@ pub fn run(args: &[&str]) -> Result<String> {
     checked(&mut command(args))
 }
 
-/// The command line, for messages.
+/// The command line, with the environment and directory it sets, for
+/// messages and logs.
 pub fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
+    let mut line = String::new();
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            line += &format!("{}={} ", key.to_string_lossy(), value.to_string_lossy());
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        line += &format!("(in {}) ", dir.display());
+    }
+    let args: Vec<_> = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|arg| arg.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    line + &args.join(" ")
 }
 
 /// Makes a spawned process die with the thread that spawned it, so a test

@@ -150,10 +150,6 @@ impl Daemon {
         .with_context(|| format!("daemon log:\n{}", self.log()))
     }
 
-    pub fn config(&self) -> &DaemonConfig {
-        &self.config
-    }
-
     /// The bpffs directory the daemon pins into.
     pub fn bpffs(&self) -> &Path {
         &self.config.bpffs

@@ -6,10 +6,14 @@
 //! after a `cargo xtask build`.
 use std::path::PathBuf;
 
-fn target_dir() -> PathBuf {
+/// The workspace's target directory.
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
+        .unwrap_or_else(|| {
+            let tests_crate = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            tests_crate.parent().unwrap_or(tests_crate).join("target")
+        })
 }
 
 /// The `metadata-redirector` binary under test.

@@ -9,9 +9,7 @@ pub fn root() -> PathBuf {
 }
 
 pub fn target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
+    integration_tests::env::target_dir()
 }
 
 /// The daemon binary `cargo xtask build` makes.

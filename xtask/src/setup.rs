@@ -40,6 +40,14 @@ pub enum Report {
     OnlyChanges,
 }
 
+impl Report {
+    fn ok(self, what: &str) {
+        if self == Report::Everything {
+            println!("ok: {what}");
+        }
+    }
+}
+
 /// Runs `apt-get update` at most once per xtask run, and only if something
 /// is to be installed: package lists of a fresh machine are empty or stale.
 #[derive(Default)]
@@ -69,44 +77,63 @@ impl Apt {
 }
 
 pub fn ensure(report: Report) -> Result<()> {
-    let say_ok = |what: &str| {
-        if report == Report::Everything {
-            println!("ok: {what}");
-        }
-    };
     let mut apt = Apt::default();
+    apt_packages(report, &mut apt)?;
+    rust_src(report)?;
+    bpf_linker(report)?;
+    guest_kernel(report, &mut apt)?;
+    bpffs_mount(report)
+}
 
+fn apt_packages(report: Report, apt: &mut Apt) -> Result<()> {
     let mut missing = Vec::new();
-    for (package, _why) in APT_PACKAGES {
+    for (package, why) in APT_PACKAGES {
         match installed_version(package) {
-            Some(version) => say_ok(&format!("{package} {version}")),
-            None => missing.push(*package),
+            Some(version) => report.ok(&format!("{package} {version}")),
+            None => {
+                println!("installing: {package} (for {why})");
+                missing.push(*package);
+            }
         }
     }
-    if !missing.is_empty() {
-        for package in &missing {
-            let why = APT_PACKAGES
-                .iter()
-                .find(|(p, _)| p == package)
-                .map(|(_, w)| *w);
-            println!("installing: {package} (for {})", why.unwrap_or("?"));
-        }
-        require_root("install Debian packages")?;
-        apt.update_once()?;
-        let mut args = vec!["install", "-y", "--no-install-recommends"];
-        args.extend(&missing);
-        cmd::run(&mut Apt::get(&args))?;
+    if missing.is_empty() {
+        return Ok(());
     }
+    require_root("install Debian packages")?;
+    apt.update_once()?;
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&missing);
+    cmd::run(&mut Apt::get(&args))
+}
 
-    if nightly_has_rust_src() {
-        say_ok("rust-src (nightly)");
-    } else {
-        println!("installing: rust-src for the nightly toolchain (eBPF builds core from source)");
-        // Adding the component to an existing nightly keeps that nightly
-        // (`toolchain install` would move it to today's).
-        let has_nightly = probe(&mut command(&["rustup", "toolchain", "list"]))
-            .is_some_and(|list| list.lines().any(|line| line.starts_with("nightly")));
-        cmd::run(&mut if has_nightly {
+/// The installed version of a Debian package, if it is installed.
+fn installed_version(package: &str) -> Option<String> {
+    let format = "${db:Status-Status} ${Version}";
+    let out = probe(&mut command(&["dpkg-query", "-W", "-f", format, package]))?;
+    out.strip_prefix("installed ").map(str::to_owned)
+}
+
+/// The eBPF crate builds `core` from source with the nightly toolchain.
+fn rust_src(report: Report) -> Result<()> {
+    let installed = |args: &[&str]| probe(&mut command(args)).unwrap_or_default();
+    let components = installed(&[
+        "rustup",
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]);
+    if components.lines().any(|line| line.starts_with("rust-src")) {
+        report.ok("rust-src (nightly)");
+        return Ok(());
+    }
+    println!("installing: rust-src for the nightly toolchain (eBPF builds core from source)");
+    let toolchains = installed(&["rustup", "toolchain", "list"]);
+    // Adding the component to an existing nightly keeps that nightly
+    // (`toolchain install` would move it to today's).
+    cmd::run(
+        &mut if toolchains.lines().any(|line| line.starts_with("nightly")) {
             command(&[
                 "rustup",
                 "component",
@@ -116,82 +143,58 @@ pub fn ensure(report: Report) -> Result<()> {
                 "nightly",
             ])
         } else {
-            command(&[
+            let args = [
                 "rustup",
                 "toolchain",
                 "install",
                 "nightly",
                 "--profile",
                 "minimal",
-                "--component",
-                "rust-src",
-            ])
-        })?;
-    }
+            ];
+            let mut cmd = command(&args);
+            cmd.args(["--component", "rust-src"]);
+            cmd
+        },
+    )
+}
 
-    match probe(&mut command(&["bpf-linker", "--version"])) {
-        Some(version) => say_ok(version.trim()),
-        None => {
-            println!(
-                "installing: bpf-linker {BPF_LINKER_VERSION} (cargo install, about 4 minutes)"
-            );
-            // Without LLVM_PREFIX the build looks for -lLLVM in the wrong place.
-            cmd::run(
-                command(&[
-                    "cargo",
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    BPF_LINKER_VERSION,
-                    "--no-default-features",
-                    "--features",
-                    "llvm-22",
-                ])
-                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
-            )?;
-        }
+fn bpf_linker(report: Report) -> Result<()> {
+    if let Some(version) = probe(&mut command(&["bpf-linker", "--version"])) {
+        report.ok(version.trim());
+        return Ok(());
     }
+    println!("installing: bpf-linker {BPF_LINKER_VERSION} (cargo install, about 4 minutes)");
+    let mut cmd = command(&[
+        "cargo",
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+    ]);
+    cmd.args(["--no-default-features", "--features", "llvm-22"])
+        // Without it the build looks for -lLLVM in the wrong place.
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+    cmd::run(&mut cmd)
+}
 
-    match guest_kernel::installed() {
-        Some(version) => say_ok(&format!("guest kernel {version}")),
-        None => {
-            require_root("download the guest kernel")?;
-            guest_kernel::install(&mut apt)?;
-        }
+fn guest_kernel(report: Report, apt: &mut Apt) -> Result<()> {
+    if let Some(version) = guest_kernel::installed() {
+        report.ok(&format!("guest kernel {version}"));
+        return Ok(());
     }
+    require_root("download the guest kernel")?;
+    guest_kernel::install(apt)
+}
 
+/// The daemon pins into bpffs; some machines do not mount it at boot.
+fn bpffs_mount(report: Report) -> Result<()> {
     if bpffs::is_mounted(bpffs::ROOT) {
-        say_ok(&format!("bpffs at {}", bpffs::ROOT));
-    } else {
-        println!("installing: bpffs mount at {}", bpffs::ROOT);
-        require_root("mount bpffs")?;
-        bpffs::ensure_mounted()?;
+        report.ok(&format!("bpffs at {}", bpffs::ROOT));
+        return Ok(());
     }
-    Ok(())
-}
-
-/// The installed version of a Debian package, if it is installed.
-fn installed_version(package: &str) -> Option<String> {
-    let out = probe(&mut command(&[
-        "dpkg-query",
-        "-W",
-        "-f",
-        "${db:Status-Status} ${Version}",
-        package,
-    ]))?;
-    out.strip_prefix("installed ").map(str::to_owned)
-}
-
-fn nightly_has_rust_src() -> bool {
-    probe(&mut command(&[
-        "rustup",
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .is_some_and(|list| list.lines().any(|line| line.starts_with("rust-src")))
+    println!("installing: bpffs mount at {}", bpffs::ROOT);
+    require_root("mount bpffs")?;
+    bpffs::ensure_mounted()
 }
 
 /// Fails with a clear message unless running as root.
