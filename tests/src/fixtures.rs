@@ -1,9 +1,20 @@
 //! Sample instance documents for tests and the demo.
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 
 use crate::guest::Guest;
 use crate::names::random_u64;
+
+/// The tenant subnet the tests and the demo use (every tenant the same one:
+/// overlapping subnets are the point).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const PREFIX_LEN: u8 = 24;
+/// The address and MAC a guest has unless a test needs several.
+pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+pub const GUEST_MAC: &str = "fa:16:3e:00:00:05";
 
 /// An instance document and the values tests compare answers with.
 #[derive(Clone, Debug)]
@@ -48,8 +59,14 @@ impl Instance {
 /// Checks that `guest` gets `instance`'s own `meta_data.json` (uuid, name,
 /// project and meta all from this document, not another) and instance-id.
 pub fn check_own_answers(guest: &Guest, instance: &Instance) -> Result<()> {
-    let reply = guest.http_get("/openstack/latest/meta_data.json")?;
+    check_own_answers_with(guest, instance, &[])
+}
+
+/// [`check_own_answers`], with extra request headers ("Name: value").
+pub fn check_own_answers_with(guest: &Guest, instance: &Instance, headers: &[&str]) -> Result<()> {
+    let get = |path| guest.http_get_with(path, headers, Duration::from_secs(5));
     let who = format!("guest on tap {} (expecting {})", guest.tap(), instance.name);
+    let reply = get("/openstack/latest/meta_data.json")?;
     ensure!(reply.status == 200, "{who}: meta_data.json: {reply}");
     let doc = reply
         .json()
@@ -62,7 +79,7 @@ pub fn check_own_answers(guest: &Guest, instance: &Instance) -> Result<()> {
             instance.doc[field]
         );
     }
-    let reply = guest.http_get("/latest/meta-data/instance-id")?;
+    let reply = get("/latest/meta-data/instance-id")?;
     ensure!(
         reply.status == 200 && reply.body.trim() == instance.ec2_id,
         "{who}: instance-id should be {}: {reply}",

@@ -30,7 +30,7 @@ pub mod tenant;
 pub mod wait;
 
 pub use daemon::{Daemon, DaemonConfig};
-pub use fixtures::{Instance, check_own_answers};
+pub use fixtures::{Instance, check_own_answers, check_own_answers_with};
 pub use guest::{Guest, GuestConfig, Route};
 pub use host::Host;
 pub use http::Reply;

@@ -1,7 +1,7 @@
 //! The control plane refuses bad input precisely and keeps the store intact;
 //! the pinned maps are readable with bpftool.
-use std::net::Ipv4Addr;
 
+use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
 use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, cmd, fixtures};
 use serde_json::{Value, json};
 
@@ -203,12 +203,8 @@ fn bad_port_add_is_refused_naming_the_field_and_nothing_is_stored() {
 #[ignore = "root: run via cargo xtask test"]
 fn bpftool_dumps_the_pinned_port_map_with_named_fields() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, Ipv4Addr::new(10, 0, 0, 1), 24).unwrap();
-    let guest = Guest::new(
-        &net,
-        GuestConfig::new(Ipv4Addr::new(10, 0, 0, 5), "fa:16:3e:00:00:05"),
-    )
-    .unwrap();
+    let net = TenantNet::new(&host, GATEWAY, 24).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
     let daemon = Daemon::start(&host).unwrap();
     let instance = Instance::sample("mapped");
     daemon.register(&guest, &instance).unwrap();

@@ -2,19 +2,15 @@
 //! end-to-end tests build behaves as they assume (isolated same-address
 //! tenants, a decoy that answers whatever the datapath does not catch, a
 //! booting qemu guest, a daemon wrapper that cleans up).
-use std::net::Ipv4Addr;
-use std::path::Path;
-use std::time::Duration;
-
 use integration_tests::tempdir::TempDir;
 use integration_tests::tenant::DECOY_MARK;
 use integration_tests::{
     Daemon, DaemonConfig, Guest, GuestConfig, Host, QemuConfig, QemuGuest, TenantNet, cmd,
 };
+use std::path::Path;
+use std::time::Duration;
 
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
-const MAC: &str = "fa:16:3e:00:00:05";
+use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
 
 #[test]
 #[ignore = "root: run via cargo xtask test"]

@@ -1,12 +1,8 @@
 //! The daemon and the taps come and go; registered ports are served again
 //! without any new command.
-use std::net::Ipv4Addr;
 
+use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
 use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers};
-
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
-const MAC: &str = "fa:16:3e:00:00:05";
 
 #[test]
 #[ignore = "root: run via cargo xtask test"]

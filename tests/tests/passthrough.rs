@@ -1,10 +1,8 @@
 //! What is not metadata, or not from a registered tap, is left alone.
-use std::net::Ipv4Addr;
-
+use integration_tests::fixtures::GATEWAY;
 use integration_tests::tenant::DECOY_MARK;
 use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet};
-
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+use std::net::Ipv4Addr;
 
 /// Two guests on one network; only one is registered. The other's request
 /// goes to the router as if there were no datapath, and the decoy answers.

@@ -1,6 +1,6 @@
 //! A real guest kernel on a real tap fetches its own metadata.
-use std::net::Ipv4Addr;
 
+use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
 use integration_tests::{Daemon, Host, Instance, QemuConfig, QemuGuest, TenantNet};
 
 /// qemu (TCG) boots Debian's kernel with a busybox initramfs on an `ip
@@ -12,12 +12,8 @@ use integration_tests::{Daemon, Host, Instance, QemuConfig, QemuGuest, TenantNet
 #[ignore = "root: run via cargo xtask test"]
 fn a_qemu_guest_fetches_its_own_meta_data() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, Ipv4Addr::new(10, 0, 0, 1), 24).unwrap();
-    let mut vm = QemuGuest::new(
-        &net,
-        QemuConfig::new(Ipv4Addr::new(10, 0, 0, 5), "fa:16:3e:00:00:05"),
-    )
-    .unwrap();
+    let net = TenantNet::new(&host, GATEWAY, 24).unwrap();
+    let mut vm = QemuGuest::new(&net, QemuConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
     let daemon = Daemon::start(&host).unwrap();
     let instance = Instance::sample("vm");
     daemon.put_instance(&instance).unwrap();

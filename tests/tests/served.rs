@@ -1,13 +1,10 @@
 //! Guests are told apart by their tap, not by anything they chose.
-use std::net::Ipv4Addr;
 
 use integration_tests::{
     Daemon, Guest, GuestConfig, Host, Instance, METADATA_ADDR, TenantNet, check_own_answers,
 };
 
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
-const MAC: &str = "fa:16:3e:00:00:05";
+use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
 
 /// Two tenant networks, each a bridge with a router at 10.0.0.1 (and a decoy
 /// there, so an uncaught request would be answered, wrongly), one guest on

@@ -6,20 +6,17 @@
 //! gets its own state dir, admin socket and bpffs dir, so the demo never
 //! meets a real daemon or the machine's own network. Ctrl-C (or an error)
 //! tears it all down: the harness's types clean up on Drop.
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC, PREFIX_LEN};
 use integration_tests::{
     Daemon, DaemonConfig, Guest, GuestConfig, Host, Instance, TenantNet, bpffs, names,
 };
 
 use crate::{build, paths, setup};
 
-const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
-const GUEST_MAC: &str = "fa:16:3e:00:00:05";
 const PATHS: [&str; 2] = [
     "/openstack/latest/meta_data.json",
     "/latest/meta-data/instance-id",
@@ -73,8 +70,8 @@ pub fn run(serve_args: &[String]) -> Result<()> {
 /// locals drop in reverse order: daemon, guests, networks, host namespace.
 fn sandbox(config: DaemonConfig) -> Result<()> {
     let host = Host::new()?;
-    let net_a = TenantNet::new(&host, GATEWAY, 24)?;
-    let net_b = TenantNet::new(&host, GATEWAY, 24)?;
+    let net_a = TenantNet::new(&host, GATEWAY, PREFIX_LEN)?;
+    let net_b = TenantNet::new(&host, GATEWAY, PREFIX_LEN)?;
     let guest_a = Guest::new(&net_a, GuestConfig::new(GUEST_ADDR, GUEST_MAC))?;
     let guest_b = Guest::new(&net_b, GuestConfig::new(GUEST_ADDR, GUEST_MAC))?;
     stop_requested()?;
@@ -112,7 +109,7 @@ fn sandbox(config: DaemonConfig) -> Result<()> {
         );
         println!();
     }
-    println!("Both guests are 10.0.0.5 with MAC {GUEST_MAC}; the tap tells them apart.");
+    println!("Both guests are {GUEST_ADDR} with MAC {GUEST_MAC}; the tap tells them apart.");
     println!("Try it yourself:");
     for guest in [&guest_a, &guest_b] {
         println!(
