@@ -1,1 +1,74 @@
-fn main() {}
+//! `cargo xtask`: set up, build, run and test metadata-redirector.
+mod build;
+mod cmd;
+mod demo;
+mod guest_kernel;
+mod paths;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, run and test metadata-redirector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: Debian packages, rust-src, bpf-linker, the
+    /// test guest's kernel, the bpffs mount. Idempotent.
+    Setup,
+    /// Set up if needed, then build the release binary
+    /// (target/release/metadata-redirector).
+    Build,
+    /// Build, then run `metadata-redirector serve` with its defaults.
+    Run {
+        /// Instead: run a sandboxed daemon with two guests that share an IP
+        /// and a MAC, show both their answers, and serve until Ctrl-C.
+        #[arg(long)]
+        demo: bool,
+        /// Extra arguments for `serve` (after `--`).
+        #[arg(last = true)]
+        serve_args: Vec<String>,
+    },
+    /// Unit tests, then the root-only integration tests (needs root).
+    Test,
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::ensure(setup::Report::Everything),
+        Task::Build => build::release().map(drop),
+        Task::Run {
+            demo: false,
+            serve_args,
+        } => run::serve(&serve_args),
+        Task::Run {
+            demo: true,
+            serve_args,
+        } => demo::run(&serve_args),
+        Task::Test => test::run(),
+        Task::Bench => Err(anyhow::anyhow!(
+            "`cargo xtask bench` is not implemented yet"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The daemon under test, running `serve` inside the host namespace.
+use std::fs::File;
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::fixtures::Instance;
+use crate::guest::Guest;
+use crate::host::Host;
+use crate::tempdir::TempDir;
+use crate::wait::{self, Poll};
+use crate::{bpffs, cmd, env, names};
+
+/// How long the daemon may take until `status` answers.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where one daemon keeps everything. Tests get a fresh set per daemon
+/// ([`Daemon::start`]); the demo chooses its own.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub bin: PathBuf,
+    pub state_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub bpffs: PathBuf,
+    /// The daemon's stdout and stderr.
+    pub log: PathBuf,
+    /// More arguments for `serve`.
+    pub extra_args: Vec<String>,
+    /// Start the daemon in a process group of its own, so a Ctrl-C in the
+    /// terminal reaches only the caller, which then stops it in order.
+    pub own_process_group: bool,
+    /// Print the log when the daemon is dropped. libtest shows what a test
+    /// printed only when it fails, so tests always want this.
+    pub print_log_on_drop: bool,
+}
+
+impl DaemonConfig {
+    /// Everything under `dir`, pins under `/sys/fs/bpf/<unique>`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            bin: env::mdr_bin(),
+            state_dir: dir.join("state"),
+            admin_socket: dir.join("admin.sock"),
+            bpffs: Path::new(bpffs::ROOT).join(names::global("bpffs")),
+            log: dir.join("daemon.log"),
+            extra_args: Vec::new(),
+            own_process_group: false,
+            print_log_on_drop: true,
+        }
+    }
+}
+
+pub struct Daemon {
+    host: Host,
+    config: DaemonConfig,
+    child: Option<Child>,
+    _dir: Option<TempDir>,
+}
+
+impl Daemon {
+    /// Starts `$MDR_BIN serve` in `host` with its own state dir, admin socket
+    /// and bpffs dir, and waits until `status` answers.
+    pub fn start(host: &Host) -> Result<Self> {
+        let dir = TempDir::new("daemon")?;
+        let config = DaemonConfig::in_dir(dir.path());
+        Self::start_with(host, config, Some(dir))
+    }
+
+    /// Starts a daemon as `config` says; `dir` (if any) is removed on Drop.
+    pub fn start_with(host: &Host, config: DaemonConfig, dir: Option<TempDir>) -> Result<Self> {
+        bpffs::ensure_mounted()?;
+        let mut daemon = Self {
+            host: host.clone(),
+            config,
+            child: None,
+            _dir: dir,
+        };
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        if !self.config.bin.is_file() {
+            bail!(
+                "{} does not exist: build it with `cargo xtask build` or set MDR_BIN",
+                self.config.bin.display()
+            );
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.config.log)
+            .with_context(|| format!("opening {}", self.config.log.display()))?;
+        let config = &self.config;
+        let bin = config.bin.to_string_lossy();
+        let state_dir = config.state_dir.to_string_lossy();
+        let admin_socket = config.admin_socket.to_string_lossy();
+        let bpffs = config.bpffs.to_string_lossy();
+        let mut command = self.host.command(&[
+            &bin,
+            "serve",
+            "--state-dir",
+            &state_dir,
+            "--admin-socket",
+            &admin_socket,
+            "--bpffs",
+            &bpffs,
+        ]);
+        command
+            .args(&config.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("RUST_BACKTRACE", "1");
+        cmd::die_with_parent(&mut command);
+        if config.own_process_group {
+            use std::os::unix::process::CommandExt as _;
+            command.process_group(0);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", cmd::describe(&command)))?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Waits until `status` exits 0, or fails early if the daemon exits.
+    fn wait_ready(&mut self) -> Result<()> {
+        wait::until("the daemon to answer `status`", READY_TIMEOUT, || {
+            if let Some(child) = self.child.as_mut()
+                && let Some(exit) = child.try_wait()?
+            {
+                self.child = None;
+                bail!(
+                    "the daemon exited ({exit}) before it answered; its log:\n{}",
+                    self.log()
+                );
+            }
+            let out = self.cli(&["status"])?;
+            Ok(if out.status.success() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            })
+        })
+        .with_context(|| format!("daemon log:\n{}", self.log()))
+    }
+
+    /// The bpffs directory the daemon pins into.
+    pub fn bpffs(&self) -> &Path {
+        &self.config.bpffs
+    }
+
+    /// A pinned map: `<bpffs>/maps/<NAME>`.
+    pub fn pinned_map(&self, name: &str) -> PathBuf {
+        self.config.bpffs.join("maps").join(name)
+    }
+
+    /// The pid of the running daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the daemon is still running (reaps it if it exited).
+    pub fn is_running(&mut self) -> bool {
+        let exited = self
+            .child
+            .as_mut()
+            .is_none_or(|child| !matches!(child.try_wait(), Ok(None)));
+        if exited {
+            self.child = None;
+        }
+        !exited
+    }
+
+    /// A CLI invocation against this daemon's admin socket. The socket is a
+    /// path, so the CLI works from any network namespace.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.config.bin);
+        command
+            .arg("--admin-socket")
+            .arg(&self.config.admin_socket)
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs the CLI; its output whatever the exit status.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        cmd::output(&mut self.cli_command(args))
+    }
+
+    /// Runs the CLI; its stdout, or an error with its stderr.
+    pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        cmd::checked(&mut self.cli_command(args))
+    }
+
+    /// `instance put -` with `doc` on stdin; the output whatever the status.
+    pub fn put_instance_doc(&self, doc: &str) -> Result<Output> {
+        let mut command = self.cli_command(&["instance", "put", "-"]);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().context("starting `instance put -`")?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        stdin.write_all(doc.as_bytes())?;
+        drop(stdin);
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Stores `instance`, failing if the daemon refuses it.
+    pub fn put_instance(&self, instance: &Instance) -> Result<()> {
+        let out = self.put_instance_doc(&instance.doc.to_string())?;
+        if !out.status.success() {
+            bail!(
+                "instance put {} failed: {}",
+                instance.uuid,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// `port add --ifname TAP --instance UUID --mac MAC --ip ADDR`.
+    pub fn add_port(
+        &self,
+        tap: &str,
+        instance: &Instance,
+        mac: &str,
+        addr: Ipv4Addr,
+    ) -> Result<()> {
+        let addr = addr.to_string();
+        let args = ["port", "add", "--ifname", tap, "--instance", &instance.uuid];
+        self.cli_ok(&[&args[..], &["--mac", mac, "--ip", &addr]].concat())?;
+        Ok(())
+    }
+
+    /// Stores `instance` and binds `guest`'s tap to it.
+    pub fn register(&self, guest: &Guest, instance: &Instance) -> Result<()> {
+        self.put_instance(instance)?;
+        self.add_port(guest.tap(), instance, guest.mac(), guest.addr())
+    }
+
+    /// SIGKILLs the daemon (no cleanup of its own runs) and reaps it.
+    pub fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("the daemon is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the daemon again on the same state dir, socket and bpffs dir.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("the daemon is still running; kill9 it first");
+        }
+        self.spawn()
+    }
+
+    /// What the daemon has written to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.config.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 5 s.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        cmd::signal(child.id(), libc::SIGTERM);
+        let exited = wait::until("the daemon to exit", Duration::from_secs(5), || {
+            Ok(match child.try_wait()? {
+                Some(_) => Poll::Ready(()),
+                None => Poll::Pending("still running".into()),
+            })
+        });
+        if exited.is_err() {
+            eprintln!("cleanup: the daemon ignored SIGTERM for 5 s; killing it");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        // Removing the pins releases the programs, links and maps the daemon
+        // left pinned (a SIGTERMed daemon may keep the datapath on purpose).
+        if let Err(err) = std::fs::remove_dir_all(&self.config.bpffs)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("cleanup: removing {}: {err}", self.config.bpffs.display());
+        }
+        if self.config.print_log_on_drop {
+            eprintln!(
+                "--- daemon log ({}) ---\n{}--- end of daemon log ---",
+                self.config.log.display(),
+                self.log()
+            );
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Guests are told apart by their tap, not by anything they chose.
+
+use integration_tests::{
+    Daemon, Guest, GuestConfig, Host, Instance, METADATA_ADDR, TenantNet, check_own_answers,
+};
+
+use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+
+/// Two tenant networks, each a bridge with a router at 10.0.0.1 (and a decoy
+/// there, so an uncaught request would be answered, wrongly), one guest on
+/// each with the same IP and MAC: each gets its own instance.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn two_tenants_with_the_same_ip_and_mac_get_their_own_answers() {
+    let host = Host::new().unwrap();
+    let net_a = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let net_b = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let guest_a = Guest::new(&net_a, GuestConfig::new(ADDR, MAC)).unwrap();
+    let guest_b = Guest::new(&net_b, GuestConfig::new(ADDR, MAC)).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let (alpha, beta) = (Instance::sample("alpha"), Instance::sample("beta"));
+    daemon.register(&guest_a, &alpha).unwrap();
+    daemon.register(&guest_b, &beta).unwrap();
+
+    guest_a.wait_served(&alpha.uuid).unwrap();
+    guest_b.wait_served(&beta.uuid).unwrap();
+    // Asked again, in turn: still each its own.
+    for _ in 0..3 {
+        check_own_answers(&guest_a, &alpha).unwrap();
+        check_own_answers(&guest_b, &beta).unwrap();
+    }
+}
+
+/// No router anywhere, only `169.254.169.254 dev eth0`: the guest ARPs for
+/// the metadata address and the program answers it from the tap.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn an_on_link_guest_without_a_router_is_served() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::without_router(&host, 24).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC).on_link()).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("onlink");
+    daemon.register(&guest, &instance).unwrap();
+
+    guest.wait_served(&instance.uuid).unwrap();
+    check_own_answers(&guest, &instance).unwrap();
+    // The neighbour entry is the datapath's answer (nothing else is on the
+    // bridge that could have answered).
+    let neigh = guest
+        .ns()
+        .ip(&["neigh", "show", &METADATA_ADDR.to_string(), "dev", "eth0"])
+        .unwrap();
+    let mac = metadata_ebpf::METADATA_MAC
+        .map(|byte| format!("{byte:02x}"))
+        .join(":");
+    assert!(
+        neigh.contains(&mac),
+        "neighbour entry {neigh:?}, expected lladdr {mac}"
+    );
+}

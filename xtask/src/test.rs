@@ -1,0 +1,35 @@
+//! `cargo xtask test`: unit tests, then the root-only integration tests.
+use anyhow::Result;
+
+use crate::cmd::{self, command};
+use crate::{build, paths, setup};
+
+pub fn run() -> Result<()> {
+    // Checked first: the integration tests need root for namespaces, bpffs
+    // and taps, and a failure after a long build would only waste time.
+    setup::require_root("run the integration tests (network namespaces, bpffs, taps)")?;
+    let bin = build::release()?;
+    integration_tests::names::sweep_stale();
+
+    // --release throughout: it reuses what `build` just compiled instead of
+    // building every dependency a second time in the debug profile.
+    cmd::run(command(&["cargo", "test", "--release", "--workspace"]).current_dir(paths::root()))?;
+
+    // Two at a time: each test runs its own daemon (and maybe a VM) on a
+    // 2-core machine.
+    cmd::run(
+        command(&[
+            "cargo",
+            "test",
+            "--release",
+            "-p",
+            "integration-tests",
+            "--",
+            "--include-ignored",
+            "--test-threads=2",
+        ])
+        .current_dir(paths::root())
+        .env("MDR_BIN", &bin)
+        .env("MDR_GUEST_DIR", paths::guest_dir()),
+    )
+}
