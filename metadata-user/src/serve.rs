@@ -93,7 +93,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let mut reconciler = Reconciler::new(datapath, netdev::current_links(&netlink).await?);
     reconciler.start(&registry.snapshot())?;
     let attached = reconciler.attached();
-    tokio::spawn(reconciler.run(registry.subscribe(), link_events));
+    tokio::spawn(reconciler.run(registry.subscribe(), link_events, netlink.clone()));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let backend = match &settings.backend {

@@ -198,6 +198,10 @@ pub enum LinkEvent {
         ifname: String,
         ifindex: u32,
     },
+    /// The kernel dropped events because the socket's buffer was full (a
+    /// burst of taps appearing or going at once): what is known about the
+    /// links may be stale, and they must be listed again.
+    Lost,
 }
 
 /// Subscribes to link events. Subscribe before listing the current links so
@@ -212,8 +216,10 @@ pub fn watch_links() -> anyhow::Result<impl Stream<Item = LinkEvent>> {
             .context("subscribing to link events")?;
     tokio::spawn(connection);
     Ok(messages.filter_map(|(message, _)| async move {
-        let NetlinkPayload::InnerMessage(message) = message.payload else {
-            return None;
+        let message = match message.payload {
+            NetlinkPayload::InnerMessage(message) => message,
+            NetlinkPayload::Overrun(_) => return Some(LinkEvent::Lost),
+            _ => return None,
         };
         match message {
             RouteNetlinkMessage::NewLink(link) if is_device_message(&link) => {
@@ -268,4 +274,13 @@ pub fn ifname_of(ifindex: u32) -> anyhow::Result<String> {
     Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
         .to_string_lossy()
         .into_owned())
+}
+
+/// The index of the interface named `ifname` now, from the kernel; `None`
+/// when there is none.
+pub fn ifindex_of(ifname: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(ifname).ok()?;
+    // SAFETY: name is a NUL-terminated string that outlives the call.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (ifindex != 0).then_some(ifindex)
 }
