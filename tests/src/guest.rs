@@ -29,6 +29,8 @@ pub struct GuestConfig {
     pub addr: Ipv4Addr,
     pub mac: String,
     pub route: Route,
+    /// The tap's name; a fresh one when `None`.
+    pub tap: Option<String>,
 }
 
 impl GuestConfig {
@@ -37,7 +39,14 @@ impl GuestConfig {
             addr,
             mac: mac.to_owned(),
             route: Route::ViaRouter,
+            tap: None,
         }
+    }
+
+    /// A tap of this name (e.g. a port registered before its tap exists).
+    pub fn with_tap(mut self, tap: &str) -> Self {
+        self.tap = Some(tap.to_owned());
+        self
     }
 
     pub fn on_link(mut self) -> Self {
@@ -57,14 +66,14 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// A guest on `net` with a fresh tap name.
+    /// A guest on `net` behind the tap `config.tap` (a fresh name by default).
     pub fn new(net: &TenantNet, config: GuestConfig) -> Result<Self> {
         let guest = Self {
             host: net.host().clone(),
             bridge: net.bridge().to_owned(),
             gateway: net.gateway(),
             prefix_len: net.prefix_len(),
-            tap: names::ifname("tp"),
+            tap: config.tap.clone().unwrap_or_else(|| names::ifname("tp")),
             config,
             ns: Netns::new("guest")?,
         };
