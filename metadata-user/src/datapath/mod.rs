@@ -295,9 +295,24 @@ where
 fn expected_layouts() -> [(&'static str, usize, usize, u32); 4] {
     use std::mem::size_of;
     [
-        (names::PORTS, size_of::<u32>(), size_of::<PortEntry>(), metadata_ebpf::MAX_PORTS),
-        (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowEntry>(), metadata_ebpf::MAX_FLOWS),
-        (names::CONFIG, size_of::<u32>(), size_of::<DatapathConfig>(), 1),
+        (
+            names::PORTS,
+            size_of::<u32>(),
+            size_of::<PortEntry>(),
+            metadata_ebpf::MAX_PORTS,
+        ),
+        (
+            names::FLOWS,
+            size_of::<FlowKey>(),
+            size_of::<FlowEntry>(),
+            metadata_ebpf::MAX_FLOWS,
+        ),
+        (
+            names::CONFIG,
+            size_of::<u32>(),
+            size_of::<DatapathConfig>(),
+            1,
+        ),
         (names::COUNTERS, size_of::<u32>(), size_of::<Counters>(), 1),
     ]
 }
@@ -315,12 +330,23 @@ fn replace_incompatible_pins(maps_dir: &Path) -> anyhow::Result<()> {
         }
         let found = MapData::from_pin(&pin)
             .and_then(|map| map.info())
-            .map(|info| (info.key_size() as usize, info.value_size() as usize, info.max_entries()));
+            .map(|info| {
+                (
+                    info.key_size() as usize,
+                    info.value_size() as usize,
+                    info.max_entries(),
+                )
+            });
         let wanted = (key_size, value_size, max_entries);
         match found {
             Ok(found) if found == wanted => {}
             Ok(found) => {
-                warn!(map = name, ?found, ?wanted, "pinned map has another layout; replacing it");
+                warn!(
+                    map = name,
+                    ?found,
+                    ?wanted,
+                    "pinned map has another layout; replacing it"
+                );
                 remove_pin(&pin)?;
             }
             Err(err) => {
