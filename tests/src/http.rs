@@ -39,6 +39,22 @@ const STATUS_SEPARATOR: &str = "\n--mdr-status--";
 
 /// GETs `url` from inside `ns`, with extra `headers` ("Name: value").
 pub fn get(ns: &Netns, url: &str, headers: &[&str], timeout: Duration) -> Result<Reply> {
+    request(ns, url, headers, None, timeout)
+}
+
+/// POSTs `body` to `url` from inside `ns`.
+pub fn post(ns: &Netns, url: &str, body: &str, timeout: Duration) -> Result<Reply> {
+    request(ns, url, &[], Some(body), timeout)
+}
+
+/// A GET, or a POST of `body` (as is, with curl's form content type).
+fn request(
+    ns: &Netns,
+    url: &str,
+    headers: &[&str],
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Reply> {
     let max_time = format!("{:.1}", timeout.as_secs_f64());
     let write_out = format!("{STATUS_SEPARATOR}%{{http_code}}");
     // --noproxy: a proxy setting in the environment must never send a
@@ -57,6 +73,9 @@ pub fn get(ns: &Netns, url: &str, headers: &[&str], timeout: Duration) -> Result
     ];
     for header in headers {
         args.extend(["-H", header]);
+    }
+    if let Some(body) = body {
+        args.extend(["--data-binary", body]);
     }
     args.push(url);
     let out = ns.exec(&args)?;

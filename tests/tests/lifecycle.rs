@@ -2,7 +2,10 @@
 //! without any new command.
 
 use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
-use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers};
+use integration_tests::{
+    Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd,
+};
+use std::net::Ipv4Addr;
 
 #[test]
 #[ignore = "root: run via cargo xtask test"]
@@ -103,6 +106,70 @@ fn a_pinned_map_with_another_layout_is_replaced_on_restart() {
     );
     assert!(
         daemon.log().contains("has another layout"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A tap that leaves its bridge and joins another is still the same tap: the
+/// bridge's notice that its port left (an AF_BRIDGE RTM_DELLINK) must not
+/// read as the tap being gone. The daemon keeps the link it pinned for the
+/// tap (same link ID), and the guest is served on its new network.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
+    let host = Host::new().unwrap();
+    let net_a = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let net_b = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let guest = Guest::new(&net_a, GuestConfig::new(ADDR, MAC)).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("mover");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    let pin = daemon
+        .bpffs()
+        .join("links")
+        .join(format!("tap-{}", guest.tap()));
+    let link_id = || {
+        let out = cmd::run(&[
+            "bpftool",
+            "-j",
+            "link",
+            "show",
+            "pinned",
+            &pin.to_string_lossy(),
+        ])
+        .unwrap_or_else(|err| panic!("the tap's link is not pinned: {err:#}"));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"].clone()
+    };
+    let before = link_id();
+
+    host.ip(&["link", "set", guest.tap(), "nomaster"]).unwrap();
+    host.ip(&["link", "set", guest.tap(), "master", net_b.bridge(), "up"])
+        .unwrap();
+    // Link events are handled in order: once a tap plugged after the move
+    // is served, the daemon has seen everything the move caused.
+    let marker = Guest::new(
+        &net_b,
+        GuestConfig::new(Ipv4Addr::new(10, 0, 0, 6), "fa:16:3e:00:00:06"),
+    )
+    .unwrap();
+    let marker_instance = Instance::sample("marker");
+    daemon.register(&marker, &marker_instance).unwrap();
+    marker.wait_served(&marker_instance.uuid).unwrap();
+
+    assert_eq!(link_id(), before, "the tap was detached and attached again");
+    check_own_answers(&guest, &instance).unwrap();
+    assert!(
+        !daemon
+            .log()
+            .contains(&format!("tap detached ifname=\"{}\"", guest.tap())),
         "{}",
         daemon.log()
     );
