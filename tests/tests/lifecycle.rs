@@ -174,3 +174,31 @@ fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
         daemon.log()
     );
 }
+
+/// `port del` then `port add` for the same tap, again and again: each time
+/// the same program goes back on the same hook, which tcx refuses (EEXIST)
+/// while the previous link still exists.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_port_deleted_and_added_again_at_once_is_served() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("again");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+
+    for _ in 0..5 {
+        daemon
+            .cli_ok(&["port", "del", "--ifname", guest.tap()])
+            .unwrap();
+        daemon.register(&guest, &instance).unwrap();
+        guest.wait_served(&instance.uuid).unwrap();
+    }
+    check_own_answers(&guest, &instance).unwrap();
+    assert!(!daemon.log().contains("attaching:"), "{}", daemon.log());
+}

@@ -13,6 +13,7 @@
 pub mod identity;
 pub mod netdev;
 pub mod reconcile;
+mod sys;
 
 use std::{
     collections::BTreeMap,
@@ -161,12 +162,20 @@ impl Datapath {
     /// Idempotent: attaching what is already attached does nothing.
     pub fn attach_tap(&mut self, ifname: &str, ifindex: u32, slot: u32) -> anyhow::Result<()> {
         let wanted = AttachedTap { ifindex, slot };
-        if self.attached.get(ifname) == Some(&wanted) {
-            return Ok(());
-        }
-        if let Some(old) = self.attached.remove(ifname) {
-            // Re-created under the same name, or given another slot.
-            let _ = self.ports.remove(&old.ifindex);
+        match self.attached.get(ifname) {
+            Some(current) if *current == wanted => return Ok(()),
+            Some(current) if current.ifindex == ifindex => {
+                // Same tap, another slot: the link stays, only the port entry changes.
+                let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
+                self.ports
+                    .insert(ifindex, entry, 0)
+                    .with_context(|| format!("updating {ifname} in the port map"))?;
+                self.attached.insert(ifname.to_string(), wanted);
+                return Ok(());
+            }
+            // Re-created under the same name: the old link died with the old tap.
+            Some(_) => self.detach_tap(ifname)?,
+            None => {}
         }
         let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
         // The map entry first: the program passes traffic from taps it does
@@ -195,7 +204,14 @@ impl Datapath {
             return Ok(());
         };
         let _ = self.ports.remove(&old.ifindex);
-        remove_pin(&self.links_dir.join(tap_pin_name(ifname)))?;
+        let pin = self.links_dir.join(tap_pin_name(ifname));
+        // Detach now rather than when the kernel gets round to releasing the
+        // unpinned link: attaching the same program to the same tap again
+        // soon after (port del + port add) fails with EEXIST while it lives.
+        if let Err(err) = sys::detach_pinned_link(&pin) {
+            debug!(ifname, %err, "link already gone");
+        }
+        remove_pin(&pin)?;
         info!(ifname, ifindex = old.ifindex, "tap detached");
         Ok(())
     }
