@@ -60,6 +60,57 @@ fn a_tap_deleted_and_recreated_under_the_same_name_is_served_again() {
     check_own_answers(&guest, &instance).unwrap();
 }
 
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_pinned_map_with_another_layout_is_replaced_on_restart() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let mut daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("upgraded");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+
+    // What an older version with another PortEntry layout would have left.
+    daemon.kill9().unwrap();
+    let ports = daemon.pinned_map("PORTS");
+    std::fs::remove_file(&ports).unwrap();
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&ports)
+        .args([
+            "type", "hash", "key", "4", "value", "8", "entries", "16", "name", "PORTS",
+        ])
+        .status()
+        .unwrap();
+    assert!(created.success(), "bpftool map create failed");
+    daemon.restart().unwrap();
+
+    guest.wait_served(&instance.uuid).unwrap();
+    check_own_answers(&guest, &instance).unwrap();
+    let shown = std::process::Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(&ports)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!(
+            "value {}B",
+            std::mem::size_of::<metadata_ebpf::PortEntry>()
+        )),
+        "the old map is still pinned: {shown}"
+    );
+    assert!(
+        daemon.log().contains("has another layout"),
+        "{}",
+        daemon.log()
+    );
+}
+
 /// A tap that leaves its bridge and joins another is still the same tap: the
 /// bridge's notice that its port left (an AF_BRIDGE RTM_DELLINK) must not
 /// read as the tap being gone. The daemon keeps the link it pinned for the
@@ -122,4 +173,32 @@ fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
         "{}",
         daemon.log()
     );
+}
+
+/// `port del` then `port add` for the same tap, again and again: each time
+/// the same program goes back on the same hook, which tcx refuses (EEXIST)
+/// while the previous link still exists.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_port_deleted_and_added_again_at_once_is_served() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("again");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+
+    for _ in 0..5 {
+        daemon
+            .cli_ok(&["port", "del", "--ifname", guest.tap()])
+            .unwrap();
+        daemon.register(&guest, &instance).unwrap();
+        guest.wait_served(&instance.uuid).unwrap();
+    }
+    check_own_answers(&guest, &instance).unwrap();
+    assert!(!daemon.log().contains("attaching:"), "{}", daemon.log());
 }
