@@ -2,10 +2,12 @@
 //! without any new command.
 
 use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+use integration_tests::wait::{self, Poll};
 use integration_tests::{
     Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd,
 };
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 #[test]
 #[ignore = "root: run via cargo xtask test"]
@@ -136,19 +138,27 @@ fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
         .bpffs()
         .join("links")
         .join(format!("tap-{}", guest.tap()));
+    // The link's ID as bpftool reads it from the pin (with -j even its
+    // errors are JSON on stdout).
     let link_id = || {
-        let out = cmd::run(&[
-            "bpftool",
-            "-j",
-            "link",
-            "show",
-            "pinned",
-            &pin.to_string_lossy(),
-        ])
-        .unwrap_or_else(|err| panic!("the tap's link is not pinned: {err:#}"));
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"].clone()
+        let pin = pin.to_string_lossy();
+        let out = cmd::output(&mut cmd::command(&[
+            "bpftool", "-j", "link", "show", "pinned", &pin,
+        ]))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|link| link.get("id").cloned())
+            .ok_or_else(|| anyhow::anyhow!("{text}"))
     };
-    let before = link_id();
+    // The program serves as soon as it is attached; the pin follows.
+    let before = wait::until("the tap's link pinned", Duration::from_secs(5), || {
+        Ok(match link_id() {
+            Ok(id) => Poll::Ready(id),
+            Err(err) => Poll::Pending(err.to_string()),
+        })
+    })
+    .unwrap();
 
     host.ip(&["link", "set", guest.tap(), "nomaster"]).unwrap();
     host.ip(&["link", "set", guest.tap(), "master", net_b.bridge(), "up"])
@@ -164,7 +174,11 @@ fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
     daemon.register(&marker, &marker_instance).unwrap();
     marker.wait_served(&marker_instance.uuid).unwrap();
 
-    assert_eq!(link_id(), before, "the tap was detached and attached again");
+    assert_eq!(
+        link_id().unwrap(),
+        before,
+        "the tap was detached and attached again"
+    );
     check_own_answers(&guest, &instance).unwrap();
     assert!(
         !daemon

@@ -9,11 +9,11 @@
 //! Two things make a pass need repeating without a new input: the kernel
 //! may drop link events (its socket buffer overflows when hundreds of taps
 //! appear at once), after which the links are listed again; and attaching
-//! may fail for a while (a link being released asynchronously still holds
-//! the tap), after which the pass is retried with a growing delay. Events
-//! read after a new listing may be older than it; a failed attach therefore
-//! checks the tap's index with the kernel, so a tap that is gone, or was
-//! re-created, is not tried again under its old index.
+//! may fail, after which the pass is retried with a growing delay rather
+//! than left until some unrelated link event comes. Events read after a new
+//! listing may be older than it; a failed attach therefore checks the tap's
+//! index with the kernel, so a tap that is gone, or was re-created, is not
+//! tried again under its old index.
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
