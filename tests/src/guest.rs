@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::host::Host;
-use crate::http::{self, Reply};
+use crate::http::{self, Reply, Request};
 use crate::netns::Netns;
 use crate::tenant::TenantNet;
 use crate::wait::{self, Poll};
@@ -163,6 +163,11 @@ impl Guest {
             headers,
             timeout,
         )
+    }
+
+    /// Sends any request from inside the guest.
+    pub fn send(&self, request: &Request) -> Result<Reply> {
+        request.send(&self.ns)
     }
 
     /// GETs any URL from inside the guest.
