@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
 use integration_tests::{
-    Daemon, Guest, GuestConfig, Host, Instance, Netns, Reply, Request, TenantNet, names,
+    Daemon, Guest, GuestConfig, Host, Instance, Netns, Reply, Request, TenantNet, names, python,
 };
 use serde_json::json;
 
@@ -231,6 +231,21 @@ fn a_namespace_one_hop_behind_the_guest_gets_a_token_only_with_hop_limit_2() {
             .as_deref()
             .is_some_and(|e| e.contains("timed out")),
         "{reply}"
+    );
+
+    // Nor by asking for something else on the same connection afterwards:
+    // the token's bytes, lost on the first try, must not be retransmitted
+    // with the TTL of the next answer.
+    let out = python::run(
+        &container.ns,
+        "token_then_get.py",
+        &["4"],
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(
+        out["token"], false,
+        "hop limit 1: a token reached the container on a reused connection: {out}"
     );
 
     instance.doc["imds"] = json!({"hop_limit": 2});
