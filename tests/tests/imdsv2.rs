@@ -49,7 +49,7 @@ fn instance_id(ns: &Netns, token: Option<&str>) -> Reply {
 
 /// Every refusal of the token endpoint and of tokens, on two guests of one
 /// network (a token is bound to its tap), and an instance in `required`
-/// mode.
+/// mode; a valid token survives a daemon restart.
 #[test]
 #[ignore = "root: run via cargo xtask test"]
 fn tokens_are_refused_without_a_valid_ttl_when_proxied_expired_or_from_another_tap() {
@@ -69,7 +69,7 @@ fn tokens_are_refused_without_a_valid_ttl_when_proxied_expired_or_from_another_t
         GuestConfig::new(Ipv4Addr::new(10, 0, 0, 7), "fa:16:3e:00:00:07"),
     )
     .unwrap();
-    let daemon = Daemon::start(&host).unwrap();
+    let mut daemon = Daemon::start(&host).unwrap();
     let (alpha, beta) = (Instance::sample("alpha"), Instance::sample("beta"));
     let mut strict = Instance::sample("strict");
     strict.doc["imds"] = json!({"tokens": "required"});
@@ -109,6 +109,13 @@ fn tokens_are_refused_without_a_valid_ttl_when_proxied_expired_or_from_another_t
     assert_eq!(reply.body, beta.ec2_id);
     let reply = instance_id(b, Some("not-a-token"));
     assert_eq!(reply.status, 401, "garbage token: {reply}");
+
+    // Tokens outlive the daemon: its key is in the state dir.
+    daemon.kill9().unwrap();
+    daemon.restart().unwrap();
+    guest_a.wait_served(&alpha.uuid).unwrap();
+    let reply = instance_id(a, Some(&token_a));
+    assert_eq!(reply.status, 200, "token minted before a restart: {reply}");
 
     // Expired: a 1 s token, 2 s later.
     let short = token(a, 1);
