@@ -6,7 +6,7 @@
 //! (unless `--detach-on-exit`): while no daemon runs, a guest's connection is
 //! refused at once (the server address has no listener) instead of hanging,
 //! and a restarted daemon takes over every tap without a gap.
-use std::{process::ExitCode, sync::Arc, time::Instant};
+use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::{
@@ -55,7 +55,6 @@ pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
     let policy = match settings.backend {
         BackendConfig::Local => PortPolicy::LocalInstance,
         BackendConfig::Nova(_) => PortPolicy::NovaProject,
@@ -161,7 +160,6 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 "backend": responder.status(),
                 "attached_taps": taps,
                 "counters": counters,
-                "uptime_seconds": started.elapsed().as_secs(),
             })
         })
     };

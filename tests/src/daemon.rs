@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use crate::fixtures::Instance;
 use crate::guest::Guest;
 use crate::host::Host;
+use crate::nova::NovaInstance;
 use crate::tempdir::TempDir;
 use crate::wait::{self, Poll};
 use crate::{bpffs, cmd, env, names};
@@ -70,14 +71,27 @@ impl Daemon {
         Self::start_with(host, config, Some(dir))
     }
 
+    /// [`Daemon::start`] with more arguments for `serve` (e.g. the nova
+    /// backend's).
+    pub fn start_with_args(host: &Host, args: &[String]) -> Result<Self> {
+        let dir = TempDir::new("daemon")?;
+        let config = DaemonConfig {
+            extra_args: args.to_vec(),
+            ..DaemonConfig::in_dir(dir.path())
+        };
+        Self::start_with(host, config, Some(dir))
+    }
+
     /// [`start`](Self::start), with `toml` as the daemon's `--config` file
     /// (rate limits and other `serve` settings without a flag).
     pub fn start_with_config_file(host: &Host, toml: &str) -> Result<Self> {
         let dir = TempDir::new("daemon")?;
         let file = dir.join("config.toml");
         std::fs::write(&file, toml).with_context(|| format!("writing {}", file.display()))?;
-        let mut config = DaemonConfig::in_dir(dir.path());
-        config.extra_args = vec!["--config".into(), file.to_string_lossy().into_owned()];
+        let config = DaemonConfig {
+            extra_args: vec!["--config".into(), file.to_string_lossy().into_owned()],
+            ..DaemonConfig::in_dir(dir.path())
+        };
         Self::start_with(host, config, Some(dir))
     }
 
@@ -249,6 +263,44 @@ impl Daemon {
         let args = ["port", "add", "--ifname", tap, "--instance", &instance.uuid];
         self.cli_ok(&[&args[..], &["--mac", mac, "--ip", &addr]].concat())?;
         Ok(())
+    }
+
+    /// In nova mode: `port add --ifname TAP --instance UUID --project-id
+    /// PROJECT --mac MAC --ip ADDR [--network-id NET]` (no instance document).
+    pub fn add_nova_port(
+        &self,
+        tap: &str,
+        instance: &NovaInstance,
+        mac: &str,
+        addr: Ipv4Addr,
+        network_id: Option<&str>,
+    ) -> Result<()> {
+        let addr = addr.to_string();
+        let mut args = vec![
+            "port",
+            "add",
+            "--ifname",
+            tap,
+            "--instance",
+            &instance.uuid,
+            "--project-id",
+            &instance.project,
+            "--mac",
+            mac,
+            "--ip",
+            &addr,
+        ];
+        if let Some(network_id) = network_id {
+            args.extend(["--network-id", network_id]);
+        }
+        self.cli_ok(&args)?;
+        Ok(())
+    }
+
+    /// `status --json`, parsed.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let out = self.cli_ok(&["status", "--json"])?;
+        serde_json::from_str(&out).with_context(|| format!("`status --json` printed {out:?}"))
     }
 
     /// Stores `instance` and binds `guest`'s tap to it.

@@ -170,6 +170,16 @@ impl Guest {
         request.send(&self.ns)
     }
 
+    /// POSTs `body` to `http://169.254.169.254{path}` with a 5 s limit.
+    pub fn http_post(&self, path: &str, body: &str) -> Result<Reply> {
+        http::post(
+            &self.ns,
+            &format!("http://{METADATA_ADDR}{path}"),
+            body,
+            Duration::from_secs(5),
+        )
+    }
+
     /// GETs any URL from inside the guest.
     pub fn http_get_url(&self, url: &str) -> Result<Reply> {
         http::get(&self.ns, url, &[], Duration::from_secs(5))
@@ -179,6 +189,24 @@ impl Guest {
     pub fn ping(&self, addr: Ipv4Addr) -> Result<bool> {
         let out = self.exec(&["busybox", "ping", "-c", "1", "-W", "2", &addr.to_string()])?;
         Ok(out.status.success())
+    }
+
+    /// Waits (up to 20 s) until `path` gets any HTTP answer, and returns it:
+    /// for networks where only the datapath can answer (no router, or one
+    /// without a listener), once the tap is attached.
+    pub fn wait_answer(&self, path: &str) -> Result<Reply> {
+        wait::until(
+            &format!("an answer to {path} on tap {}", self.tap),
+            Duration::from_secs(20),
+            || {
+                let reply = self.http_get_with(path, &[], Duration::from_secs(2))?;
+                Ok(if reply.status != 0 {
+                    Poll::Ready(reply)
+                } else {
+                    Poll::Pending(reply.to_string())
+                })
+            },
+        )
     }
 
     /// Waits (up to 20 s) until `meta_data.json` names `uuid`: the daemon

@@ -179,6 +179,15 @@ pub fn get(ns: &Netns, url: &str, headers: &[&str], timeout: Duration) -> Result
     request.send(ns)
 }
 
+/// POSTs `body` to `url` from inside `ns` (as is, with curl's form content
+/// type).
+pub fn post(ns: &Netns, url: &str, body: &str, timeout: Duration) -> Result<Reply> {
+    Request::new("POST", url)
+        .body(body)
+        .timeout(timeout)
+        .send(ns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

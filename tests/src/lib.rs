@@ -10,8 +10,13 @@
 //! and leftovers of killed runs never clash ([`names::sweep_stale`] clears the
 //! latter).
 //!
-//! The tests find the daemon binary in `MDR_BIN` and the guest kernel in
-//! `MDR_GUEST_DIR` (`cargo xtask test` sets both; see [`env`]).
+//! OpenStack mode adds a fake nova-api-metadata ([`FakeNova`]) on the host
+//! namespace's loopback and neutron's haproxy metadata proxy
+//! ([`haproxy::NeutronProxy`]) in a router namespace.
+//!
+//! The tests find the daemon binary in `MDR_BIN`, the fake nova in
+//! `MDR_FAKE_NOVA` and the guest kernel in `MDR_GUEST_DIR` (`cargo xtask
+//! test` sets them; see [`env`]).
 
 pub mod bpffs;
 pub mod cmd;
@@ -19,11 +24,13 @@ pub mod daemon;
 pub mod env;
 pub mod fixtures;
 pub mod guest;
+pub mod haproxy;
 pub mod host;
 pub mod http;
 pub mod initramfs;
 pub mod names;
 pub mod netns;
+pub mod nova;
 pub mod python;
 pub mod qemu;
 pub mod tempdir;
@@ -36,6 +43,7 @@ pub use guest::{Guest, GuestConfig, Route};
 pub use host::Host;
 pub use http::{Reply, Request};
 pub use netns::Netns;
+pub use nova::{FakeNova, FakeNovaConfig};
 pub use qemu::{QemuConfig, QemuGuest};
 pub use tenant::TenantNet;
 

@@ -2,7 +2,10 @@
 //! without any new command.
 
 use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
-use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers};
+use integration_tests::{
+    Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd,
+};
+use std::net::Ipv4Addr;
 
 #[test]
 #[ignore = "root: run via cargo xtask test"]
@@ -55,4 +58,147 @@ fn a_tap_deleted_and_recreated_under_the_same_name_is_served_again() {
     assert_ne!(before, after, "the tap should have a new ifindex");
     guest.wait_served(&instance.uuid).unwrap();
     check_own_answers(&guest, &instance).unwrap();
+}
+
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_pinned_map_with_another_layout_is_replaced_on_restart() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let mut daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("upgraded");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+
+    // What an older version with another PortEntry layout would have left.
+    daemon.kill9().unwrap();
+    let ports = daemon.pinned_map("PORTS");
+    std::fs::remove_file(&ports).unwrap();
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&ports)
+        .args([
+            "type", "hash", "key", "4", "value", "8", "entries", "16", "name", "PORTS",
+        ])
+        .status()
+        .unwrap();
+    assert!(created.success(), "bpftool map create failed");
+    daemon.restart().unwrap();
+
+    guest.wait_served(&instance.uuid).unwrap();
+    check_own_answers(&guest, &instance).unwrap();
+    let shown = std::process::Command::new("bpftool")
+        .args(["map", "show", "pinned"])
+        .arg(&ports)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!(
+            "value {}B",
+            std::mem::size_of::<metadata_ebpf::PortEntry>()
+        )),
+        "the old map is still pinned: {shown}"
+    );
+    assert!(
+        daemon.log().contains("has another layout"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A tap that leaves its bridge and joins another is still the same tap: the
+/// bridge's notice that its port left (an AF_BRIDGE RTM_DELLINK) must not
+/// read as the tap being gone. The daemon keeps the link it pinned for the
+/// tap (same link ID), and the guest is served on its new network.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
+    let host = Host::new().unwrap();
+    let net_a = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let net_b = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let guest = Guest::new(&net_a, GuestConfig::new(ADDR, MAC)).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("mover");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    let pin = daemon
+        .bpffs()
+        .join("links")
+        .join(format!("tap-{}", guest.tap()));
+    let link_id = || {
+        let out = cmd::run(&[
+            "bpftool",
+            "-j",
+            "link",
+            "show",
+            "pinned",
+            &pin.to_string_lossy(),
+        ])
+        .unwrap_or_else(|err| panic!("the tap's link is not pinned: {err:#}"));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"].clone()
+    };
+    let before = link_id();
+
+    host.ip(&["link", "set", guest.tap(), "nomaster"]).unwrap();
+    host.ip(&["link", "set", guest.tap(), "master", net_b.bridge(), "up"])
+        .unwrap();
+    // Link events are handled in order: once a tap plugged after the move
+    // is served, the daemon has seen everything the move caused.
+    let marker = Guest::new(
+        &net_b,
+        GuestConfig::new(Ipv4Addr::new(10, 0, 0, 6), "fa:16:3e:00:00:06"),
+    )
+    .unwrap();
+    let marker_instance = Instance::sample("marker");
+    daemon.register(&marker, &marker_instance).unwrap();
+    marker.wait_served(&marker_instance.uuid).unwrap();
+
+    assert_eq!(link_id(), before, "the tap was detached and attached again");
+    check_own_answers(&guest, &instance).unwrap();
+    assert!(
+        !daemon
+            .log()
+            .contains(&format!("tap detached ifname=\"{}\"", guest.tap())),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// `port del` then `port add` for the same tap, again and again: each time
+/// the same program goes back on the same hook, which tcx refuses (EEXIST)
+/// while the previous link still exists.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_port_deleted_and_added_again_at_once_is_served() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::new(&host, GATEWAY, 24)
+        .unwrap()
+        .with_decoy()
+        .unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("again");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+
+    for _ in 0..5 {
+        daemon
+            .cli_ok(&["port", "del", "--ifname", guest.tap()])
+            .unwrap();
+        daemon.register(&guest, &instance).unwrap();
+        guest.wait_served(&instance.uuid).unwrap();
+    }
+    check_own_answers(&guest, &instance).unwrap();
+    assert!(!daemon.log().contains("attaching:"), "{}", daemon.log());
 }

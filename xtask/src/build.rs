@@ -17,3 +17,12 @@ pub fn release() -> Result<PathBuf> {
     )?;
     Ok(paths::release_bin())
 }
+
+/// Builds the fake nova-api-metadata the OpenStack-mode tests run; returns
+/// its path.
+pub fn fake_nova() -> Result<PathBuf> {
+    cmd::run(
+        command(&["cargo", "build", "--release", "-p", "fake-nova"]).current_dir(paths::root()),
+    )?;
+    Ok(paths::target().join("release/fake-nova"))
+}

@@ -27,6 +27,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("curl", "guests' HTTP client"),
     ("iproute2", "ip, ss"),
+    (
+        "haproxy",
+        "neutron's metadata proxy in the neutron-agent socket test",
+    ),
+    (
+        "iptables",
+        "neutron's REDIRECT to haproxy in that test's router namespace",
+    ),
     ("util-linux", "nsenter"),
 ];
 

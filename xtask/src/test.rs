@@ -9,6 +9,7 @@ pub fn run() -> Result<()> {
     // and taps, and a failure after a long build would only waste time.
     setup::require_root("run the integration tests (network namespaces, bpffs, taps)")?;
     let bin = build::release()?;
+    let fake_nova = build::fake_nova()?;
     integration_tests::names::sweep_stale();
 
     // --release throughout: it reuses what `build` just compiled instead of
@@ -30,6 +31,7 @@ pub fn run() -> Result<()> {
         ])
         .current_dir(paths::root())
         .env("MDR_BIN", &bin)
+        .env("MDR_FAKE_NOVA", &fake_nova)
         .env("MDR_GUEST_DIR", paths::guest_dir()),
     )
 }

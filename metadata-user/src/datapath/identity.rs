@@ -44,7 +44,7 @@ impl IdentityPlan {
                 self.prefix_len
             );
         }
-        if self.slot_of(self.server_addr).is_some() || self.contains(self.server_addr) {
+        if self.contains(self.server_addr) {
             bail!(
                 "server address {} lies inside the identity range",
                 self.server_addr
@@ -109,11 +109,15 @@ mod tests {
 
     #[test]
     fn bad_plans_are_refused() {
-        let mut plan = IdentityPlan::default();
-        plan.server_addr = Ipv4Addr::new(240, 1, 0, 9);
-        assert!(plan.validate().is_err());
-        let mut plan = IdentityPlan::default();
-        plan.net = Ipv4Addr::new(240, 1, 0, 1);
-        assert!(plan.validate().is_err());
+        let inside = IdentityPlan {
+            server_addr: Ipv4Addr::new(240, 1, 0, 9),
+            ..Default::default()
+        };
+        assert!(inside.validate().is_err(), "server inside the range");
+        let host_bits = IdentityPlan {
+            net: Ipv4Addr::new(240, 1, 0, 1),
+            ..Default::default()
+        };
+        assert!(host_bits.validate().is_err(), "host bits set");
     }
 }

@@ -13,6 +13,7 @@
 pub mod identity;
 pub mod netdev;
 pub mod reconcile;
+mod sys;
 
 use std::{
     collections::BTreeMap,
@@ -81,6 +82,7 @@ impl Datapath {
             })?;
         }
 
+        replace_incompatible_pins(&maps_dir)?;
         let mut loader = EbpfLoader::new();
         for name in [names::PORTS, names::FLOWS, names::CONFIG, names::COUNTERS] {
             loader.map_pin_path(name, maps_dir.join(name));
@@ -160,12 +162,20 @@ impl Datapath {
     /// Idempotent: attaching what is already attached does nothing.
     pub fn attach_tap(&mut self, ifname: &str, ifindex: u32, slot: u32) -> anyhow::Result<()> {
         let wanted = AttachedTap { ifindex, slot };
-        if self.attached.get(ifname) == Some(&wanted) {
-            return Ok(());
-        }
-        if let Some(old) = self.attached.remove(ifname) {
-            // Re-created under the same name, or given another slot.
-            let _ = self.ports.remove(&old.ifindex);
+        match self.attached.get(ifname) {
+            Some(current) if *current == wanted => return Ok(()),
+            Some(current) if current.ifindex == ifindex => {
+                // Same tap, another slot: the link stays, only the port entry changes.
+                let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
+                self.ports
+                    .insert(ifindex, entry, 0)
+                    .with_context(|| format!("updating {ifname} in the port map"))?;
+                self.attached.insert(ifname.to_string(), wanted);
+                return Ok(());
+            }
+            // Re-created under the same name: the old link died with the old tap.
+            Some(_) => self.detach_tap(ifname)?,
+            None => {}
         }
         let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
         // The map entry first: the program passes traffic from taps it does
@@ -194,7 +204,14 @@ impl Datapath {
             return Ok(());
         };
         let _ = self.ports.remove(&old.ifindex);
-        remove_pin(&self.links_dir.join(tap_pin_name(ifname)))?;
+        let pin = self.links_dir.join(tap_pin_name(ifname));
+        // Detach now rather than when the kernel gets round to releasing the
+        // unpinned link: attaching the same program to the same tap again
+        // soon after (port del + port add) fails with EEXIST while it lives.
+        if let Err(err) = sys::detach_pinned_link(&pin) {
+            debug!(ifname, %err, "link already gone");
+        }
+        remove_pin(&pin)?;
         info!(ifname, ifindex = old.ifindex, "tap detached");
         Ok(())
     }
@@ -287,6 +304,74 @@ where
         .take_map(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// Each pinned map's (name, key size, value size, max entries) as this
+/// build defines it.
+fn expected_layouts() -> [(&'static str, usize, usize, u32); 4] {
+    use std::mem::size_of;
+    [
+        (
+            names::PORTS,
+            size_of::<u32>(),
+            size_of::<PortEntry>(),
+            metadata_ebpf::MAX_PORTS,
+        ),
+        (
+            names::FLOWS,
+            size_of::<FlowKey>(),
+            size_of::<FlowEntry>(),
+            metadata_ebpf::MAX_FLOWS,
+        ),
+        (
+            names::CONFIG,
+            size_of::<u32>(),
+            size_of::<DatapathConfig>(),
+            1,
+        ),
+        (names::COUNTERS, size_of::<u32>(), size_of::<Counters>(), 1),
+    ]
+}
+
+/// aya reuses a pinned map without comparing it with the program's
+/// definition. A daemon upgraded across a layout change would then run with
+/// maps of the wrong shape, so such pins are dropped here and recreated: the
+/// reconciler refills PORTS, CONFIG is rewritten, and only open guest
+/// connections (FLOWS) and the counters start over.
+fn replace_incompatible_pins(maps_dir: &Path) -> anyhow::Result<()> {
+    for (name, key_size, value_size, max_entries) in expected_layouts() {
+        let pin = maps_dir.join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let found = MapData::from_pin(&pin)
+            .and_then(|map| map.info())
+            .map(|info| {
+                (
+                    info.key_size() as usize,
+                    info.value_size() as usize,
+                    info.max_entries(),
+                )
+            });
+        let wanted = (key_size, value_size, max_entries);
+        match found {
+            Ok(found) if found == wanted => {}
+            Ok(found) => {
+                warn!(
+                    map = name,
+                    ?found,
+                    ?wanted,
+                    "pinned map has another layout; replacing it"
+                );
+                remove_pin(&pin)?;
+            }
+            Err(err) => {
+                warn!(map = name, %err, "pinned map unreadable; replacing it");
+                remove_pin(&pin)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where bpffs is conventionally mounted; mounted by us if nobody has yet

@@ -14,7 +14,7 @@ use rtnetlink::{
     Handle, LinkUnspec, LinkVeth, MulticastGroup, RouteMessageBuilder,
     packet_core::NetlinkPayload,
     packet_route::{
-        RouteNetlinkMessage,
+        AddressFamily, RouteNetlinkMessage,
         link::{LinkAttribute, LinkMessage},
         route::RouteScope,
     },
@@ -180,6 +180,12 @@ fn name_of(link: &LinkMessage) -> Option<&str> {
     })
 }
 
+/// A notification about the device itself, not about its membership in a
+/// bridge (AF_BRIDGE) or another family's view of it.
+fn is_device_message(link: &LinkMessage) -> bool {
+    link.header.interface_family == AddressFamily::Unspec
+}
+
 /// Something happened to a network interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -196,6 +202,10 @@ pub enum LinkEvent {
 
 /// Subscribes to link events. Subscribe before listing the current links so
 /// nothing that happens in between is missed.
+///
+/// Only a device's own notifications count (family AF_UNSPEC). A bridge also
+/// announces its ports, with family AF_BRIDGE, and its RTM_DELLINK when a tap
+/// merely leaves the bridge would otherwise read as the tap being gone.
 pub fn watch_links() -> anyhow::Result<impl Stream<Item = LinkEvent>> {
     let (connection, _handle, messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
@@ -206,14 +216,18 @@ pub fn watch_links() -> anyhow::Result<impl Stream<Item = LinkEvent>> {
             return None;
         };
         match message {
-            RouteNetlinkMessage::NewLink(link) => Some(LinkEvent::Present {
-                ifname: name_of(&link)?.to_string(),
-                ifindex: link.header.index,
-            }),
-            RouteNetlinkMessage::DelLink(link) => Some(LinkEvent::Gone {
-                ifname: name_of(&link)?.to_string(),
-                ifindex: link.header.index,
-            }),
+            RouteNetlinkMessage::NewLink(link) if is_device_message(&link) => {
+                Some(LinkEvent::Present {
+                    ifname: name_of(&link)?.to_string(),
+                    ifindex: link.header.index,
+                })
+            }
+            RouteNetlinkMessage::DelLink(link) if is_device_message(&link) => {
+                Some(LinkEvent::Gone {
+                    ifname: name_of(&link)?.to_string(),
+                    ifindex: link.header.index,
+                })
+            }
             _ => None,
         }
     }))

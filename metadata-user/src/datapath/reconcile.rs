@@ -99,8 +99,10 @@ impl Reconciler {
             .attached()
             .iter()
             .filter(|(ifname, tap)| {
-                let registered = snapshot.ports.get(*ifname).map(|port| port.slot);
-                registered != Some(tap.slot) || self.links.get(*ifname) != Some(&tap.ifindex)
+                // Unregistered, or its tap is gone or was re-created. A new
+                // slot alone is handled by attach_tap without a detach.
+                !snapshot.ports.contains_key(*ifname)
+                    || self.links.get(*ifname) != Some(&tap.ifindex)
             })
             .map(|(ifname, _)| ifname.clone())
             .collect();
