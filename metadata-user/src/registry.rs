@@ -21,8 +21,10 @@ use crate::{
     store::{PortRow, Store},
 };
 
-/// The largest password a guest may post (nova's limit).
-pub const MAX_PASSWORD_BYTES: usize = 256;
+/// The largest password a guest may post: nova's limit, the 4 chunks of 255
+/// characters of system metadata it keeps the password in (`password.py`
+/// `CHUNKS * CHUNK_LENGTH`), which the guest API enforces too.
+pub const MAX_PASSWORD_BYTES: usize = 4 * 255;
 
 /// What the admin API answers with; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -731,7 +733,7 @@ mod tests {
             &registry,
             || registry.set_password(&uuid(A), &"x".repeat(MAX_PASSWORD_BYTES + 1)),
             |e| matches!(e, AdminError::Invalid(_)),
-            "password: longer than 256",
+            "password: longer than 1020",
         );
         drop(registry);
         let registry = Registry::open(tmp.path()).unwrap();

@@ -82,6 +82,19 @@ impl Daemon {
         Self::start_with(host, config, Some(dir))
     }
 
+    /// [`start`](Self::start), with `toml` as the daemon's `--config` file
+    /// (rate limits and other `serve` settings without a flag).
+    pub fn start_with_config_file(host: &Host, toml: &str) -> Result<Self> {
+        let dir = TempDir::new("daemon")?;
+        let file = dir.join("config.toml");
+        std::fs::write(&file, toml).with_context(|| format!("writing {}", file.display()))?;
+        let config = DaemonConfig {
+            extra_args: vec!["--config".into(), file.to_string_lossy().into_owned()],
+            ..DaemonConfig::in_dir(dir.path())
+        };
+        Self::start_with(host, config, Some(dir))
+    }
+
     /// Starts a daemon as `config` says; `dir` (if any) is removed on Drop.
     pub fn start_with(host: &Host, config: DaemonConfig, dir: Option<TempDir>) -> Result<Self> {
         bpffs::ensure_mounted()?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::host::Host;
-use crate::http::{self, Reply};
+use crate::http::{self, Reply, Request};
 use crate::netns::Netns;
 use crate::tenant::TenantNet;
 use crate::wait::{self, Poll};
@@ -172,6 +172,11 @@ impl Guest {
             headers,
             timeout,
         )
+    }
+
+    /// Sends any request from inside the guest.
+    pub fn send(&self, request: &Request) -> Result<Reply> {
+        request.send(&self.ns)
     }
 
     /// POSTs `body` to `http://169.254.169.254{path}` with a 5 s limit.

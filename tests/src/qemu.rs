@@ -319,6 +319,8 @@ fn parse_http(raw: &str) -> Reply {
         status,
         body: body.to_owned(),
         error: (status == 0).then(|| format!("no HTTP answer: {raw:?}")),
+        // The console's answer is only ever checked for status and body.
+        headers: Vec::new(),
     }
 }
 

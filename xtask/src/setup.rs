@@ -38,6 +38,12 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
 ];
 
+/// Python packages (from PyPI, for the machine's `python3`) and why.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[(
+    "botocore",
+    "the end-to-end test of an AWS SDK's IMDSv2 client",
+)];
+
 /// The bpf-linker release verified with LLVM 22 and rustc 1.95.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -87,6 +93,7 @@ impl Apt {
 pub fn ensure(report: Report) -> Result<()> {
     let mut apt = Apt::default();
     apt_packages(report, &mut apt)?;
+    python_packages(report)?;
     rust_src(report)?;
     bpf_linker(report)?;
     guest_kernel(report, &mut apt)?;
@@ -119,6 +126,28 @@ fn installed_version(package: &str) -> Option<String> {
     let format = "${db:Status-Status} ${Version}";
     let out = probe(&mut command(&["dpkg-query", "-W", "-f", format, package]))?;
     out.strip_prefix("installed ").map(str::to_owned)
+}
+
+/// The tests run real guest software (`tests/py/`) with the `python3` on the
+/// PATH, so that is the one whose packages are checked and installed.
+fn python_packages(report: Report) -> Result<()> {
+    for (package, why) in PYTHON_PACKAGES {
+        let version = format!("import {package}; print({package}.__version__)");
+        if let Some(version) = probe(&mut command(&["python3", "-c", &version])) {
+            report.ok(&format!("{package} {} (python3)", version.trim()));
+            continue;
+        }
+        println!("installing: {package} (for {why})");
+        cmd::run(&mut command(&[
+            "python3",
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            package,
+        ]))?;
+    }
+    Ok(())
 }
 
 /// The eBPF crate builds `core` from source with the nightly toolchain.

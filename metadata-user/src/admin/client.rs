@@ -451,8 +451,10 @@ mod tests {
         fn raw_exchange(&self, request: &[u8]) -> String {
             use std::io::{Read as _, Write as _};
             let mut stream = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+            // No half-close: hyper drops a connection whose read side hits
+            // EOF before it has answered. The requests ask for Connection:
+            // close instead, so the answer ends at EOF.
             let _ = stream.write_all(request);
-            let _ = stream.shutdown(std::net::Shutdown::Write);
             let mut answer = String::new();
             let _ = stream.read_to_string(&mut answer);
             answer
@@ -670,7 +672,8 @@ mod tests {
         let (status, body) = daemon.raw(Method::POST, "/v1/instances", None);
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body["error"], "POST is not allowed on /v1/instances");
-        let answer = daemon.raw_exchange(b"DELETE /v1/ports HTTP/1.1\r\nHost: x\r\n\r\n");
+        let answer = daemon
+            .raw_exchange(b"DELETE /v1/ports HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
         assert!(answer.contains("\r\nallow: GET, POST\r\n"), "{answer}");
         let (status, _) = daemon.raw(Method::GET, "/v1/nothing", None);
@@ -690,7 +693,7 @@ mod tests {
                 .contains("unknown field `colour`")
         );
         let declared = format!(
-            "PUT /v1/instances HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            "PUT /v1/instances HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
             MAX_BODY_BYTES + 1
         );
         assert!(
@@ -699,7 +702,7 @@ mod tests {
                 .starts_with("HTTP/1.1 413 ")
         );
         let mut chunked = format!(
-            "PUT /v1/instances HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            "PUT /v1/instances HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
             MAX_BODY_BYTES + 1
         )
         .into_bytes();

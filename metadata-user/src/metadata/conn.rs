@@ -41,10 +41,15 @@ impl ConnHandle {
         }
     }
 
-    /// Sets the IP TTL of what the connection sends next. Skips the syscall
-    /// when the TTL is already right, so the common path costs nothing.
-    pub fn set_ip_ttl(&self, ttl: u8) {
-        if self.ttl.swap(ttl, Ordering::Relaxed) == ttl {
+    /// Lowers the IP TTL of everything the connection sends from now on to
+    /// `ttl`; never raises it. The kernel resends lost segments with the
+    /// socket's TTL at the time of the resend, so raising it again after a
+    /// token answer would let the token's lost bytes go out once more with
+    /// the higher TTL, and a client beyond the hop limit would get the token
+    /// by sending one more request on the same connection. Skips the syscall
+    /// when the TTL is already that low, so the common path costs nothing.
+    pub fn limit_ip_ttl(&self, ttl: u8) {
+        if self.ttl.fetch_min(ttl, Ordering::Relaxed) <= ttl {
             return;
         }
         let value = libc::c_int::from(ttl);

@@ -172,9 +172,10 @@ where
             conn::DEFAULT_TTL,
         ),
     };
-    // Per response, not per connection: a keep-alive connection may carry a
-    // token request and then ordinary ones.
-    guest.conn.set_ip_ttl(ip_ttl);
+    // Decided per response, but a lowered TTL stays lowered for the rest of
+    // the connection (see `ConnHandle::limit_ip_ttl`): what follows a token
+    // on a keep-alive connection goes no further than the token could.
+    guest.conn.limit_ip_ttl(ip_ttl);
     response
 }
 

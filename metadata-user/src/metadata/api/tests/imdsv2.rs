@@ -308,8 +308,10 @@ fn ip_ttl(stream: &TcpStream) -> u8 {
     value as u8
 }
 
-/// The token answer leaves with the hop limit, everything else with the
-/// default TTL, also on the same keep-alive connection.
+/// The token answer leaves with the hop limit, and so does everything after
+/// it on the same keep-alive connection (a raised TTL would carry the token's
+/// retransmitted bytes past the hop limit); other connections keep the
+/// default.
 #[tokio::test]
 async fn token_response_uses_the_hop_limit() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -320,18 +322,34 @@ async fn token_response_uses_the_hop_limit() {
 
     let h = Harness::new();
     let doc = with_imds(rich_instance(), TokenMode::Optional, 3);
+    // Before any token: the default.
+    let answer = get_with_token(&h, &guest, &doc, "/latest/meta-data/hostname", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(ip_ttl(&server_side), crate::metadata::conn::DEFAULT_TTL);
     let answer = put_token(&h, &guest, &doc, &[(TTL, "60")]).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(ip_ttl(&server_side), 3);
 
     let answer = get_with_token(&h, &guest, &doc, "/latest/meta-data/hostname", None).await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(ip_ttl(&server_side), crate::metadata::conn::DEFAULT_TTL);
+    assert_eq!(
+        ip_ttl(&server_side),
+        3,
+        "not raised again on this connection"
+    );
 
-    // Default hop limit: 1. A refused token request leaves with the default.
+    // Default hop limit: 1, lower still.
     let answer = put_token(&h, &guest, &rich_instance(), &[(TTL, "60")]).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(ip_ttl(&server_side), 1);
+    let answer = put_token(&h, &guest, &rich_instance(), &[(TTL, "0")]).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(ip_ttl(&server_side), 1);
+
+    // A refused token request on a fresh connection leaves with the default.
+    let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server_side, _) = listener.accept().unwrap();
+    guest.conn = Arc::new(ConnHandle::new(server_side.as_raw_fd()));
     let answer = put_token(&h, &guest, &rich_instance(), &[(TTL, "0")]).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert_eq!(ip_ttl(&server_side), crate::metadata::conn::DEFAULT_TTL);
