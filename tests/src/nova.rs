@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde_json::Value;
@@ -47,6 +47,9 @@ impl Default for NovaInstance {
         Self::new()
     }
 }
+
+/// How long the request log must stay unchanged to count as caught up.
+const QUIET_PERIOD: Duration = Duration::from_millis(100);
 
 /// How long the fake nova may take to say it listens.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -302,11 +305,32 @@ impl FakeNova {
     }
 
     /// Every request answered so far, in order (across restarts).
+    ///
+    /// The fake nova prints each request before it answers, but a test may
+    /// hold the answer before the reader thread has taken the line from the
+    /// pipe: this waits until the log has been quiet for a moment.
     pub fn requests(&self) -> Vec<NovaRequest> {
+        self.settled_requests(0)
+    }
+
+    /// [`FakeNova::requests`] once there are at least `at_least` of them
+    /// (or 10 s have passed) and the log has been quiet for 100 ms.
+    pub fn settled_requests(&self, at_least: usize) -> Vec<NovaRequest> {
+        let count = || self.requests.lock().expect("requests lock").len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut seen, mut since) = (count(), Instant::now());
+        while Instant::now() < deadline && (seen < at_least || since.elapsed() < QUIET_PERIOD) {
+            std::thread::sleep(Duration::from_millis(10));
+            let now = count();
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            }
+        }
         self.requests.lock().expect("requests lock").clone()
     }
 
-    /// The requests for `path` (path and query, exactly as sent).
+    /// The requests for `path` (path and query, exactly as sent), once the
+    /// log is quiet.
     pub fn requests_for(&self, path: &str) -> Vec<NovaRequest> {
         self.requests()
             .into_iter()

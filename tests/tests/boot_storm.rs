@@ -359,7 +359,7 @@ fn a_boot_storm_of_200_guests_reaches_nova_once_per_instance_and_path() {
     );
 
     // nova saw each (instance, path) exactly once.
-    let requests = nova.requests();
+    let requests = nova.settled_requests(INSTANCES * CRAWL.len());
     let mut per_key: HashMap<(String, String), usize> = HashMap::new();
     for request in &requests {
         let instance = request.header("x-instance-id").unwrap_or("?").to_owned();
