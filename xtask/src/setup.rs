@@ -28,6 +28,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("curl", "guests' HTTP client"),
     ("iproute2", "ip, ss"),
     ("util-linux", "nsenter"),
+    ("haproxy", "the benchmark's neutron-style path"),
+    (
+        "iptables",
+        "the benchmark's neutron-style path (REDIRECT to haproxy)",
+    ),
+    ("iperf3", "the benchmark's other-traffic measurement"),
+    ("fonts-dejavu-core", "the benchmark's plots"),
+    ("linux-perf", "profiling the benchmark's misses"),
 ];
 
 /// The bpf-linker release verified with LLVM 22 and rustc 1.95.
