@@ -140,7 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_one_response_split_across_reads() {
-        let (mut client, mut server) = tokio::io::duplex(64);
+        let (mut client, mut server) = tokio::io::duplex(4096);
         let answer = tokio::spawn(async move {
             let mut req = vec![0u8; 256];
             let n = server.read(&mut req).await.unwrap();

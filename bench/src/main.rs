@@ -56,6 +56,29 @@ struct Args {
     /// Where report.md, report.json and the plots go.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Only these phases (for investigating one of them).
+    #[arg(long, value_delimiter = ',', value_name = "PHASE,...")]
+    phases: Option<Vec<Phase>>,
+    /// Override the concurrent guest counts of the metadata phase.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    load_guests: Option<Vec<usize>>,
+    /// Override the boot-storm sizes.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    storm_guests: Option<Vec<usize>>,
+    /// Override the number of taps of the density phase.
+    #[arg(long, value_name = "N")]
+    density_taps: Option<usize>,
+    /// Override the measured seconds per metadata cell.
+    #[arg(long, value_name = "SECONDS")]
+    seconds: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    Metadata,
+    Storm,
+    Iperf,
+    Density,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -99,7 +122,22 @@ fn run(args: Args) -> Result<()> {
         bail!("mdr-bench needs root (network namespaces, bpffs): run `cargo xtask bench`");
     }
     let started = Instant::now();
-    let plan = Plan::new(args.smoke, args.reps)?;
+    let mut plan = Plan::new(args.smoke, args.reps)?;
+    if let Some(sizes) = args.load_guests {
+        plan.load_guests = sizes;
+    }
+    if let Some(sizes) = args.storm_guests {
+        plan.storm_guests = sizes;
+    }
+    if let Some(taps) = args.density_taps {
+        plan.density_taps = taps;
+    }
+    if let Some(seconds) = args.seconds {
+        plan.measure = std::time::Duration::from_secs_f64(seconds);
+    }
+    let phases = args
+        .phases
+        .unwrap_or_else(|| vec![Phase::Metadata, Phase::Storm, Phase::Iperf, Phase::Density]);
     let out = args
         .out
         .unwrap_or_else(|| integration_tests::env::target_dir().join("bench"));
@@ -128,7 +166,25 @@ fn run(args: Args) -> Result<()> {
         duration_s: 0.0,
         histograms: BTreeMap::new(),
     };
-    measure_paths(&plan, &mut results)?;
+    if phases.iter().any(|p| *p != Phase::Density) {
+        measure_paths(&plan, &phases, &mut results)?;
+    }
+    if phases.contains(&Phase::Density) {
+        density(&plan, &mut results)?;
+    }
+    results.duration_s = started.elapsed().as_secs_f64();
+    report::write(&results, &out)?;
+    plot::write_all(&results, &out)?;
+    progress(&format!(
+        "done in {:.0} s: {} (and report.json, *.png)",
+        results.duration_s,
+        out.join("report.md").display()
+    ));
+    Ok(())
+}
+
+/// 4. Density, each side in a world of its own.
+fn density(plan: &Plan, results: &mut Results) -> Result<()> {
     check_stop()?;
     progress(&format!(
         "density: attaching {} taps one by one",
@@ -157,19 +213,11 @@ fn run(args: Args) -> Result<()> {
         neutron.namespaces_kernel_kib as f64 / neutron.networks as f64
     ));
     results.density_neutron = Some(neutron);
-    results.duration_s = started.elapsed().as_secs_f64();
-    report::write(&results, &out)?;
-    plot::write_all(&results, &out)?;
-    progress(&format!(
-        "done in {:.0} s: {} (and report.json, *.png)",
-        results.duration_s,
-        out.join("report.md").display()
-    ));
     Ok(())
 }
 
 /// Phases 1-3 share one world of guests, networks and one daemon.
-fn measure_paths(plan: &Plan, results: &mut Results) -> Result<()> {
+fn measure_paths(plan: &Plan, phases: &[Phase], results: &mut Results) -> Result<()> {
     let guests = plan.world_guests();
     progress(&format!(
         "setup: daemon, {guests} guests on {} networks (router namespace + iptables + haproxy each)",
@@ -181,11 +229,17 @@ fn measure_paths(plan: &Plan, results: &mut Results) -> Result<()> {
     for path in world::PathKind::ALL {
         world.verify(path, guests)?;
     }
-    phases::metadata(&mut world, plan, results, &STOP)?;
-    progress("boot storm: cloud-init's first-boot fetch on every guest at once");
-    phases::boot_storm(&mut world, plan, results)?;
-    progress("other traffic: iperf3 with and without the program");
-    phases::other_traffic(&mut world, plan, results)?;
+    if phases.contains(&Phase::Metadata) {
+        phases::metadata(&mut world, plan, results, &STOP)?;
+    }
+    if phases.contains(&Phase::Storm) {
+        progress("boot storm: cloud-init's first-boot fetch on every guest at once");
+        phases::boot_storm(&mut world, plan, results)?;
+    }
+    if phases.contains(&Phase::Iperf) {
+        progress("other traffic: iperf3 with and without the program");
+        phases::other_traffic(&mut world, plan, results)?;
+    }
     phases::daemon_after_load(&mut world, results)?;
     progress("teardown: guests, networks, daemon");
     Ok(())

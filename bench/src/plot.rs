@@ -48,7 +48,7 @@ pub fn write_all(results: &Results, out: &Path) -> Result<()> {
             let series: Vec<(PathKind, &Histogram<u64>)> = PathKind::ALL
                 .iter()
                 .filter_map(|&p| results.histograms.get(&(p, mode, guests)).map(|h| (p, h)))
-                .filter(|(_, h)| h.len() > 0)
+                .filter(|(_, h)| !h.is_empty())
                 .collect();
             if series.is_empty() {
                 continue;
