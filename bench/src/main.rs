@@ -9,6 +9,7 @@
 //! are swept at the next start. No traffic is sent from the machine's own
 //! network namespace: all load starts inside guest namespaces (or goes to
 //! the daemon's unix socket).
+mod bpfstats;
 mod conn;
 mod density;
 mod http1;

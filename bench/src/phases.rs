@@ -3,6 +3,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Result, ensure};
 
+use crate::bpfstats;
 use crate::http1::ConnMode;
 use crate::load::{self, Window};
 use crate::plan::Plan;
@@ -21,6 +22,8 @@ pub fn metadata(
     results: &mut Results,
     stop: &AtomicBool,
 ) -> Result<()> {
+    // The kernel counts program run time only while this is held.
+    let _stats = bpfstats::enable()?;
     let window = Window {
         warmup: plan.warmup,
         measure: plan.measure,
@@ -32,7 +35,14 @@ pub fn metadata(
                 for &guests in &plan.load_guests {
                     check_stop()?;
                     let clients = world.clients(guests, path, mode, plan.url_path);
+                    let bpffs = world.daemon.bpffs().to_path_buf();
+                    let before = bpfstats::snapshot(&bpffs)?;
                     let result = load::run(&clients, mode, window, stop)?;
+                    let bpf = if path == PathKind::Ours {
+                        bpfstats::between(&before, &bpfstats::snapshot(&bpffs)?)
+                    } else {
+                        Vec::new()
+                    };
                     let run = LoadRun {
                         path,
                         mode,
@@ -45,6 +55,7 @@ pub fn metadata(
                         requests: result.ok,
                         errors: result.errors,
                         first_error: result.first_error.clone(),
+                        bpf,
                     };
                     progress(&format!(
                         "metadata rep {rep}/{}: {:<13} {:<17} {guests:>3} guests: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  errors {}{}",

@@ -255,6 +255,7 @@ pub fn markdown(results: &Results) -> String {
         md += "\n";
     }
     let _ = writeln!(md, "Latency distributions: `latency-*.png`.\n");
+    md += &datapath_cost(results);
 
     md += "## 2. Boot storm\n\nEvery guest runs cloud-init's first-boot fetch at once (the `/openstack` list, five OpenStack files, the EC2 `meta-data` crawl), one request at a time, a new connection each.\n\n";
     md += "| guests | path | requests/guest | all done ms | p50 ms | p99 ms | errors | all done ours/neutron |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
@@ -374,6 +375,78 @@ pub fn markdown(results: &Results) -> String {
         }
     }
     md
+}
+
+/// What the eBPF programs cost on our path, from the kernel's run-time
+/// statistics (medians over repetitions).
+fn datapath_cost(results: &Results) -> String {
+    let mut md = String::from(
+        "### What the redirect itself costs\n\nKernel BPF run-time statistics during the `ours` cells (`BPF_ENABLE_STATS`): average run time per packet of each program, and the programs' total CPU time per request (runs over the whole cell, warm-up included, divided by the requests it made).\n\n| mode | guests | tap_ingress ns/run | server_egress ns/run | program runs/request | datapath µs/request |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let cell = results.plan.warmup.as_secs_f64() + results.plan.measure.as_secs_f64();
+    let mut any = false;
+    for mode in [ConnMode::KeepAlive, ConnMode::Close] {
+        for &guests in &results.plan.load_guests {
+            let runs: Vec<_> = results
+                .load_runs
+                .iter()
+                .filter(|r| {
+                    r.path == PathKind::Ours
+                        && r.mode == mode
+                        && r.guests == guests
+                        && !r.bpf.is_empty()
+                })
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            any = true;
+            let ns = |program: &str| {
+                median(
+                    &runs
+                        .iter()
+                        .filter_map(|r| {
+                            r.bpf
+                                .iter()
+                                .find(|p| p.program == program)
+                                .map(|p| p.ns_per_run)
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let requests = |r: &crate::results::LoadRun| (r.rps * cell).max(1.0);
+            let per_request = median(
+                &runs
+                    .iter()
+                    .map(|r| r.bpf.iter().map(|p| p.runs as f64).sum::<f64>() / requests(r))
+                    .collect::<Vec<_>>(),
+            );
+            let us_per_request = median(
+                &runs
+                    .iter()
+                    .map(|r| {
+                        r.bpf
+                            .iter()
+                            .map(|p| p.runs as f64 * p.ns_per_run)
+                            .sum::<f64>()
+                            / requests(r)
+                            / 1e3
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let _ = writeln!(
+                md,
+                "| {} | {guests} | {:.0} | {:.0} | {:.1} | {:.2} |",
+                mode.label(),
+                ns("tap_ingress"),
+                ns("server_egress"),
+                per_request,
+                us_per_request
+            );
+        }
+    }
+    md += "\n";
+    if any { md } else { String::new() }
 }
 
 fn gbits(values: &[f64]) -> String {

@@ -29,6 +29,8 @@ pub struct LoadRun {
     pub requests: u64,
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Ours only: what the eBPF programs ran in this cell.
+    pub bpf: Vec<crate::bpfstats::ProgCost>,
 }
 
 #[derive(Clone, Debug, Serialize)]
