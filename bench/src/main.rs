@@ -165,13 +165,18 @@ fn run(args: Args) -> Result<()> {
         density_ours: None,
         density_neutron: None,
         duration_s: 0.0,
+        failures: Vec::new(),
         histograms: BTreeMap::new(),
     };
+    // A failing phase is recorded and the others still run, so a long run
+    // always leaves a report; the exit status says it failed.
     if phases.iter().any(|p| *p != Phase::Density) {
-        measure_paths(&plan, &phases, &mut results)?;
+        let outcome = measure_paths(&plan, &phases, &mut results, &out);
+        record("metadata/storm/iperf", outcome, &mut results)?;
     }
     if phases.contains(&Phase::Density) {
-        density(&plan, &mut results)?;
+        let outcome = density(&plan, &mut results, &out);
+        record("density", outcome, &mut results)?;
     }
     results.duration_s = started.elapsed().as_secs_f64();
     report::write(&results, &out)?;
@@ -181,17 +186,44 @@ fn run(args: Args) -> Result<()> {
         results.duration_s,
         out.join("report.md").display()
     ));
+    if !results.failures.is_empty() {
+        bail!(
+            "{} phase(s) failed: {}",
+            results.failures.len(),
+            results.failures.join("; ")
+        );
+    }
     Ok(())
 }
 
+/// Notes a failed phase in the results; an interruption ends the run.
+fn record(phase: &str, outcome: Result<()>, results: &mut Results) -> Result<()> {
+    if let Err(err) = outcome {
+        check_stop()?;
+        progress(&format!("FAILED {phase}: {err:#}"));
+        results.failures.push(format!("{phase}: {err:#}"));
+    }
+    Ok(())
+}
+
+/// Keeps a daemon's log next to the report when its phase failed.
+fn keep_log(daemon: &integration_tests::Daemon, out: &std::path::Path, name: &str) {
+    let path = out.join(name);
+    if std::fs::write(&path, daemon.log()).is_ok() {
+        progress(&format!("daemon log kept in {}", path.display()));
+    }
+}
+
 /// 4. Density, each side in a world of its own.
-fn density(plan: &Plan, results: &mut Results) -> Result<()> {
+fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<()> {
     check_stop()?;
     progress(&format!(
         "density: attaching {} taps one by one",
         plan.density_taps
     ));
-    let ours = density::ours(plan.density_taps)?;
+    let ours = density::ours(plan.density_taps, |daemon| {
+        keep_log(daemon, out, "daemon-density.log")
+    })?;
     progress(&format!(
         "density: attach median {:.2} ms, p99 {:.2} ms; daemon RSS {:.1} MiB with {} ports; BPF maps {:.1} MiB",
         ours.attach_median_ms(),
@@ -218,30 +250,48 @@ fn density(plan: &Plan, results: &mut Results) -> Result<()> {
 }
 
 /// Phases 1-3 share one world of guests, networks and one daemon.
-fn measure_paths(plan: &Plan, phases: &[Phase], results: &mut Results) -> Result<()> {
+fn measure_paths(
+    plan: &Plan,
+    phases: &[Phase],
+    results: &mut Results,
+    out: &std::path::Path,
+) -> Result<()> {
     let guests = plan.world_guests();
     progress(&format!(
         "setup: daemon, {guests} guests on {} networks (router namespace + iptables + haproxy each)",
         guests.div_ceil(plan.guests_per_net)
     ));
     let mut world = World::build(guests, plan.guests_per_net)?;
+    let outcome = run_paths(&mut world, plan, phases, results);
+    if outcome.is_err() {
+        keep_log(&world.daemon, out, "daemon-paths.log");
+    }
+    progress("teardown: guests, networks, daemon");
+    outcome
+}
+
+fn run_paths(
+    world: &mut World,
+    plan: &Plan,
+    phases: &[Phase],
+    results: &mut Results,
+) -> Result<()> {
+    let guests = plan.world_guests();
     check_stop()?;
     progress("verify: every guest gets its own meta_data.json on every path");
     for path in world::PathKind::ALL {
         world.verify(path, guests)?;
     }
     if phases.contains(&Phase::Metadata) {
-        phases::metadata(&mut world, plan, results, &STOP)?;
+        phases::metadata(world, plan, results, &STOP)?;
     }
     if phases.contains(&Phase::Storm) {
         progress("boot storm: cloud-init's first-boot fetch on every guest at once");
-        phases::boot_storm(&mut world, plan, results)?;
+        phases::boot_storm(world, plan, results)?;
     }
     if phases.contains(&Phase::Iperf) {
         progress("other traffic: iperf3 with and without the program");
-        phases::other_traffic(&mut world, plan, results)?;
+        phases::other_traffic(world, plan, results)?;
     }
-    phases::daemon_after_load(&mut world, results)?;
-    progress("teardown: guests, networks, daemon");
-    Ok(())
+    phases::daemon_after_load(world, results)
 }

@@ -187,6 +187,13 @@ pub fn markdown(results: &Results) -> String {
         plan.reps,
         results.duration_s
     );
+    if !results.failures.is_empty() {
+        md += "**This run had failures; the tables show what the other phases measured.**\n\n";
+        for failure in &results.failures {
+            let _ = writeln!(md, "- {failure}");
+        }
+        md += "\n";
+    }
     md += METHOD;
     let _ = writeln!(
         md,
@@ -303,7 +310,7 @@ pub fn markdown(results: &Results) -> String {
         let tenth = (n / 10).max(1);
         let _ = writeln!(
             md,
-            "Ours, {} veth taps registered one by one (`port add` started -> the tap's TCX link pinned):\n\n| | value |\n| --- | ---: |\n| attach median | {:.2} ms |\n| attach p99 | {:.2} ms |\n| attach median, first / last tenth | {:.2} / {:.2} ms |\n| of which the CLI (median) | {:.2} ms |\n| daemon RSS, instances only | {:.1} MiB |\n| daemon RSS, {} ports attached | {:.1} MiB |\n| daemon RSS per port | {:.1} KiB |\n| daemon RSS after the load phases ({} ports, VmHWM) | {:.1} MiB ({:.1} MiB) |\n| BPF maps (memlock, all) | {:.2} MiB |\n",
+            "Ours, {} veth taps registered one by one (`port add` started -> the tap's TCX link pinned):\n\n| | value |\n| --- | ---: |\n| attach median | {:.2} ms |\n| attach p99 | {:.2} ms |\n| attach median, first / last tenth | {:.2} / {:.2} ms |\n| of which the CLI (median) | {:.2} ms |\n| daemon RSS, instances only | {:.1} MiB |\n| daemon RSS, {} ports attached | {:.1} MiB |\n| daemon RSS per port | {:.1} KiB |\n| BPF maps (memlock, all) | {:.2} MiB |\n",
             d.taps,
             d.attach_median_ms(),
             d.attach_p99_ms(),
@@ -314,11 +321,19 @@ pub fn markdown(results: &Results) -> String {
             d.taps,
             d.rss_after_kib as f64 / 1024.0,
             (d.rss_after_kib as f64 - d.rss_before_kib as f64) / d.taps as f64,
-            results.daemon_after_load.ports,
-            results.daemon_after_load.rss_kib as f64 / 1024.0,
-            results.daemon_after_load.hwm_kib as f64 / 1024.0,
             d.bpf_memlock_bytes() as f64 / 1048576.0
         );
+        let after = &results.daemon_after_load;
+        if after.ports > 0 {
+            let _ = writeln!(
+                md,
+                "After the load phases, the daemon that served them ({} ports: real taps and neutron identities) had VmRSS {:.1} MiB, VmHWM {:.1} MiB; its haproxies a median VmRSS of {:.1} MiB each.\n",
+                after.ports,
+                after.rss_kib as f64 / 1024.0,
+                after.hwm_kib as f64 / 1024.0,
+                after.haproxy_rss_kib / 1024.0
+            );
+        }
         md += "| map | type | max entries | memlock |\n| --- | --- | ---: | ---: |\n";
         for map in &d.bpf_maps {
             let _ = writeln!(

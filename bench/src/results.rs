@@ -109,6 +109,8 @@ pub struct Results {
     pub density_ours: Option<OursDensity>,
     pub density_neutron: Option<NeutronDensity>,
     pub duration_s: f64,
+    /// Phases that failed, with why (the report shows what the others measured).
+    pub failures: Vec<String>,
     /// Latency histograms merged over repetitions, for the plots.
     #[serde(skip)]
     pub histograms: BTreeMap<(PathKind, ConnMode, usize), Histogram<u64>>,
