@@ -120,7 +120,7 @@ fn attach_all(daemon: &Daemon, taps: &[String]) -> Result<OursDensity> {
         cli_ms.push(ms(returned - started));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let attached = world::attached_taps(&daemon)?.len();
+    let attached = world::attached_taps(daemon)?.len();
     if attached != count {
         bail!("{attached} taps attached, expected {count}");
     }
