@@ -50,6 +50,8 @@ pub struct Session {
     buf: Vec<u8>,
     /// Where the last answer's body is in `buf`.
     body: std::ops::Range<usize>,
+    /// How long the last connect took (zero when the connection was kept).
+    pub last_connect: Duration,
 }
 
 /// What one request got.
@@ -66,6 +68,7 @@ impl Session {
             conn: None,
             buf: Vec::with_capacity(16 * 1024),
             body: 0..0,
+            last_connect: Duration::ZERO,
         }
     }
 
@@ -83,10 +86,12 @@ impl Session {
     }
 
     async fn request_inner(&mut self, request: &[u8], mode: ConnMode) -> io::Result<Answer> {
+        let started = Instant::now();
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
             None => connect(&self.target).await?,
         };
+        self.last_connect = started.elapsed();
         self.body = 0..0;
         let response = http1::exchange(&mut conn, request, &mut self.buf).await?;
         let done = Instant::now();

@@ -12,6 +12,7 @@
 mod bpfstats;
 mod conn;
 mod density;
+mod drops;
 mod http1;
 mod iperf;
 mod load;

@@ -3,13 +3,13 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Result, ensure};
 
-use crate::bpfstats;
 use crate::http1::ConnMode;
 use crate::load::{self, Window};
 use crate::plan::Plan;
 use crate::results::{DaemonAfterLoad, LoadRun, Results, StormRun, quantile_ms};
 use crate::storm::{self, StormClient};
 use crate::world::{PathKind, World};
+use crate::{bpfstats, drops};
 use crate::{check_stop, iperf, machine, progress};
 
 const MODES: [ConnMode; 2] = [ConnMode::KeepAlive, ConnMode::Close];
@@ -37,7 +37,9 @@ pub fn metadata(
                     let clients = world.clients(guests, path, mode, plan.url_path);
                     let bpffs = world.daemon.bpffs().to_path_buf();
                     let before = bpfstats::snapshot(&bpffs)?;
+                    let drops_before = world.drop_counters()?;
                     let result = load::run(&clients, mode, window, stop)?;
+                    let drops = drops::grown(&drops_before, &world.drop_counters()?);
                     let bpf = if path == PathKind::Ours {
                         bpfstats::between(&before, &bpfstats::snapshot(&bpffs)?)
                     } else {
@@ -56,22 +58,25 @@ pub fn metadata(
                         errors: result.errors,
                         first_error: result.first_error.clone(),
                         bpf,
+                        drops,
                     };
-                    progress(&format!(
-                        "metadata rep {rep}/{}: {:<13} {:<17} {guests:>3} guests: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  errors {}{}",
-                        plan.reps,
-                        path.label(),
-                        mode.label(),
-                        run.rps,
-                        run.p50_ms,
-                        run.p99_ms,
-                        run.p999_ms,
-                        run.errors,
-                        run.first_error
-                            .as_deref()
-                            .map(|e| format!(" (first: {e})"))
-                            .unwrap_or_default(),
-                    ));
+                    progress(
+                        &(format!(
+                            "metadata rep {rep}/{}: {:<13} {:<17} {guests:>3} guests: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  errors {}{}",
+                            plan.reps,
+                            path.label(),
+                            mode.label(),
+                            run.rps,
+                            run.p50_ms,
+                            run.p99_ms,
+                            run.p999_ms,
+                            run.errors,
+                            run.first_error
+                                .as_deref()
+                                .map(|e| format!(" (first: {e})"))
+                                .unwrap_or_default(),
+                        ) + &lost(&run.drops)),
+                    );
                     results
                         .histograms
                         .entry((path, mode, guests))
@@ -83,6 +88,15 @@ pub fn metadata(
         }
     }
     Ok(())
+}
+
+/// " | lost: ..." when loss counters grew.
+fn lost(drops: &drops::Counters) -> String {
+    if drops.is_empty() {
+        String::new()
+    } else {
+        format!(" | {}", drops::describe(drops))
+    }
 }
 
 /// 2. Boot storms on our path and the neutron-style one.
@@ -98,7 +112,9 @@ pub fn boot_storm(world: &mut World, plan: &Plan, results: &mut Results) -> Resu
                         StormClient { target, headers }
                     })
                     .collect();
+                let drops_before = world.drop_counters()?;
                 let result = storm::run(clients)?;
+                let drops = drops::grown(&drops_before, &world.drop_counters()?);
                 let run = StormRun {
                     path,
                     guests,
@@ -111,25 +127,28 @@ pub fn boot_storm(world: &mut World, plan: &Plan, results: &mut Results) -> Resu
                     requests_per_guest: result.requests as f64 / guests as f64,
                     errors: result.errors,
                     first_error: result.first_error.clone(),
+                    drops,
                     completions_ms: result
                         .completions
                         .iter()
                         .map(|d| d.as_secs_f64() * 1e3)
                         .collect(),
                 };
-                progress(&format!(
-                    "boot storm rep {rep}/{}: {:<13} {guests:>3} guests x {:.0} requests: all done in {:.0} ms, p99 {:.2} ms, errors {}{}",
-                    plan.reps,
-                    path.label(),
-                    run.requests_per_guest,
-                    run.makespan_ms,
-                    run.p99_ms,
-                    run.errors,
-                    run.first_error
-                        .as_deref()
-                        .map(|e| format!(" (first: {e})"))
-                        .unwrap_or_default(),
-                ));
+                progress(
+                    &(format!(
+                        "boot storm rep {rep}/{}: {:<13} {guests:>3} guests x {:.0} requests: all done in {:.0} ms, p99 {:.2} ms, errors {}{}",
+                        plan.reps,
+                        path.label(),
+                        run.requests_per_guest,
+                        run.makespan_ms,
+                        run.p99_ms,
+                        run.errors,
+                        run.first_error
+                            .as_deref()
+                            .map(|e| format!(" (first: {e})"))
+                            .unwrap_or_default(),
+                    ) + &lost(&run.drops)),
+                );
                 results.storm_runs.push(run);
             }
         }

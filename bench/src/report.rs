@@ -243,13 +243,20 @@ pub fn markdown(results: &Results) -> String {
                 ratio(o.p99_ms, n.p99_ms)
             );
         }
-        md += "\n| guests | path | p50 ms | p99 ms | p99.9 ms | errors |\n| ---: | --- | ---: | ---: | ---: | ---: |\n";
+        md += "\n| guests | path | p50 ms | p99 ms | p99.9 ms | errors | lost (all repetitions) |\n| ---: | --- | ---: | ---: | ---: | ---: | --- |\n";
         for &guests in &plan.load_guests {
             for path in PathKind::ALL {
                 if let Some(s) = results.load_summary(path, mode, guests) {
+                    let lost = summed_drops(
+                        results
+                            .load_runs
+                            .iter()
+                            .filter(|r| r.path == path && r.mode == mode && r.guests == guests)
+                            .map(|r| &r.drops),
+                    );
                     let _ = writeln!(
                         md,
-                        "| {guests} | {} | {:.3} | {:.3} | {:.3} | {} |",
+                        "| {guests} | {} | {:.3} | {:.3} | {:.3} | {} | {lost} |",
                         path.label(),
                         s.p50_ms,
                         s.p99_ms,
@@ -261,11 +268,14 @@ pub fn markdown(results: &Results) -> String {
         }
         md += "\n";
     }
-    let _ = writeln!(md, "Latency distributions: `latency-*.png`.\n");
+    let _ = writeln!(
+        md,
+        "Latency distributions: `latency-*.png`. \"lost\": loss counters that grew during the cells, in the hypervisor namespace (TCP: `ListenOverflows` = the daemon's accept queue was full and a handshake was dropped, which costs the guest a 1 s retransmit) and in the datapath; the neutron-style path's router namespaces are not watched.\n"
+    );
     md += &datapath_cost(results);
 
     md += "## 2. Boot storm\n\nEvery guest runs cloud-init's first-boot fetch at once (the `/openstack` list, five OpenStack files, the EC2 `meta-data` crawl), one request at a time, a new connection each.\n\n";
-    md += "| guests | path | requests/guest | all done ms | p50 ms | p99 ms | errors | all done ours/neutron |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    md += "| guests | path | requests/guest | all done ms | p50 ms | p99 ms | errors | all done ours/neutron | lost (all repetitions) |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
     let storms = results.storm_summaries();
     for &guests in &plan.storm_guests {
         let neutron = storms
@@ -276,9 +286,16 @@ pub fn markdown(results: &Results) -> String {
                 (PathKind::Ours, Some(n)) => ratio(s.makespan_ms, n.makespan_ms),
                 _ => String::new(),
             };
+            let lost = summed_drops(
+                results
+                    .storm_runs
+                    .iter()
+                    .filter(|r| r.path == s.path && r.guests == guests)
+                    .map(|r| &r.drops),
+            );
             let _ = writeln!(
                 md,
-                "| {guests} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {versus} |",
+                "| {guests} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {versus} | {lost} |",
                 s.path.label(),
                 s.requests_per_guest,
                 s.makespan_ms,
@@ -462,6 +479,17 @@ fn datapath_cost(results: &Results) -> String {
     }
     md += "\n";
     if any { md } else { String::new() }
+}
+
+/// Loss counters summed over repetitions, as "name n, ...".
+fn summed_drops<'a>(runs: impl Iterator<Item = &'a crate::drops::Counters>) -> String {
+    let mut total = crate::drops::Counters::new();
+    for counters in runs {
+        for (name, value) in counters {
+            *total.entry(name.clone()).or_insert(0) += value;
+        }
+    }
+    crate::drops::describe(&total)
 }
 
 fn gbits(values: &[f64]) -> String {

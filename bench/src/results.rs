@@ -31,6 +31,9 @@ pub struct LoadRun {
     pub first_error: Option<String>,
     /// Ours only: what the eBPF programs ran in this cell.
     pub bpf: Vec<crate::bpfstats::ProgCost>,
+    /// Loss counters that grew during the cell (hypervisor namespace TCP,
+    /// datapath); the neutron path's own namespaces are not watched.
+    pub drops: crate::drops::Counters,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +63,7 @@ pub struct StormRun {
     pub requests_per_guest: f64,
     pub errors: u64,
     pub first_error: Option<String>,
+    pub drops: crate::drops::Counters,
     /// When each guest was done (ms), sorted: the completion curve.
     pub completions_ms: Vec<f64>,
 }

@@ -6,6 +6,9 @@
 //! `/openstack` version list, the five files of the newest version it
 //! knows, then the EC2 tree crawled from `/latest/meta-data/` (each listing,
 //! then every leaf; `N=name` public keys become `N/openssh-key`).
+//!
+//! `MDR_BENCH_TRACE=1` prints every request slower than 5 ms, with how
+//! much of it was the TCP connect.
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -112,6 +115,13 @@ impl Fetcher {
         match answer {
             Ok(answer) if answer.status == 200 => {
                 let micros = (answer.done - sent).as_micros() as u64;
+                if micros > 5_000 && std::env::var_os("MDR_BENCH_TRACE").is_some() {
+                    eprintln!(
+                        "slow: {path} {micros} µs (connect {} µs, request {})",
+                        self.session.last_connect.as_micros(),
+                        self.run.requests
+                    );
+                }
                 self.run.latency_us.saturating_record(micros.max(1));
                 Some(String::from_utf8_lossy(self.session.last_body()).into_owned())
             }

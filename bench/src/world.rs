@@ -93,7 +93,7 @@ pub struct World {
     pub agent_socket: PathBuf,
     /// Whether each guest's real tap is registered now.
     registered: Vec<bool>,
-    _host: Host,
+    pub host: Host,
     _dir: TempDir,
 }
 
@@ -196,7 +196,7 @@ impl World {
             _logs: logs,
             agent_socket,
             registered: vec![false; guests],
-            _host: host,
+            host,
             _dir: dir,
         })
     }
@@ -222,17 +222,25 @@ impl World {
         if change.is_empty() {
             return Ok(());
         }
-        parallel::map(change.iter().copied(), |index| {
-            let g = &self.guests[index];
-            if on {
+        if on {
+            // One by one in guest order: the daemon gives each new port the
+            // smallest free slot, so every guest gets back the slot (and
+            // identity address) it had. Shuffled slots would hand a guest an
+            // address whose TIME_WAIT connections belong to another guest,
+            // and PAWS would reject its SYNs for up to 60 s (see the report).
+            for &index in &change {
+                let g = &self.guests[index];
                 self.daemon
-                    .add_port(g.guest.tap(), &g.instance, g.guest.mac(), g.guest.addr())
-            } else {
-                self.daemon
-                    .cli_ok(&["port", "del", "--ifname", g.guest.tap()])
-                    .map(drop)
+                    .add_port(g.guest.tap(), &g.instance, g.guest.mac(), g.guest.addr())?;
             }
-        })?;
+        } else {
+            parallel::map(change.iter().copied(), |index| {
+                let tap = self.guests[index].guest.tap();
+                self.daemon
+                    .cli_ok(&["port", "del", "--ifname", tap])
+                    .map(drop)
+            })?;
+        }
         for &index in &change {
             self.registered[index] = on;
         }
@@ -342,6 +350,11 @@ impl World {
             .tenant
             .router()
             .expect("bench networks have routers")
+    }
+
+    /// Loss counters of the hypervisor namespace and the datapath.
+    pub fn drop_counters(&self) -> Result<crate::drops::Counters> {
+        crate::drops::snapshot(&self.host, &self.daemon)
     }
 
     pub fn proxy_pids(&self) -> Vec<u32> {
