@@ -1,4 +1,5 @@
 //! `cargo xtask`: set up, build, run and test metadata-redirector.
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -42,8 +43,17 @@ enum Task {
     },
     /// Unit tests, then the root-only integration tests (needs root).
     Test,
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Build, then benchmark the daemon against the neutron-style path
+    /// (haproxy per network) and the server alone; needs root. Writes
+    /// target/bench/report.md, report.json and PNG plots.
+    Bench {
+        /// Tiny sizes and one repetition: checks every phase works.
+        #[arg(long)]
+        smoke: bool,
+        /// Repetitions of every measurement (medians are reported) [default: 3].
+        #[arg(long, value_name = "N")]
+        reps: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,9 +70,7 @@ fn main() -> ExitCode {
             serve_args,
         } => demo::run(&serve_args),
         Task::Test => test::run(),
-        Task::Bench => Err(anyhow::anyhow!(
-            "`cargo xtask bench` is not implemented yet"
-        )),
+        Task::Bench { smoke, reps } => bench::run(smoke, reps),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -36,6 +36,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "neutron's REDIRECT to haproxy in that test's router namespace",
     ),
     ("util-linux", "nsenter"),
+    ("haproxy", "the benchmark's neutron-style path"),
+    (
+        "iptables",
+        "the benchmark's neutron-style path (REDIRECT to haproxy)",
+    ),
+    ("iperf3", "the benchmark's other-traffic measurement"),
+    ("fonts-dejavu-core", "the benchmark's plots"),
+    ("linux-perf", "profiling the benchmark's misses"),
 ];
 
 /// Python packages (from PyPI, for the machine's `python3`) and why.

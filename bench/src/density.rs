@@ -1,0 +1,241 @@
+//! Density: what a port costs. Ours: attach time per tap, daemon memory and
+//! BPF map memory with N ports registered on N veth "taps". Neutron-style:
+//! per network, a router namespace with the proxy's iptables rules and one
+//! haproxy (neutron's agent itself, a Python process, is not counted).
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use integration_tests::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
+use integration_tests::tempdir::TempDir;
+use integration_tests::{Daemon, Host, Instance, TenantNet, cmd, names};
+use serde::Serialize;
+
+use crate::machine;
+use crate::neutron::{self, LogSink, Proxy};
+use crate::parallel;
+use crate::stats;
+use crate::world;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BpfMap {
+    pub name: String,
+    pub kind: String,
+    pub max_entries: u64,
+    pub memlock_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OursDensity {
+    pub taps: usize,
+    /// `port add` started -> the tap's link pinned (attached), ms.
+    pub attach_ms: Vec<f64>,
+    /// `port add` started -> the CLI returned, ms.
+    pub cli_ms: Vec<f64>,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub hwm_after_kib: u64,
+    pub bpf_maps: Vec<BpfMap>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NeutronDensity {
+    pub networks: usize,
+    pub haproxy_rss_kib: Vec<u64>,
+    pub haproxy_pss_kib: Vec<u64>,
+    /// Kernel memory (slab, per-cpu, stacks, page tables) the namespaces,
+    /// veths, bridges and iptables tables took, over all networks.
+    pub namespaces_kernel_kib: i64,
+    /// The same, for starting the haproxies (their stacks and page tables).
+    pub haproxy_kernel_kib: i64,
+}
+
+/// N veth pairs in `host`, in one `ip -batch` (a thousand `ip` runs would
+/// take longer than what is measured).
+fn make_taps(host: &Host, count: usize) -> Result<Vec<String>> {
+    let mut script = String::new();
+    let mut taps = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (tap, peer) = (names::ifname("dn"), names::ifname("dp"));
+        script += &format!(
+            "link add {tap} type veth peer name {peer}\nlink set {tap} up\nlink set {peer} up\n"
+        );
+        taps.push(tap);
+    }
+    let mut command = host.command(&["ip", "-batch", "-"]);
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().context("starting ip -batch")?;
+    std::io::Write::write_all(&mut child.stdin.take().expect("piped"), script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip -batch failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(taps)
+}
+
+/// `on_error` sees the daemon before it is stopped (to keep its log).
+pub fn ours(count: usize, on_error: impl FnOnce(&Daemon)) -> Result<OursDensity> {
+    let host = Host::new()?;
+    let dir = TempDir::new("density")?;
+    // The taps exist before the daemon starts (it lists them), as on a
+    // hypervisor whose VMs are running: a thousand link events in one burst
+    // is not what is measured here.
+    let taps = make_taps(&host, count)?;
+    let daemon = world::start_daemon(&host, &dir, None)?;
+    let result = attach_all(&daemon, &taps);
+    if result.is_err() {
+        on_error(&daemon);
+    }
+    result
+}
+
+fn attach_all(daemon: &Daemon, taps: &[String]) -> Result<OursDensity> {
+    let count = taps.len();
+    let pid = daemon.pid().context("the daemon runs")?;
+    let instances = parallel::map(0..count, |index| {
+        let instance = Instance::sample(&format!("dense-{index}"));
+        daemon.put_instance(&instance)?;
+        Ok(instance)
+    })?;
+    // Settle, then the baseline: instances stored, no port yet.
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_before_kib = machine::status_kib(pid, "VmRSS")?;
+    let links = daemon.bpffs().join("links");
+    let mut attach_ms = Vec::with_capacity(count);
+    let mut cli_ms = Vec::with_capacity(count);
+    for (index, (tap, instance)) in taps.iter().zip(&instances).enumerate() {
+        let pin = links.join(format!("tap-{tap}"));
+        let started = Instant::now();
+        daemon.cli_ok(&["port", "add", "--ifname", tap, "--instance", &instance.uuid])?;
+        let returned = Instant::now();
+        wait_for_path(&pin, Duration::from_secs(10))
+            .with_context(|| format!("attaching tap {index} ({tap})"))?;
+        attach_ms.push(ms(started.elapsed()));
+        cli_ms.push(ms(returned - started));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let attached = world::attached_taps(daemon)?.len();
+    if attached != count {
+        bail!("{attached} taps attached, expected {count}");
+    }
+    Ok(OursDensity {
+        taps: count,
+        attach_ms,
+        cli_ms,
+        rss_before_kib,
+        rss_after_kib: machine::status_kib(pid, "VmRSS")?,
+        hwm_after_kib: machine::status_kib(pid, "VmHWM")?,
+        bpf_maps: bpf_maps(&daemon.bpffs().join("maps"))?,
+    })
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// Polls for a pinned link: the last thing the daemon does when it attaches.
+fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() >= deadline {
+            bail!("{} did not appear within {timeout:?}", path.display());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// What bpftool says about every map the daemon pinned.
+fn bpf_maps(dir: &Path) -> Result<Vec<BpfMap>> {
+    let mut maps = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let out = cmd::run(&[
+            "bpftool",
+            "-j",
+            "map",
+            "show",
+            "pinned",
+            &path.to_string_lossy(),
+        ])?;
+        let info: serde_json::Value = serde_json::from_str(&out).context("bpftool -j map show")?;
+        maps.push(BpfMap {
+            name: path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            kind: info["type"].as_str().unwrap_or("?").to_owned(),
+            max_entries: info["max_entries"].as_u64().unwrap_or(0),
+            memlock_bytes: info["bytes_memlock"].as_u64().unwrap_or(0),
+        });
+    }
+    Ok(maps)
+}
+
+pub fn neutron(count: usize) -> Result<NeutronDensity> {
+    let host = Host::new()?;
+    let dir = TempDir::new("density-neutron")?;
+    let logs = LogSink::start(dir.join("log.sock"))?;
+    // haproxy only connects to the agent socket per request; none is made.
+    let agent_socket = dir.join("agent.sock");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = machine::kernel_kib();
+    let nets = parallel::map(0..count, |_| {
+        let net = TenantNet::new(&host, GATEWAY, PREFIX_LEN)?;
+        neutron::apply_rules(net.router().context("router")?)?;
+        Ok((random_uuid(), net))
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let with_namespaces = machine::kernel_kib();
+    // From this thread: children die with the thread that spawned them.
+    let mut proxies = Vec::with_capacity(count);
+    for (id, net) in &nets {
+        proxies.push(Proxy::start(
+            net.router().context("router")?,
+            id,
+            &agent_socket,
+            &logs,
+            dir.path(),
+        )?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let with_proxies = machine::kernel_kib();
+    let mut rss = Vec::new();
+    let mut pss = Vec::new();
+    for proxy in &proxies {
+        rss.push(machine::status_kib(proxy.pid(), "VmRSS")?);
+        pss.push(machine::pss_kib(proxy.pid())?);
+    }
+    drop(proxies);
+    drop(nets);
+    Ok(NeutronDensity {
+        networks: count,
+        haproxy_rss_kib: rss,
+        haproxy_pss_kib: pss,
+        namespaces_kernel_kib: with_namespaces as i64 - before as i64,
+        haproxy_kernel_kib: with_proxies as i64 - with_namespaces as i64,
+    })
+}
+
+impl OursDensity {
+    pub fn attach_median_ms(&self) -> f64 {
+        stats::median(&self.attach_ms)
+    }
+    pub fn attach_p99_ms(&self) -> f64 {
+        stats::percentile(&self.attach_ms, 99.0)
+    }
+    pub fn bpf_memlock_bytes(&self) -> u64 {
+        self.bpf_maps.iter().map(|m| m.memlock_bytes).sum()
+    }
+}

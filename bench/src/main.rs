@@ -1,0 +1,298 @@
+//! `mdr-bench`: metadata-redirector measured side by side with the
+//! neutron-style path (router namespace, iptables REDIRECT, haproxy) and the
+//! server alone, at hypervisor density, in one run on one machine.
+//!
+//! Run it through `cargo xtask bench [--smoke] [--reps N]`, as root. Every
+//! namespace, process and bpffs pin it makes carries its pid in the name and
+//! is removed on exit, on error and on Ctrl-C (the harness's types clean up
+//! on drop; the run stops between measurements); leftovers of a killed run
+//! are swept at the next start. No traffic is sent from the machine's own
+//! network namespace: all load starts inside guest namespaces (or goes to
+//! the daemon's unix socket).
+mod bpfstats;
+mod conn;
+mod density;
+mod drops;
+mod http1;
+mod iperf;
+mod load;
+mod machine;
+mod neutron;
+mod nsnet;
+mod parallel;
+mod phases;
+mod plan;
+mod plot;
+mod report;
+mod results;
+mod stats;
+mod storm;
+mod world;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use integration_tests::names;
+
+use crate::plan::Plan;
+use crate::results::Results;
+use crate::world::World;
+
+#[derive(Parser)]
+#[command(
+    name = "mdr-bench",
+    about = "Benchmark metadata-redirector against the neutron-style path"
+)]
+struct Args {
+    /// Tiny sizes, one repetition: checks every phase works (well under a minute).
+    #[arg(long)]
+    smoke: bool,
+    /// Repetitions of every measurement; the report shows medians [default: 3, smoke: 1].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Where report.md, report.json and the plots go.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Only these phases (for investigating one of them).
+    #[arg(long, value_delimiter = ',', value_name = "PHASE,...")]
+    phases: Option<Vec<Phase>>,
+    /// Override the concurrent guest counts of the metadata phase.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    load_guests: Option<Vec<usize>>,
+    /// Override the boot-storm sizes.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    storm_guests: Option<Vec<usize>>,
+    /// Override the number of taps of the density phase.
+    #[arg(long, value_name = "N")]
+    density_taps: Option<usize>,
+    /// Override the measured seconds per metadata cell.
+    #[arg(long, value_name = "SECONDS")]
+    seconds: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    Metadata,
+    Storm,
+    Iperf,
+    Density,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Fails once Ctrl-C (or SIGTERM/SIGHUP) came: the error unwinds through
+/// everything built so far, whose Drops remove it.
+pub fn check_stop() -> Result<()> {
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// One line per step, flushed at once (the run takes minutes).
+pub fn progress(line: &str) {
+    println!("[bench] {line}");
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mdr-bench: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("mdr-bench needs root (network namespaces, bpffs): run `cargo xtask bench`");
+    }
+    let started = Instant::now();
+    let mut plan = Plan::new(args.smoke, args.reps)?;
+    if let Some(sizes) = args.load_guests {
+        plan.load_guests = sizes;
+    }
+    if let Some(sizes) = args.storm_guests {
+        plan.storm_guests = sizes;
+    }
+    if let Some(taps) = args.density_taps {
+        plan.density_taps = taps;
+    }
+    if let Some(seconds) = args.seconds {
+        plan.measure = std::time::Duration::from_secs_f64(seconds);
+    }
+    let phases = args
+        .phases
+        .unwrap_or_else(|| vec![Phase::Metadata, Phase::Storm, Phase::Iperf, Phase::Density]);
+    let out = args
+        .out
+        .unwrap_or_else(|| integration_tests::env::target_dir().join("bench"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    names::sweep_stale();
+    let machine = machine::info();
+    progress(&format!(
+        "{} run, {} repetition(s), on {} ({} cores, {}), kernel {}",
+        if plan.smoke { "smoke" } else { "full" },
+        plan.reps,
+        machine.cpu_model,
+        machine.cores,
+        machine.date,
+        machine.kernel
+    ));
+    let mut results = Results {
+        machine,
+        plan: plan.clone(),
+        daemon_config: world::DAEMON_CONFIG,
+        load_runs: Vec::new(),
+        storm_runs: Vec::new(),
+        iperf: Default::default(),
+        daemon_after_load: Default::default(),
+        density_ours: None,
+        density_neutron: None,
+        duration_s: 0.0,
+        failures: Vec::new(),
+        histograms: BTreeMap::new(),
+    };
+    // A failing phase is recorded and the others still run, so a long run
+    // always leaves a report; the exit status says it failed.
+    if phases.iter().any(|p| *p != Phase::Density) {
+        let outcome = measure_paths(&plan, &phases, &mut results, &out);
+        record("metadata/storm/iperf", outcome, &mut results)?;
+    }
+    if phases.contains(&Phase::Density) {
+        let outcome = density(&plan, &mut results, &out);
+        record("density", outcome, &mut results)?;
+    }
+    results.duration_s = started.elapsed().as_secs_f64();
+    report::write(&results, &out)?;
+    plot::write_all(&results, &out)?;
+    progress(&format!(
+        "done in {:.0} s: {} (and report.json, *.png)",
+        results.duration_s,
+        out.join("report.md").display()
+    ));
+    if !results.failures.is_empty() {
+        bail!(
+            "{} phase(s) failed: {}",
+            results.failures.len(),
+            results.failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Notes a failed phase in the results; an interruption ends the run.
+fn record(phase: &str, outcome: Result<()>, results: &mut Results) -> Result<()> {
+    if let Err(err) = outcome {
+        check_stop()?;
+        progress(&format!("FAILED {phase}: {err:#}"));
+        results.failures.push(format!("{phase}: {err:#}"));
+    }
+    Ok(())
+}
+
+/// Keeps a daemon's log next to the report when its phase failed.
+fn keep_log(daemon: &integration_tests::Daemon, out: &std::path::Path, name: &str) {
+    let path = out.join(name);
+    if std::fs::write(&path, daemon.log()).is_ok() {
+        progress(&format!("daemon log kept in {}", path.display()));
+    }
+}
+
+/// 4. Density, each side in a world of its own.
+fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<()> {
+    check_stop()?;
+    progress(&format!(
+        "density: attaching {} taps one by one",
+        plan.density_taps
+    ));
+    let ours = density::ours(plan.density_taps, |daemon| {
+        keep_log(daemon, out, "daemon-density.log")
+    })?;
+    progress(&format!(
+        "density: attach median {:.2} ms, p99 {:.2} ms; daemon RSS {:.1} MiB with {} ports; BPF maps {:.1} MiB",
+        ours.attach_median_ms(),
+        ours.attach_p99_ms(),
+        ours.rss_after_kib as f64 / 1024.0,
+        ours.taps,
+        ours.bpf_memlock_bytes() as f64 / 1048576.0
+    ));
+    results.density_ours = Some(ours);
+    check_stop()?;
+    progress(&format!(
+        "density: {} neutron-style networks (namespace + iptables + haproxy)",
+        plan.density_networks
+    ));
+    let neutron = density::neutron(plan.density_networks)?;
+    progress(&format!(
+        "density: haproxy RSS median {:.1} MiB (PSS {:.1} MiB), kernel {:.0} KiB per network",
+        stats::median_u64(&neutron.haproxy_rss_kib) / 1024.0,
+        stats::median_u64(&neutron.haproxy_pss_kib) / 1024.0,
+        neutron.namespaces_kernel_kib as f64 / neutron.networks as f64
+    ));
+    results.density_neutron = Some(neutron);
+    Ok(())
+}
+
+/// Phases 1-3 share one world of guests, networks and one daemon.
+fn measure_paths(
+    plan: &Plan,
+    phases: &[Phase],
+    results: &mut Results,
+    out: &std::path::Path,
+) -> Result<()> {
+    let guests = plan.world_guests();
+    progress(&format!(
+        "setup: daemon, {guests} guests on {} networks (router namespace + iptables + haproxy each)",
+        guests.div_ceil(plan.guests_per_net)
+    ));
+    let mut world = World::build(guests, plan.guests_per_net)?;
+    let outcome = run_paths(&mut world, plan, phases, results);
+    if outcome.is_err() {
+        keep_log(&world.daemon, out, "daemon-paths.log");
+    }
+    progress("teardown: guests, networks, daemon");
+    outcome
+}
+
+fn run_paths(
+    world: &mut World,
+    plan: &Plan,
+    phases: &[Phase],
+    results: &mut Results,
+) -> Result<()> {
+    let guests = plan.world_guests();
+    check_stop()?;
+    progress("verify: every guest gets its own meta_data.json on every path");
+    for path in world::PathKind::ALL {
+        world.verify(path, guests)?;
+    }
+    if phases.contains(&Phase::Metadata) {
+        phases::metadata(world, plan, results, &STOP)?;
+    }
+    if phases.contains(&Phase::Storm) {
+        progress("boot storm: cloud-init's first-boot fetch on every guest at once");
+        phases::boot_storm(world, plan, results)?;
+    }
+    if phases.contains(&Phase::Iperf) {
+        progress("other traffic: iperf3 with and without the program");
+        phases::other_traffic(world, plan, results)?;
+    }
+    phases::daemon_after_load(world, results)
+}

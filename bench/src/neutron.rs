@@ -1,0 +1,257 @@
+//! The neutron-style path, built as neutron builds it: in the router
+//! namespace, iptables steers 169.254.169.254:80 to port 9697, where one
+//! haproxy per network adds `X-Forwarded-For` and `X-Neutron-Network-ID` and
+//! forwards to the metadata agent's unix socket (here: the daemon's
+//! `--neutron-agent-socket`, so both paths end in the same server).
+//!
+//! The haproxy configuration is neutron's (neutron/common/metadata.py
+//! METADATA_HAPROXY_GLOBAL + the unlimited listener + the network-ID header
+//! lines of agent/metadata/driver.py), with three deliberate differences,
+//! none of which makes haproxy do less work per request:
+//! - `-db` on the command line keeps it in the foreground (the config still
+//!   says `daemon`), so it is our child and dies with us;
+//! - user and group are root, since the agent socket is root-only (0600);
+//! - `log` goes to a datagram socket of ours that is drained and discarded,
+//!   instead of /dev/log (this machine has no syslog); haproxy formats and
+//!   sends every `option httplog` line as it would on a compute node.
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use integration_tests::Netns;
+use integration_tests::wait::{self, Poll};
+
+/// neutron's `metadata_port` default.
+pub const PROXY_PORT: u16 = 9697;
+/// neutron's `metadata_access_mark` default.
+const ACCESS_MARK: &str = "0x1";
+
+pub fn haproxy_config(
+    network_id: &str,
+    agent_socket: &Path,
+    log_socket: &Path,
+    pidfile: &Path,
+) -> String {
+    let (agent_socket, log_socket, pidfile) = (
+        agent_socket.display(),
+        log_socket.display(),
+        pidfile.display(),
+    );
+    format!(
+        "
+global
+    log         {log_socket} local0 info
+    log-tag     haproxy-metadata-proxy-{network_id}
+    user        root
+    group       root
+    maxconn     1024
+    nbthread    2
+    pidfile     {pidfile}
+    daemon
+
+defaults
+    log global
+    mode http
+    option httplog
+    option dontlognull
+    option http-server-close
+    option forwardfor
+    retries                 3
+    timeout http-request    30s
+    timeout connect         30s
+    timeout client          32s
+    timeout server          32s
+    timeout http-keep-alive 30s
+
+listen listener
+    bind 0.0.0.0:{PROXY_PORT}
+    
+    server metadata {agent_socket}
+
+    http-request del-header X-Neutron-Router-ID
+    http-request set-header X-Neutron-Network-ID {network_id}
+"
+    )
+}
+
+/// neutron's l3 agent rules for the metadata proxy: mark what arrives for
+/// 169.254.169.254:80 on a router port, redirect it to the proxy, and let
+/// only marked packets reach the proxy port.
+pub fn iptables_rules(router_port: &str) -> String {
+    format!(
+        "*mangle
+-A PREROUTING -d 169.254.169.254/32 -i {router_port} -p tcp -m tcp --dport 80 -j MARK --set-xmark {ACCESS_MARK}/0xffff
+COMMIT
+*nat
+-A PREROUTING -d 169.254.169.254/32 -i {router_port} -p tcp -m tcp --dport 80 -j REDIRECT --to-ports {PROXY_PORT}
+COMMIT
+*filter
+-A INPUT -m mark --mark {ACCESS_MARK}/0xffff -j ACCEPT
+-A INPUT -p tcp -m tcp --dport {PROXY_PORT} -j DROP
+COMMIT
+"
+    )
+}
+
+/// One network's metadata proxy: the rules in its router namespace and the
+/// haproxy serving it.
+pub struct Proxy {
+    child: Child,
+}
+
+impl Proxy {
+    /// Starts haproxy in `router` (whose rules [`apply_rules`] set up).
+    pub fn start(
+        router: &Netns,
+        network_id: &str,
+        agent_socket: &Path,
+        logs: &LogSink,
+        dir: &Path,
+    ) -> Result<Self> {
+        let config_path = dir.join(format!("{network_id}.conf"));
+        let pidfile = dir.join(format!("{network_id}.pid"));
+        std::fs::write(
+            &config_path,
+            haproxy_config(network_id, agent_socket, &logs.path, &pidfile),
+        )
+        .with_context(|| format!("writing {}", config_path.display()))?;
+        let stderr = std::fs::File::create(dir.join(format!("{network_id}.stderr")))?;
+        let config = config_path.to_string_lossy();
+        let child = router.spawn(
+            &["haproxy", "-db", "-f", &config],
+            Stdio::null(),
+            Stdio::from(stderr),
+        )?;
+        let mut proxy = Self { child };
+        wait::until("haproxy to listen", Duration::from_secs(10), || {
+            if let Some(exit) = proxy.child.try_wait()? {
+                let log = std::fs::read_to_string(dir.join(format!("{network_id}.stderr")))
+                    .unwrap_or_default();
+                bail!("haproxy exited ({exit}): {log}");
+            }
+            let out = router.exec_ok(&["ss", "-Hltn", &format!("sport = :{PROXY_PORT}")])?;
+            Ok(if out.trim().is_empty() {
+                Poll::Pending("nothing listening".into())
+            } else {
+                Poll::Ready(())
+            })
+        })?;
+        Ok(proxy)
+    }
+
+    /// The haproxy process (for its memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Installs [`iptables_rules`] for the router port `eth0` in `router`.
+pub fn apply_rules(router: &Netns) -> Result<()> {
+    let router_port = "eth0";
+    apply_rules_for(router, router_port)
+}
+
+fn apply_rules_for(router: &Netns, router_port: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut cmd = router.command(&["iptables-restore", "--noflush"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("starting iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(iptables_rules(router_port).as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables-restore in {} failed: {}",
+            router.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Stands in for /dev/log: a datagram socket every haproxy logs to, read
+/// and thrown away by a thread (a syslog daemon would do more with it).
+pub struct LogSink {
+    pub path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogSink {
+    pub fn start(path: PathBuf) -> Result<Self> {
+        let _ = std::fs::remove_file(&path);
+        let socket =
+            UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut buf = [0u8; 4096];
+                // Ends when told to; the read timeout bounds each wait.
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = socket.recv(&mut buf);
+                }
+            }
+        });
+        Ok(Self {
+            path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for LogSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_neutrons_with_our_paths() {
+        let text = haproxy_config(
+            "net-1",
+            Path::new("/a/agent.sock"),
+            Path::new("/a/log"),
+            Path::new("/a/pid"),
+        );
+        for line in [
+            "mode http",
+            "option http-server-close",
+            "option forwardfor",
+            "maxconn     1024",
+            "nbthread    2",
+            "bind 0.0.0.0:9697",
+            "server metadata /a/agent.sock",
+            "http-request del-header X-Neutron-Router-ID",
+            "http-request set-header X-Neutron-Network-ID net-1",
+        ] {
+            assert!(text.contains(line), "missing {line:?}");
+        }
+    }
+}

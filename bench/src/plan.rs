@@ -1,0 +1,75 @@
+//! How big each measurement is: the full run, or `--smoke`'s tiny sizes
+//! that only show every phase still works.
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub smoke: bool,
+    pub reps: usize,
+    /// Concurrent guests of the metadata-path measurements.
+    pub load_guests: Vec<usize>,
+    #[serde(serialize_with = "secs")]
+    pub warmup: Duration,
+    #[serde(serialize_with = "secs")]
+    pub measure: Duration,
+    /// What every load request asks for.
+    pub url_path: &'static str,
+    pub storm_guests: Vec<usize>,
+    /// Guests per tenant network (one router namespace and haproxy each).
+    pub guests_per_net: usize,
+    pub iperf_seconds: u32,
+    pub density_taps: usize,
+    pub density_networks: usize,
+}
+
+fn secs<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(value.as_secs_f64())
+}
+
+impl Plan {
+    pub fn new(smoke: bool, reps: Option<usize>) -> Result<Self> {
+        let reps = reps.unwrap_or(if smoke { 1 } else { 3 });
+        if reps == 0 {
+            bail!("--reps must be at least 1");
+        }
+        Ok(if smoke {
+            Self {
+                smoke,
+                reps,
+                load_guests: vec![1, 2],
+                warmup: Duration::from_millis(300),
+                measure: Duration::from_secs(1),
+                url_path: "/openstack/latest/meta_data.json",
+                storm_guests: vec![5],
+                guests_per_net: 10,
+                iperf_seconds: 1,
+                density_taps: 10,
+                density_networks: 2,
+            }
+        } else {
+            Self {
+                smoke,
+                reps,
+                load_guests: vec![1, 50, 500],
+                warmup: Duration::from_secs(1),
+                measure: Duration::from_secs(5),
+                url_path: "/openstack/latest/meta_data.json",
+                storm_guests: vec![100, 500],
+                guests_per_net: 10,
+                iperf_seconds: 5,
+                density_taps: 1000,
+                density_networks: 100,
+            }
+        })
+    }
+
+    /// Guests the world needs: enough for the largest load and storm.
+    pub fn world_guests(&self) -> usize {
+        let load = self.load_guests.iter().max().copied().unwrap_or(1);
+        let storm = self.storm_guests.iter().max().copied().unwrap_or(1);
+        load.max(storm)
+    }
+}

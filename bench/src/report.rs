@@ -1,0 +1,513 @@
+//! report.md (tables, ratios, targets) and report.json (the same numbers,
+//! plus every repetition).
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::http1::ConnMode;
+use crate::results::Results;
+use crate::stats::{median, median_u64, percentile};
+use crate::world::PathKind;
+
+/// One target of the issue and where the run stands.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+    /// How far off a missed target is.
+    pub miss: Option<String>,
+}
+
+fn check(
+    target: impl Into<String>,
+    measured: String,
+    met: bool,
+    miss: impl FnOnce() -> String,
+) -> TargetCheck {
+    TargetCheck {
+        target: target.into(),
+        measured,
+        met,
+        miss: (!met).then(miss),
+    }
+}
+
+/// The guest count the "at 50 guests" targets are read at (the largest
+/// load in a smoke run).
+fn target_guests(results: &Results) -> usize {
+    let sizes = &results.plan.load_guests;
+    if sizes.contains(&50) {
+        50
+    } else {
+        sizes.iter().max().copied().unwrap_or(1)
+    }
+}
+
+pub fn targets(results: &Results) -> Vec<TargetCheck> {
+    let mut checks = Vec::new();
+    let at = target_guests(results);
+    for mode in [ConnMode::KeepAlive, ConnMode::Close] {
+        let ours = results.load_summary(PathKind::Ours, mode, at);
+        let neutron = results.load_summary(PathKind::Neutron, mode, at);
+        let limit = results.load_summary(PathKind::Limit, mode, at);
+        if let (Some(ours), Some(neutron)) = (&ours, &neutron) {
+            let ratio = ours.rps / neutron.rps;
+            checks.push(check(
+                format!(
+                    "ours >= 3x neutron-style req/s at {at} guests ({})",
+                    mode.label()
+                ),
+                format!("{ratio:.2}x ({:.0} vs {:.0} req/s)", ours.rps, neutron.rps),
+                ratio >= 3.0,
+                || format!("{:.0}% short of 3x", (1.0 - ratio / 3.0) * 100.0),
+            ));
+            let p99 = ours.p99_ms / neutron.p99_ms;
+            checks.push(check(
+                format!(
+                    "ours p99 <= 1/3 of neutron-style at {at} guests ({})",
+                    mode.label()
+                ),
+                format!("{p99:.2}x ({:.2} vs {:.2} ms)", ours.p99_ms, neutron.p99_ms),
+                p99 <= 1.0 / 3.0,
+                || {
+                    format!(
+                        "{:.2} ms over a third of neutron's",
+                        ours.p99_ms - neutron.p99_ms / 3.0
+                    )
+                },
+            ));
+        }
+        if let (Some(ours), Some(limit)) = (&ours, &limit) {
+            let ratio = ours.rps / limit.rps;
+            checks.push(check(
+                format!("ours >= 0.8x limit req/s at {at} guests ({})", mode.label()),
+                format!("{ratio:.2}x ({:.0} vs {:.0} req/s)", ours.rps, limit.rps),
+                ratio >= 0.8,
+                || format!("{:.0}% short of 0.8x", (1.0 - ratio / 0.8) * 100.0),
+            ));
+        }
+    }
+    let storm_at = results.plan.storm_guests.iter().max().copied().unwrap_or(0);
+    if let Some(storm) = results
+        .storm_summaries()
+        .into_iter()
+        .find(|s| s.path == PathKind::Ours && s.guests == storm_at)
+    {
+        checks.push(check(
+            format!("boot storm of {storm_at} guests: 0 errors"),
+            format!("{} errors", storm.errors),
+            storm.errors == 0,
+            || format!("{} errors too many", storm.errors),
+        ));
+        checks.push(check(
+            format!("boot storm of {storm_at} guests: p99 <= 20 ms"),
+            format!("{:.2} ms", storm.p99_ms),
+            storm.p99_ms <= 20.0,
+            || {
+                format!(
+                    "{:.2} ms over ({:.1}x)",
+                    storm.p99_ms - 20.0,
+                    storm.p99_ms / 20.0
+                )
+            },
+        ));
+    }
+    if !results.iperf.with_program_bps.is_empty() {
+        let ratio = results.iperf.ratio();
+        checks.push(check(
+            "other traffic >= 0.98x without the program",
+            format!("{ratio:.3}x"),
+            ratio >= 0.98,
+            || format!("{:.1}% below 0.98x", (0.98 - ratio) * 100.0),
+        ));
+    }
+    if let Some(d) = &results.density_ours {
+        let median = d.attach_median_ms();
+        checks.push(check(
+            "attach <= 5 ms median per tap",
+            format!("{median:.2} ms"),
+            median <= 5.0,
+            || format!("{:.2} ms over ({:.1}x)", median - 5.0, median / 5.0),
+        ));
+        let mb = d.rss_after_kib as f64 * 1024.0 / 1e6;
+        checks.push(check(
+            format!("daemon RSS <= 50 MB with {} ports", d.taps),
+            format!("{mb:.1} MB"),
+            mb <= 50.0,
+            || format!("{:.1} MB over", mb - 50.0),
+        ));
+    }
+    checks
+}
+
+pub fn write(results: &Results, out: &Path) -> Result<()> {
+    let json = serde_json::json!({
+        "results": results,
+        "summary": {
+            "metadata": results.load_summaries(),
+            "boot_storm": results.storm_summaries(),
+            "other_traffic_ratio": (!results.iperf.with_program_bps.is_empty()).then(|| results.iperf.ratio()),
+        },
+        "targets": targets(results),
+    });
+    let path = out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let path = out.join("report.md");
+    std::fs::write(&path, markdown(results))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 && a.is_finite() && b.is_finite() {
+        format!("{:.2}x", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+pub fn markdown(results: &Results) -> String {
+    let mut md = String::new();
+    let m = &results.machine;
+    let plan = &results.plan;
+    let _ = writeln!(md, "# metadata-redirector benchmark\n");
+    let _ = writeln!(
+        md,
+        "{} · kernel {} · {} cores · {} · {} MiB · `cargo xtask bench{}` ({} repetition(s), medians shown) · {:.0} s\n",
+        m.date,
+        m.kernel,
+        m.cores,
+        m.cpu_model,
+        m.mem_total_mib,
+        if plan.smoke { " --smoke" } else { "" },
+        plan.reps,
+        results.duration_s
+    );
+    if !results.failures.is_empty() {
+        md += "**This run had failures; the tables show what the other phases measured.**\n\n";
+        for failure in &results.failures {
+            let _ = writeln!(md, "- {failure}");
+        }
+        md += "\n";
+    }
+    md += METHOD;
+    let _ = writeln!(
+        md,
+        "\nDaemon config for every run (`serve --config`):\n\n```toml\n{}```\n",
+        results.daemon_config
+    );
+
+    md += "## Targets\n\n| target | measured | met | missed by |\n| --- | --- | --- | --- |\n";
+    for t in targets(results) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            t.target,
+            t.measured,
+            if t.met { "yes" } else { "**no**" },
+            t.miss.as_deref().unwrap_or("")
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\n## 1. Metadata path\n\nGET `{}`, closed loop (one request in flight per guest), {:.1} s warm-up then {:.0} s measured per cell.\n",
+        plan.url_path,
+        plan.warmup.as_secs_f64(),
+        plan.measure.as_secs_f64()
+    );
+    for mode in [ConnMode::KeepAlive, ConnMode::Close] {
+        let _ = writeln!(md, "### {}\n", mode.label());
+        md += "| guests | ours req/s | neutron-style req/s | limit req/s | ours/neutron | ours/limit | p99 ours/neutron |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        for &guests in &plan.load_guests {
+            let get = |path| results.load_summary(path, mode, guests);
+            let (Some(o), Some(n), Some(l)) = (
+                get(PathKind::Ours),
+                get(PathKind::Neutron),
+                get(PathKind::Limit),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {guests} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+                o.rps,
+                n.rps,
+                l.rps,
+                ratio(o.rps, n.rps),
+                ratio(o.rps, l.rps),
+                ratio(o.p99_ms, n.p99_ms)
+            );
+        }
+        md += "\n| guests | path | p50 ms | p99 ms | p99.9 ms | errors | lost (all repetitions) |\n| ---: | --- | ---: | ---: | ---: | ---: | --- |\n";
+        for &guests in &plan.load_guests {
+            for path in PathKind::ALL {
+                if let Some(s) = results.load_summary(path, mode, guests) {
+                    let lost = summed_drops(
+                        results
+                            .load_runs
+                            .iter()
+                            .filter(|r| r.path == path && r.mode == mode && r.guests == guests)
+                            .map(|r| &r.drops),
+                    );
+                    let _ = writeln!(
+                        md,
+                        "| {guests} | {} | {:.3} | {:.3} | {:.3} | {} | {lost} |",
+                        path.label(),
+                        s.p50_ms,
+                        s.p99_ms,
+                        s.p999_ms,
+                        s.errors
+                    );
+                }
+            }
+        }
+        md += "\n";
+    }
+    let _ = writeln!(
+        md,
+        "Latency distributions: `latency-*.png`. \"lost\": loss counters that grew during the cells, in the hypervisor namespace (TCP: `ListenOverflows` = the daemon's accept queue was full and a handshake was dropped, which costs the guest a 1 s retransmit) and in the datapath; the neutron-style path's router namespaces are not watched.\n"
+    );
+    md += &datapath_cost(results);
+
+    md += "## 2. Boot storm\n\nEvery guest runs cloud-init's first-boot fetch at once (the `/openstack` list, five OpenStack files, the EC2 `meta-data` crawl), one request at a time, a new connection each.\n\n";
+    md += "| guests | path | requests/guest | all done ms | p50 ms | p99 ms | errors | all done ours/neutron | lost (all repetitions) |\n| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n";
+    let storms = results.storm_summaries();
+    for &guests in &plan.storm_guests {
+        let neutron = storms
+            .iter()
+            .find(|s| s.path == PathKind::Neutron && s.guests == guests);
+        for s in storms.iter().filter(|s| s.guests == guests) {
+            let versus = match (s.path, neutron) {
+                (PathKind::Ours, Some(n)) => ratio(s.makespan_ms, n.makespan_ms),
+                _ => String::new(),
+            };
+            let lost = summed_drops(
+                results
+                    .storm_runs
+                    .iter()
+                    .filter(|r| r.path == s.path && r.guests == guests)
+                    .map(|r| &r.drops),
+            );
+            let _ = writeln!(
+                md,
+                "| {guests} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {versus} | {lost} |",
+                s.path.label(),
+                s.requests_per_guest,
+                s.makespan_ms,
+                s.p50_ms,
+                s.p99_ms,
+                s.errors
+            );
+        }
+    }
+    let _ = writeln!(md, "\nCompletion curves: `boot-storm-*.png`.\n");
+
+    let ip = &results.iperf;
+    if !ip.with_program_bps.is_empty() {
+        let _ = writeln!(
+            md,
+            "## 3. Other traffic\n\niperf3, guest to its router, {} s per run, guest sending (every segment passes the tap's TC ingress hook).\n\n| | Gbit/s (median) | runs (Gbit/s) |\n| --- | ---: | --- |\n| without the program | {:.2} | {} |\n| with the program | {:.2} | {} |\n| ratio | {:.3}x | |\n",
+            plan.iperf_seconds,
+            median(&ip.without_program_bps) / 1e9,
+            gbits(&ip.without_program_bps),
+            median(&ip.with_program_bps) / 1e9,
+            gbits(&ip.with_program_bps),
+            ip.ratio()
+        );
+    }
+
+    md += "## 4. Density\n\n";
+    if let Some(d) = &results.density_ours {
+        let n = d.attach_ms.len();
+        let tenth = (n / 10).max(1);
+        let _ = writeln!(
+            md,
+            "Ours, {} veth taps registered one by one (`port add` started -> the tap's TCX link pinned):\n\n| | value |\n| --- | ---: |\n| attach median | {:.2} ms |\n| attach p99 | {:.2} ms |\n| attach median, first / last tenth | {:.2} / {:.2} ms |\n| of which the CLI (median) | {:.2} ms |\n| daemon RSS, instances only | {:.1} MiB |\n| daemon RSS, {} ports attached | {:.1} MiB |\n| daemon RSS per port | {:.1} KiB |\n| BPF maps (memlock, all) | {:.2} MiB |\n",
+            d.taps,
+            d.attach_median_ms(),
+            d.attach_p99_ms(),
+            median(&d.attach_ms[..tenth]),
+            median(&d.attach_ms[n.saturating_sub(tenth)..]),
+            median(&d.cli_ms),
+            d.rss_before_kib as f64 / 1024.0,
+            d.taps,
+            d.rss_after_kib as f64 / 1024.0,
+            (d.rss_after_kib as f64 - d.rss_before_kib as f64) / d.taps as f64,
+            d.bpf_memlock_bytes() as f64 / 1048576.0
+        );
+        let after = &results.daemon_after_load;
+        if after.ports > 0 {
+            let _ = writeln!(
+                md,
+                "After the load phases, the daemon that served them ({} ports: real taps and neutron identities) had VmRSS {:.1} MiB, VmHWM {:.1} MiB; its haproxies a median VmRSS of {:.1} MiB each.\n",
+                after.ports,
+                after.rss_kib as f64 / 1024.0,
+                after.hwm_kib as f64 / 1024.0,
+                after.haproxy_rss_kib / 1024.0
+            );
+        }
+        md += "| map | type | max entries | memlock |\n| --- | --- | ---: | ---: |\n";
+        for map in &d.bpf_maps {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1} KiB |",
+                map.name,
+                map.kind,
+                map.max_entries,
+                map.memlock_bytes as f64 / 1024.0
+            );
+        }
+        md += "\nThe maps are sized for 65536 ports and 131072 flows when loaded, so their memory does not grow with ports.\n\n";
+    }
+    if let Some(n) = &results.density_neutron {
+        let per_net_kernel = n.namespaces_kernel_kib as f64 / n.networks as f64;
+        let haproxy_kernel = n.haproxy_kernel_kib as f64 / n.networks as f64;
+        let rss = median_u64(&n.haproxy_rss_kib);
+        let pss = median_u64(&n.haproxy_pss_kib);
+        let _ = writeln!(
+            md,
+            "Neutron-style, {} networks (router namespace, veth, bridge, iptables rules and one haproxy each; the Python agent not counted):\n\n| | per network | for {} networks |\n| --- | ---: | ---: |\n| haproxy RSS (median; p90 {:.1} MiB) | {:.1} MiB | {:.1} MiB |\n| haproxy PSS (shared pages split) | {:.1} MiB | {:.1} MiB |\n| kernel: namespace, veth, bridge, iptables (slab, per-cpu, stacks, page tables) | {:.0} KiB | {:.1} MiB |\n| kernel: haproxy's stacks and page tables | {:.0} KiB | {:.1} MiB |\n",
+            n.networks,
+            n.networks,
+            percentile(
+                &n.haproxy_rss_kib
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect::<Vec<_>>(),
+                90.0
+            ) / 1024.0,
+            rss / 1024.0,
+            rss * n.networks as f64 / 1024.0,
+            pss / 1024.0,
+            pss * n.networks as f64 / 1024.0,
+            per_net_kernel,
+            per_net_kernel * n.networks as f64 / 1024.0,
+            haproxy_kernel,
+            haproxy_kernel * n.networks as f64 / 1024.0,
+        );
+        if let Some(d) = &results.density_ours {
+            let neutron_total =
+                (pss + per_net_kernel + haproxy_kernel) * n.networks as f64 / 1024.0;
+            let ours_total =
+                d.rss_after_kib as f64 / 1024.0 + d.bpf_memlock_bytes() as f64 / 1048576.0;
+            let _ = writeln!(
+                md,
+                "Side by side: ours with {} ports = daemon RSS + BPF maps = {:.1} MiB; neutron-style for {} networks = haproxy PSS + kernel = {:.1} MiB (ours/neutron {}). The kernel numbers are differences of /proc/meminfo on a shared machine: approximate.\n",
+                d.taps,
+                ours_total,
+                n.networks,
+                neutron_total,
+                ratio(ours_total, neutron_total)
+            );
+        }
+    }
+    md
+}
+
+/// What the eBPF programs cost on our path, from the kernel's run-time
+/// statistics (medians over repetitions).
+fn datapath_cost(results: &Results) -> String {
+    let mut md = String::from(
+        "### What the redirect itself costs\n\nKernel BPF run-time statistics during the `ours` cells (`BPF_ENABLE_STATS`): average run time per packet of each program, and the programs' total CPU time per request (runs over the whole cell, warm-up included, divided by the requests it made).\n\n| mode | guests | tap_ingress ns/run | server_egress ns/run | program runs/request | datapath µs/request |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let cell = results.plan.warmup.as_secs_f64() + results.plan.measure.as_secs_f64();
+    let mut any = false;
+    for mode in [ConnMode::KeepAlive, ConnMode::Close] {
+        for &guests in &results.plan.load_guests {
+            let runs: Vec<_> = results
+                .load_runs
+                .iter()
+                .filter(|r| {
+                    r.path == PathKind::Ours
+                        && r.mode == mode
+                        && r.guests == guests
+                        && !r.bpf.is_empty()
+                })
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            any = true;
+            let ns = |program: &str| {
+                median(
+                    &runs
+                        .iter()
+                        .filter_map(|r| {
+                            r.bpf
+                                .iter()
+                                .find(|p| p.program == program)
+                                .map(|p| p.ns_per_run)
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let requests = |r: &crate::results::LoadRun| (r.rps * cell).max(1.0);
+            let per_request = median(
+                &runs
+                    .iter()
+                    .map(|r| r.bpf.iter().map(|p| p.runs as f64).sum::<f64>() / requests(r))
+                    .collect::<Vec<_>>(),
+            );
+            let us_per_request = median(
+                &runs
+                    .iter()
+                    .map(|r| {
+                        r.bpf
+                            .iter()
+                            .map(|p| p.runs as f64 * p.ns_per_run)
+                            .sum::<f64>()
+                            / requests(r)
+                            / 1e3
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let _ = writeln!(
+                md,
+                "| {} | {guests} | {:.0} | {:.0} | {:.1} | {:.2} |",
+                mode.label(),
+                ns("tap_ingress"),
+                ns("server_egress"),
+                per_request,
+                us_per_request
+            );
+        }
+    }
+    md += "\n";
+    if any { md } else { String::new() }
+}
+
+/// Loss counters summed over repetitions, as "name n, ...".
+fn summed_drops<'a>(runs: impl Iterator<Item = &'a crate::drops::Counters>) -> String {
+    let mut total = crate::drops::Counters::new();
+    for counters in runs {
+        for (name, value) in counters {
+            *total.entry(name.clone()).or_insert(0) += value;
+        }
+    }
+    crate::drops::describe(&total)
+}
+
+fn gbits(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{:.2}", v / 1e9))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const METHOD: &str = "\
+## Method
+
+One run, one machine, one daemon, one store, the same instance documents, the same guests:
+
+- **ours**: guest namespace -> its tap (a veth on the tenant bridge, registered with `port add`) -> eBPF redirect -> the daemon's server.
+- **neutron-style**: the same guest namespaces with their taps unregistered -> the tenant's router namespace -> iptables (neutron's mangle mark, nat REDIRECT 169.254.169.254:80 -> 9697, filter rules) -> Debian's haproxy with neutron's configuration (`mode http`, `option forwardfor`, `option http-server-close`, `http-request set-header X-Neutron-Network-ID`, `server metadata <unix socket>`), one per network -> the daemon's `--neutron-agent-socket`, which identifies the guest by network and address and answers from the same store. The agent is our daemon, not neutron's Python agent with its RPC to neutron-server: this baseline is faster than a real neutron deployment, never slower.
+- **limit**: the daemon's agent socket straight from the load generator, with the two headers haproxy would add: no TCP, no redirect, no proxy. The server identifies peers by the BPF flow map, so a plain loopback TCP connection is refused by design; rather than add a bench-only listener to the daemon, the limit is the same server code (hyper, the same responder) on the transport with the least overhead. It is therefore stricter than \"the same server over loopback TCP\": ours/limit includes the cost of TCP itself (connection setup above all in the `Connection: close` rows), not only of the redirect.
+
+Guests are network namespaces, 10 to a tenant network (all networks 10.0.0.0/24: overlapping addresses), assigned round-robin so that any k guests spread over as many networks. The load generator (ours, tokio, raw HTTP/1.1, HDR histograms) runs as one process whose sockets are created inside the guest namespaces (setns per socket); it shares the machine's cores with the daemon and haproxy, as wrk did in the design study. Paths are measured interleaved in every repetition; medians over repetitions are shown. The machine may be shared: ratios within a run are what count.
+";

@@ -1,0 +1,206 @@
+//! What the run measured, per repetition, and the medians the report shows.
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::density::{NeutronDensity, OursDensity};
+use crate::http1::ConnMode;
+use crate::machine::MachineInfo;
+use crate::plan::Plan;
+use crate::stats::median;
+use crate::world::PathKind;
+
+/// Microseconds in a histogram to milliseconds.
+pub fn quantile_ms(hist: &Histogram<u64>, q: f64) -> f64 {
+    hist.value_at_quantile(q) as f64 / 1e3
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadRun {
+    pub path: PathKind,
+    pub mode: ConnMode,
+    pub guests: usize,
+    pub rep: usize,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Ours only: what the eBPF programs ran in this cell.
+    pub bpf: Vec<crate::bpfstats::ProgCost>,
+    /// Loss counters that grew during the cell (hypervisor namespace TCP,
+    /// datapath); the neutron path's own namespaces are not watched.
+    pub drops: crate::drops::Counters,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadSummary {
+    pub path: PathKind,
+    pub mode: ConnMode,
+    pub guests: usize,
+    /// Medians over the repetitions.
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// Summed over the repetitions.
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StormRun {
+    pub path: PathKind,
+    pub guests: usize,
+    pub rep: usize,
+    pub makespan_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub requests: u64,
+    pub requests_per_guest: f64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub drops: crate::drops::Counters,
+    /// When each guest was done (ms), sorted: the completion curve.
+    pub completions_ms: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StormSummary {
+    pub path: PathKind,
+    pub guests: usize,
+    pub makespan_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub requests_per_guest: f64,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Iperf {
+    pub with_program_bps: Vec<f64>,
+    pub without_program_bps: Vec<f64>,
+}
+
+impl Iperf {
+    pub fn ratio(&self) -> f64 {
+        median(&self.with_program_bps) / median(&self.without_program_bps)
+    }
+}
+
+/// The daemon of the load phases, after them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DaemonAfterLoad {
+    pub ports: usize,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    /// The haproxies' median RSS after the same load.
+    pub haproxy_rss_kib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: MachineInfo,
+    pub plan: Plan,
+    pub daemon_config: &'static str,
+    pub load_runs: Vec<LoadRun>,
+    pub storm_runs: Vec<StormRun>,
+    pub iperf: Iperf,
+    pub daemon_after_load: DaemonAfterLoad,
+    pub density_ours: Option<OursDensity>,
+    pub density_neutron: Option<NeutronDensity>,
+    pub duration_s: f64,
+    /// Phases that failed, with why (the report shows what the others measured).
+    pub failures: Vec<String>,
+    /// Latency histograms merged over repetitions, for the plots.
+    #[serde(skip)]
+    pub histograms: BTreeMap<(PathKind, ConnMode, usize), Histogram<u64>>,
+}
+
+impl Results {
+    pub fn load_summaries(&self) -> Vec<LoadSummary> {
+        let mut keys: Vec<(PathKind, ConnMode, usize)> = Vec::new();
+        for run in &self.load_runs {
+            let key = (run.path, run.mode, run.guests);
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys.into_iter()
+            .map(|(path, mode, guests)| {
+                let runs: Vec<&LoadRun> = self
+                    .load_runs
+                    .iter()
+                    .filter(|r| r.path == path && r.mode == mode && r.guests == guests)
+                    .collect();
+                let med =
+                    |f: fn(&LoadRun) -> f64| median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+                LoadSummary {
+                    path,
+                    mode,
+                    guests,
+                    rps: med(|r| r.rps),
+                    p50_ms: med(|r| r.p50_ms),
+                    p99_ms: med(|r| r.p99_ms),
+                    p999_ms: med(|r| r.p999_ms),
+                    errors: runs.iter().map(|r| r.errors).sum(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn load_summary(
+        &self,
+        path: PathKind,
+        mode: ConnMode,
+        guests: usize,
+    ) -> Option<LoadSummary> {
+        self.load_summaries()
+            .into_iter()
+            .find(|s| s.path == path && s.mode == mode && s.guests == guests)
+    }
+
+    pub fn storm_summaries(&self) -> Vec<StormSummary> {
+        let mut keys: Vec<(PathKind, usize)> = Vec::new();
+        for run in &self.storm_runs {
+            if !keys.contains(&(run.path, run.guests)) {
+                keys.push((run.path, run.guests));
+            }
+        }
+        keys.into_iter()
+            .map(|(path, guests)| {
+                let runs: Vec<&StormRun> = self
+                    .storm_runs
+                    .iter()
+                    .filter(|r| r.path == path && r.guests == guests)
+                    .collect();
+                let med = |f: fn(&StormRun) -> f64| {
+                    median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
+                };
+                StormSummary {
+                    path,
+                    guests,
+                    makespan_ms: med(|r| r.makespan_ms),
+                    p50_ms: med(|r| r.p50_ms),
+                    p99_ms: med(|r| r.p99_ms),
+                    requests_per_guest: med(|r| r.requests_per_guest),
+                    errors: runs.iter().map(|r| r.errors).sum(),
+                }
+            })
+            .collect()
+    }
+
+    /// The repetition with the median makespan (its curve is plotted).
+    pub fn median_storm_run(&self, path: PathKind, guests: usize) -> Option<&StormRun> {
+        let mut runs: Vec<&StormRun> = self
+            .storm_runs
+            .iter()
+            .filter(|r| r.path == path && r.guests == guests)
+            .collect();
+        runs.sort_by(|a, b| a.makespan_ms.total_cmp(&b.makespan_ms));
+        runs.get(runs.len() / 2).copied()
+    }
+}
