@@ -2,6 +2,7 @@
 //! benchmark (crate `mdr-bench`, in bench/) in release mode and runs it as
 //! root. The report lands in target/bench/.
 use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Result, bail};
@@ -12,10 +13,7 @@ use crate::{build, paths, setup};
 pub fn run(smoke: bool, reps: Option<usize>) -> Result<()> {
     setup::require_root("run the benchmark (network namespaces, bpffs, haproxy in namespaces)")?;
     let daemon = build::release()?;
-    cmd::run(
-        command(&["cargo", "build", "--release", "-p", "mdr-bench"]).current_dir(paths::root()),
-    )?;
-    let bench = paths::target().join("release/mdr-bench");
+    let bench = build_bench()?;
     let mut bench_cmd = Command::new(&bench);
     if smoke {
         bench_cmd.arg("--smoke");
@@ -28,4 +26,26 @@ pub fn run(smoke: bool, reps: Option<usize>) -> Result<()> {
     // made; xtask has nothing left to do.
     let err = bench_cmd.exec();
     bail!("cannot exec {}: {err}", bench.display())
+}
+
+fn build_bench() -> Result<PathBuf> {
+    cmd::run(
+        command(&["cargo", "build", "--release", "-p", "mdr-bench"]).current_dir(paths::root()),
+    )?;
+    Ok(paths::target().join("release/mdr-bench"))
+}
+
+/// The benchmark with tiny sizes, as part of `cargo xtask test`: it proves
+/// every phase still runs end to end (its numbers mean nothing). It writes
+/// to target/bench/smoke so a full report in target/bench stays.
+pub fn smoke(daemon: &Path) -> Result<()> {
+    let bench = build_bench()?;
+    let out = paths::target().join("bench/smoke");
+    cmd::run(
+        Command::new(&bench)
+            .arg("--smoke")
+            .arg("--out")
+            .arg(&out)
+            .env("MDR_BIN", daemon),
+    )
 }

@@ -2,7 +2,7 @@
 use anyhow::Result;
 
 use crate::cmd::{self, command};
-use crate::{build, paths, setup};
+use crate::{bench, build, paths, setup};
 
 pub fn run() -> Result<()> {
     // Checked first: the integration tests need root for namespaces, bpffs
@@ -33,5 +33,8 @@ pub fn run() -> Result<()> {
         .env("MDR_BIN", &bin)
         .env("MDR_FAKE_NOVA", &fake_nova)
         .env("MDR_GUEST_DIR", paths::guest_dir()),
-    )
+    )?;
+
+    // Last, the benchmark's smoke mode: every phase once, with tiny sizes.
+    bench::smoke(&bin)
 }
