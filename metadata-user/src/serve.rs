@@ -36,6 +36,20 @@ use crate::{
 /// guest's parallel tooling rarely needs more than a few.
 const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 
+/// Accept queue length asked for (the kernel caps it at net.core.somaxconn,
+/// 4096 by default). Every guest of the host connects to this one socket: in
+/// a boot storm hundreds of handshakes complete at once, and a full queue
+/// drops them, costing each guest a 1 s SYN retransmit. tokio's default
+/// (1024) overflowed with 500 guests in `cargo xtask bench`.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind((addr, port).into())?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -77,9 +91,8 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
     let counters = datapath.counters();
-    let listener = TcpListener::bind((settings.identity.server_addr, settings.server_port))
-        .await
-        .with_context(|| {
+    let listener =
+        listen(settings.identity.server_addr, settings.server_port).with_context(|| {
             format!(
                 "listening on {}:{}",
                 settings.identity.server_addr, settings.server_port
