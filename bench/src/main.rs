@@ -55,7 +55,8 @@ struct Args {
     /// Repetitions of every measurement; the report shows medians [default: 3, smoke: 1].
     #[arg(long)]
     reps: Option<usize>,
-    /// Where report.md, report.json and the plots go.
+    /// Where report.md, report.json and the plots go [default: target/bench,
+    /// smoke: target/bench/smoke].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Only these phases (for investigating one of them).
@@ -140,9 +141,15 @@ fn run(args: Args) -> Result<()> {
     let phases = args
         .phases
         .unwrap_or_else(|| vec![Phase::Metadata, Phase::Storm, Phase::Iperf, Phase::Density]);
-    let out = args
-        .out
-        .unwrap_or_else(|| integration_tests::env::target_dir().join("bench"));
+    let out = args.out.unwrap_or_else(|| {
+        // A smoke run never overwrites the last full run's report.
+        let bench = integration_tests::env::target_dir().join("bench");
+        if plan.smoke {
+            bench.join("smoke")
+        } else {
+            bench
+        }
+    });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     names::sweep_stale();
     let machine = machine::info();
@@ -264,7 +271,7 @@ fn measure_paths(
     ));
     let mut world = World::build(guests, plan.guests_per_net)?;
     let outcome = run_paths(&mut world, plan, phases, results);
-    if outcome.is_err() {
+    if outcome.is_err() && !STOP.load(Ordering::SeqCst) {
         keep_log(&world.daemon, out, "daemon-paths.log");
     }
     progress("teardown: guests, networks, daemon");

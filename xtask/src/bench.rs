@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--smoke] [--reps N]`: builds the daemon and the
 //! benchmark (crate `mdr-bench`, in bench/) in release mode and runs it as
-//! root. The report lands in target/bench/.
+//! root. The report lands in target/bench/ (a smoke run's in
+//! target/bench/smoke/).
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
