@@ -36,8 +36,9 @@ pub struct Port {
 
 /// The longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME_BYTES: usize = 15;
-/// Slots are 16 bits in the datapath's identity address; 0 means "none".
-pub const MAX_SLOT: u32 = 65535;
+/// Slots index the default identity range 240.1.0.0/16, whose first and
+/// last addresses are not used; 0 means "none".
+pub const MAX_SLOT: u32 = 65534;
 
 /// `port add` as the CLI sends it to the daemon: the flags' strings, not yet
 /// validated (the daemon validates, so every client gets the same answers).

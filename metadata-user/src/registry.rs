@@ -9,6 +9,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     io::Read as _,
     path::Path,
+    sync::atomic::Ordering,
     sync::{Arc, Mutex, MutexGuard},
 };
 
@@ -80,9 +81,22 @@ impl Snapshot {
         Some(port)
     }
 
-    /// The smallest slot >= 1 no port holds.
-    fn free_slot(&self) -> Option<u32> {
-        (1..=MAX_SLOT).find(|slot| !self.by_slot.contains_key(slot))
+    /// The first slot after `last` (wrapping round) that no port holds.
+    ///
+    /// Slots go round rather than reusing the smallest free one: a slot is
+    /// the guest's source address at the server, and the server keeps a
+    /// closed connection's TIME_WAIT state for 60 s. A new guest given a
+    /// just-freed slot would hit those with older TCP timestamps, and PAWS
+    /// would drop its SYNs (seen in `cargo xtask bench`).
+    fn free_slot(&self, last: u32) -> Option<u32> {
+        (last + 1..=MAX_SLOT)
+            .chain(1..=last.min(MAX_SLOT))
+            .find(|slot| !self.by_slot.contains_key(slot))
+    }
+
+    /// The highest slot in use, where allocation resumes after a restart.
+    fn highest_slot(&self) -> u32 {
+        self.by_slot.keys().copied().max().unwrap_or(0)
     }
 
     /// A copy to modify into the next snapshot (the documents are shared).
@@ -112,6 +126,8 @@ pub struct Registry {
     snapshot: watch::Sender<Arc<Snapshot>>,
     /// Secrets never change once made; the token code asks on every request.
     secrets: Mutex<HashMap<String, [u8; 32]>>,
+    /// The slot handed out last (writes happen under the store lock).
+    last_slot: std::sync::atomic::AtomicU32,
 }
 
 impl Registry {
@@ -128,6 +144,7 @@ impl Registry {
         Ok(Arc::new(Registry {
             policy,
             store: Mutex::new(store),
+            last_slot: std::sync::atomic::AtomicU32::new(snapshot.highest_slot()),
             snapshot: watch::Sender::new(Arc::new(snapshot)),
             secrets: Mutex::new(HashMap::new()),
         }))
@@ -196,11 +213,13 @@ impl Registry {
         }
         let slot = match current.ports.get(&spec.ifname) {
             Some(existing) => existing.slot,
-            None => current.free_slot().ok_or_else(|| {
-                AdminError::Conflict(format!(
-                    "--ifname: no free slot, all {MAX_SLOT} slots are taken"
-                ))
-            })?,
+            None => current
+                .free_slot(self.last_slot.load(Ordering::Relaxed))
+                .ok_or_else(|| {
+                    AdminError::Conflict(format!(
+                        "--ifname: no free slot, all {MAX_SLOT} slots are taken"
+                    ))
+                })?,
         };
         let port = Arc::new(Port { spec, slot });
         store.put_port(&PortRow {
@@ -208,6 +227,7 @@ impl Registry {
             slot,
             spec: serde_json::to_string(&port.spec).context("serializing the port")?,
         })?;
+        self.last_slot.store(slot, Ordering::Relaxed);
         let mut next = current.next();
         next.remove_port(&port.spec.ifname);
         next.insert_port(Arc::clone(&port));
@@ -622,16 +642,29 @@ mod tests {
         );
         assert_eq!(registry.snapshot().ports.len(), 3);
 
-        // A freed slot is the next one handed out.
+        // A freed slot is not handed out again before the others: its
+        // address may still have TIME_WAIT connections at the server.
         let deleted = registry.delete_port("tap1").unwrap();
         assert_eq!(deleted.slot, 2);
         assert!(registry.snapshot().port_by_slot(2).is_none());
-        assert_eq!(registry.add_port(port("tap9", A)).unwrap().slot, 2);
-        assert_eq!(registry.add_port(port("tap8", A)).unwrap().slot, 4);
+        assert_eq!(registry.add_port(port("tap9", A)).unwrap().slot, 4);
+        assert_eq!(registry.add_port(port("tap8", A)).unwrap().slot, 5);
     }
 
     #[test]
-    fn slots_run_out_at_65535() {
+    fn slots_wrap_round_to_the_free_ones() {
+        let (_tmp, registry) = populated();
+        // As if MAX_SLOT had just been handed out.
+        registry.last_slot.store(MAX_SLOT, Ordering::Relaxed);
+        assert_eq!(
+            registry.add_port(port("tap1", A)).unwrap().slot,
+            2,
+            "slot 1 is taken"
+        );
+    }
+
+    #[test]
+    fn slots_run_out() {
         let (tmp, registry) = populated();
         // Fill every slot in memory (65535 fsynced inserts would take minutes).
         let mut full = registry.snapshot().next();
