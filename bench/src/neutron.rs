@@ -22,59 +22,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use integration_tests::Netns;
 use integration_tests::wait::{self, Poll};
+use integration_tests::{Netns, haproxy};
 
 /// neutron's `metadata_port` default.
-pub const PROXY_PORT: u16 = 9697;
+pub const PROXY_PORT: u16 = haproxy::METADATA_PROXY_PORT;
 /// neutron's `metadata_access_mark` default.
 const ACCESS_MARK: &str = "0x1";
 
+/// neutron's configuration (shared with the e2e tests), logging to our
+/// datagram socket.
 pub fn haproxy_config(
     network_id: &str,
     agent_socket: &Path,
     log_socket: &Path,
     pidfile: &Path,
 ) -> String {
-    let (agent_socket, log_socket, pidfile) = (
-        agent_socket.display(),
-        log_socket.display(),
-        pidfile.display(),
-    );
-    format!(
-        "
-global
-    log         {log_socket} local0 info
-    log-tag     haproxy-metadata-proxy-{network_id}
-    user        root
-    group       root
-    maxconn     1024
-    nbthread    2
-    pidfile     {pidfile}
-    daemon
-
-defaults
-    log global
-    mode http
-    option httplog
-    option dontlognull
-    option http-server-close
-    option forwardfor
-    retries                 3
-    timeout http-request    30s
-    timeout connect         30s
-    timeout client          32s
-    timeout server          32s
-    timeout http-keep-alive 30s
-
-listen listener
-    bind 0.0.0.0:{PROXY_PORT}
-    
-    server metadata {agent_socket}
-
-    http-request del-header X-Neutron-Router-ID
-    http-request set-header X-Neutron-Network-ID {network_id}
-"
+    haproxy::neutron_config(
+        network_id,
+        agent_socket,
+        &log_socket.display().to_string(),
+        pidfile,
+        haproxy::HeaderStyle::SetHeader,
     )
 }
 

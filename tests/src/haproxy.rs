@@ -147,8 +147,29 @@ fn install_rules(router: &Netns, iface: &str) -> Result<()> {
 }
 
 fn config_text(network_id: &str, socket: &Path, dir: &TempDir, style: HeaderStyle) -> String {
+    neutron_config(
+        network_id,
+        socket,
+        "stderr format raw",
+        &dir.join("haproxy.pid"),
+        style,
+    )
+}
+
+/// haproxy's configuration as neutron generates it for one network
+/// (neutron/common/metadata.py METADATA_HAPROXY_GLOBAL, the unlimited
+/// listener, and the network-ID header lines of agent/metadata/driver.py),
+/// with our paths: `socket` is the agent's unix socket, `log_target` what
+/// follows `log` (neutron's is /dev/log). The e2e tests and the benchmark
+/// share it, so both run the proxy a compute node would.
+pub fn neutron_config(
+    network_id: &str,
+    socket: &Path,
+    log_target: &str,
+    pidfile: &Path,
+    style: HeaderStyle,
+) -> String {
     let socket = socket.display();
-    let pidfile = dir.join("haproxy.pid");
     let pidfile = pidfile.display();
     let port = METADATA_PROXY_PORT;
     let headers = match style {
@@ -162,7 +183,7 @@ fn config_text(network_id: &str, socket: &Path, dir: &TempDir, style: HeaderStyl
     format!(
         r#"
 global
-    log         stderr format raw local0 info
+    log         {log_target} local0 info
     log-tag     haproxy-metadata-proxy-{network_id}
     user        root
     group       root
