@@ -128,7 +128,6 @@ impl InstanceDoc {
 
     /// The decoded user_data, if the document has any. Documents that went
     /// through `from_json` always decode.
-    #[allow(dead_code)] // called by the guest API
     pub fn user_data_bytes(&self) -> Option<Vec<u8>> {
         use base64::Engine as _;
         let text = self.user_data.as_deref()?;

@@ -114,18 +114,6 @@ impl PortAddRequest {
     }
 }
 
-impl Port {
-    /// The port's project: its own `--project-id`, else the instance's.
-    /// Resolved when read, so replacing the instance document moves it along.
-    #[allow(dead_code)] // for the guest API (X-Tenant-ID)
-    pub fn project_id<'a>(&'a self, instance: &'a crate::instance::InstanceDoc) -> Option<&'a str> {
-        self.spec
-            .project_id
-            .as_deref()
-            .or(instance.project_id.as_deref())
-    }
-}
-
 /// What Linux accepts as an interface name (net/core/dev.c dev_valid_name),
 /// plus ':' which would make an alias name.
 pub fn check_ifname(ifname: &str) -> Result<(), String> {
@@ -374,21 +362,5 @@ mod tests {
             },
             "--project-id: must not be empty",
         );
-    }
-
-    #[test]
-    fn project_id_falls_back_to_the_instance() {
-        let instance = crate::instance::InstanceDoc::from_json(
-            format!(r#"{{"uuid": "{UUID}", "name": "n", "project_id": "from-instance"}}"#)
-                .as_bytes(),
-        )
-        .unwrap();
-        let mut port = Port {
-            spec: request().validate().unwrap(),
-            slot: 1,
-        };
-        assert_eq!(port.project_id(&instance), Some("from-instance"));
-        port.spec.project_id = Some("own".into());
-        assert_eq!(port.project_id(&instance), Some("own"));
     }
 }

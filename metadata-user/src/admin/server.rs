@@ -50,7 +50,6 @@ pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 /// `path` is removed only when nothing answers on it; if a daemon answers,
 /// this fails rather than steal its socket. Must be called inside a tokio
 /// runtime.
-#[allow(dead_code)] // called by serve.rs
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.exists()
@@ -110,7 +109,6 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Serves the admin API on `listener` until the task is dropped.
-#[allow(dead_code)] // called by serve.rs
 pub async fn serve(listener: UnixListener, registry: Arc<Registry>, status: StatusFn) {
     let context = Arc::new(Context {
         registry,

@@ -59,7 +59,6 @@ struct Bucket {
 impl RateLimiter {
     /// `rate_per_sec` must be positive and `burst` at least 1 (a bucket that
     /// can never hold a whole token would refuse everything).
-    #[allow(dead_code)] // wired by the server
     pub fn new(rate_per_sec: f64, burst: u32) -> Self {
         assert!(rate_per_sec > 0.0, "rate must be positive");
         assert!(burst >= 1, "burst must be at least 1");
@@ -70,14 +69,12 @@ impl RateLimiter {
         }
     }
 
-    #[allow(dead_code)] // wired by the server
     pub fn from_config(config: RateLimitConfig) -> Self {
         Self::new(config.rate_per_sec, config.burst)
     }
 
     /// Takes one request from `key`'s bucket (`key`: the port slot), or says
     /// how long until one is available.
-    #[allow(dead_code)] // wired by the server
     pub fn check(&self, key: u32) -> Result<(), Duration> {
         self.check_at(key, Instant::now())
     }
@@ -105,9 +102,9 @@ impl RateLimiter {
         }
     }
 
-    /// Drops every bucket that has refilled completely (e.g. from a
-    /// periodic task; `check` also prunes crowded shards on its own).
-    #[allow(dead_code)]
+    /// Drops every bucket that has refilled completely. `check` prunes
+    /// crowded shards on its own; this sweeps all of them (tests).
+    #[cfg(test)]
     pub fn prune(&self) {
         let now = Instant::now();
         for shard in &self.shards {
@@ -116,8 +113,8 @@ impl RateLimiter {
         }
     }
 
-    /// Buckets held (tests, status).
-    #[allow(dead_code)]
+    /// Buckets held (tests).
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.shards
             .iter()
@@ -134,7 +131,6 @@ impl RateLimiter {
 /// The 429 for a refused request: webob's page (chosen by the request's
 /// Accept header, like every other error we send) with `Retry-After` in
 /// whole seconds, rounded up so a client that obeys it is served.
-#[allow(dead_code)] // wired by the server
 pub fn too_many_requests(
     retry_after: Duration,
     method: &Method,

@@ -93,7 +93,6 @@ impl Default for ApiConfig {
 }
 
 /// Where guest-posted passwords live (persisted by the daemon's store).
-#[allow(dead_code)] // implemented by the registry
 pub trait PasswordStore: Send + Sync {
     fn password(&self, uuid: &uuid::Uuid) -> Option<String>;
     /// Sets the password unless one is already set.
@@ -119,7 +118,6 @@ pub struct ApiContext {
 impl ApiContext {
     /// `token_key` signs IMDSv2 tokens; keep it across restarts so tokens
     /// stay valid.
-    #[allow(dead_code)] // called by the server (serve.rs)
     pub fn new(config: ApiConfig, token_key: [u8; 32], passwords: Arc<dyn PasswordStore>) -> Self {
         Self {
             config,
@@ -130,7 +128,7 @@ impl ApiContext {
     }
 
     /// Replaces the wall clock (tests).
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -149,7 +147,6 @@ impl ApiContext {
 
 /// Answers one guest request. `instance` is the current document for the
 /// guest's port (None: the instance was deleted -> 404 for everything).
-#[allow(dead_code)] // called by the server (metadata/server.rs)
 pub async fn handle<B>(
     ctx: &ApiContext,
     guest: &Guest,

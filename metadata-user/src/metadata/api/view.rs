@@ -158,15 +158,7 @@ impl<'a> InstanceView<'a> {
     /// Decoded user data; None when absent. The document is validated when
     /// stored, so a decoding failure here means no usable user data.
     pub fn user_data(&self) -> Option<Vec<u8>> {
-        use base64::Engine as _;
-        let encoded = self.doc.user_data.as_deref()?;
-        match base64::engine::general_purpose::STANDARD.decode(encoded) {
-            Ok(bytes) => Some(bytes),
-            Err(err) => {
-                tracing::warn!(instance = %self.doc.uuid, "stored user_data is not base64: {err}");
-                None
-            }
-        }
+        self.doc.user_data_bytes()
     }
 
     /// Key name -> OpenSSH key, in name order. nova shows one keypair; we
