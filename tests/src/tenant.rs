@@ -86,6 +86,13 @@ impl TenantNet {
         Ok(net)
     }
 
+    /// The network most tests use: a router at `fixtures::GATEWAY`/24 with a
+    /// decoy, so a request the datapath misses gets a wrong answer instead of
+    /// none.
+    pub fn with_router_and_decoy(host: &Host) -> Result<Self> {
+        Self::new(host, crate::fixtures::GATEWAY, 24)?.with_decoy()
+    }
+
     /// Adds a decoy HTTP listener on port 80 in the router namespace, which
     /// also gets 169.254.169.254 on its loopback: a request that the datapath
     /// does not catch and that is routed to the router is answered with

@@ -22,10 +22,7 @@ struct Scene {
 
 fn scene(instance: &Instance) -> Scene {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net, GuestConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
     let daemon = Daemon::start(&host).unwrap();
     daemon.register(&guest, instance).unwrap();

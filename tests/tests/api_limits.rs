@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
+use integration_tests::fixtures::{GUEST_ADDR, GUEST_MAC};
 use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, Request, TenantNet, python};
 use serde_json::Value;
 
@@ -20,10 +20,7 @@ struct Scene {
 
 fn scene(daemon_config: Option<&str>) -> Scene {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let noisy = Guest::new(&net, GuestConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
     let quiet = Guest::new(
         &net,

@@ -16,14 +16,8 @@ use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC}
 #[ignore = "root: run via cargo xtask test"]
 fn same_address_guests_on_two_bridges_reach_only_their_own_router() {
     let host = Host::new().unwrap();
-    let net_a = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
-    let net_b = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net_a = TenantNet::with_router_and_decoy(&host).unwrap();
+    let net_b = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest_a = Guest::new(&net_a, GuestConfig::new(ADDR, MAC)).unwrap();
     let guest_b = Guest::new(&net_b, GuestConfig::new(ADDR, MAC)).unwrap();
 
@@ -44,10 +38,7 @@ fn same_address_guests_on_two_bridges_reach_only_their_own_router() {
 #[ignore = "root: run via cargo xtask test"]
 fn an_uncaught_metadata_request_reaches_the_decoy() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
 
     let reply = guest.http_get("/openstack/latest/meta_data.json").unwrap();
@@ -63,10 +54,7 @@ fn an_uncaught_metadata_request_reaches_the_decoy() {
 fn an_on_link_guest_without_the_datapath_gets_nothing() {
     let host = Host::new().unwrap();
     let bare = TenantNet::without_router(&host, 24).unwrap();
-    let routed = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let routed = TenantNet::with_router_and_decoy(&host).unwrap();
     for net in [&bare, &routed] {
         let guest = Guest::new(net, GuestConfig::new(ADDR, MAC).on_link()).unwrap();
         let reply = guest
@@ -86,10 +74,7 @@ fn an_on_link_guest_without_the_datapath_gets_nothing() {
 fn namespaces_and_links_are_gone_after_drop() {
     let names = {
         let host = Host::new().unwrap();
-        let net = TenantNet::new(&host, GATEWAY, 24)
-            .unwrap()
-            .with_decoy()
-            .unwrap();
+        let net = TenantNet::with_router_and_decoy(&host).unwrap();
         let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
         [host.name(), net.router().unwrap().name(), guest.ns().name()].map(str::to_owned)
     };
@@ -103,10 +88,7 @@ fn namespaces_and_links_are_gone_after_drop() {
 #[ignore = "root: run via cargo xtask test"]
 fn a_qemu_guest_boots_and_fetches_over_its_tap() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let mut vm = QemuGuest::new(&net, QemuConfig::new(ADDR, MAC)).unwrap();
     vm.boot().unwrap();
 

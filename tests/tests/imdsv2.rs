@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
+use integration_tests::fixtures::{GUEST_ADDR, GUEST_MAC};
 use integration_tests::{
     Daemon, Guest, GuestConfig, Host, Instance, Netns, Reply, Request, TenantNet, names, python,
 };
@@ -54,10 +54,7 @@ fn instance_id(ns: &Netns, token: Option<&str>) -> Reply {
 #[ignore = "root: run via cargo xtask test"]
 fn tokens_are_refused_without_a_valid_ttl_when_proxied_expired_or_from_another_tap() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest_a = Guest::new(&net, GuestConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
     let guest_b = Guest::new(
         &net,
@@ -205,10 +202,7 @@ impl Container {
 #[ignore = "root: run via cargo xtask test"]
 fn a_namespace_one_hop_behind_the_guest_gets_a_token_only_with_hop_limit_2() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net, GuestConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
     let daemon = Daemon::start(&host).unwrap();
     let mut instance = Instance::sample("nested");

@@ -1,7 +1,7 @@
 //! The daemon and the taps come and go; registered ports are served again
 //! without any new command.
 
-use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+use integration_tests::fixtures::{GUEST_ADDR as ADDR, GUEST_MAC as MAC};
 use integration_tests::wait::{self, Poll};
 use integration_tests::{
     Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd,
@@ -13,14 +13,8 @@ use std::time::Duration;
 #[ignore = "root: run via cargo xtask test"]
 fn a_sigkilled_daemon_restarted_on_its_state_dir_serves_every_port_again() {
     let host = Host::new().unwrap();
-    let net_a = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
-    let net_b = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net_a = TenantNet::with_router_and_decoy(&host).unwrap();
+    let net_b = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest_a = Guest::new(&net_a, GuestConfig::new(ADDR, MAC)).unwrap();
     let guest_b = Guest::new(&net_b, GuestConfig::new(ADDR, MAC)).unwrap();
     let mut daemon = Daemon::start(&host).unwrap();
@@ -43,10 +37,7 @@ fn a_sigkilled_daemon_restarted_on_its_state_dir_serves_every_port_again() {
 #[ignore = "root: run via cargo xtask test"]
 fn a_tap_deleted_and_recreated_under_the_same_name_is_served_again() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
     let daemon = Daemon::start(&host).unwrap();
     let instance = Instance::sample("phoenix");
@@ -66,10 +57,7 @@ fn a_tap_deleted_and_recreated_under_the_same_name_is_served_again() {
 #[ignore = "root: run via cargo xtask test"]
 fn a_pinned_map_with_another_layout_is_replaced_on_restart() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
     let mut daemon = Daemon::start(&host).unwrap();
     let instance = Instance::sample("upgraded");
@@ -121,14 +109,8 @@ fn a_pinned_map_with_another_layout_is_replaced_on_restart() {
 #[ignore = "root: run via cargo xtask test"]
 fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
     let host = Host::new().unwrap();
-    let net_a = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
-    let net_b = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net_a = TenantNet::with_router_and_decoy(&host).unwrap();
+    let net_b = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net_a, GuestConfig::new(ADDR, MAC)).unwrap();
     let daemon = Daemon::start(&host).unwrap();
     let instance = Instance::sample("mover");
@@ -196,10 +178,7 @@ fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
 #[ignore = "root: run via cargo xtask test"]
 fn a_port_deleted_and_added_again_at_once_is_served() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
     let daemon = Daemon::start(&host).unwrap();
     let instance = Instance::sample("again");

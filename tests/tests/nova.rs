@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use hmac::{Hmac, Mac as _};
-use integration_tests::fixtures::{self, GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+use integration_tests::fixtures::{self, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
 use integration_tests::nova::{NovaInstance, NovaRequest, TestPki};
 use integration_tests::tempdir::TempDir;
 use integration_tests::{
@@ -103,12 +103,7 @@ impl TwoTenants {
             .project(&alpha.uuid, &alpha.project)
             .project(&beta.uuid, &beta.project);
         let nova = FakeNova::start(&host, config).unwrap();
-        let nets = [(); 2].map(|()| {
-            TenantNet::new(&host, GATEWAY, 24)
-                .unwrap()
-                .with_decoy()
-                .unwrap()
-        });
+        let nets = [(); 2].map(|()| TenantNet::with_router_and_decoy(&host).unwrap());
         let guest_a = Guest::new(&nets[0], GuestConfig::new(ADDR, MAC)).unwrap();
         let guest_b = Guest::new(&nets[1], GuestConfig::new(ADDR, MAC)).unwrap();
         let daemon =

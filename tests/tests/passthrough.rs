@@ -10,10 +10,7 @@ use std::net::Ipv4Addr;
 #[ignore = "root: run via cargo xtask test"]
 fn an_unregistered_tap_passes_through_to_the_decoy() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let registered = Guest::new(
         &net,
         GuestConfig::new(Ipv4Addr::new(10, 0, 0, 5), "fa:16:3e:00:00:05"),
@@ -46,10 +43,7 @@ fn an_unregistered_tap_passes_through_to_the_decoy() {
 #[ignore = "root: run via cargo xtask test"]
 fn ping_and_tcp_between_guest_and_router_still_work_on_a_registered_tap() {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let addr = Ipv4Addr::new(10, 0, 0, 5);
     let guest = Guest::new(&net, GuestConfig::new(addr, "fa:16:3e:00:00:05")).unwrap();
     let daemon = Daemon::start(&host).unwrap();

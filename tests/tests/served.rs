@@ -4,7 +4,7 @@ use integration_tests::{
     Daemon, Guest, GuestConfig, Host, Instance, METADATA_ADDR, TenantNet, check_own_answers,
 };
 
-use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+use integration_tests::fixtures::{GUEST_ADDR as ADDR, GUEST_MAC as MAC};
 
 /// Two tenant networks, each a bridge with a router at 10.0.0.1 (and a decoy
 /// there, so an uncaught request would be answered, wrongly), one guest on
@@ -13,14 +13,8 @@ use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC}
 #[ignore = "root: run via cargo xtask test"]
 fn two_tenants_with_the_same_ip_and_mac_get_their_own_answers() {
     let host = Host::new().unwrap();
-    let net_a = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
-    let net_b = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net_a = TenantNet::with_router_and_decoy(&host).unwrap();
+    let net_b = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest_a = Guest::new(&net_a, GuestConfig::new(ADDR, MAC)).unwrap();
     let guest_b = Guest::new(&net_b, GuestConfig::new(ADDR, MAC)).unwrap();
     let daemon = Daemon::start(&host).unwrap();

@@ -6,7 +6,6 @@ use integration_tests::{
 };
 use std::net::Ipv4Addr;
 
-use integration_tests::fixtures::GATEWAY;
 const VICTIM_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 const VICTIM_MAC: &str = "fa:16:3e:00:00:05";
 
@@ -23,10 +22,7 @@ struct Scene {
 /// Two registered, served guests on one network.
 fn scene() -> Scene {
     let host = Host::new().unwrap();
-    let net = TenantNet::new(&host, GATEWAY, 24)
-        .unwrap()
-        .with_decoy()
-        .unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let victim = Guest::new(&net, GuestConfig::new(VICTIM_ADDR, VICTIM_MAC)).unwrap();
     let intruder = Guest::new(
         &net,
