@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--smoke] [--reps N]`: builds the daemon and the
+//! `cargo xtask bench [--smoke] [--reps N] [-- MDR_BENCH_ARGS...]`: builds the daemon and the
 //! benchmark (crate `mdr-bench`, in bench/) in release mode and runs it as
 //! root. The report lands in target/bench/ (a smoke run's in
 //! target/bench/smoke/).
@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use crate::cmd::{self, command};
 use crate::{build, paths, setup};
 
-pub fn run(smoke: bool, reps: Option<usize>) -> Result<()> {
+pub fn run(smoke: bool, reps: Option<usize>, bench_args: &[String]) -> Result<()> {
     setup::require_root("run the benchmark (network namespaces, bpffs, haproxy in namespaces)")?;
     let daemon = build::release()?;
     let bench = build_bench()?;
@@ -22,6 +22,7 @@ pub fn run(smoke: bool, reps: Option<usize>) -> Result<()> {
     if let Some(reps) = reps {
         bench_cmd.args(["--reps", &reps.to_string()]);
     }
+    bench_cmd.args(bench_args);
     bench_cmd.env("MDR_BIN", &daemon);
     // exec: Ctrl-C goes to the benchmark alone, which then removes what it
     // made; xtask has nothing left to do.

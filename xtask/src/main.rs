@@ -53,6 +53,10 @@ enum Task {
         /// Repetitions of every measurement (medians are reported) [default: 3].
         #[arg(long, value_name = "N")]
         reps: Option<usize>,
+        /// Extra arguments for mdr-bench (after `--`), e.g.
+        /// `-- --phases storm --storm-guests 500`; see `mdr-bench --help`.
+        #[arg(last = true)]
+        bench_args: Vec<String>,
     },
 }
 
@@ -70,7 +74,11 @@ fn main() -> ExitCode {
             serve_args,
         } => demo::run(&serve_args),
         Task::Test => test::run(),
-        Task::Bench { smoke, reps } => bench::run(smoke, reps),
+        Task::Bench {
+            smoke,
+            reps,
+            bench_args,
+        } => bench::run(smoke, reps, &bench_args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
