@@ -325,6 +325,12 @@ impl Daemon {
         self.spawn()
     }
 
+    /// Replaces the extra `serve` arguments for the next [`restart`](Self::restart)
+    /// (a daemon restarted with other options on the same state and pins).
+    pub fn set_extra_args(&mut self, args: &[String]) {
+        self.config.extra_args = args.to_vec();
+    }
+
     /// What the daemon has written to stdout and stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.config.log).unwrap_or_default()
