@@ -180,6 +180,11 @@ impl Daemon {
         &self.config.bpffs
     }
 
+    /// The daemon's admin socket (for clients other than the CLI).
+    pub fn admin_socket(&self) -> &Path {
+        &self.config.admin_socket
+    }
+
     /// A pinned map: `<bpffs>/maps/<NAME>`.
     pub fn pinned_map(&self, name: &str) -> PathBuf {
         self.config.bpffs.join("maps").join(name)
