@@ -180,6 +180,11 @@ impl Daemon {
         &self.config.bpffs
     }
 
+    /// The daemon's state dir (the SQLite store).
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
     /// The daemon's admin socket (for clients other than the CLI).
     pub fn admin_socket(&self) -> &Path {
         &self.config.admin_socket

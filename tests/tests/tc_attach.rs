@@ -197,6 +197,30 @@ fn switching_modes_across_a_restart_leaves_one_attachment() {
     check_own_answers(&guest, &instance).unwrap();
 }
 
+/// A daemon that comes up without a port the previous one served (here: its
+/// store is gone) prunes what is left of it: the port entry and our filter.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_restart_without_the_port_removes_its_filter() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let mut daemon = Daemon::start_with_args(&host, &tc_mode()).unwrap();
+    let instance = Instance::sample("forgotten");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    our_one_filter(&host, guest.tap());
+
+    daemon.kill9().unwrap();
+    std::fs::remove_dir_all(daemon.state_dir()).unwrap();
+    daemon.restart().unwrap();
+
+    // The first pass (and its prune) runs before the admin socket answers.
+    assert!(ingress_filters(&host, guest.tap()).is_empty());
+    let reply = guest.http_get("/openstack/latest/meta_data.json").unwrap();
+    assert!(reply.body.contains(DECOY_MARK), "{reply}");
+}
+
 /// A tap that already has an `ingress` qdisc (neutron's QoS policing adds
 /// one): the filter goes onto that qdisc, which stays as it is.
 #[test]
