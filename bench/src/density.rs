@@ -1,5 +1,6 @@
-//! Density: what a port costs. Ours: attach time per tap, daemon memory and
-//! BPF map memory with N ports registered on N veth "taps". Neutron-style:
+//! Density: what a port costs. Ours: attach time per tap (for each
+//! `--tap-attach` mode, a fresh daemon and fresh taps each), daemon memory
+//! and BPF map memory with N ports registered on N veth "taps". Neutron-style:
 //! per network, a router namespace with the proxy's iptables rules and one
 //! haproxy (neutron's agent itself, a Python process, is not counted).
 use std::path::Path;
@@ -11,11 +12,12 @@ use integration_tests::tempdir::TempDir;
 use integration_tests::{Daemon, Host, Instance, TenantNet, cmd, names};
 use serde::Serialize;
 
+use crate::admin_status::StatusPoller;
 use crate::machine;
 use crate::neutron::{self, LogSink, Proxy};
 use crate::parallel;
 use crate::stats;
-use crate::world;
+use crate::world::{self, TapAttach};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BpfMap {
@@ -27,8 +29,10 @@ pub struct BpfMap {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct OursDensity {
+    /// The daemon's `--tap-attach`.
+    pub tap_attach: TapAttach,
     pub taps: usize,
-    /// `port add` started -> the tap's link pinned (attached), ms.
+    /// `port add` started -> the daemon's status lists the tap as attached, ms.
     pub attach_ms: Vec<f64>,
     /// `port add` started -> the CLI returned, ms.
     pub cli_ms: Vec<f64>,
@@ -80,22 +84,26 @@ fn make_taps(host: &Host, count: usize) -> Result<Vec<String>> {
 }
 
 /// `on_error` sees the daemon before it is stopped (to keep its log).
-pub fn ours(count: usize, on_error: impl FnOnce(&Daemon)) -> Result<OursDensity> {
+pub fn ours(
+    count: usize,
+    tap_attach: TapAttach,
+    on_error: impl FnOnce(&Daemon),
+) -> Result<OursDensity> {
     let host = Host::new()?;
     let dir = TempDir::new("density")?;
     // The taps exist before the daemon starts (it lists them), as on a
     // hypervisor whose VMs are running: a thousand link events in one burst
     // is not what is measured here.
     let taps = make_taps(&host, count)?;
-    let daemon = world::start_daemon(&host, &dir, None)?;
-    let result = attach_all(&daemon, &taps);
+    let daemon = world::start_daemon(&host, &dir, None, tap_attach)?;
+    let result = attach_all(&daemon, &taps, tap_attach);
     if result.is_err() {
         on_error(&daemon);
     }
     result
 }
 
-fn attach_all(daemon: &Daemon, taps: &[String]) -> Result<OursDensity> {
+fn attach_all(daemon: &Daemon, taps: &[String], tap_attach: TapAttach) -> Result<OursDensity> {
     let count = taps.len();
     let pid = daemon.pid().context("the daemon runs")?;
     let instances = parallel::map(0..count, |index| {
@@ -106,17 +114,19 @@ fn attach_all(daemon: &Daemon, taps: &[String]) -> Result<OursDensity> {
     // Settle, then the baseline: instances stored, no port yet.
     std::thread::sleep(Duration::from_millis(500));
     let rss_before_kib = machine::status_kib(pid, "VmRSS")?;
-    let links = daemon.bpffs().join("links");
+    // One signal for both modes: a TCX link pin has no counterpart in tc
+    // mode, and a netlink filter dump none in TCX mode.
+    let mut status = StatusPoller::connect(daemon.admin_socket())?;
     let mut attach_ms = Vec::with_capacity(count);
     let mut cli_ms = Vec::with_capacity(count);
     for (index, (tap, instance)) in taps.iter().zip(&instances).enumerate() {
-        let pin = links.join(format!("tap-{tap}"));
         let started = Instant::now();
         daemon.cli_ok(&["port", "add", "--ifname", tap, "--instance", &instance.uuid])?;
         let returned = Instant::now();
-        wait_for_path(&pin, Duration::from_secs(10))
+        let attached = status
+            .wait_attached(tap, Duration::from_secs(10))
             .with_context(|| format!("attaching tap {index} ({tap})"))?;
-        attach_ms.push(ms(started.elapsed()));
+        attach_ms.push(ms(attached - started));
         cli_ms.push(ms(returned - started));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -125,6 +135,7 @@ fn attach_all(daemon: &Daemon, taps: &[String]) -> Result<OursDensity> {
         bail!("{attached} taps attached, expected {count}");
     }
     Ok(OursDensity {
+        tap_attach,
         taps: count,
         attach_ms,
         cli_ms,
@@ -137,18 +148,6 @@ fn attach_all(daemon: &Daemon, taps: &[String]) -> Result<OursDensity> {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e3
-}
-
-/// Polls for a pinned link: the last thing the daemon does when it attaches.
-fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        if Instant::now() >= deadline {
-            bail!("{} did not appear within {timeout:?}", path.display());
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Ok(())
 }
 
 /// What bpftool says about every map the daemon pinned.

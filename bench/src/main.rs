@@ -9,6 +9,7 @@
 //! are swept at the next start. No traffic is sent from the machine's own
 //! network namespace: all load starts inside guest namespaces (or goes to
 //! the daemon's unix socket).
+mod admin_status;
 mod bpfstats;
 mod conn;
 mod density;
@@ -170,7 +171,7 @@ fn run(args: Args) -> Result<()> {
         storm_runs: Vec::new(),
         iperf: Default::default(),
         daemon_after_load: Default::default(),
-        density_ours: None,
+        density_ours: Vec::new(),
         density_neutron: None,
         duration_s: 0.0,
         failures: Vec::new(),
@@ -229,18 +230,28 @@ fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<
         "density: attaching {} taps one by one",
         plan.density_taps
     ));
-    let ours = density::ours(plan.density_taps, |daemon| {
-        keep_log(daemon, out, "daemon-density.log")
-    })?;
-    progress(&format!(
-        "density: attach median {:.2} ms, p99 {:.2} ms; daemon RSS {:.1} MiB with {} ports; BPF maps {:.1} MiB",
-        ours.attach_median_ms(),
-        ours.attach_p99_ms(),
-        ours.rss_after_kib as f64 / 1024.0,
-        ours.taps,
-        ours.bpf_memlock_bytes() as f64 / 1048576.0
-    ));
-    results.density_ours = Some(ours);
+    // Both attach modes, each with a fresh daemon and fresh taps, so they
+    // are compared on the same machine in the same run.
+    for tap_attach in world::TapAttach::ALL {
+        check_stop()?;
+        let ours = density::ours(plan.density_taps, tap_attach, |daemon| {
+            keep_log(
+                daemon,
+                out,
+                &format!("daemon-density-{}.log", tap_attach.flag()),
+            )
+        })?;
+        progress(&format!(
+            "density ({}): attach median {:.2} ms, p99 {:.2} ms; daemon RSS {:.1} MiB with {} ports; BPF maps {:.1} MiB",
+            tap_attach.flag(),
+            ours.attach_median_ms(),
+            ours.attach_p99_ms(),
+            ours.rss_after_kib as f64 / 1024.0,
+            ours.taps,
+            ours.bpf_memlock_bytes() as f64 / 1048576.0
+        ));
+        results.density_ours.push(ours);
+    }
     check_stop()?;
     progress(&format!(
         "density: {} neutron-style networks (namespace + iptables + haproxy)",

@@ -124,20 +124,59 @@ pub fn targets(results: &Results) -> Vec<TargetCheck> {
             || format!("{:.1}% below 0.98x", (0.98 - ratio) * 100.0),
         ));
     }
-    if let Some(d) = &results.density_ours {
-        let median = d.attach_median_ms();
+    if !results.density_ours.is_empty() {
+        // One row for both modes; it says which of them meets the target.
+        let medians: Vec<(&str, f64)> = results
+            .density_ours
+            .iter()
+            .map(|d| (d.tap_attach.flag(), d.attach_median_ms()))
+            .collect();
+        let measured = medians
+            .iter()
+            .map(|(mode, median)| {
+                let verdict = if *median <= 5.0 { "meets it" } else { "misses" };
+                format!("{mode}: {median:.2} ms ({verdict})")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let best = medians
+            .iter()
+            .copied()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("not empty");
         checks.push(check(
-            "attach <= 5 ms median per tap",
-            format!("{median:.2} ms"),
-            median <= 5.0,
-            || format!("{:.2} ms over ({:.1}x)", median - 5.0, median / 5.0),
+            "attach <= 5 ms median per tap (in either --tap-attach mode)",
+            measured,
+            best.1 <= 5.0,
+            || {
+                format!(
+                    "best is {}: {:.2} ms over ({:.1}x)",
+                    best.0,
+                    best.1 - 5.0,
+                    best.1 / 5.0
+                )
+            },
         ));
-        let mb = d.rss_after_kib as f64 * 1024.0 / 1e6;
+        let mbs: Vec<(&str, f64)> = results
+            .density_ours
+            .iter()
+            .map(|d| (d.tap_attach.flag(), d.rss_after_kib as f64 * 1024.0 / 1e6))
+            .collect();
+        let worst = mbs
+            .iter()
+            .map(|(_, mb)| *mb)
+            .fold(f64::NEG_INFINITY, f64::max);
         checks.push(check(
-            format!("daemon RSS <= 50 MB with {} ports", d.taps),
-            format!("{mb:.1} MB"),
-            mb <= 50.0,
-            || format!("{:.1} MB over", mb - 50.0),
+            format!(
+                "daemon RSS <= 50 MB with {} ports",
+                results.density_ours[0].taps
+            ),
+            mbs.iter()
+                .map(|(mode, mb)| format!("{mode}: {mb:.1} MB"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            worst <= 50.0,
+            || format!("{:.1} MB over", worst - 50.0),
         ));
     }
     checks
@@ -322,22 +361,32 @@ pub fn markdown(results: &Results) -> String {
     }
 
     md += "## 4. Density\n\n";
-    if let Some(d) = &results.density_ours {
-        let n = d.attach_ms.len();
-        let tenth = (n / 10).max(1);
+    if let Some(d) = results.density_ours.first() {
         let _ = writeln!(
             md,
-            "Ours, {} veth taps registered one by one (`port add` started -> the tap's TCX link pinned):\n\n| | value |\n| --- | ---: |\n| attach median | {:.2} ms |\n| attach p99 | {:.2} ms |\n| attach median, first / last tenth | {:.2} / {:.2} ms |\n| of which the CLI (median) | {:.2} ms |\n| daemon RSS, instances only | {:.1} MiB |\n| daemon RSS, {} ports attached | {:.1} MiB |\n| daemon RSS per port | {:.1} KiB |\n| BPF maps (memlock, all) | {:.2} MiB |\n",
-            d.taps,
-            d.attach_median_ms(),
-            d.attach_p99_ms(),
-            median(&d.attach_ms[..tenth]),
-            median(&d.attach_ms[n.saturating_sub(tenth)..]),
-            median(&d.cli_ms),
-            d.rss_before_kib as f64 / 1024.0,
-            d.taps,
-            d.rss_after_kib as f64 / 1024.0,
-            (d.rss_after_kib as f64 - d.rss_before_kib as f64) / d.taps as f64,
+            "Ours, {} veth taps registered one by one, for each `--tap-attach` mode with a daemon and taps of its own (`port add` started -> the daemon's `GET /v1/status` lists the tap as attached, polled every 0.25 ms over the admin socket; the same signal for both modes):\n\n| mode | attach median | attach p99 | median, first / last tenth | of which the CLI (median) | daemon RSS, instances only | daemon RSS, {} ports | RSS per port |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            d.taps, d.taps
+        );
+        for d in &results.density_ours {
+            let n = d.attach_ms.len();
+            let tenth = (n / 10).max(1);
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.2} ms | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+                d.tap_attach.flag(),
+                d.attach_median_ms(),
+                d.attach_p99_ms(),
+                median(&d.attach_ms[..tenth]),
+                median(&d.attach_ms[n.saturating_sub(tenth)..]),
+                median(&d.cli_ms),
+                d.rss_before_kib as f64 / 1024.0,
+                d.rss_after_kib as f64 / 1024.0,
+                (d.rss_after_kib as f64 - d.rss_before_kib as f64) / d.taps as f64,
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\ntcx is a pinned TCX link per tap (the kernel waits for an RCU grace period per link); tc is a cls_bpf filter per tap. BPF maps (memlock, all): {:.2} MiB.\n",
             d.bpf_memlock_bytes() as f64 / 1048576.0
         );
         let after = &results.daemon_after_load;
@@ -390,7 +439,7 @@ pub fn markdown(results: &Results) -> String {
             haproxy_kernel,
             haproxy_kernel * n.networks as f64 / 1024.0,
         );
-        if let Some(d) = &results.density_ours {
+        if let Some(d) = results.density_ours.first() {
             let neutron_total =
                 (pss + per_net_kernel + haproxy_kernel) * n.networks as f64 / 1024.0;
             let ours_total =

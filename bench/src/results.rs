@@ -110,7 +110,8 @@ pub struct Results {
     pub storm_runs: Vec<StormRun>,
     pub iperf: Iperf,
     pub daemon_after_load: DaemonAfterLoad,
-    pub density_ours: Option<OursDensity>,
+    /// One per `--tap-attach` mode measured (tcx first).
+    pub density_ours: Vec<OursDensity>,
     pub density_neutron: Option<NeutronDensity>,
     pub duration_s: f64,
     /// Phases that failed, with why (the report shows what the others measured).

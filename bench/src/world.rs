@@ -45,6 +45,27 @@ rate_limit_burst = 1000000000
 syn_rate_per_port = 100000000
 ";
 
+/// How the daemon attaches the tap program (its `--tap-attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TapAttach {
+    /// A TCX link per tap (the daemon's default).
+    Tcx,
+    /// A cls_bpf filter per tap.
+    Tc,
+}
+
+impl TapAttach {
+    pub const ALL: [TapAttach; 2] = [TapAttach::Tcx, TapAttach::Tc];
+
+    pub fn flag(self) -> &'static str {
+        match self {
+            TapAttach::Tcx => "tcx",
+            TapAttach::Tc => "tc",
+        }
+    }
+}
+
 /// Which way a request reaches the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -103,6 +124,7 @@ pub fn start_daemon(
     host: &Host,
     dir: &TempDir,
     agent_socket: Option<&std::path::Path>,
+    tap_attach: TapAttach,
 ) -> Result<Daemon> {
     let config_path = dir.join("daemon.toml");
     std::fs::write(&config_path, DAEMON_CONFIG)?;
@@ -110,6 +132,8 @@ pub fn start_daemon(
     config.extra_args = vec![
         "--config".into(),
         config_path.to_string_lossy().into_owned(),
+        "--tap-attach".into(),
+        tap_attach.flag().into(),
     ];
     if let Some(socket) = agent_socket {
         config.extra_args.push("--neutron-agent-socket".into());
@@ -130,7 +154,7 @@ impl World {
         let host = Host::new()?;
         let dir = TempDir::new("bench")?;
         let agent_socket = dir.join("agent.sock");
-        let daemon = start_daemon(&host, &dir, Some(&agent_socket))?;
+        let daemon = start_daemon(&host, &dir, Some(&agent_socket), TapAttach::Tcx)?;
         let logs = LogSink::start(dir.join("log.sock"))?;
         let net_count = guests.div_ceil(per_net).max(1);
         let mut nets = parallel::map(0..net_count, |_| {

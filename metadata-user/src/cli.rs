@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::nova::config::{BackendKind, Protocol};
+use crate::{
+    datapath::TapAttach,
+    nova::config::{BackendKind, Protocol},
+};
 
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/metadata-redirector/admin.sock";
 
@@ -54,7 +57,7 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
     /// server_addr, server_port, identity_net, domain, detach_on_exit,
-    /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, and
+    /// tap_attach, syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, and
     /// the nova backend's: backend, nova_metadata_host, nova_metadata_port,
     /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
     /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
@@ -72,6 +75,12 @@ pub struct ServeArgs {
     /// restarted daemon resumes with every tap and open flow intact.
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// How the program goes on each tap: `tcx`, a pinned TCX link (coexists
+    /// with any qdisc, but the kernel takes 10-20 ms per tap), or `tc`, a
+    /// cls_bpf filter at pref 1 on a clsact (or existing ingress) qdisc,
+    /// about 0.1 ms per tap [default: tcx].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tap_attach: Option<TapAttach>,
     #[command(flatten)]
     pub nova: NovaArgs,
 }

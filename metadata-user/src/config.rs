@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     cli::{DEFAULT_ADMIN_SOCKET, ServeArgs},
-    datapath::{IdentityPlan, netdev::ServerLinkPlan},
+    datapath::{IdentityPlan, TapAttach, netdev::ServerLinkPlan},
     metadata::ratelimit::RateLimitConfig,
     nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
 };
@@ -38,6 +38,9 @@ struct FileConfig {
     identity_net: Option<String>,
     domain: Option<String>,
     detach_on_exit: Option<bool>,
+    /// "tcx" or "tc" (parsed here rather than by serde, so that a bad value
+    /// names the key).
+    tap_attach: Option<String>,
     syn_rate_per_port: Option<u32>,
     /// Requests per second one port may make on average...
     rate_limit_per_sec: Option<f64>,
@@ -89,6 +92,8 @@ pub struct Settings {
     pub server_port: u16,
     pub domain: String,
     pub detach_on_exit: bool,
+    /// How the tap ingress program is attached (`--tap-attach`).
+    pub tap_attach: TapAttach,
     /// New connections per second one port may open (enforced in the datapath).
     pub syn_rate_per_port: u32,
     pub rate_limit: RateLimitConfig,
@@ -151,6 +156,11 @@ impl Settings {
         if server_ifname == entry_ifname {
             bail!("--server-ifname and --entry-ifname must differ");
         }
+        let tap_attach = match (args.tap_attach, &file.tap_attach) {
+            (Some(mode), _) => mode,
+            (None, Some(text)) => text.parse().context("tap_attach")?,
+            (None, None) => TapAttach::default(),
+        };
         Ok(Self {
             state_dir: args
                 .state_dir
@@ -171,6 +181,7 @@ impl Settings {
             server_port: file.server_port.unwrap_or(DEFAULT_SERVER_PORT),
             domain: file.domain.unwrap_or_else(|| DEFAULT_DOMAIN.into()),
             detach_on_exit: args.detach_on_exit || file.detach_on_exit.unwrap_or(false),
+            tap_attach,
             rate_limit,
             syn_rate_per_port: match file.syn_rate_per_port {
                 Some(0) => bail!("syn_rate_per_port: must be at least 1"),
@@ -203,8 +214,19 @@ fn rate_limit(file: &FileConfig) -> anyhow::Result<RateLimitConfig> {
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--config: reading {}", path.display()))?;
-    toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("--config {}: {}", path.display(), e.message()))
+    let fail = |what: String| anyhow::anyhow!("--config {}: {what}", path.display());
+    let deserializer = toml::Deserializer::parse(&text).map_err(|e| fail(e.message().into()))?;
+    // serde_path_to_error names the key a bad value sits in: toml's own
+    // message says only what was wrong ("invalid type: integer `1`, ...").
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().message().to_owned();
+        fail(if key == "." {
+            message
+        } else {
+            format!("{key}: {message}")
+        })
+    })
 }
 
 fn parse_cidr(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
@@ -313,6 +335,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant `neutron`"), "{err}");
+    }
+
+    #[test]
+    fn tap_attach_from_flag_file_and_default() {
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.tap_attach, TapAttach::Tcx, "the default");
+        assert_eq!(
+            with_file("tap_attach = \"tc\"\n").unwrap().tap_attach,
+            TapAttach::Tc
+        );
+        assert_eq!(
+            with_file("tap_attach = \"tcx\"\n").unwrap().tap_attach,
+            TapAttach::Tcx
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "tap_attach = \"tcx\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            tap_attach: Some(TapAttach::Tc),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.tap_attach, TapAttach::Tc, "the flag wins");
+
+        for bad in ["\"TC\"", "\"netlink\"", "\"\"", "1"] {
+            let err = format!(
+                "{:#}",
+                with_file(&format!("tap_attach = {bad}\n")).unwrap_err()
+            );
+            assert!(err.contains("tap_attach"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn tap_attach_flag_is_parsed_and_bad_values_name_it() {
+        use clap::Parser as _;
+        let cli =
+            crate::cli::Cli::try_parse_from(["metadata-redirector", "serve", "--tap-attach", "tc"])
+                .unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.tap_attach, Some(TapAttach::Tc));
+        let err = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--tap-attach",
+            "legacy",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--tap-attach"), "{err}");
+        assert!(err.contains("tcx") && err.contains("tc"), "{err}");
     }
 
     #[test]

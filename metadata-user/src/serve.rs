@@ -87,6 +87,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         &server_link,
         settings.server_port,
         settings.syn_rate_per_port,
+        settings.tap_attach,
     )
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
@@ -105,7 +106,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let mut reconciler = Reconciler::new(datapath, netdev::current_links(&netlink).await?);
     reconciler.start(&registry.snapshot())?;
     let attached = reconciler.attached();
-    tokio::spawn(reconciler.run(registry.subscribe(), link_events, netlink.clone()));
+    let attached_at_exit = attached.clone();
+    let reconciler_task =
+        tokio::spawn(reconciler.run(registry.subscribe(), link_events, netlink.clone()));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let backend = match &settings.backend {
@@ -170,6 +173,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 "bpffs": settings.bpffs,
                 "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
                 "server_ifname": settings.link.server_ifname,
+                "tap_attach": settings.tap_attach.as_str(),
                 "backend": responder.status(),
                 "attached_taps": taps,
                 "counters": counters,
@@ -209,6 +213,16 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_file(path);
     }
     if settings.detach_on_exit {
+        // Stopped first, so that nothing is attached behind our back.
+        reconciler_task.abort();
+        let _ = reconciler_task.await;
+        if settings.tap_attach == datapath::TapAttach::Tc {
+            // tc filters are not pinned links: removing the pins below does
+            // not take them off the taps.
+            for tap in attached_at_exit.borrow().values() {
+                datapath::remove_tc_filter(tap.ifindex);
+            }
+        }
         datapath::remove_pins(&settings.bpffs)?;
         netdev::delete_server_link(&netlink, &settings.link.server_ifname).await?;
         info!("datapath removed");

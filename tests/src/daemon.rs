@@ -180,6 +180,16 @@ impl Daemon {
         &self.config.bpffs
     }
 
+    /// The daemon's state dir (the SQLite store).
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    /// The daemon's admin socket (for clients other than the CLI).
+    pub fn admin_socket(&self) -> &Path {
+        &self.config.admin_socket
+    }
+
     /// A pinned map: `<bpffs>/maps/<NAME>`.
     pub fn pinned_map(&self, name: &str) -> PathBuf {
         self.config.bpffs.join("maps").join(name)
@@ -323,6 +333,12 @@ impl Daemon {
             bail!("the daemon is still running; kill9 it first");
         }
         self.spawn()
+    }
+
+    /// Replaces the extra `serve` arguments for the next [`restart`](Self::restart)
+    /// (a daemon restarted with other options on the same state and pins).
+    pub fn set_extra_args(&mut self, args: &[String]) {
+        self.config.extra_args = args.to_vec();
     }
 
     /// What the daemon has written to stdout and stderr so far.

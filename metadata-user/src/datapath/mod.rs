@@ -10,10 +10,16 @@
 //! Links are pinned so the datapath keeps working while the daemon is down
 //! or restarting; a new daemon attaches its programs next to the old links
 //! and only then removes them, so there is no moment without a program.
+//!
+//! With `--tap-attach tc` the taps get a tc filter instead of a TCX link
+//! (see [`tc_attach`]); the server end stays on TCX either way. Whichever
+//! mode runs, attaching a tap removes the other mode's attachment after the
+//! new one is in place, so switching modes across a restart leaves one.
 pub mod identity;
 pub mod netdev;
 pub mod reconcile;
 mod sys;
+pub mod tc_attach;
 
 use std::{
     collections::BTreeMap,
@@ -42,6 +48,36 @@ use netdev::ServerLink;
 /// The object file built from metadata-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
 
+/// How the tap ingress program is attached (`--tap-attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TapAttach {
+    /// A TCX link, pinned under `links/`.
+    #[default]
+    Tcx,
+    /// A cls_bpf filter on the tap's clsact (or ingress) qdisc.
+    Tc,
+}
+
+impl TapAttach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TapAttach::Tcx => "tcx",
+            TapAttach::Tc => "tc",
+        }
+    }
+}
+
+impl std::str::FromStr for TapAttach {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        match text {
+            "tcx" => Ok(TapAttach::Tcx),
+            "tc" => Ok(TapAttach::Tc),
+            _ => Err(anyhow!("{text:?} is not an attach mode (tcx or tc)")),
+        }
+    }
+}
+
 /// A registered tap the programs are attached to right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttachedTap {
@@ -56,6 +92,7 @@ pub struct Datapath {
     counters: Arc<CounterTable>,
     identity: IdentityPlan,
     links_dir: PathBuf,
+    tap_attach: TapAttach,
     attached: BTreeMap<String, AttachedTap>,
 }
 
@@ -68,6 +105,7 @@ impl Datapath {
         server: &ServerLink,
         server_port: u16,
         syn_rate_per_port: u32,
+        tap_attach: TapAttach,
     ) -> anyhow::Result<Self> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
@@ -135,6 +173,7 @@ impl Datapath {
             ebpf,
             identity,
             links_dir,
+            tap_attach,
             attached: BTreeMap::new(),
         };
         datapath.attach_program(
@@ -183,16 +222,17 @@ impl Datapath {
         self.ports
             .insert(ifindex, entry, 0)
             .with_context(|| format!("registering {ifname} in the port map"))?;
-        if let Err(err) = self.attach_program(
-            names::TAP_INGRESS,
-            ifindex,
-            TcAttachType::Ingress,
-            &tap_pin_name(ifname),
-        ) {
+        if let Err(err) = self.attach_tap_program(ifname, ifindex) {
             let _ = self.ports.remove(&ifindex);
             return Err(err.context(format!("attaching to {ifname}")));
         }
-        info!(ifname, ifindex, slot, "tap attached");
+        info!(
+            ifname,
+            ifindex,
+            slot,
+            mode = self.tap_attach.as_str(),
+            "tap attached"
+        );
         self.attached.insert(ifname.to_string(), wanted);
         Ok(())
     }
@@ -204,15 +244,51 @@ impl Datapath {
             return Ok(());
         };
         let _ = self.ports.remove(&old.ifindex);
+        // Both modes' attachments, whichever this daemon uses: cheap when
+        // absent, and a tap never keeps a program we no longer account for.
+        remove_tc_filter(old.ifindex);
+        self.remove_tcx_link(ifname)?;
+        info!(ifname, ifindex = old.ifindex, "tap detached");
+        Ok(())
+    }
+
+    /// Removes the TCX link pinned for `ifname`, if any.
+    fn remove_tcx_link(&self, ifname: &str) -> anyhow::Result<()> {
         let pin = self.links_dir.join(tap_pin_name(ifname));
+        if !pin.exists() {
+            return Ok(());
+        }
         // Detach now rather than when the kernel gets round to releasing the
         // unpinned link: attaching the same program to the same tap again
         // soon after (port del + port add) fails with EEXIST while it lives.
         if let Err(err) = sys::detach_pinned_link(&pin) {
             debug!(ifname, %err, "link already gone");
         }
-        remove_pin(&pin)?;
-        info!(ifname, ifindex = old.ifindex, "tap detached");
+        remove_pin(&pin)
+    }
+
+    /// Puts the tap ingress program on `ifindex` the configured way, then
+    /// removes what the other mode may have left there (a previous daemon
+    /// ran with the other `--tap-attach`): only once the new attachment is
+    /// in place, so the tap is never without a program.
+    fn attach_tap_program(&mut self, ifname: &str, ifindex: u32) -> anyhow::Result<()> {
+        match self.tap_attach {
+            TapAttach::Tcx => {
+                self.attach_program(
+                    names::TAP_INGRESS,
+                    ifindex,
+                    TcAttachType::Ingress,
+                    &tap_pin_name(ifname),
+                )?;
+                remove_tc_filter(ifindex);
+            }
+            TapAttach::Tc => {
+                let current = netdev::ifname_of(ifindex)?;
+                let prog = program_mut(&mut self.ebpf, names::TAP_INGRESS)?;
+                tc_attach::attach(prog, &current)?;
+                self.remove_tcx_link(ifname)?;
+            }
+        }
         Ok(())
     }
 
@@ -230,6 +306,9 @@ impl Datapath {
         for ifindex in stale {
             debug!(ifindex, "removing stale port entry");
             let _ = self.ports.remove(&ifindex);
+            // A previous daemon in tc mode left its filter on that tap (TCX
+            // links are handled with their pins below).
+            remove_tc_filter(ifindex);
         }
         for entry in fs::read_dir(&self.links_dir)? {
             let name = entry?.file_name();
@@ -276,6 +355,17 @@ impl Datapath {
             .with_context(|| format!("moving link pin to {}", pin.display()))?;
         drop(pinned);
         Ok(())
+    }
+}
+
+/// Removes our tc filter from `ifindex` if there is one. A failure only
+/// leaves the program on a tap whose port entry is gone, where it passes
+/// everything, so it is logged rather than failing the caller.
+pub fn remove_tc_filter(ifindex: u32) {
+    match tc_attach::detach(ifindex) {
+        Ok(tc_attach::Detached::Removed) => debug!(ifindex, "tc filter removed"),
+        Ok(tc_attach::Detached::NotThere) => {}
+        Err(err) => warn!(ifindex, %err, "removing our tc filter"),
     }
 }
 

@@ -1,0 +1,92 @@
+//! Asks the daemon, over its admin socket, whether a tap is attached: the
+//! signal the density phase times attaching by. It is the same for both
+//! `--tap-attach` modes (the daemon lists a tap under
+//! `datapath.attached_taps` only once its attach, including removing the
+//! other mode's leftovers, succeeded), and cheap to poll: one keep-alive
+//! connection and a hand-written `GET /v1/status`, not a CLI process per poll.
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const REQUEST: &[u8] = b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+pub struct StatusPoller {
+    reader: BufReader<UnixStream>,
+    body: Vec<u8>,
+}
+
+impl StatusPoller {
+    pub fn connect(socket: &Path) -> Result<Self> {
+        let stream = UnixStream::connect(socket)
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            body: Vec::new(),
+        })
+    }
+
+    /// One `GET /v1/status`; the body (JSON) stays in `self.body`.
+    fn fetch(&mut self) -> Result<()> {
+        self.reader.get_mut().write_all(REQUEST)?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        if !line.starts_with("HTTP/1.1 200") {
+            bail!("GET /v1/status answered {:?}", line.trim_end());
+        }
+        let mut length = None;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                bail!("the admin socket closed mid-answer");
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = Some(value.trim().parse::<usize>()?);
+            }
+        }
+        let length = length.context("GET /v1/status without Content-Length")?;
+        self.body.resize(length, 0);
+        self.reader.read_exact(&mut self.body)?;
+        Ok(())
+    }
+
+    /// Whether `tap` is among the attached taps now. Tap names are unique
+    /// random names and appear nowhere else in the status, so a substring
+    /// test does (parsing the whole JSON, which grows with every tap, would
+    /// take CPU from the daemon being measured on a two-core machine).
+    pub fn is_attached(&mut self, tap: &str) -> Result<bool> {
+        self.fetch()?;
+        let key = format!("\"{tap}\":{{");
+        Ok(self
+            .body
+            .windows(key.len())
+            .any(|window| window == key.as_bytes()))
+    }
+
+    /// Polls until `tap` is attached; when it was first seen.
+    pub fn wait_attached(&mut self, tap: &str, timeout: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_attached(tap)? {
+                return Ok(Instant::now());
+            }
+            if Instant::now() >= deadline {
+                bail!("{tap} was not attached within {timeout:?}");
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+/// Between polls: fine enough against attach times of 1-20 ms, coarse enough
+/// that the daemon does not spend a core building status answers.
+const POLL_INTERVAL: Duration = Duration::from_micros(250);

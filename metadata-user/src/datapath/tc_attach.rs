@@ -1,0 +1,162 @@
+//! `--tap-attach tc`: the tap ingress program as a legacy tc filter
+//! (cls_bpf, direct action) instead of a TCX link.
+//!
+//! Why it exists: creating a TCX link waits for an RCU grace period, 11-20 ms
+//! per tap on the kernels we run on, while adding a cls_bpf filter over
+//! rtnetlink takes about 0.1 ms. What it costs: the tap needs a clsact qdisc
+//! (an `ingress` qdisc already there, as neutron's QoS policing adds, is used
+//! as it is: filters on parent ffff:fff2 land on its one block), and a filter
+//! is not a link we own and pin. It belongs to the tap, outlives the daemon
+//! (even a SIGKILLed one), and is found again only by where it sits: ingress,
+//! priority [`PRIORITY`], handle [`HANDLE`]. Everything here addresses that
+//! one spot and never touches other filters.
+//!
+//! Deleting goes by ifindex over our own rtnetlink request, not through
+//! aya's `SchedClassifierLink::attached`, which takes an interface *name*:
+//! after a tap was re-created under the same name that name leads to the
+//! new tap, not to the one whose filter we mean.
+use std::io;
+
+use anyhow::Context as _;
+use aya::programs::{
+    SchedClassifier, TcAttachType,
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+};
+use rtnetlink::{
+    packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        RouteNetlinkMessage,
+        tc::{TcHandle as NlTcHandle, TcMessage},
+    },
+    sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+};
+
+/// Our filter's priority ("pref" in `tc filter show`). 1 runs it before any
+/// other ingress filter, as TCX programs run before all of tc: neutron's QoS
+/// policing filter (prio 49) would otherwise end classification with its
+/// "ok" verdict for conforming packets before the metadata request is seen.
+/// Our program returns TC_ACT_UNSPEC for everything it does not catch, so
+/// later filters still see all other traffic.
+pub const PRIORITY: u16 = 1;
+/// Our filter's handle, "md" in ASCII (`handle 0x6d64` in `tc filter show`).
+pub const HANDLE: u32 = 0x6d64;
+
+/// Attaches `program` to `ifname`'s ingress at our priority and handle. If a
+/// filter is already there (left by a previous daemon: the normal restart
+/// case) its program is replaced in one netlink request, so the tap is never
+/// without a program.
+pub fn attach(program: &mut SchedClassifier, ifname: &str) -> anyhow::Result<()> {
+    ensure_clsact(ifname)?;
+    let options = NlOptions {
+        priority: PRIORITY,
+        handle: TcHandle::from(HANDLE),
+        classid: None,
+    };
+    // Creating first (NLM_F_CREATE | NLM_F_EXCL) is the fast path for a new
+    // tap; EEXIST means one of our filters is there, which is then changed in
+    // place (no NLM_F_EXCL, no NLM_F_CREATE: cls_bpf swaps the program).
+    let id = match program.attach_with_options(
+        ifname,
+        TcAttachType::Ingress,
+        TcAttachOptions::Netlink(options),
+    ) {
+        Ok(id) => id,
+        Err(err) if os_error(&err) == Some(libc::EEXIST) => {
+            let existing = SchedClassifierLink::attached(
+                ifname,
+                TcAttachType::Ingress,
+                PRIORITY,
+                TcHandle::from(HANDLE),
+                None,
+            )?;
+            program
+                .attach_to_link(existing)
+                .with_context(|| format!("replacing the program of our tc filter on {ifname}"))?
+        }
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!(
+                    "adding a tc filter on {ifname} ingress (pref {PRIORITY}; is another \
+                     kind of filter at that priority?)"
+                )
+            });
+        }
+    };
+    // aya's link wrappers detach on Drop, and the program keeps the links it
+    // made until it is dropped itself (when the daemon exits). The filter must
+    // stay when the daemon goes (that is what keeps guests served across a
+    // restart), so the link is taken out and forgotten. It holds only the
+    // ifindex, priority and handle, no fd or memory, so nothing leaks; detach()
+    // below removes the filter when we mean to.
+    let link = program.take_link(id)?;
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Adds a clsact qdisc to `ifname` unless a clsact or ingress qdisc is
+/// already there (the kernel answers EEXIST for both: they share the ffff:
+/// handle). Either takes our filter on parent ffff:fff2.
+fn ensure_clsact(ifname: &str) -> anyhow::Result<()> {
+    match tc::qdisc_add_clsact(ifname) {
+        Ok(()) => Ok(()),
+        Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("adding a clsact qdisc to {ifname}")),
+    }
+}
+
+fn os_error(err: &aya::programs::ProgramError) -> Option<i32> {
+    match err {
+        aya::programs::ProgramError::TcError(TcError::NetlinkError(err)) => err.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Whether [`detach`] found a filter to remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detached {
+    Removed,
+    /// No filter of ours, no ingress/clsact qdisc, or no such interface.
+    NotThere,
+}
+
+/// Removes our filter from interface `ifindex`'s ingress, if there is one.
+pub fn detach(ifindex: u32) -> io::Result<Detached> {
+    let mut message = TcMessage::with_index(ifindex as i32);
+    message.header.parent = NlTcHandle {
+        major: 0xffff,
+        minor: NlTcHandle::MIN_INGRESS,
+    };
+    message.header.handle = NlTcHandle::from(HANDLE);
+    // tcm_info = TC_H_MAKE(priority << 16, htons(ETH_P_ALL)), as aya attached it.
+    message.header.info = (u32::from(PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&bytes, 0)?;
+    let mut reply = Vec::with_capacity(8192);
+    let len = socket.recv(&mut reply, 0)?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+    match reply.payload {
+        NetlinkPayload::Error(err) => match err.code {
+            None => Ok(Detached::Removed),
+            // ENOENT: no filter there; ENODEV: the tap is gone (and its
+            // filters with it); EINVAL: no ingress/clsact qdisc ("Parent
+            // Qdisc doesn't exists"), so no filter either.
+            Some(code) if matches!(-code.get(), libc::ENOENT | libc::ENODEV | libc::EINVAL) => {
+                Ok(Detached::NotThere)
+            }
+            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+        },
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected rtnetlink answer: {other:?}"),
+        )),
+    }
+}
