@@ -468,26 +468,26 @@ pub fn server_egress(ctx: TcContext) -> i32 {
         }
         return TC_ACT_SHOT;
     };
-    // SAFETY: a valid map value pointer; a plain-old-data copy, so the rest
-    // of this run never touches the value again (it may be removed below).
+    // SAFETY: a valid map value pointer. A plain-old-data copy: the redirect
+    // below uses only the copy, so removing the entry cannot affect it.
     let flow = unsafe { *entry };
     if flags & TCP_RST != 0 {
         if FLOWS.remove(key).is_ok() {
             count!(flows_reset);
         }
     } else if flags & TCP_FIN != 0 || flow.guest_fin != 0 {
-        // The server's FIN, or anything after the guest's FIN: the close
-        // may be complete with this segment.
-        if flags & TCP_FIN != 0 && flow.server_fin == 0 {
-            // SAFETY: as above; a single byte only this program writes.
-            unsafe { (*entry).server_fin = 1 };
-        }
+        // The server's FIN, or a segment after the guest's FIN: the close
+        // may be complete with this segment. (A guest FIN marked just after
+        // the copy is seen on the server's ACK of it, which always follows.)
         let server_fin = flow.server_fin != 0 || flags & TCP_FIN != 0;
-        // Re-read: tap ingress may have marked the guest's FIN meanwhile.
-        // SAFETY: as above.
-        let guest_fin = unsafe { (*entry).guest_fin } != 0;
-        if server_fin && guest_fin && FLOWS.remove(key).is_ok() {
-            count!(flows_closed);
+        if flow.guest_fin != 0 && server_fin {
+            if FLOWS.remove(key).is_ok() {
+                count!(flows_closed);
+            }
+        } else if flow.server_fin == 0 && flags & TCP_FIN != 0 {
+            // SAFETY: as above, before any removal; a single byte only this
+            // program writes.
+            unsafe { (*entry).server_fin = 1 };
         }
     }
     let rewritten = rewrite(
