@@ -5,7 +5,7 @@
 //! field (`bpftool map dump pinned ...` prints the names). Addresses and MACs
 //! are byte arrays in wire order: the programs copy them straight from and to
 //! packets, and bpftool prints them as dotted bytes.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// The metadata address every guest asks, 169.254.169.254.
 pub const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
@@ -78,7 +78,13 @@ pub struct FlowKey {
     pub _pad: u16,
 }
 
-/// `FLOWS` value: what the return path needs to hand a reply back to the guest.
+/// `FLOWS` value: what the return path needs to hand a reply back to the
+/// guest, and how far the connection's close has got.
+///
+/// A flow lives from the guest's SYN until the connection is over: both FINs
+/// seen (removed by the server-end program on the server's last segment) or
+/// a RST from either side. See `datapath.rs` in the eBPF crate for the close
+/// rules and their edge cases.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -91,6 +97,35 @@ pub struct FlowEntry {
     /// The MAC the guest sent to (router, DHCP port or `METADATA_MAC`); replies
     /// come from it so the guest's neighbour cache stays consistent.
     pub gateway_mac: [u8; 6],
+    /// Non-zero once the guest's FIN has passed tap ingress. Written only by
+    /// the tap program, so it needs no atomic: a byte of its own rather than
+    /// a bit in a shared flags byte, whose read-modify-write could lose the
+    /// other program's bit when both run at once on different CPUs.
+    pub guest_fin: u8,
+    /// Non-zero once the server's FIN has passed server egress (written only
+    /// by the server-end program).
+    pub server_fin: u8,
+    pub _pad: [u8; 2],
+}
+
+impl FlowEntry {
+    /// A new connection's entry: nothing closed yet.
+    pub fn new(
+        guest_addr: [u8; 4],
+        tap_ifindex: u32,
+        guest_mac: [u8; 6],
+        gateway_mac: [u8; 6],
+    ) -> Self {
+        Self {
+            guest_addr,
+            tap_ifindex,
+            guest_mac,
+            gateway_mac,
+            guest_fin: 0,
+            server_fin: 0,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// `CONFIG[0]`: where caught requests go. Written by the daemon at start.
@@ -136,16 +171,28 @@ pub struct Counters {
     pub dropped_rewrite: u64,
     /// Server egress: a reply translated and sent back out of its tap.
     pub replied: u64,
-    /// Server egress: a packet for an identity address with no remembered flow, dropped.
+    /// Server egress: a segment that carries data or a SYN for an identity
+    /// address with no remembered flow, dropped (the guest loses it: the
+    /// flow was evicted, or the connection was already closed or reset).
     pub dropped_no_flow: u64,
     /// Server egress: not a reply from the server, passed untouched.
     pub egress_passed: u64,
+    /// Server egress: a segment with no data and no SYN (an ACK, FIN or RST)
+    /// with no remembered flow, dropped. Almost always the tail of a
+    /// connection whose flow is already gone, e.g. the server re-ACKing a
+    /// retransmitted guest FIN from TIME_WAIT; the guest has closed by then.
+    /// (Before flows were removed at close, these counted as `dropped_no_flow`.)
+    pub dropped_no_flow_late: u64,
+    /// Server egress: a flow removed because both FINs have been seen.
+    pub flows_closed: u64,
+    /// Either direction: a flow removed because of a RST from the guest or the server.
+    pub flows_reset: u64,
 }
 
 impl Counters {
     /// Each counter with its name, in declaration order (for status output
     /// and for summing the per-CPU copies).
-    pub fn fields(&self) -> [(&'static str, u64); 12] {
+    pub fn fields(&self) -> [(&'static str, u64); 15] {
         [
             ("caught", self.caught),
             ("arp_answered", self.arp_answered),
@@ -159,6 +206,9 @@ impl Counters {
             ("replied", self.replied),
             ("dropped_no_flow", self.dropped_no_flow),
             ("egress_passed", self.egress_passed),
+            ("dropped_no_flow_late", self.dropped_no_flow_late),
+            ("flows_closed", self.flows_closed),
+            ("flows_reset", self.flows_reset),
         ]
     }
 
@@ -176,6 +226,9 @@ impl Counters {
         self.replied += other.replied;
         self.dropped_no_flow += other.dropped_no_flow;
         self.egress_passed += other.egress_passed;
+        self.dropped_no_flow_late += other.dropped_no_flow_late;
+        self.flows_closed += other.flows_closed;
+        self.flows_reset += other.flows_reset;
     }
 }
 
@@ -188,4 +241,48 @@ mod pod {
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::DatapathConfig {}
     unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn map_values_are_multiples_of_eight_bytes() {
+        assert_eq!(size_of::<FlowKey>(), 8);
+        assert_eq!(size_of::<FlowEntry>(), 24);
+        assert_eq!(size_of::<PortEntry>(), 24);
+        assert_eq!(size_of::<DatapathConfig>() % 8, 0);
+        assert_eq!(size_of::<Counters>() % 8, 0);
+        assert!(align_of::<FlowEntry>() <= 8);
+    }
+
+    #[test]
+    fn counter_fields_cover_every_counter_and_accumulate_sums_them() {
+        let n = Counters::default().fields().len();
+        assert_eq!(n * 8, size_of::<Counters>(), "fields() misses a counter");
+        // Counters is n u64s in declaration order: give each its index + 1.
+        let mut one = Counters::default();
+        // SAFETY: #[repr(C)] struct of n u64 fields and nothing else (checked above).
+        let slots =
+            unsafe { core::slice::from_raw_parts_mut(&mut one as *mut Counters as *mut u64, n) };
+        for (i, slot) in slots.iter_mut().enumerate() {
+            *slot = i as u64 + 1;
+        }
+        let mut total = Counters::default();
+        total.accumulate(&one);
+        total.accumulate(&one);
+        for (i, (name, value)) in total.fields().into_iter().enumerate() {
+            assert_eq!(
+                value,
+                2 * (i as u64 + 1),
+                "{name} is summed or listed out of order"
+            );
+        }
+        let mut names: std::vec::Vec<&str> = one.fields().iter().map(|(name, _)| *name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "duplicate counter names");
+    }
 }
