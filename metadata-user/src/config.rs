@@ -176,6 +176,9 @@ impl Settings {
                 entry_ifname,
                 server_addr: identity.server_addr,
                 identity_net: (identity.net, identity.prefix_len),
+                next_hop: identity
+                    .next_hop()
+                    .context("the identity plan has no next hop")?,
             },
             identity,
             server_port: file.server_port.unwrap_or(DEFAULT_SERVER_PORT),

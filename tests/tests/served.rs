@@ -31,6 +31,51 @@ fn two_tenants_with_the_same_ip_and_mac_get_their_own_answers() {
     }
 }
 
+/// Replies to every identity address leave through one on-link next hop, so
+/// the host-wide neighbour table holds one entry for the server end however
+/// many guests it serves. One entry per guest filled that table (1024 by
+/// default, shared by all namespaces) at a few hundred guests, and the
+/// kernel then dropped replies that TCP resent only 200 ms later.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn replies_to_all_guests_share_one_neighbour_entry() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let mut guests = Vec::new();
+    for index in 0..4u8 {
+        let config = GuestConfig::new(
+            std::net::Ipv4Addr::new(10, 0, 0, 20 + index),
+            &format!("fa:16:3e:00:01:{index:02x}"),
+        );
+        let guest = Guest::new(&net, config).unwrap();
+        let instance = Instance::sample(&format!("neigh-{index}"));
+        daemon.register(&guest, &instance).unwrap();
+        guests.push((guest, instance));
+    }
+    for (guest, instance) in &guests {
+        guest.wait_served(&instance.uuid).unwrap();
+        check_own_answers(guest, instance).unwrap();
+    }
+    let neighbours = host
+        .exec_ok(&["ip", "-4", "neigh", "show", "nud", "all", "dev", "mdr-srv"])
+        .unwrap();
+    let entries: Vec<&str> = neighbours
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        entries.len(),
+        1,
+        "one neighbour (the next hop) for {} guests, got: {neighbours}",
+        guests.len()
+    );
+    assert!(
+        entries[0].starts_with("240.0.0.2 "),
+        "the next hop after 240.0.0.1: {neighbours}"
+    );
+}
+
 /// No router anywhere, only `169.254.169.254 dev eth0`: the guest ARPs for
 /// the metadata address and the program answers it from the tap.
 #[test]

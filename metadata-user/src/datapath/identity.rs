@@ -50,7 +50,31 @@ impl IdentityPlan {
                 self.server_addr
             );
         }
+        match self.next_hop() {
+            Some(next_hop) if !self.contains(next_hop) => {}
+            _ => bail!(
+                "the address after the server address {} is the identity range's next hop \
+                 and must be a unicast address outside {}/{}",
+                self.server_addr,
+                self.net,
+                self.prefix_len
+            ),
+        }
         Ok(())
+    }
+
+    /// The gateway the identity range is routed through on the server end:
+    /// the address after the server's. Nothing answers it (the end has ARP
+    /// off) and nothing needs to. It exists so that the kernel keeps one
+    /// neighbour entry for all replies instead of one per identity address:
+    /// those entries live in the host-wide ARP table (gc_thresh3, 1024 by
+    /// default, shared by every namespace), and when it is full the kernel
+    /// drops the server's segments (NEIGH_CREATEFAIL) and TCP retries them
+    /// only after 200 ms.
+    pub fn next_hop(&self) -> Option<Ipv4Addr> {
+        let next = u32::from(self.server_addr).checked_add(1)?;
+        let next = Ipv4Addr::from(next);
+        (!next.is_broadcast() && !next.is_multicast() && !next.is_loopback()).then_some(next)
     }
 
     fn mask(&self) -> u32 {
@@ -119,5 +143,26 @@ mod tests {
             ..Default::default()
         };
         assert!(host_bits.validate().is_err(), "host bits set");
+        let next_hop_inside = IdentityPlan {
+            server_addr: Ipv4Addr::new(240, 0, 255, 255),
+            net: Ipv4Addr::new(240, 1, 0, 0),
+            prefix_len: 16,
+        };
+        assert!(
+            next_hop_inside.validate().is_err(),
+            "the next hop 240.1.0.0 lies in the range"
+        );
+    }
+
+    #[test]
+    fn the_next_hop_follows_the_server() {
+        let plan = IdentityPlan::default();
+        assert_eq!(plan.next_hop(), Some(Ipv4Addr::new(240, 0, 0, 2)));
+        let last = IdentityPlan {
+            server_addr: Ipv4Addr::new(255, 255, 255, 254),
+            ..Default::default()
+        };
+        assert_eq!(last.next_hop(), None, "255.255.255.255 is no next hop");
+        assert!(last.validate().is_err());
     }
 }

@@ -5,7 +5,9 @@
 //! the *server* end, which holds the server's address and a route for the
 //! identity range. The server end has ARP off: replies to identity addresses
 //! never wait for neighbour resolution (the egress program rewrites the MACs
-//! anyway and sends the frame to the tap).
+//! anyway and sends the frame to the tap). The range is routed through one
+//! on-link next hop, so all replies share a single neighbour entry (see
+//! `IdentityPlan::next_hop`).
 use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, bail};
@@ -16,7 +18,6 @@ use rtnetlink::{
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
         link::{LinkAttribute, LinkMessage},
-        route::RouteScope,
     },
 };
 
@@ -33,8 +34,10 @@ pub struct ServerLinkPlan {
     /// Caught packets are redirected out of this end.
     pub entry_ifname: String,
     pub server_addr: Ipv4Addr,
-    /// The identity range, routed to the server end.
+    /// The identity range, routed to the server end...
     pub identity_net: (Ipv4Addr, u8),
+    /// ...through this on-link gateway.
+    pub next_hop: Ipv4Addr,
 }
 
 /// The pair as it exists in the kernel.
@@ -131,13 +134,19 @@ pub async fn ensure_server_link(
             RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(net, prefix)
                 .output_interface(server.header.index)
-                .scope(RouteScope::Link)
+                .gateway(plan.next_hop)
+                .onlink()
                 .build(),
         )
         .replace()
         .execute()
         .await
-        .with_context(|| format!("routing {net}/{prefix} to {}", plan.server_ifname))?;
+        .with_context(|| {
+            format!(
+                "routing {net}/{prefix} via {} to {}",
+                plan.next_hop, plan.server_ifname
+            )
+        })?;
 
     Ok(ServerLink {
         server_ifindex: server.header.index,
