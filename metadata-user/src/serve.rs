@@ -54,7 +54,12 @@ pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+                // The netlink crates warn, with a whole message dump, about
+                // every link event that arrives while a request handle shuts
+                // down (e.g. our own veth pair going away on exit).
+                tracing_subscriber::EnvFilter::new(
+                    "info,netlink_packet_route=error,netlink_proto=error",
+                )
             }),
         )
         .with_writer(std::io::stderr)
