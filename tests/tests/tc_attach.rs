@@ -12,6 +12,21 @@ fn tc_mode() -> Vec<String> {
     vec!["--tap-attach".into(), "tc".into()]
 }
 
+/// A tenant network, one guest on it and a daemon in tc mode serving the
+/// guest as `name`, with the guest's filter already checked to be ours
+/// (its program id is returned). Bound in this order, the parts drop in
+/// reverse: daemon, guest, network.
+fn served_in_tc_mode(host: &Host, name: &str) -> (TenantNet, Guest, Daemon, Instance, u32) {
+    let net = TenantNet::with_router_and_decoy(host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let daemon = Daemon::start_with_args(host, &tc_mode()).unwrap();
+    let instance = Instance::sample(name);
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    let filter = our_one_filter(host, guest.tap());
+    (net, guest, daemon, instance, filter)
+}
+
 /// The lines of `tc filter show dev TAP ingress` that are filters (the
 /// others are the per-priority headers), e.g. `filter protocol all pref 1
 /// bpf chain 0 handle 0x6d64 tap_ingress direct-action not_in_hw id 42 ...`.
@@ -68,15 +83,9 @@ fn wait_for(path: &std::path::Path, present: bool) {
 #[ignore = "root: run via cargo xtask test"]
 fn a_tap_attached_with_tc_is_served_and_a_restart_leaves_one_filter() {
     let host = Host::new().unwrap();
-    let net = TenantNet::with_router_and_decoy(&host).unwrap();
-    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let mut daemon = Daemon::start_with_args(&host, &tc_mode()).unwrap();
-    let instance = Instance::sample("tc-served");
-    daemon.register(&guest, &instance).unwrap();
-    guest.wait_served(&instance.uuid).unwrap();
+    let (_net, guest, mut daemon, instance, before) = served_in_tc_mode(&host, "tc-served");
     check_own_answers(&guest, &instance).unwrap();
 
-    let before = our_one_filter(&host, guest.tap());
     assert!(!tcx_pin(&daemon, guest.tap()).exists(), "a TCX link too");
     let status = daemon.status().unwrap();
     assert_eq!(status["datapath"]["tap_attach"], "tc", "{status}");
@@ -110,13 +119,7 @@ fn a_tap_attached_with_tc_is_served_and_a_restart_leaves_one_filter() {
 #[ignore = "root: run via cargo xtask test"]
 fn port_del_removes_the_tc_filter() {
     let host = Host::new().unwrap();
-    let net = TenantNet::with_router_and_decoy(&host).unwrap();
-    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let daemon = Daemon::start_with_args(&host, &tc_mode()).unwrap();
-    let instance = Instance::sample("tc-deleted");
-    daemon.register(&guest, &instance).unwrap();
-    guest.wait_served(&instance.uuid).unwrap();
-    our_one_filter(&host, guest.tap());
+    let (_net, guest, daemon, instance, _) = served_in_tc_mode(&host, "tc-deleted");
 
     daemon
         .cli_ok(&["port", "del", "--ifname", guest.tap()])
@@ -203,13 +206,7 @@ fn switching_modes_across_a_restart_leaves_one_attachment() {
 #[ignore = "root: run via cargo xtask test"]
 fn a_restart_without_the_port_removes_its_filter() {
     let host = Host::new().unwrap();
-    let net = TenantNet::with_router_and_decoy(&host).unwrap();
-    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let mut daemon = Daemon::start_with_args(&host, &tc_mode()).unwrap();
-    let instance = Instance::sample("forgotten");
-    daemon.register(&guest, &instance).unwrap();
-    guest.wait_served(&instance.uuid).unwrap();
-    our_one_filter(&host, guest.tap());
+    let (_net, guest, mut daemon, _instance, _) = served_in_tc_mode(&host, "forgotten");
 
     daemon.kill9().unwrap();
     std::fs::remove_dir_all(daemon.state_dir()).unwrap();
