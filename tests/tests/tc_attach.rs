@@ -76,6 +76,19 @@ fn wait_for(path: &std::path::Path, present: bool) {
     .unwrap();
 }
 
+/// Waits (up to 5 s) until `tap` has no ingress filter left.
+fn wait_for_no_filter(host: &Host, tap: &str) {
+    wait::until("the filter to go", Duration::from_secs(5), || {
+        let filters = ingress_filters(host, tap);
+        Ok(if filters.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("{filters:?}"))
+        })
+    })
+    .unwrap();
+}
+
 /// Served through a tc filter; a SIGKILLed daemon restarted on the same
 /// state replaces the filter's program in place (one filter, the new
 /// daemon's program) and serves again.
@@ -125,15 +138,7 @@ fn port_del_removes_the_tc_filter() {
         .cli_ok(&["port", "del", "--ifname", guest.tap()])
         .unwrap();
 
-    wait::until("the filter to go", Duration::from_secs(5), || {
-        let filters = ingress_filters(&host, guest.tap());
-        Ok(if filters.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("{filters:?}"))
-        })
-    })
-    .unwrap();
+    wait_for_no_filter(&host, guest.tap());
     let reply = guest.http_get("/openstack/latest/meta_data.json").unwrap();
     assert_eq!(reply.status, 200, "{reply}");
     assert!(reply.body.contains(DECOY_MARK), "{reply}");
@@ -187,15 +192,7 @@ fn switching_modes_across_a_restart_leaves_one_attachment() {
     daemon.set_extra_args(&[]);
     daemon.restart().unwrap();
     guest.wait_served(&instance.uuid).unwrap();
-    wait::until("the filter to go", Duration::from_secs(5), || {
-        let filters = ingress_filters(&host, guest.tap());
-        Ok(if filters.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("{filters:?}"))
-        })
-    })
-    .unwrap();
+    wait_for_no_filter(&host, guest.tap());
     wait_for(&pin, true);
     check_own_answers(&guest, &instance).unwrap();
 }
