@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     datapath::TapAttach,
     nova::config::{BackendKind, Protocol},
+    state::PortAddRequest,
 };
 
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/metadata-redirector/admin.sock";
@@ -210,4 +211,18 @@ pub struct PortAddArgs {
     /// The project (tenant) owning the port; defaults to the instance's project_id.
     #[arg(long, value_name = "ID")]
     pub project_id: Option<String>,
+}
+
+impl From<PortAddArgs> for PortAddRequest {
+    fn from(args: PortAddArgs) -> Self {
+        Self {
+            ifname: args.ifname,
+            instance: args.instance,
+            port_id: args.port_id,
+            mac: args.mac,
+            ips: args.ips,
+            network_id: args.network_id,
+            project_id: args.project_id,
+        }
+    }
 }

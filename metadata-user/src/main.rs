@@ -4,13 +4,10 @@ mod admin;
 mod cli;
 mod config;
 mod datapath;
-mod instance;
 mod metadata;
 mod nova;
-mod port;
-mod registry;
 mod serve;
-mod store;
+mod state;
 
 use std::process::ExitCode;
 

@@ -29,7 +29,7 @@ use crate::{
         server::GuestServer,
     },
     nova::{NovaBackend, config::BackendConfig, neutron_agent},
-    registry::{PortPolicy, Registry},
+    state::{PortPolicy, Registry},
 };
 
 /// Open connections one port may hold. cloud-init uses one at a time; a
@@ -235,4 +235,22 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(bpffs = %settings.bpffs.display(), "datapath left in place for the next daemon");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The guest API stores posted passwords in the registry.
+impl crate::metadata::api::PasswordStore for Registry {
+    fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
+        Registry::password(self, uuid)
+    }
+
+    fn set_password(
+        &self,
+        uuid: &uuid::Uuid,
+        password: &str,
+    ) -> Result<(), crate::metadata::api::PasswordConflict> {
+        Registry::set_password(self, uuid, password).map_err(|err| {
+            tracing::warn!(%uuid, "password not stored: {err}");
+            crate::metadata::api::PasswordConflict
+        })
+    }
 }

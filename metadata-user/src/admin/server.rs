@@ -35,10 +35,7 @@ use serde::Serialize;
 use tokio::net::UnixListener;
 
 use super::wire::{self, ErrorBody, InstanceSummary, MAX_BODY_BYTES};
-use crate::{
-    port::PortAddRequest,
-    registry::{AdminError, Registry, Snapshot},
-};
+use crate::state::{PortAddRequest, Registry, RegistryError, Snapshot, port::parse_uuid};
 
 /// The datapath's part of `GET /v1/status` (attached taps, counters, ...),
 /// supplied by whoever runs the datapath.
@@ -165,13 +162,13 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     }
 }
 
-impl From<AdminError> for Failure {
-    fn from(err: AdminError) -> Self {
+impl From<RegistryError> for Failure {
+    fn from(err: RegistryError) -> Self {
         let status = match &err {
-            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
-            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-            AdminError::Conflict(_) => StatusCode::CONFLICT,
-            AdminError::Internal(_) => {
+            RegistryError::Invalid(_) | RegistryError::NoProject(_) => StatusCode::BAD_REQUEST,
+            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+            RegistryError::Conflict(_) => StatusCode::CONFLICT,
+            RegistryError::Internal(_) => {
                 tracing::error!("admin request failed: {err}");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -266,12 +263,12 @@ impl Context {
     /// worker threads.
     async fn blocking<T: Send + 'static>(
         &self,
-        write: impl FnOnce(&Registry) -> Result<T, AdminError> + Send + 'static,
+        write: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
     ) -> Result<T, Failure> {
         let registry = Arc::clone(&self.registry);
         tokio::task::spawn_blocking(move || write(&registry))
             .await
-            .map_err(|err| Failure::from(AdminError::Internal(err.into())))?
+            .map_err(|err| Failure::from(RegistryError::Internal(err.into())))?
             .map_err(Failure::from)
     }
 
@@ -363,8 +360,7 @@ fn path_segment(raw: &str) -> Result<String, Failure> {
 
 fn path_uuid(raw: &str) -> Result<uuid::Uuid, Failure> {
     let text = path_segment(raw)?;
-    crate::port::parse_uuid("uuid", &text)
-        .map_err(|message| Failure(StatusCode::BAD_REQUEST, message))
+    parse_uuid("uuid", &text).map_err(|err| Failure(StatusCode::BAD_REQUEST, err.to_string()))
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Answer {

@@ -12,7 +12,7 @@ use super::{
     conn::Guest,
     ratelimit::{RateLimiter, too_many_requests},
 };
-use crate::{nova::NovaBackend, registry::Registry};
+use crate::{nova::NovaBackend, state::Registry};
 
 pub enum Backend {
     Local(ApiContext),

@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use crate::port::Port;
+use crate::state::Port;
 
 /// The guest behind one accepted connection. Built by the server from the
 /// BPF flow map (never from anything the guest sent), once per connection.

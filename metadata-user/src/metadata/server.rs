@@ -17,7 +17,7 @@ use super::{
     conn::{ConnHandle, Guest},
     limits::ConnectionLimiter,
 };
-use crate::{datapath::FlowTable, registry::Registry};
+use crate::{datapath::FlowTable, state::Registry};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -55,7 +55,7 @@ use tracing::{debug, warn};
 
 use crate::{
     metadata::conn::{ConnHandle, Guest},
-    port::Port,
+    state::Port,
 };
 
 /// Answers a request from an identified guest (the same backend the eBPF
@@ -258,7 +258,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::port::PortSpec;
+    use crate::state::port::PortSpec;
 
     const NET_A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
     const NET_B: &str = "bbbbbbbb-0000-0000-0000-000000000002";

@@ -21,7 +21,7 @@ use super::{
     neutron_agent::{self, Dispatch, PortLookup},
     tls::{TlsFiles, client_config},
 };
-use crate::port::{Port, PortSpec};
+use crate::state::{Port, port::PortSpec};
 
 const SECRET: &[u8] = b"s3cret";
 const INSTANCE: &str = "6c8a3b0e-1d6f-4d2b-9a57-0f4ad3a7e001";

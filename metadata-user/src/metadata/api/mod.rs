@@ -60,8 +60,8 @@ use hyper::{
 };
 
 use crate::{
-    instance::{InstanceDoc, TokenMode},
     metadata::conn::{self, Guest},
+    state::instance::{InstanceDoc, TokenMode},
 };
 use openstack::Resource;
 use paths::Route;

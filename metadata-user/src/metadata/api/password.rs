@@ -8,11 +8,7 @@ use super::{
     response::{ApiError, Document, TEXT_HTML},
 };
 
-/// nova keeps the password in 4 chunks of 255 characters of system metadata.
-pub const MAX_PASSWORD_BYTES: usize = 4 * 255;
-// The store must take every password this module lets through (else a
-// valid POST would fail after its checks, as a 409).
-const _: () = assert!(MAX_PASSWORD_BYTES == crate::registry::MAX_PASSWORD_BYTES);
+use crate::state::instance::MAX_PASSWORD_BYTES;
 
 /// GET: the stored password, or an empty 200 when none was set. nova returns
 /// the string straight to webob, so the type is webob's default HTML.

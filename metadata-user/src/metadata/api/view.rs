@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use super::ApiConfig;
 use crate::{
-    instance::{Ec2, InstanceDoc, TokenMode},
     metadata::conn::Guest,
+    state::instance::{Ec2, InstanceDoc, TokenMode},
 };
 
 /// Root device of a KVM guest with virtio disks, which is what nova's

@@ -8,7 +8,7 @@ use std::{
 use hyper::{Method, StatusCode, header};
 
 use super::*;
-use crate::instance::TokenMode;
+use crate::state::instance::TokenMode;
 
 const TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN: &str = "x-aws-ec2-metadata-token";

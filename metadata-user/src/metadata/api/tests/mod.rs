@@ -23,9 +23,12 @@ use hyper::{Method, Request, StatusCode};
 
 use super::{ApiConfig, ApiContext, PasswordConflict, PasswordStore, handle};
 use crate::{
-    instance::{Ec2, Imds, InstanceDoc, TokenMode},
     metadata::conn::{ConnHandle, Guest},
-    port::{Port, PortSpec},
+    state::{
+        Port,
+        instance::{Ec2, Imds, InstanceDoc, TokenMode},
+        port::PortSpec,
+    },
 };
 
 pub const RICH_UUID: &str = "8f2e5d1c-3b4a-4c6d-9e7f-0a1b2c3d4e5f";

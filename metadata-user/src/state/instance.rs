@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::FieldError;
+
 /// One instance, as stored and served.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,16 +110,24 @@ pub const MAX_PUBLIC_KEYS: usize = 100;
 pub const MAX_PUBLIC_KEY_BYTES: usize = 16 * 1024;
 /// Limit on list and map fields of the ec2 section (security groups, block devices).
 pub const MAX_EC2_ENTRIES: usize = 100;
+/// The largest password a guest may post: nova's limit, the 4 chunks of 255
+/// characters of system metadata it keeps the password in (`password.py`
+/// `CHUNKS * CHUNK_LENGTH`). The guest API answers 400 beyond it, and the
+/// registry refuses to store more.
+pub const MAX_PASSWORD_BYTES: usize = 4 * 255;
 
 impl InstanceDoc {
     /// Parses and validates a document as `instance put` sends it, and
     /// normalizes it (canonical UUID, unwrapped base64, IMDS defaults filled).
     /// The error is one line naming the offending field.
-    pub fn from_json(bytes: &[u8]) -> Result<InstanceDoc, String> {
+    pub fn from_json(bytes: &[u8]) -> Result<InstanceDoc, FieldError> {
         if bytes.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!(
-                "document: larger than {MAX_DOCUMENT_BYTES} bytes ({} bytes)",
-                bytes.len()
+            return Err(FieldError::new(
+                "document",
+                format!(
+                    "larger than {MAX_DOCUMENT_BYTES} bytes ({} bytes)",
+                    bytes.len()
+                ),
             ));
         }
         let mut doc = parse(bytes)?;
@@ -136,7 +146,7 @@ impl InstanceDoc {
             .ok()
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), FieldError> {
         check_line("name", &self.name, MAX_TEXT_BYTES)?;
         if let Some(hostname) = &self.hostname {
             check_hostname(hostname)?;
@@ -158,9 +168,9 @@ impl InstanceDoc {
         if let Some(imds) = &self.imds
             && !(1..=64).contains(&imds.hop_limit)
         {
-            return Err(format!(
-                "imds.hop_limit: must be 1 to 64 (got {})",
-                imds.hop_limit
+            return Err(FieldError::new(
+                "imds.hop_limit",
+                format!("must be 1 to 64 (got {})", imds.hop_limit),
             ));
         }
         Ok(())
@@ -175,7 +185,7 @@ impl InstanceDoc {
 }
 
 impl Ec2 {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), FieldError> {
         let single_values = [
             ("ec2.instance_id", &self.instance_id),
             ("ec2.instance_type", &self.instance_type),
@@ -190,16 +200,18 @@ impl Ec2 {
             }
         }
         if self.security_groups.len() > MAX_EC2_ENTRIES {
-            return Err(format!(
-                "ec2.security_groups: more than {MAX_EC2_ENTRIES} entries"
+            return Err(FieldError::new(
+                "ec2.security_groups",
+                format!("more than {MAX_EC2_ENTRIES} entries"),
             ));
         }
         for group in &self.security_groups {
             check_line("ec2.security_groups", group, MAX_TEXT_BYTES)?;
         }
         if self.block_device_mapping.len() > MAX_EC2_ENTRIES {
-            return Err(format!(
-                "ec2.block_device_mapping: more than {MAX_EC2_ENTRIES} entries"
+            return Err(FieldError::new(
+                "ec2.block_device_mapping",
+                format!("more than {MAX_EC2_ENTRIES} entries"),
             ));
         }
         for (name, device) in &self.block_device_mapping {
@@ -215,9 +227,9 @@ impl Ec2 {
 }
 
 /// Deserializes, naming the field of a bad value (`ec2.local_ipv4: ...`).
-fn parse(bytes: &[u8]) -> Result<InstanceDoc, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|err| format!("document: invalid JSON: {err}"))?;
+fn parse(bytes: &[u8]) -> Result<InstanceDoc, FieldError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|err| FieldError::new("document", format!("invalid JSON: {err}")))?;
     // serde also accepts a struct written as a JSON array (fields by
     // position); only the object form is a document.
     require_object("document", Some(&value))?;
@@ -227,10 +239,10 @@ fn parse(bytes: &[u8]) -> Result<InstanceDoc, String> {
         let path = err.path().to_string();
         let message = err.inner().to_string();
         if let Some(missing) = missing_field(&message) {
-            return format!("{missing}: required field is missing");
+            return FieldError::new(missing, "required field is missing");
         }
         let field = if path == "." { "document" } else { &path };
-        format!("{field}: {message}")
+        FieldError::new(field, message)
     })
 }
 
@@ -239,34 +251,34 @@ fn missing_field(message: &str) -> Option<&str> {
     message.strip_prefix("missing field `")?.strip_suffix('`')
 }
 
-fn require_object(field: &str, value: Option<&serde_json::Value>) -> Result<(), String> {
+fn require_object(field: &str, value: Option<&serde_json::Value>) -> Result<(), FieldError> {
     match value {
-        Some(value) if !value.is_object() => Err(format!("{field}: must be a JSON object")),
+        Some(value) if !value.is_object() => Err(FieldError::new(field, "must be a JSON object")),
         _ => Ok(()),
     }
 }
 
 /// A one-line text field: non-empty, at most `max` bytes, no control
 /// characters (they would break the line-oriented EC2 listings and logs).
-pub(crate) fn check_line(field: &str, value: &str, max: usize) -> Result<(), String> {
+pub fn check_line(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.is_empty() {
-        return Err(format!("{field}: must not be empty"));
+        return Err(FieldError::new(field, "must not be empty"));
     }
     if value.len() > max {
-        return Err(format!(
-            "{field}: longer than {max} bytes ({} bytes)",
-            value.len()
+        return Err(FieldError::new(
+            field,
+            format!("longer than {max} bytes ({} bytes)", value.len()),
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(format!("{field}: contains a control character"));
+        return Err(FieldError::new(field, "contains a control character"));
     }
     Ok(())
 }
 
 /// RFC 1123 host name: dot-separated labels of 1 to 63 letters, digits and
 /// '-', no label starting or ending with '-'.
-fn check_hostname(hostname: &str) -> Result<(), String> {
+fn check_hostname(hostname: &str) -> Result<(), FieldError> {
     check_line("hostname", hostname, MAX_TEXT_BYTES)?;
     let label_ok = |label: &str| {
         (1..=63).contains(&label.len())
@@ -279,64 +291,79 @@ fn check_hostname(hostname: &str) -> Result<(), String> {
     if hostname.split('.').all(label_ok) {
         Ok(())
     } else {
-        Err(format!(
-            "hostname: {hostname:?} is not a valid host name (letters, digits, '-' and '.', \
-             labels of 1 to 63 characters not starting or ending with '-')"
+        Err(FieldError::new(
+            "hostname",
+            format!(
+                "{hostname:?} is not a valid host name (letters, digits, '-' and '.', \
+                 labels of 1 to 63 characters not starting or ending with '-')"
+            ),
         ))
     }
 }
 
-fn check_public_keys(keys: &BTreeMap<String, String>) -> Result<(), String> {
+fn check_public_keys(keys: &BTreeMap<String, String>) -> Result<(), FieldError> {
     if keys.len() > MAX_PUBLIC_KEYS {
-        return Err(format!(
-            "public_keys: more than {MAX_PUBLIC_KEYS} keys ({})",
-            keys.len()
+        return Err(FieldError::new(
+            "public_keys",
+            format!("more than {MAX_PUBLIC_KEYS} keys ({})", keys.len()),
         ));
     }
     for (name, key) in keys {
         check_line("public_keys: key name", name, MAX_TEXT_BYTES)?;
+        let field = || format!("public_keys.{name}");
         if key.is_empty() {
-            return Err(format!("public_keys.{name}: must not be empty"));
+            return Err(FieldError::new(field(), "must not be empty"));
         }
         if key.len() > MAX_PUBLIC_KEY_BYTES {
-            return Err(format!(
-                "public_keys.{name}: longer than {MAX_PUBLIC_KEY_BYTES} bytes ({} bytes)",
-                key.len()
+            return Err(FieldError::new(
+                field(),
+                format!(
+                    "longer than {MAX_PUBLIC_KEY_BYTES} bytes ({} bytes)",
+                    key.len()
+                ),
             ));
         }
     }
     Ok(())
 }
 
-fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), String> {
+fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), FieldError> {
     if meta.len() > MAX_META_ENTRIES {
-        return Err(format!(
-            "meta: more than {MAX_META_ENTRIES} entries ({})",
-            meta.len()
+        return Err(FieldError::new(
+            "meta",
+            format!("more than {MAX_META_ENTRIES} entries ({})", meta.len()),
         ));
     }
     for (key, value) in meta {
         check_line("meta: key", key, MAX_TEXT_BYTES)?;
         // Values may be empty or multi-line (nova allows both); only the size is bounded.
         if value.len() > MAX_TEXT_BYTES {
-            return Err(format!(
-                "meta.{key}: longer than {MAX_TEXT_BYTES} bytes ({} bytes)",
-                value.len()
+            return Err(FieldError::new(
+                format!("meta.{key}"),
+                format!("longer than {MAX_TEXT_BYTES} bytes ({} bytes)", value.len()),
             ));
         }
     }
     Ok(())
 }
 
-fn check_user_data(user_data: &str) -> Result<(), String> {
+fn check_user_data(user_data: &str) -> Result<(), FieldError> {
     use base64::Engine as _;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(strip_ascii_whitespace(user_data))
-        .map_err(|err| format!("user_data: not valid base64 (standard alphabet, padded): {err}"))?;
+        .map_err(|err| {
+            FieldError::new(
+                "user_data",
+                format!("not valid base64 (standard alphabet, padded): {err}"),
+            )
+        })?;
     if decoded.len() > MAX_USER_DATA_BYTES {
-        return Err(format!(
-            "user_data: decodes to more than {MAX_USER_DATA_BYTES} bytes ({} bytes)",
-            decoded.len()
+        return Err(FieldError::new(
+            "user_data",
+            format!(
+                "decodes to more than {MAX_USER_DATA_BYTES} bytes ({} bytes)",
+                decoded.len()
+            ),
         ));
     }
     Ok(())
@@ -397,7 +424,9 @@ mod tests {
     }
 
     fn error_for(bytes: &[u8]) -> String {
-        let err = InstanceDoc::from_json(bytes).expect_err("document should be refused");
+        let err = InstanceDoc::from_json(bytes)
+            .expect_err("document should be refused")
+            .to_string();
         assert!(!err.contains('\n'), "error is not one line: {err:?}");
         err
     }

@@ -16,38 +16,32 @@ use std::{
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::{
-    instance::InstanceDoc,
-    port::{MAX_SLOT, Port, PortAddRequest, PortSpec},
+use super::{
+    FieldError,
+    instance::{InstanceDoc, MAX_PASSWORD_BYTES},
+    port::{self, MAX_SLOT, NoProject, Port, PortAddRequest, PortSpec},
     store::{PortRow, Store},
 };
 
-/// The largest password a guest may post: nova's limit, the 4 chunks of 255
-/// characters of system metadata it keeps the password in (`password.py`
-/// `CHUNKS * CHUNK_LENGTH`), which the guest API enforces too.
-pub const MAX_PASSWORD_BYTES: usize = 4 * 255;
-
-/// What the admin API answers with; each maps to one HTTP status.
+/// Why a write was refused. Callers branch on the kind (the admin API maps
+/// each to an HTTP status); the message is one line for the operator.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    /// 400: the request is malformed; nothing was stored.
-    #[error("{0}")]
-    Invalid(String),
-    /// 404
+pub enum RegistryError {
+    /// The request is malformed; nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// In nova mode, a port whose project nova could not be told.
+    #[error(transparent)]
+    NoProject(#[from] NoProject),
+    /// What the request names does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// 409: the request conflicts with the stored state.
+    /// The request conflicts with the stored state.
     #[error("{0}")]
     Conflict(String),
-    /// 500: the store failed.
+    /// The store failed.
     #[error("{0:#}")]
-    Internal(anyhow::Error),
-}
-
-impl From<anyhow::Error> for AdminError {
-    fn from(err: anyhow::Error) -> Self {
-        AdminError::Internal(err)
-    }
+    Internal(#[from] anyhow::Error),
 }
 
 /// Everything the daemon serves, at one point in time.
@@ -159,8 +153,8 @@ impl Registry {
     }
 
     /// Creates or replaces an instance from its JSON document.
-    pub fn put_instance(&self, json: &[u8]) -> Result<Arc<InstanceDoc>, AdminError> {
-        let doc = Arc::new(InstanceDoc::from_json(json).map_err(AdminError::Invalid)?);
+    pub fn put_instance(&self, json: &[u8]) -> Result<Arc<InstanceDoc>, RegistryError> {
+        let doc = Arc::new(InstanceDoc::from_json(json)?);
         let stored = serde_json::to_string(&*doc).context("serializing the instance")?;
         let mut store = self.lock_store();
         store.put_instance(&doc.uuid.to_string(), &stored)?;
@@ -172,11 +166,11 @@ impl Registry {
 
     /// Deletes an instance and its password. Its ports stay registered (the
     /// tap keeps its slot); their guests get 404 until the instance is back.
-    pub fn delete_instance(&self, uuid: &str) -> Result<(), AdminError> {
-        let uuid = parse_uuid("uuid", uuid)?;
+    pub fn delete_instance(&self, uuid: &str) -> Result<(), RegistryError> {
+        let uuid = port::parse_uuid("uuid", uuid)?;
         let mut store = self.lock_store();
         if !store.delete_instance(&uuid.to_string())? {
-            return Err(AdminError::NotFound(format!("no instance {uuid}")));
+            return Err(RegistryError::NotFound(format!("no instance {uuid}")));
         }
         let mut next = self.snapshot().next();
         next.instances.remove(&uuid);
@@ -186,25 +180,24 @@ impl Registry {
 
     /// Registers a port, or replaces the spec of the port with that ifname
     /// (which keeps its slot).
-    pub fn add_port(&self, req: PortAddRequest) -> Result<Arc<Port>, AdminError> {
-        let spec: PortSpec = req.validate().map_err(AdminError::Invalid)?;
+    pub fn add_port(&self, req: PortAddRequest) -> Result<Arc<Port>, RegistryError> {
+        let spec: PortSpec = req.validate()?;
         let mut store = self.lock_store();
         let current = self.snapshot();
         let instance = current.instance(&spec.instance);
         match self.policy {
             PortPolicy::LocalInstance if instance.is_none() => {
-                return Err(AdminError::NotFound(format!(
+                return Err(RegistryError::NotFound(format!(
                     "--instance: no instance {}",
                     spec.instance
                 )));
             }
             PortPolicy::NovaProject => {
-                crate::nova::project_for_port(
+                port::project_for_port(
                     &spec.instance,
                     spec.project_id.as_deref(),
                     instance.and_then(|i| i.project_id.as_deref()),
-                )
-                .map_err(AdminError::Invalid)?;
+                )?;
             }
             PortPolicy::LocalInstance => {}
         }
@@ -213,7 +206,7 @@ impl Registry {
             None => current
                 .free_slot(self.last_slot.load(Ordering::Relaxed))
                 .ok_or_else(|| {
-                    AdminError::Conflict(format!(
+                    RegistryError::Conflict(format!(
                         "--ifname: no free slot, all {MAX_SLOT} slots are taken"
                     ))
                 })?,
@@ -233,13 +226,13 @@ impl Registry {
     }
 
     /// Unregisters a port; its slot becomes free for the next one.
-    pub fn delete_port(&self, ifname: &str) -> Result<Arc<Port>, AdminError> {
-        crate::port::check_ifname(ifname).map_err(AdminError::Invalid)?;
+    pub fn delete_port(&self, ifname: &str) -> Result<Arc<Port>, RegistryError> {
+        port::check_ifname(ifname)?;
         let mut store = self.lock_store();
         let mut next = self.snapshot().next();
         let port = next
             .remove_port(ifname)
-            .ok_or_else(|| AdminError::NotFound(format!("--ifname: no port {ifname}")))?;
+            .ok_or_else(|| RegistryError::NotFound(format!("--ifname: no port {ifname}")))?;
         store.delete_port(ifname)?;
         self.publish(next);
         Ok(port)
@@ -257,21 +250,25 @@ impl Registry {
 
     /// Stores the password a guest posts once (nova's semantics: the first
     /// one stays until the instance is deleted).
-    pub fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), AdminError> {
+    pub fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), RegistryError> {
         if password.len() > MAX_PASSWORD_BYTES {
-            return Err(AdminError::Invalid(format!(
-                "password: longer than {MAX_PASSWORD_BYTES} bytes ({} bytes)",
-                password.len()
-            )));
+            return Err(FieldError::new(
+                "password",
+                format!(
+                    "longer than {MAX_PASSWORD_BYTES} bytes ({} bytes)",
+                    password.len()
+                ),
+            )
+            .into());
         }
         let mut store = self.lock_store();
         if self.snapshot().instance(uuid).is_none() {
-            return Err(AdminError::NotFound(format!("no instance {uuid}")));
+            return Err(RegistryError::NotFound(format!("no instance {uuid}")));
         }
         if store.set_password_if_absent(&uuid.to_string(), password)? {
             Ok(())
         } else {
-            Err(AdminError::Conflict(format!(
+            Err(RegistryError::Conflict(format!(
                 "instance {uuid} already has a password"
             )))
         }
@@ -331,28 +328,6 @@ fn load(store: &Store) -> anyhow::Result<Snapshot> {
     Ok(snapshot)
 }
 
-fn parse_uuid(field: &str, text: &str) -> Result<uuid::Uuid, AdminError> {
-    crate::port::parse_uuid(field, text).map_err(AdminError::Invalid)
-}
-
-/// The guest API stores posted passwords here.
-impl crate::metadata::api::PasswordStore for Registry {
-    fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
-        Registry::password(self, uuid)
-    }
-
-    fn set_password(
-        &self,
-        uuid: &uuid::Uuid,
-        password: &str,
-    ) -> Result<(), crate::metadata::api::PasswordConflict> {
-        Registry::set_password(self, uuid, password).map_err(|err| {
-            tracing::warn!(%uuid, "password not stored: {err}");
-            crate::metadata::api::PasswordConflict
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -382,7 +357,7 @@ mod tests {
 
     /// Everything in state.db, read behind the registry's back.
     fn dump(dir: &Path) -> Vec<String> {
-        let conn = rusqlite::Connection::open(crate::store::db_path(dir)).unwrap();
+        let conn = rusqlite::Connection::open(crate::state::store::db_path(dir)).unwrap();
         let mut rows = Vec::new();
         for query in [
             "SELECT 'instance', uuid, doc FROM instances",
@@ -420,8 +395,8 @@ mod tests {
     fn assert_refused_without_change<T: std::fmt::Debug>(
         dir: &Path,
         registry: &Registry,
-        attempt: impl FnOnce() -> Result<T, AdminError>,
-        expected: fn(&AdminError) -> bool,
+        attempt: impl FnOnce() -> Result<T, RegistryError>,
+        expected: fn(&RegistryError) -> bool,
         prefix: &str,
     ) {
         let before = dump(dir);
@@ -449,7 +424,7 @@ mod tests {
             tmp.path(),
             &registry,
             || registry.add_port(port("tap0", A)),
-            |e| matches!(e, AdminError::Invalid(_)),
+            |e| matches!(e, RegistryError::NoProject(_)),
             "--project-id is required in nova mode",
         );
         registry
@@ -535,7 +510,7 @@ mod tests {
                 tmp.path(),
                 &registry,
                 || registry.put_instance(bytes),
-                |e| matches!(e, AdminError::Invalid(_)),
+                |e| matches!(e, RegistryError::Invalid(_)),
                 prefix,
             );
         }
@@ -546,7 +521,7 @@ mod tests {
     #[test]
     fn bad_port_requests_change_nothing() {
         let (tmp, registry) = populated();
-        let invalid = |e: &AdminError| matches!(e, AdminError::Invalid(_));
+        let invalid = |e: &RegistryError| matches!(e, RegistryError::Invalid(_));
         let cases = [
             (port("tap-name-too-long", A), "--ifname:"),
             (port("tap/1", A), "--ifname:"),
@@ -608,7 +583,7 @@ mod tests {
             tmp.path(),
             &registry,
             || registry.add_port(port("tap1", B)),
-            |e| matches!(e, AdminError::NotFound(_)),
+            |e| matches!(e, RegistryError::NotFound(_)),
             &format!("--instance: no instance {B}"),
         );
     }
@@ -673,7 +648,7 @@ mod tests {
             tmp.path(),
             &registry,
             || registry.add_port(port("tapx", A)),
-            |e| matches!(e, AdminError::Conflict(_)),
+            |e| matches!(e, RegistryError::Conflict(_)),
             "--ifname: no free slot",
         );
         // Replacing an existing port needs no new slot.
@@ -687,14 +662,14 @@ mod tests {
             tmp.path(),
             &registry,
             || registry.delete_port("tap7"),
-            |e| matches!(e, AdminError::NotFound(_)),
+            |e| matches!(e, RegistryError::NotFound(_)),
             "--ifname: no port tap7",
         );
         assert_refused_without_change(
             tmp.path(),
             &registry,
             || registry.delete_port("a/b"),
-            |e| matches!(e, AdminError::Invalid(_)),
+            |e| matches!(e, RegistryError::Invalid(_)),
             "--ifname:",
         );
     }
@@ -724,14 +699,14 @@ mod tests {
             tmp.path(),
             &registry,
             || registry.delete_instance(B),
-            |e| matches!(e, AdminError::NotFound(_)),
+            |e| matches!(e, RegistryError::NotFound(_)),
             &format!("no instance {B}"),
         );
         assert_refused_without_change(
             tmp.path(),
             &registry,
             || registry.delete_instance("web-1"),
-            |e| matches!(e, AdminError::Invalid(_)),
+            |e| matches!(e, RegistryError::Invalid(_)),
             "uuid:",
         );
     }
@@ -745,21 +720,21 @@ mod tests {
             tmp.path(),
             &registry,
             || registry.set_password(&uuid(A), "second"),
-            |e| matches!(e, AdminError::Conflict(_)),
+            |e| matches!(e, RegistryError::Conflict(_)),
             "instance",
         );
         assert_refused_without_change(
             tmp.path(),
             &registry,
             || registry.set_password(&uuid(B), "x"),
-            |e| matches!(e, AdminError::NotFound(_)),
+            |e| matches!(e, RegistryError::NotFound(_)),
             "no instance",
         );
         assert_refused_without_change(
             tmp.path(),
             &registry,
             || registry.set_password(&uuid(A), &"x".repeat(MAX_PASSWORD_BYTES + 1)),
-            |e| matches!(e, AdminError::Invalid(_)),
+            |e| matches!(e, RegistryError::Invalid(_)),
             "password: longer than 1020",
         );
         drop(registry);

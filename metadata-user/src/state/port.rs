@@ -3,6 +3,11 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use super::{
+    FieldError,
+    instance::{MAX_TEXT_BYTES, check_line},
+};
+
 /// What `port add` asks for (the admin API's request body).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,40 +64,22 @@ pub struct PortAddRequest {
     pub project_id: Option<String>,
 }
 
-impl From<crate::cli::PortAddArgs> for PortAddRequest {
-    fn from(args: crate::cli::PortAddArgs) -> Self {
-        Self {
-            ifname: args.ifname,
-            instance: args.instance,
-            port_id: args.port_id,
-            mac: args.mac,
-            ips: args.ips,
-            network_id: args.network_id,
-            project_id: args.project_id,
-        }
-    }
-}
-
 impl PortAddRequest {
     /// Checks every field's syntax and normalizes it (canonical UUIDs,
     /// lower-case MAC). Whether the instance exists is the registry's
     /// question. The error is one line naming the CLI flag.
-    pub fn validate(&self) -> Result<PortSpec, String> {
+    pub fn validate(&self) -> Result<PortSpec, FieldError> {
         check_ifname(&self.ifname)?;
         let ips = self
             .ips
             .iter()
             .map(|ip| {
                 ip.parse::<Ipv4Addr>()
-                    .map_err(|_| format!("--ip: {ip:?} is not an IPv4 address"))
+                    .map_err(|_| FieldError::new("--ip", format!("{ip:?} is not an IPv4 address")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(project_id) = &self.project_id {
-            crate::instance::check_line(
-                "--project-id",
-                project_id,
-                crate::instance::MAX_TEXT_BYTES,
-            )?;
+            check_line("--project-id", project_id, MAX_TEXT_BYTES)?;
         }
         Ok(PortSpec {
             ifname: self.ifname.clone(),
@@ -116,37 +103,41 @@ impl PortAddRequest {
 
 /// What Linux accepts as an interface name (net/core/dev.c dev_valid_name),
 /// plus ':' which would make an alias name.
-pub fn check_ifname(ifname: &str) -> Result<(), String> {
+pub fn check_ifname(ifname: &str) -> Result<(), FieldError> {
+    let refused = |reason: String| Err(FieldError::new("--ifname", reason));
     if ifname.is_empty() {
-        return Err("--ifname: must not be empty".to_string());
+        return refused("must not be empty".to_string());
     }
     if ifname.len() > MAX_IFNAME_BYTES {
-        return Err(format!(
-            "--ifname: {ifname:?} is longer than {MAX_IFNAME_BYTES} bytes ({} bytes)",
+        return refused(format!(
+            "{ifname:?} is longer than {MAX_IFNAME_BYTES} bytes ({} bytes)",
             ifname.len()
         ));
     }
     if ifname == "." || ifname == ".." {
-        return Err(format!("--ifname: {ifname:?} is not an interface name"));
+        return refused(format!("{ifname:?} is not an interface name"));
     }
     if let Some(bad) = ifname
         .chars()
         .find(|&c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
     {
-        return Err(format!(
-            "--ifname: {ifname:?} contains {bad:?} (no '/', ':', whitespace or NUL)"
+        return refused(format!(
+            "{ifname:?} contains {bad:?} (no '/', ':', whitespace or NUL)"
         ));
     }
     Ok(())
 }
 
-pub(crate) fn parse_uuid(flag: &str, text: &str) -> Result<uuid::Uuid, String> {
-    uuid::Uuid::parse_str(text).map_err(|err| format!("{flag}: {text:?} is not a UUID ({err})"))
+/// `text` as a UUID, or an error naming `field` (a flag or a path part).
+pub fn parse_uuid(field: &str, text: &str) -> Result<uuid::Uuid, FieldError> {
+    uuid::Uuid::parse_str(text)
+        .map_err(|err| FieldError::new(field, format!("{text:?} is not a UUID ({err})")))
 }
 
 /// Six hex pairs separated by ':', unicast and not all zero (what Linux
 /// accepts as a device's address); returned lower-case.
-fn parse_mac(text: &str) -> Result<String, String> {
+fn parse_mac(text: &str) -> Result<String, FieldError> {
+    let refused = |reason: String| FieldError::new("--mac", reason);
     let octets: Vec<u8> = text
         .split(':')
         .map(|pair| {
@@ -159,15 +150,46 @@ fn parse_mac(text: &str) -> Result<String, String> {
         .collect::<Option<_>>()
         .filter(|octets: &Vec<u8>| octets.len() == 6)
         .ok_or_else(|| {
-            format!("--mac: {text:?} is not a MAC address (six hex pairs separated by ':')")
+            refused(format!(
+                "{text:?} is not a MAC address (six hex pairs separated by ':')"
+            ))
         })?;
     if octets[0] & 1 == 1 {
-        return Err(format!("--mac: {text:?} is a multicast address"));
+        return Err(refused(format!("{text:?} is a multicast address")));
     }
     if octets.iter().all(|&b| b == 0) {
-        return Err(format!("--mac: {text:?} is the all-zero address"));
+        return Err(refused(format!("{text:?} is the all-zero address")));
     }
     Ok(text.to_ascii_lowercase())
+}
+
+/// The project nova is told for a port: `port add --project-id`, else the
+/// instance document's `project_id`. nova answers 404 when X-Tenant-ID does
+/// not match the instance's project, so in nova mode a port without either
+/// is refused (the error is what the CLI shows).
+pub fn project_for_port(
+    instance: &uuid::Uuid,
+    spec_project: Option<&str>,
+    instance_project: Option<&str>,
+) -> Result<String, NoProject> {
+    let given = |p: Option<&str>| {
+        p.map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+    };
+    given(spec_project)
+        .or_else(|| given(instance_project))
+        .ok_or(NoProject {
+            instance: *instance,
+        })
+}
+
+/// A port that nova could not be asked for: neither it nor its instance
+/// names a project.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("--project-id is required in nova mode: instance {instance} has no project_id")]
+pub struct NoProject {
+    pub instance: uuid::Uuid,
 }
 
 #[cfg(test)]
@@ -186,7 +208,10 @@ mod tests {
 
     #[track_caller]
     fn assert_refused(req: PortAddRequest, prefix: &str) {
-        let err = req.validate().expect_err("request should be refused");
+        let err = req
+            .validate()
+            .expect_err("request should be refused")
+            .to_string();
         assert!(!err.contains('\n'), "not one line: {err:?}");
         assert!(
             err.starts_with(prefix),
@@ -361,6 +386,26 @@ mod tests {
                 ..request()
             },
             "--project-id: must not be empty",
+        );
+    }
+
+    #[test]
+    fn port_project_then_instance_project_else_error() {
+        let instance = uuid::Uuid::from_u128(7);
+        assert_eq!(
+            project_for_port(&instance, Some("a"), Some("b")).unwrap(),
+            "a"
+        );
+        assert_eq!(project_for_port(&instance, None, Some("b")).unwrap(), "b");
+        assert_eq!(
+            project_for_port(&instance, Some(" "), Some("b")).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            project_for_port(&instance, None, Some(""))
+                .unwrap_err()
+                .to_string(),
+            "--project-id is required in nova mode: instance 00000000-0000-0000-0000-000000000007 has no project_id"
         );
     }
 }
