@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    backend::nova::config::{BackendKind, NovaOptions, Protocol},
     datapath::TapAttach,
-    nova::config::{BackendKind, Protocol},
     state::PortAddRequest,
 };
 
@@ -135,8 +135,8 @@ pub struct NovaArgs {
 
 impl NovaArgs {
     /// The nova options given on the command line.
-    pub fn options(&self) -> crate::nova::config::NovaOptions {
-        crate::nova::config::NovaOptions {
+    pub fn options(&self) -> NovaOptions {
+        NovaOptions {
             backend: self.backend,
             nova_metadata_host: self.nova_metadata_host.clone(),
             nova_metadata_port: self.nova_metadata_port,

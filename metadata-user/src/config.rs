@@ -10,10 +10,10 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use crate::{
+    backend::nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
     cli::{DEFAULT_ADMIN_SOCKET, ServeArgs},
     datapath::{IdentityPlan, TapAttach, netdev::ServerLinkPlan},
-    metadata::ratelimit::RateLimitConfig,
-    nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
+    ingress::ratelimit::RateLimitConfig,
 };
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
@@ -46,7 +46,7 @@ struct FileConfig {
     rate_limit_per_sec: Option<f64>,
     /// ...and in a burst.
     rate_limit_burst: Option<u32>,
-    // The nova backend (see nova::config; names as neutron-metadata-agent's).
+    // The nova backend (see backend::nova::config; names as neutron-metadata-agent's).
     backend: Option<BackendKind>,
     nova_metadata_host: Option<String>,
     nova_metadata_port: Option<u16>,
@@ -111,7 +111,7 @@ impl Settings {
         };
         let rate_limit = rate_limit(&file)?;
         // Flags win over the file; the secret's environment variable is
-        // read here so nova::config stays free of process state.
+        // read here so backend::nova::config stays free of process state.
         let backend = args
             .nova
             .options()
@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn nova_options_from_file_and_flags() {
-        use crate::nova::config::NovaConfig;
+        use crate::backend::nova::config::NovaConfig;
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s3cret\n").unwrap();

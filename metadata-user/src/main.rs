@@ -1,11 +1,11 @@
 //! metadata-redirector: one host-wide metadata service for the guests of a
 //! hypervisor, fed by an eBPF program on each VM tap.
 mod admin;
+mod backend;
 mod cli;
 mod config;
 mod datapath;
-mod metadata;
-mod nova;
+mod ingress;
 mod serve;
 mod state;
 

@@ -18,17 +18,21 @@ use tracing::info;
 
 use crate::{
     admin,
+    backend::{
+        Backend, Responder,
+        local::{ApiConfig, ApiContext, PasswordConflict, PasswordStore},
+        nova::{NovaBackend, config::BackendConfig},
+    },
     cli::ServeArgs,
     config::Settings,
-    datapath::{self, Datapath, netdev, reconcile::Reconciler},
-    metadata::{
-        api::{ApiConfig, ApiContext},
-        backend::{Backend, Responder},
+    datapath::{self, Datapath, FlowTable, netdev, reconcile::Reconciler},
+    ingress::{
+        dispatch::Dispatcher,
         limits::ConnectionLimiter,
+        neutron_agent,
         ratelimit::RateLimiter,
-        server::GuestServer,
+        server::{FlowLookup, GuestServer, Origin},
     },
-    nova::{NovaBackend, config::BackendConfig, neutron_agent},
     state::{PortPolicy, Registry},
 };
 
@@ -39,8 +43,9 @@ const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 /// Accept queue length asked for (the kernel caps it at net.core.somaxconn,
 /// 4096 by default). Every guest of the host connects to this one socket: in
 /// a boot storm hundreds of handshakes complete at once, and a full queue
-/// drops them, costing each guest a 1 s SYN retransmit. tokio's default
-/// (1024) overflowed with 500 guests in `cargo xtask bench`.
+/// drops them, costing each guest a 1 s SYN retransmit. The default backlog
+/// of tokio's `TcpListener::bind` (mio's, 128) overflowed with 500 guests in
+/// `cargo xtask bench`.
 const LISTEN_BACKLOG: u32 = 65_535;
 
 fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
@@ -130,6 +135,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let responder = Arc::new(Responder {
         backend,
         registry: registry.clone(),
+    });
+    let dispatcher = Arc::new(Dispatcher {
+        responder: responder.clone(),
         requests: RateLimiter::from_config(settings.rate_limit),
     });
     if let Some(path) = &settings.neutron_agent_socket {
@@ -140,10 +148,10 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 Arc::new(move || registry.snapshot().ports.values().cloned().collect())
             },
             {
-                let responder = responder.clone();
+                let dispatcher = dispatcher.clone();
                 Arc::new(move |guest, request| {
-                    let responder = responder.clone();
-                    Box::pin(async move { responder.respond(&guest, request).await })
+                    let dispatcher = dispatcher.clone();
+                    Box::pin(async move { dispatcher.dispatch(&guest, request).await })
                 })
             },
             shutdown_rx.clone(),
@@ -194,7 +202,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let guest_server = Arc::new(GuestServer {
         flows,
         registry: registry.clone(),
-        responder,
+        dispatcher,
         connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
     });
     let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
@@ -237,20 +245,31 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+// The ports between layers: each trait belongs to the layer that uses it,
+// and is implemented here for the type of the layer that provides it, so
+// neither layer imports the other.
+
+/// The guest server learns who is behind a connection from the flow map.
+impl FlowLookup for FlowTable {
+    fn origin(&self, peer: std::net::SocketAddrV4) -> Option<Origin> {
+        let origin = FlowTable::origin(self, peer)?;
+        Some(Origin {
+            slot: origin.slot,
+            guest_addr: origin.flow.guest_addr.into(),
+        })
+    }
+}
+
 /// The guest API stores posted passwords in the registry.
-impl crate::metadata::api::PasswordStore for Registry {
+impl PasswordStore for Registry {
     fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
         Registry::password(self, uuid)
     }
 
-    fn set_password(
-        &self,
-        uuid: &uuid::Uuid,
-        password: &str,
-    ) -> Result<(), crate::metadata::api::PasswordConflict> {
+    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordConflict> {
         Registry::set_password(self, uuid, password).map_err(|err| {
             tracing::warn!(%uuid, "password not stored: {err}");
-            crate::metadata::api::PasswordConflict
+            PasswordConflict
         })
     }
 }

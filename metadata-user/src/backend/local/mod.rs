@@ -60,12 +60,12 @@ use hyper::{
 };
 
 use crate::{
-    metadata::conn::{self, Guest},
+    backend::guest::{Guest, Reply},
     state::instance::{InstanceDoc, TokenMode},
 };
 use openstack::Resource;
 use paths::Route;
-use response::{ApiError, Document, HttpResponse};
+use response::{ApiError, Document};
 use token::{Binding, TokenKey};
 use view::InstanceView;
 
@@ -152,7 +152,7 @@ pub async fn handle<B>(
     guest: &Guest,
     instance: Option<Arc<InstanceDoc>>,
     req: Request<B>,
-) -> HttpResponse
+) -> Reply
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::fmt::Display,
@@ -162,33 +162,15 @@ where
         Some(doc) => answer(ctx, guest, &doc, &parts, body).await,
         None => Err(ApiError::NotFound),
     };
-    let (response, ip_ttl) = match reply {
-        Ok(reply) => (reply.response, reply.ip_ttl),
-        Err(error) => (
-            error.into_response(&parts.method, &parts.headers),
-            conn::DEFAULT_TTL,
-        ),
-    };
-    // Decided per response, but a lowered TTL stays lowered for the rest of
-    // the connection (see `ConnHandle::limit_ip_ttl`): what follows a token
-    // on a keep-alive connection goes no further than the token could.
-    guest.conn.limit_ip_ttl(ip_ttl);
-    response
+    // The IP TTL is decided per response; ingress keeps a lowered one for
+    // the rest of the connection, so what follows a token on a keep-alive
+    // connection goes no further than the token could.
+    reply.unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)))
 }
 
-/// A successful response and the IP TTL it must leave with.
-struct Reply {
-    response: HttpResponse,
-    ip_ttl: u8,
-}
-
-impl Reply {
-    fn document(document: Document, method: &Method) -> Self {
-        Self {
-            response: document.into_response(method),
-            ip_ttl: conn::DEFAULT_TTL,
-        }
-    }
+/// A document answer, which travels as far as any other packet.
+fn document_reply(document: Document, method: &Method) -> Reply {
+    Reply::new(document.into_response(method))
 }
 
 const ALLOW_READ: &str = "GET, HEAD";
@@ -216,12 +198,12 @@ where
             check_session(ctx, &view, &parts.headers)?;
             let document = ec2::lookup(&view, &segments)?;
             require_read(method, ALLOW_READ)?;
-            Ok(Reply::document(document, method))
+            Ok(document_reply(document, method))
         }
         Route::OpenStack(segments) => match openstack::lookup(&view, &segments, ctx.now())? {
             Resource::Document(document) => {
                 require_read(method, ALLOW_READ)?;
-                Ok(Reply::document(document, method))
+                Ok(document_reply(document, method))
             }
             Resource::Password => {
                 let store = ctx.passwords.as_ref();
@@ -229,10 +211,10 @@ where
                     password::check_unset(store, &doc.uuid)?;
                     let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
                     let document = password::write(store, &doc.uuid, &body)?;
-                    return Ok(Reply::document(document, method));
+                    return Ok(document_reply(document, method));
                 }
                 require_read(method, ALLOW_PASSWORD)?;
-                Ok(Reply::document(password::read(store, &doc.uuid), method))
+                Ok(document_reply(password::read(store, &doc.uuid), method))
             }
         },
     }

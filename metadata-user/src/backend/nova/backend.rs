@@ -18,7 +18,7 @@ use super::{
     forward::{Answer, upstream_headers},
     sign::sign_instance_id,
 };
-use crate::metadata::conn::Guest;
+use crate::backend::guest::Guest;
 
 /// Largest request body passed to nova. nova's only POST is the password
 /// (at most 1020 bytes); this leaves room without buffering floods.

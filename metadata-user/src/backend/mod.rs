@@ -1,18 +1,22 @@
-//! Who answers a guest once it is identified: the local store (the
-//! nova-compatible API in `api`) or nova-api-metadata behind the `nova`
-//! forwarder. The eBPF path and the neutron-agent socket share this.
+//! Who answers a guest once ingress has identified it: the local store
+//! (`local`, the nova-compatible OpenStack and EC2 trees) or
+//! nova-api-metadata (`nova`, forwarded the way neutron's agent does).
+//! The eBPF path and the neutron-agent socket share this.
+//!
+//! Depends on `state` only (the instance document is looked up per request).
+pub mod guest;
+pub mod local;
+pub mod nova;
+
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, body::Incoming};
+use hyper::{Request, body::Incoming};
 
-use super::{
-    api::{self, ApiContext},
-    conn::Guest,
-    ratelimit::{RateLimiter, too_many_requests},
-};
-use crate::{nova::NovaBackend, state::Registry};
+pub use guest::{Guest, Reply};
+use local::ApiContext;
+use nova::NovaBackend;
+
+use crate::state::Registry;
 
 pub enum Backend {
     Local(ApiContext),
@@ -23,18 +27,10 @@ pub enum Backend {
 pub struct Responder {
     pub backend: Backend,
     pub registry: Arc<Registry>,
-    pub requests: RateLimiter,
 }
 
 impl Responder {
-    pub async fn respond(
-        &self,
-        guest: &Guest,
-        request: Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
-        if let Err(retry_after) = self.requests.check(guest.port.slot) {
-            return too_many_requests(retry_after, request.method(), request.headers());
-        }
+    pub async fn respond(&self, guest: &Guest, request: Request<Incoming>) -> Reply {
         // Looked up per request: `instance put` and `instance del` take
         // effect on the next request, even on an open connection.
         let instance = self
@@ -43,10 +39,10 @@ impl Responder {
             .instance(&guest.port.spec.instance)
             .cloned();
         match &self.backend {
-            Backend::Local(api) => api::handle(api, guest, instance, request).await,
+            Backend::Local(api) => local::handle(api, guest, instance, request).await,
             Backend::Nova(nova) => {
                 let project = instance.as_ref().and_then(|i| i.project_id.as_deref());
-                nova.serve_guest(guest, project, request).await
+                Reply::new(nova.serve_guest(guest, project, request).await)
             }
         }
     }

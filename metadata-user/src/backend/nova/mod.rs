@@ -8,14 +8,14 @@
 //! - `forward`: which headers go up, which statuses come back.
 //! - `cache`: GET answers kept per (instance, project, path), single flight.
 //! - `backend`: `NovaBackend::forward`, tying those together.
-//! - `neutron_agent`: a unix socket speaking neutron-metadata-agent's
-//!   protocol, so existing haproxy namespace proxies keep working.
+//!
+//! neutron-metadata-agent's unix socket, which haproxy proxies talk to, is
+//! an entry point and lives in `ingress::neutron_agent`.
 mod backend;
 pub mod cache;
 mod client;
 pub mod config;
 mod forward;
-pub mod neutron_agent;
 mod sign;
 mod tls;
 
@@ -27,7 +27,7 @@ use std::net::Ipv4Addr;
 pub use backend::NovaBackend;
 
 use crate::{
-    metadata::conn::Guest,
+    backend::guest::Guest,
     state::port::{NoProject, project_for_port},
 };
 

@@ -18,7 +18,7 @@ use hyper::{
     header::{self, HeaderValue},
 };
 
-use super::api::response::{self, HttpResponse};
+use crate::backend::local::response::{self, HttpResponse};
 
 /// Rate limit settings.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -23,7 +23,7 @@ use hyper::{Method, Request, StatusCode};
 
 use super::{ApiConfig, ApiContext, PasswordConflict, PasswordStore, handle};
 use crate::{
-    metadata::conn::{ConnHandle, Guest},
+    backend::guest::Guest,
     state::{
         Port,
         instance::{Ec2, Imds, InstanceDoc, TokenMode},
@@ -116,7 +116,6 @@ pub fn guest(slot: u32, ifname: &str, ips: &[Ipv4Addr]) -> Guest {
             slot,
         }),
         guest_addr: Ipv4Addr::new(192, 168, 50, 7),
-        conn: Arc::new(ConnHandle::new(-1)),
     }
 }
 
@@ -186,14 +185,21 @@ impl Harness {
         doc: Option<&InstanceDoc>,
         request: Request<Full<Bytes>>,
     ) -> Answer {
-        let response = handle(&self.ctx, guest, doc.cloned().map(Arc::new), request).await;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let reply = handle(&self.ctx, guest, doc.cloned().map(Arc::new), request).await;
+        let status = reply.response.status();
+        let headers = reply.response.headers().clone();
+        let body = reply
+            .response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
         Answer {
             status,
             headers,
             body,
+            ip_ttl: reply.ip_ttl,
         }
     }
 
@@ -225,6 +231,8 @@ pub struct Answer {
     pub status: StatusCode,
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
+    /// The IP TTL the answer must leave with.
+    pub ip_ttl: u8,
 }
 
 impl Answer {

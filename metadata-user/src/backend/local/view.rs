@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use super::ApiConfig;
 use crate::{
-    metadata::conn::Guest,
+    backend::guest::Guest,
     state::instance::{Ec2, InstanceDoc, TokenMode},
 };
 

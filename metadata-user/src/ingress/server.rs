@@ -1,8 +1,14 @@
 //! Accepts guest connections on the server address and identifies each one
-//! from its peer address through the BPF flow map, then hands its requests
-//! to the API. A connection that did not come through a registered tap has
-//! no flow and is closed without a word.
-use std::{convert::Infallible, net::SocketAddr, os::fd::AsRawFd as _, sync::Arc, time::Duration};
+//! from its peer address through the datapath's flow map, then hands its
+//! requests to the backend. A connection that did not come through a
+//! registered tap has no flow and is closed without a word.
+use std::{
+    convert::Infallible,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::AsRawFd as _,
+    sync::Arc,
+    time::Duration,
+};
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::{
@@ -12,12 +18,8 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, warn};
 
-use super::{
-    backend::Responder,
-    conn::{ConnHandle, Guest},
-    limits::ConnectionLimiter,
-};
-use crate::{datapath::FlowTable, state::Registry};
+use super::{conn::ConnHandle, dispatch::Dispatcher, limits::ConnectionLimiter};
+use crate::{backend::Guest, state::Registry};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,17 +29,33 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// How long in-flight requests get to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What the server needs from the datapath: who is behind a connection's
+/// peer address (serve.rs implements it for the flow map).
+pub trait FlowLookup: Send + Sync {
+    /// None when the peer did not come through a registered tap.
+    fn origin(&self, peer: SocketAddrV4) -> Option<Origin>;
+}
+
+/// Where an accepted connection came from, as the datapath recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The port slot the peer address encodes.
+    pub slot: u32,
+    /// The guest's own address, before the datapath rewrote it.
+    pub guest_addr: Ipv4Addr,
+}
+
 pub struct GuestServer {
-    pub flows: Arc<FlowTable>,
+    pub flows: Arc<dyn FlowLookup>,
     pub registry: Arc<Registry>,
-    pub responder: Arc<Responder>,
+    pub dispatcher: Arc<Dispatcher>,
     pub connections: Arc<ConnectionLimiter>,
 }
 
 impl GuestServer {
     /// Who is behind a connection from `peer`: the flow map gives the slot
     /// and the guest's own address, the registry gives the port for the slot.
-    fn identify(&self, peer: SocketAddr, conn: Arc<ConnHandle>) -> Option<Guest> {
+    fn identify(&self, peer: SocketAddr) -> Option<Guest> {
         let SocketAddr::V4(peer) = peer else {
             return None;
         };
@@ -45,8 +63,7 @@ impl GuestServer {
         let port = self.registry.snapshot().port_by_slot(origin.slot)?.clone();
         Some(Guest {
             port,
-            guest_addr: origin.flow.guest_addr.into(),
-            conn,
+            guest_addr: origin.guest_addr,
         })
     }
 
@@ -66,8 +83,7 @@ impl GuestServer {
                 },
                 _ = shutdown.changed() => break,
             };
-            let conn = Arc::new(ConnHandle::new(stream.as_raw_fd()));
-            let Some(guest) = self.identify(peer, conn) else {
+            let Some(guest) = self.identify(peer) else {
                 debug!(%peer, "connection without a datapath identity, closed");
                 continue;
             };
@@ -76,11 +92,19 @@ impl GuestServer {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            let conn = Arc::new(ConnHandle::new(stream.as_raw_fd()));
             let server = self.clone();
             let service = service_fn(move |request| {
                 let server = server.clone();
                 let guest = guest.clone();
-                async move { Ok::<_, Infallible>(server.responder.respond(&guest, request).await) }
+                let conn = conn.clone();
+                async move {
+                    let reply = server.dispatcher.dispatch(&guest, request).await;
+                    // Before hyper writes the answer, and for the rest of
+                    // the connection (see `ConnHandle::limit_ip_ttl`).
+                    conn.limit_ip_ttl(reply.ip_ttl);
+                    Ok::<_, Infallible>(reply.response)
+                }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())

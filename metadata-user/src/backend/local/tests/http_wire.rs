@@ -25,8 +25,8 @@ async fn exchange(raw_requests: &str) -> String {
             let harness = harness.clone();
             let doc = doc.clone();
             async move {
-                let response = handle(&harness.ctx, &default_guest(), Some(doc), request).await;
-                Ok::<_, Infallible>(response)
+                let reply = handle(&harness.ctx, &default_guest(), Some(doc), request).await;
+                Ok::<_, Infallible>(reply.response)
             }
         });
         http1::Builder::new()

@@ -54,15 +54,14 @@ use tokio::{net::UnixListener, sync::watch};
 use tracing::{debug, warn};
 
 use crate::{
-    metadata::conn::{ConnHandle, Guest},
+    backend::{Guest, Reply},
     state::Port,
 };
 
 /// Answers a request from an identified guest (the same backend the eBPF
 /// path uses: the local API or nova).
-pub type Dispatch = Arc<
-    dyn Fn(Guest, Request<Incoming>) -> BoxFuture<'static, Response<Full<Bytes>>> + Send + Sync,
->;
+pub type Dispatch =
+    Arc<dyn Fn(Guest, Request<Incoming>) -> BoxFuture<'static, Reply> + Send + Sync>;
 
 /// The currently registered ports (called per request, so port add/del take
 /// effect at once).
@@ -195,14 +194,10 @@ async fn handle(
     strip_proxy_headers(request.headers_mut());
     match identified {
         Ok((port, guest_addr)) => {
-            let guest = Guest {
-                port,
-                guest_addr,
-                // No socket of ours reaches the guest (haproxy is in
-                // between), so per-connection TTL control is a no-op here.
-                conn: Arc::new(ConnHandle::new(-1)),
-            };
-            dispatch(guest, request).await
+            let guest = Guest { port, guest_addr };
+            // No socket of ours reaches the guest (haproxy is in between),
+            // so the reply's IP TTL has nothing to apply to here.
+            dispatch(guest, request).await.response
         }
         Err(refusal) => refusal_response(refusal),
     }
@@ -431,5 +426,165 @@ mod tests {
                 && err.ends_with("exists and is not a socket"),
             "{err}"
         );
+    }
+}
+
+/// The socket end to end, as haproxy uses it, in front of the nova backend
+/// and a fake nova on loopback.
+#[cfg(test)]
+mod socket_tests {
+    use std::time::Duration;
+
+    use fake_nova::FakeNova;
+    use futures::FutureExt as _;
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+    use crate::{
+        backend::nova::{
+            NovaBackend,
+            config::{NovaConfig, Protocol, SharedSecret},
+        },
+        state::port::PortSpec,
+    };
+
+    const SECRET: &[u8] = b"s3cret";
+    const INSTANCE: &str = "6c8a3b0e-1d6f-4d2b-9a57-0f4ad3a7e001";
+    const PROJECT: &str = "d3b07384d113edec49eaa6238ad5ff00";
+
+    async fn fake_nova() -> FakeNova {
+        FakeNova::start(
+            "127.0.0.1:0".parse().unwrap(),
+            fake_nova::Config {
+                secret: SECRET.to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    fn config_for(addr: std::net::SocketAddr) -> NovaConfig {
+        NovaConfig {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            protocol: Protocol::Http,
+            tls: None,
+            secret: SharedSecret(Arc::from(SECRET)),
+            timeout: Duration::from_secs(5),
+            cache_expiration: Duration::from_secs(15),
+        }
+    }
+
+    fn port(ifname: &str, instance: &str, network: &str, ip: [u8; 4], slot: u32) -> Arc<Port> {
+        Arc::new(Port {
+            spec: PortSpec {
+                ifname: ifname.into(),
+                instance: instance.parse().unwrap(),
+                port_id: None,
+                mac: None,
+                ips: vec![Ipv4Addr::from(ip)],
+                network_id: Some(network.parse().unwrap()),
+                project_id: Some(PROJECT.into()),
+            },
+            slot,
+        })
+    }
+
+    /// Sends one request over the unix socket, as haproxy would.
+    async fn via_socket(path: &Path, headers: &[(&str, &str)]) -> (StatusCode, String) {
+        let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let mut builder =
+            Request::get("/openstack/latest/meta_data.json").header("host", "169.254.169.254");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = sender
+            .send_request(builder.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn neutron_agent_socket_identifies_and_forwards_to_nova() {
+        const NET: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+        const OTHER: &str = "99999999-0000-0000-0000-000000000009";
+        let nova = fake_nova().await;
+        let backend = NovaBackend::new(&config_for(nova.addr()));
+        let ports: PortLookup = Arc::new(|| {
+            vec![
+                port("tap-a", INSTANCE, NET, [10, 0, 0, 5], 1),
+                port("tap-b", OTHER, NET, [10, 0, 0, 6], 2),
+                port("tap-c", OTHER, NET, [10, 0, 0, 6], 3),
+            ]
+        });
+        let dispatch: Dispatch = Arc::new(move |guest, request| {
+            let backend = backend.clone();
+            async move { Reply::new(backend.serve_guest(&guest, None, request).await) }.boxed()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata_proxy");
+        let listener = bind(&path).unwrap();
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(listener, ports, dispatch, shutdown_rx));
+
+        // One match: the guest's spoofed identity (first lines) loses to the proxy's (last).
+        let (status, body) = via_socket(
+            &path,
+            &[
+                ("X-Instance-ID", OTHER),
+                ("X-Forwarded-For", "10.0.0.6"),
+                ("X-Neutron-Network-ID", OTHER),
+                ("X-Neutron-Network-ID", NET),
+                ("X-Forwarded-For", "10.0.0.5"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let seen = nova.requests().pop().unwrap();
+        assert_eq!(seen.header_values("x-instance-id"), [INSTANCE]);
+        assert_eq!(seen.header_values("x-forwarded-for"), ["10.0.0.5"]);
+        assert!(
+            seen.headers
+                .iter()
+                .all(|(name, _)| !name.starts_with("x-neutron-"))
+        );
+
+        // Zero matches and two matches: 404, nova never asked.
+        let asked = nova.request_count();
+        let unknown = via_socket(
+            &path,
+            &[
+                ("X-Forwarded-For", "10.0.0.9"),
+                ("X-Neutron-Network-ID", NET),
+            ],
+        )
+        .await;
+        assert_eq!(unknown.0, StatusCode::NOT_FOUND);
+        let ambiguous = via_socket(
+            &path,
+            &[
+                ("X-Forwarded-For", "10.0.0.6"),
+                ("X-Neutron-Network-ID", NET),
+            ],
+        )
+        .await;
+        assert_eq!(ambiguous.0, StatusCode::NOT_FOUND);
+        let no_proxy_header = via_socket(&path, &[("X-Forwarded-For", "10.0.0.5")]).await;
+        assert_eq!(no_proxy_header.0, StatusCode::BAD_REQUEST);
+        assert_eq!(nova.request_count(), asked);
+
+        shutdown.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
