@@ -233,7 +233,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             // tc filters are not pinned links: removing the pins below does
             // not take them off the taps.
             for tap in attached_at_exit.borrow().values() {
-                datapath::remove_tc_filter(tap.ifindex);
+                datapath::tc_attach::remove_tc_filter(tap.ifindex);
             }
         }
         datapath::remove_pins(&settings.bpffs)?;
