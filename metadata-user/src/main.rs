@@ -3,7 +3,6 @@
 mod admin;
 mod backend;
 mod cli;
-mod config;
 mod datapath;
 mod ingress;
 mod serve;

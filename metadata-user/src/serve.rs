@@ -23,8 +23,7 @@ use crate::{
         local::{ApiConfig, ApiContext, PasswordConflict, PasswordStore},
         nova::{NovaBackend, config::BackendConfig},
     },
-    cli::ServeArgs,
-    config::Settings,
+    cli::{ServeArgs, settings::Settings},
     datapath::{self, Datapath, FlowTable, netdev, reconcile::Reconciler},
     ingress::{
         dispatch::Dispatcher,

@@ -1,5 +1,13 @@
 //! The command line: `serve` runs the daemon, everything else is a client of
 //! its admin socket. These spellings are a contract other tools drive.
+//!
+//! The clap types stay here, and so do their conversions into what the
+//! other layers take (`PortAddRequest`, `NovaOptions`); `settings` resolves
+//! `serve`'s flags, its `--config` file and the defaults into `Settings`.
+//!
+//! The top layer with `serve` and `admin`: nothing below depends on it.
+pub mod settings;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};

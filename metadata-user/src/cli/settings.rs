@@ -9,9 +9,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use super::{DEFAULT_ADMIN_SOCKET, ServeArgs};
 use crate::{
     backend::nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
-    cli::{DEFAULT_ADMIN_SOCKET, ServeArgs},
     datapath::{IdentityPlan, TapAttach, netdev::ServerLinkPlan},
     ingress::ratelimit::RateLimitConfig,
 };
