@@ -1,24 +1,14 @@
-//! The bpf filesystem the daemon pins into.
-use std::sync::Mutex;
+//! The bpf filesystem the daemon pins into, checked the daemon's own way
+//! (`mdr-bpffs`).
+use std::{path::Path, sync::Mutex};
 
 use anyhow::{Context, Result};
 
-use crate::cmd;
-
-pub const ROOT: &str = "/sys/fs/bpf";
-/// `statfs` magic of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+pub use mdr_bpffs::ROOT;
 
 /// Whether `path` is on a mounted bpffs.
 pub fn is_mounted(path: &str) -> bool {
-    let Ok(c_path) = std::ffi::CString::new(path) else {
-        return false;
-    };
-    // SAFETY: statfs writes only into `stat`, which outlives the call.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
-    }
+    mdr_bpffs::is_bpffs(Path::new(path))
 }
 
 /// Mounts bpffs at /sys/fs/bpf unless it already is (some machines do not
@@ -28,7 +18,7 @@ pub fn ensure_mounted() -> Result<()> {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !is_mounted(ROOT) {
-        cmd::run(&["mount", "-t", "bpf", "bpf", ROOT]).context("mounting bpffs")?;
+        mdr_bpffs::mount_root().context("mounting bpffs")?;
     }
     Ok(())
 }

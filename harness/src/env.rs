@@ -12,8 +12,11 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let tests_crate = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-            tests_crate.parent().unwrap_or(tests_crate).join("target")
+            let harness_crate = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            harness_crate
+                .parent()
+                .unwrap_or(harness_crate)
+                .join("target")
         })
 }
 

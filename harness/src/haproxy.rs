@@ -8,16 +8,16 @@
 //! neutron/agent/metadata/driver.py) with these changes only: haproxy logs
 //! to stderr instead of /dev/log, runs as root (the daemon's socket is 0600)
 //! and stays in the foreground (`-db`), so the test owns the process.
+use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 use crate::METADATA_ADDR;
+use crate::listener::Listener;
 use crate::netns::Netns;
 use crate::tempdir::TempDir;
-use crate::wait::{self, Poll};
 
 /// neutron's `metadata_port`: where the router's REDIRECT sends guests.
 pub const METADATA_PROXY_PORT: u16 = 9697;
@@ -38,7 +38,7 @@ pub enum HeaderStyle {
 
 /// haproxy in a router namespace with neutron's rules in front of it.
 pub struct NeutronProxy {
-    child: Option<Child>,
+    haproxy: Listener,
     dir: TempDir,
 }
 
@@ -57,30 +57,14 @@ impl NeutronProxy {
         let dir = TempDir::new("haproxy")?;
         let config = dir.join("haproxy.cfg");
         std::fs::write(&config, config_text(network_id, socket, &dir, style))?;
-        let log = std::fs::File::create(dir.join("haproxy.log"))?;
         let config_arg = config.to_string_lossy().into_owned();
-        let child = router.spawn(
+        let haproxy = Listener::start_logged(
+            router,
             &["haproxy", "-db", "-f", &config_arg],
-            Stdio::from(log.try_clone()?),
-            Stdio::from(log),
+            METADATA_PROXY_PORT,
+            &dir.join("haproxy.log"),
         )?;
-        let mut proxy = Self {
-            child: Some(child),
-            dir,
-        };
-        let port = format!("sport = :{METADATA_PROXY_PORT}");
-        wait::until("haproxy to listen", Duration::from_secs(10), || {
-            if let Some(exit) = proxy.child.as_mut().and_then(|c| c.try_wait().ok()?) {
-                anyhow::bail!("haproxy exited ({exit}); its log:\n{}", proxy.log());
-            }
-            let out = router.exec_ok(&["ss", "-Hltn", &port])?;
-            Ok(if out.trim().is_empty() {
-                Poll::Pending(format!("nothing listening on :{METADATA_PROXY_PORT}"))
-            } else {
-                Poll::Ready(())
-            })
-        })?;
-        Ok(proxy)
+        Ok(Self { haproxy, dir })
     }
 
     /// What haproxy logged (one line per request, `option httplog`).
@@ -91,10 +75,7 @@ impl NeutronProxy {
 
 impl Drop for NeutronProxy {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.haproxy.stop();
         eprintln!(
             "--- haproxy log ---\n{}--- end of haproxy log ---",
             self.log()
@@ -102,46 +83,47 @@ impl Drop for NeutronProxy {
     }
 }
 
-/// The L3 agent's rules (`metadata_nat_rules`, `metadata_filter_rules` and
-/// the mangle rule that marks metadata requests), `qr-+` being `iface`:
-/// only redirected requests reach port 9697.
-fn install_rules(router: &Netns, iface: &str) -> Result<()> {
-    let metadata = format!("{METADATA_ADDR}/32");
-    let port = METADATA_PROXY_PORT.to_string();
-    let matches = [
-        "-d", &metadata, "-i", iface, "-p", "tcp", "-m", "tcp", "--dport", "80",
-    ];
-    let rules: [Vec<&str>; 4] = [
-        [
-            &["-t", "mangle", "-A", "PREROUTING"][..],
-            &matches,
-            &["-j", "MARK", "--set-xmark", METADATA_ACCESS_MARK],
-        ]
-        .concat(),
-        [
-            &["-t", "nat", "-A", "PREROUTING"][..],
-            &matches,
-            &["-j", "REDIRECT", "--to-ports", &port],
-        ]
-        .concat(),
-        vec![
-            "-t",
-            "filter",
-            "-A",
-            "INPUT",
-            "-m",
-            "mark",
-            "--mark",
-            METADATA_ACCESS_MARK,
-            "-j",
-            "ACCEPT",
-        ],
-        vec![
-            "-t", "filter", "-A", "INPUT", "-p", "tcp", "-m", "tcp", "--dport", &port, "-j", "DROP",
-        ],
-    ];
-    for rule in rules {
-        router.exec_ok(&[&["iptables", "-w"][..], &rule].concat())?;
+/// The L3 agent's rules for the metadata proxy, as `iptables-restore`
+/// input (`metadata_nat_rules`, `metadata_filter_rules` and the mangle rule
+/// that marks metadata requests, `qr-+` being `router_port`): mark what
+/// arrives for 169.254.169.254:80 on a router port, redirect it to the
+/// proxy, and let only marked packets reach the proxy port. The e2e tests
+/// and the benchmark share them.
+pub fn iptables_rules(router_port: &str) -> String {
+    format!(
+        "*mangle
+-A PREROUTING -d {METADATA_ADDR}/32 -i {router_port} -p tcp -m tcp --dport 80 -j MARK --set-xmark {METADATA_ACCESS_MARK}
+COMMIT
+*nat
+-A PREROUTING -d {METADATA_ADDR}/32 -i {router_port} -p tcp -m tcp --dport 80 -j REDIRECT --to-ports {METADATA_PROXY_PORT}
+COMMIT
+*filter
+-A INPUT -m mark --mark {METADATA_ACCESS_MARK} -j ACCEPT
+-A INPUT -p tcp -m tcp --dport {METADATA_PROXY_PORT} -j DROP
+COMMIT
+"
+    )
+}
+
+/// Adds [`iptables_rules`] for `router_port` to `router`'s tables.
+pub fn install_rules(router: &Netns, router_port: &str) -> Result<()> {
+    let mut cmd = router.command(&["iptables-restore", "--noflush"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("starting iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(iptables_rules(router_port).as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "iptables-restore in {} failed: {}",
+            router.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -213,4 +195,23 @@ listen listener
 
 {headers}"#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_the_l3_agents_for_one_router_port() {
+        let rules = iptables_rules("qr-1");
+        for line in [
+            "-A PREROUTING -d 169.254.169.254/32 -i qr-1 -p tcp -m tcp --dport 80 -j MARK --set-xmark 0x1/0xffff",
+            "-A PREROUTING -d 169.254.169.254/32 -i qr-1 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 9697",
+            "-A INPUT -m mark --mark 0x1/0xffff -j ACCEPT",
+            "-A INPUT -p tcp -m tcp --dport 9697 -j DROP",
+        ] {
+            assert!(rules.lines().any(|l| l == line), "missing {line:?}");
+        }
+        assert_eq!(rules.matches("COMMIT").count(), 3);
+    }
 }

@@ -1,4 +1,6 @@
-//! The harness for metadata-redirector's root-only end-to-end tests.
+//! The namespace harness for metadata-redirector's root-only end-to-end
+//! tests (the `integration-tests` crate in `tests/`), the benchmark and
+//! `cargo xtask run --demo`.
 //!
 //! Everything a test builds lives in network namespaces it creates itself: a
 //! "hypervisor" namespace ([`Host`]) holds the daemon, the bridges and the
@@ -28,6 +30,7 @@ pub mod haproxy;
 pub mod host;
 pub mod http;
 pub mod initramfs;
+pub mod listener;
 pub mod names;
 pub mod netns;
 pub mod nova;

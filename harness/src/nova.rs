@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+pub use fake_nova_record::RecordedRequest;
 use serde_json::Value;
 
 use crate::host::Host;
@@ -137,67 +138,13 @@ impl FakeNovaConfig {
     }
 }
 
-/// One request as the fake nova saw it (see `fake_nova::RecordedRequest`).
-#[derive(Clone, Debug)]
-pub struct NovaRequest {
-    pub seq: u64,
-    pub method: String,
-    /// Path and query, as sent.
-    pub path: String,
-    /// Header lines in order, names lower-case.
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-    /// What the fake nova answered.
-    pub status: u16,
-}
-
-impl NovaRequest {
-    fn parse(line: &Value) -> Option<Self> {
-        let headers = line["headers"]
-            .as_array()?
-            .iter()
-            .map(|pair| {
-                Some((
-                    pair.get(0)?.as_str()?.to_ascii_lowercase(),
-                    pair.get(1)?.as_str()?.to_owned(),
-                ))
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self {
-            seq: line["seq"].as_u64()?,
-            method: line["method"].as_str()?.to_owned(),
-            path: line["path"].as_str()?.to_owned(),
-            headers,
-            body: line["body"].as_str()?.to_owned(),
-            status: u16::try_from(line["status"].as_u64()?).ok()?,
-        })
-    }
-
-    /// Every value of a header (name in any case), in order.
-    pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// The header's value when it was sent exactly once.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        match self.header_values(name).as_slice() {
-            [one] => Some(one),
-            _ => None,
-        }
-    }
-}
-
 /// A running `fake-nova` in a namespace. Dropping it kills it (nova gone,
 /// every connection closed at once), as does [`FakeNova::stop`].
 pub struct FakeNova {
     host: Host,
     config: FakeNovaConfig,
     child: Option<Child>,
-    requests: Arc<Mutex<Vec<NovaRequest>>>,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
     dir: TempDir,
 }
 
@@ -272,7 +219,7 @@ impl FakeNova {
                 };
                 if let Some(addr) = value["listening"].as_str() {
                     let _ = listening_tx.send(addr.to_owned());
-                } else if let Some(request) = NovaRequest::parse(&value) {
+                } else if let Ok(request) = serde_json::from_value::<RecordedRequest>(value) {
                     requests.lock().expect("requests lock").push(request);
                 }
             }
@@ -309,13 +256,13 @@ impl FakeNova {
     /// The fake nova prints each request before it answers, but a test may
     /// hold the answer before the reader thread has taken the line from the
     /// pipe: this waits until the log has been quiet for a moment.
-    pub fn requests(&self) -> Vec<NovaRequest> {
+    pub fn requests(&self) -> Vec<RecordedRequest> {
         self.settled_requests(0)
     }
 
     /// [`FakeNova::requests`] once there are at least `at_least` of them
     /// (or 10 s have passed) and the log has been quiet for 100 ms.
-    pub fn settled_requests(&self, at_least: usize) -> Vec<NovaRequest> {
+    pub fn settled_requests(&self, at_least: usize) -> Vec<RecordedRequest> {
         let count = || self.requests.lock().expect("requests lock").len();
         let deadline = Instant::now() + Duration::from_secs(10);
         let (mut seen, mut since) = (count(), Instant::now());
@@ -331,7 +278,7 @@ impl FakeNova {
 
     /// The requests for `path` (path and query, exactly as sent), once the
     /// log is quiet.
-    pub fn requests_for(&self, path: &str) -> Vec<NovaRequest> {
+    pub fn requests_for(&self, path: &str) -> Vec<RecordedRequest> {
         self.requests()
             .into_iter()
             .filter(|request| request.path == path)

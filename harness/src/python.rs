@@ -1,4 +1,4 @@
-//! Real guest software inside a namespace: the Python scripts in `tests/py/`
+//! Real guest software inside a namespace: the Python scripts in `harness/py/`
 //! replay what cloud-init and botocore send, or load the server the way a
 //! noisy guest would. Each prints one JSON object as its last line of output.
 use std::path::PathBuf;
@@ -11,14 +11,14 @@ use serde_json::Value;
 use crate::cmd;
 use crate::netns::Netns;
 
-/// `tests/py/<name>`.
+/// `harness/py/<name>`.
 pub fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("py")
         .join(name)
 }
 
-/// A command running `python3 tests/py/<name> args...` in `ns`, killed by
+/// A command running `python3 harness/py/<name> args...` in `ns`, killed by
 /// coreutils' `timeout` after `limit` so a hung client fails the test instead
 /// of hanging it. Proxy settings are removed: the clients must talk to
 /// whatever the guest's routes reach, nothing else.

@@ -4,15 +4,14 @@
 //! Several tenant networks may use the same subnet and gateway address: they
 //! only meet in the host namespace as separate bridges.
 use std::net::Ipv4Addr;
-use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
 
 use anyhow::{Context, Result};
 
 use crate::host::Host;
+use crate::listener::Listener;
 use crate::netns::Netns;
 use crate::tempdir::TempDir;
-use crate::wait::{self, Poll};
 use crate::{METADATA_ADDR, names};
 
 /// What every page of a decoy listener contains.
@@ -139,7 +138,7 @@ impl Drop for TenantNet {
 
 /// busybox httpd serving [`DECOY_MARK`] pages at the paths the tests ask for.
 struct Decoy {
-    child: Child,
+    _httpd: Listener,
     _docroot: TempDir,
 }
 
@@ -166,30 +165,16 @@ impl Decoy {
                 .with_context(|| format!("writing {}", file.display()))?;
         }
         let root = docroot.path().to_string_lossy().into_owned();
-        let child = router.spawn(
+        let httpd = Listener::start(
+            router,
             &["busybox", "httpd", "-f", "-p", "80", "-h", &root],
+            80,
             Stdio::null(),
             Stdio::inherit(),
         )?;
-        let decoy = Self {
-            child,
+        Ok(Self {
+            _httpd: httpd,
             _docroot: docroot,
-        };
-        wait::until("the decoy listener", Duration::from_secs(10), || {
-            let out = router.exec_ok(&["ss", "-Hltn", "sport = :80"])?;
-            Ok(if out.trim().is_empty() {
-                Poll::Pending("nothing listening on :80".into())
-            } else {
-                Poll::Ready(())
-            })
-        })?;
-        Ok(decoy)
-    }
-}
-
-impl Drop for Decoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        })
     }
 }
