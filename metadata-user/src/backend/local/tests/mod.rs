@@ -26,7 +26,7 @@ use crate::{
     backend::guest::Guest,
     state::{
         Port,
-        instance::{Ec2, Imds, InstanceDoc, TokenMode},
+        instance::{Imds, InstanceDoc, TokenMode},
         port::PortSpec,
     },
 };
@@ -92,12 +92,6 @@ pub fn bare_instance() -> InstanceDoc {
 
 pub fn with_imds(mut doc: InstanceDoc, tokens: TokenMode, hop_limit: u8) -> InstanceDoc {
     doc.imds = Some(Imds { tokens, hop_limit });
-    doc
-}
-
-#[allow(dead_code)]
-pub fn with_ec2(mut doc: InstanceDoc, ec2: Ec2) -> InstanceDoc {
-    doc.ec2 = Some(ec2);
     doc
 }
 
@@ -260,7 +254,6 @@ pub const TEXT: &str = "text/plain; charset=UTF-8";
 pub const JSON: &str = "application/json";
 
 /// Sorted map literal for readable fixtures.
-#[allow(dead_code)]
 pub fn map(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
     entries
         .iter()
