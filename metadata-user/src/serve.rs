@@ -1,5 +1,7 @@
 //! `metadata-redirector serve`: wires the store, the datapath, the admin API
-//! and the guest server together, and decides what a signal does.
+//! and the guest server together, and decides what a signal does. The only
+//! module that knows every layer: the traits one layer asks another through
+//! are implemented here (at the end of this file).
 //!
 //! SIGTERM / SIGINT: stop accepting, let in-flight requests finish (5 s),
 //! close the admin socket and exit 0. The datapath stays pinned and attached
