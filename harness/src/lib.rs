@@ -34,6 +34,7 @@ pub mod listener;
 pub mod names;
 pub mod netns;
 pub mod nova;
+pub mod pinned_map;
 pub mod python;
 pub mod qemu;
 pub mod tempdir;

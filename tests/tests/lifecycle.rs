@@ -99,6 +99,89 @@ fn a_pinned_map_with_another_layout_is_replaced_on_restart() {
     );
 }
 
+/// The ID of the map pinned at `pin`, as bpftool reads it.
+fn map_id(pin: &std::path::Path) -> u64 {
+    let pin = pin.to_string_lossy();
+    let out = cmd::checked(&mut cmd::command(&[
+        "bpftool", "-j", "map", "show", "pinned", &pin,
+    ]))
+    .unwrap();
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no map id in {out}"))
+}
+
+/// A pinned PORTS map of the same size whose value has the same fields in
+/// another order (what a build that swapped two fields of PortEntry would
+/// have left) is detected from its BTF and replaced, not reused: the new
+/// program would otherwise read the slot where the identity address is.
+/// The map the daemon pinned itself is reused across a restart.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_pinned_map_of_the_same_size_with_another_field_order_is_replaced() {
+    use mdr_harness::pinned_map::{self, Field, Layout};
+
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let mut daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("relaid");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    let ports = daemon.pinned_map("PORTS");
+
+    // Its own map, same build: reused.
+    let own = map_id(&ports);
+    daemon.kill9().unwrap();
+    daemon.restart().unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    assert_eq!(map_id(&ports), own, "the daemon's own map was replaced");
+    assert!(!daemon.log().contains("another layout"), "{}", daemon.log());
+
+    // PortEntry with `slot` and `identity_addr` swapped: 24 bytes either way.
+    daemon.kill9().unwrap();
+    std::fs::remove_file(&ports).unwrap();
+    let reordered = Layout::Struct {
+        name: "PortEntry",
+        size: std::mem::size_of::<metadata_ebpf::PortEntry>() as u32,
+        fields: vec![
+            ("identity_addr", Field::U8Array(4), 0),
+            ("slot", Field::U32, 4),
+            ("syn_window_start_ns", Field::U64, 8),
+            ("syn_count", Field::U32, 16),
+            ("_pad", Field::U32, 20),
+        ],
+    };
+    pinned_map::create(
+        &ports,
+        pinned_map::MAP_TYPE_HASH,
+        metadata_ebpf::MAX_PORTS,
+        &Layout::U32,
+        &reordered,
+    )
+    .unwrap();
+    let impostor = map_id(&ports);
+    daemon.restart().unwrap();
+
+    guest.wait_served(&instance.uuid).unwrap();
+    check_own_answers(&guest, &instance).unwrap();
+    assert_ne!(
+        map_id(&ports),
+        impostor,
+        "the map of another layout was reused"
+    );
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("has another layout"))
+        .unwrap_or_else(|| panic!("no word of the layout in the log:\n{log}"));
+    assert!(
+        line.contains("map=\"PORTS\"")
+            && line.contains("value: pinned struct PortEntry/24{identity_addr@0"),
+        "{line}"
+    );
+}
+
 /// A tap that leaves its bridge and joins another is still the same tap: the
 /// bridge's notice that its port left (an AF_BRIDGE RTM_DELLINK) must not
 /// read as the tap being gone. The daemon keeps the link it pinned for the

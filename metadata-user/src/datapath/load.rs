@@ -17,7 +17,12 @@ use super::{
 };
 
 /// The object file built from metadata-ebpf by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
+pub(super) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
+
+/// The maps pinned under `--bpffs DIR/maps/`, reused by the next daemon.
+pub(super) const PINNED_MAPS: [&str; 4] =
+    [names::PORTS, names::FLOWS, names::CONFIG, names::COUNTERS];
 
 impl Datapath {
     /// Loads the programs (reusing pinned maps if a previous daemon left
@@ -43,9 +48,9 @@ impl Datapath {
             })?;
         }
 
-        replace_incompatible_pins(&maps_dir)?;
+        replace_incompatible_pins(&maps_dir, EBPF_OBJECT)?;
         let mut loader = EbpfLoader::new();
-        for name in [names::PORTS, names::FLOWS, names::CONFIG, names::COUNTERS] {
+        for name in PINNED_MAPS {
             loader.map_pin_path(name, maps_dir.join(name));
         }
         let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
