@@ -5,6 +5,7 @@ mod backend;
 mod cli;
 mod datapath;
 mod ingress;
+mod private_socket;
 mod serve;
 mod state;
 

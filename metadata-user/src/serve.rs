@@ -22,7 +22,7 @@ use crate::{
     admin,
     backend::{
         Backend, Responder,
-        local::{ApiConfig, ApiContext, PasswordConflict, PasswordStore},
+        local::{ApiConfig, ApiContext, PasswordError, PasswordStore},
         nova::{NovaBackend, config::BackendConfig},
     },
     cli::{ServeArgs, settings::Settings},
@@ -34,7 +34,7 @@ use crate::{
         ratelimit::RateLimiter,
         server::{FlowLookup, GuestServer, Origin},
     },
-    state::{PortPolicy, Registry},
+    state::{PortPolicy, Registry, RegistryError},
 };
 
 /// Open connections one port may hold. cloud-init uses one at a time; a
@@ -84,8 +84,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         BackendConfig::Local => PortPolicy::LocalInstance,
         BackendConfig::Nova(_) => PortPolicy::NovaProject,
     };
-    let registry = Registry::open_with_policy(&settings.state_dir, policy)
-        .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
+    let registry =
+        Registry::open_with_policy(&settings.state_dir, policy, settings.identity.max_slot())
+            .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
     // Bind the admin socket first: it refuses to start a second daemon.
     let admin_listener = admin::server::bind(&settings.admin_socket)
         .with_context(|| format!("--admin-socket {}", settings.admin_socket.display()))?;
@@ -261,16 +262,59 @@ impl FlowLookup for FlowTable {
     }
 }
 
-/// The guest API stores posted passwords in the registry.
+/// The guest API stores posted passwords in the registry. Only a password
+/// already there is the guest's "conflict"; anything else the registry
+/// refuses is the daemon's failure (500), logged here.
 impl PasswordStore for Registry {
-    fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
-        Registry::password(self, uuid)
+    fn password(&self, uuid: &uuid::Uuid) -> Result<Option<String>, PasswordError> {
+        Registry::password(self, uuid).map_err(|err| {
+            tracing::error!(%uuid, "reading the password: {err}");
+            PasswordError::StoreFailed
+        })
     }
 
-    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordConflict> {
-        Registry::set_password(self, uuid, password).map_err(|err| {
-            tracing::warn!(%uuid, "password not stored: {err}");
-            PasswordConflict
+    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordError> {
+        Registry::set_password(self, uuid, password).map_err(|err| match err {
+            RegistryError::Conflict(_) => PasswordError::AlreadySet,
+            err => {
+                tracing::error!(%uuid, "password not stored: {err}");
+                PasswordError::StoreFailed
+            }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e";
+
+    /// A store write that fails (here: the table is gone behind the
+    /// registry's back, as with a damaged database) is a StoreFailed, which
+    /// the guest API answers with 500; before, every refusal was a conflict
+    /// (409), telling the guest its password was kept.
+    #[test]
+    fn a_failed_password_write_is_a_store_failure_not_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        registry
+            .put_instance(format!(r#"{{"uuid": "{UUID}", "name": "a"}}"#).as_bytes())
+            .unwrap();
+        let uuid: uuid::Uuid = UUID.parse().unwrap();
+        let store: &dyn PasswordStore = registry.as_ref();
+        store.set_password(&uuid, "first").unwrap();
+        assert_eq!(
+            store.set_password(&uuid, "second"),
+            Err(PasswordError::AlreadySet)
+        );
+
+        let conn = rusqlite::Connection::open(crate::state::store::db_path(dir.path())).unwrap();
+        conn.execute_batch("DROP TABLE passwords").unwrap();
+        assert_eq!(
+            store.set_password(&uuid, "third"),
+            Err(PasswordError::StoreFailed)
+        );
+        assert_eq!(store.password(&uuid), Err(PasswordError::StoreFailed));
     }
 }

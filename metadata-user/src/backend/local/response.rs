@@ -72,6 +72,9 @@ pub enum ApiError {
     Forbidden,
     Conflict,
     PayloadTooLarge,
+    /// Something of ours failed (a store write, a socket option the answer
+    /// needs): the guest gets no answer it could take for the real one.
+    Internal,
 }
 
 impl ApiError {
@@ -84,6 +87,7 @@ impl ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -122,6 +126,9 @@ fn default_explanation(status: StatusCode) -> &'static str {
         StatusCode::PAYLOAD_TOO_LARGE => "The body of your request was too large for this server.",
         StatusCode::TOO_MANY_REQUESTS => {
             "The client has sent too many requests in a given amount of time"
+        }
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            "The server has either erred or is incapable of performing the requested operation."
         }
         _ => "",
     }
