@@ -4,6 +4,8 @@ mod admin;
 mod backend;
 mod cli;
 mod datapath;
+#[cfg(test)]
+mod fuzz;
 mod ingress;
 mod private_socket;
 mod serve;

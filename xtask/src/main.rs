@@ -3,6 +3,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod guest_kernel;
 mod paths;
 mod run;
@@ -43,6 +44,16 @@ enum Task {
     },
     /// Unit tests, then the root-only integration tests (needs root).
     Test,
+    /// Run each fuzz target of the daemon (instance documents, the admin
+    /// API, guest requests over the wire, the neutron proxy's headers, a
+    /// hostile nova) for a while; `cargo test` runs them briefly. A
+    /// failure prints the smallest failing input and MDR_FUZZ_SEED to
+    /// replay it.
+    Fuzz {
+        /// How long each of the five targets runs.
+        #[arg(long, value_name = "N", default_value_t = 60)]
+        seconds: u64,
+    },
     /// Build, then benchmark the daemon against the neutron-style path
     /// (haproxy per network) and the server alone; needs root. Writes
     /// target/bench/report.md, report.json and PNG plots.
@@ -74,6 +85,7 @@ fn main() -> ExitCode {
             serve_args,
         } => demo::run(&serve_args),
         Task::Test => test::run(),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
         Task::Bench {
             smoke,
             reps,
