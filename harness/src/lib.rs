@@ -37,6 +37,7 @@ pub mod nova;
 pub mod pinned_map;
 pub mod python;
 pub mod qemu;
+pub mod slow_clients;
 pub mod tempdir;
 pub mod tenant;
 pub mod wait;

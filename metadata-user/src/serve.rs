@@ -37,10 +37,6 @@ use crate::{
     state::{PortPolicy, Registry, RegistryError},
 };
 
-/// Open connections one port may hold. cloud-init uses one at a time; a
-/// guest's parallel tooling rarely needs more than a few.
-const MAX_CONNECTIONS_PER_PORT: u32 = 64;
-
 /// Accept queue length asked for (the kernel caps it at net.core.somaxconn,
 /// 4096 by default). Every guest of the host connects to this one socket: in
 /// a boot storm hundreds of handshakes complete at once, and a full queue
@@ -54,6 +50,41 @@ fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind((addr, port).into())?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// File descriptors the daemon needs besides guest connections: the store,
+/// netlink, BPF objects, the admin and agent sockets, nova's pool.
+const FD_RESERVE: u64 = 1024;
+
+/// Raises the soft limit on open files to what `max_connections` guest
+/// connections need (systemd starts services with a soft limit of 1024),
+/// within the hard limit; warns when the hard limit is lower, since then
+/// accept fails (EMFILE) before the cap is reached.
+fn raise_fd_limit(max_connections: u32) {
+    let wanted = u64::from(max_connections) + FD_RESERVE;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 || raised.rlim_cur < wanted {
+        tracing::warn!(
+            max_connections,
+            limit = raised.rlim_cur,
+            "the open-file limit is lower than max_connections needs; raise LimitNOFILE"
+        );
+    }
 }
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
@@ -161,9 +192,12 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(socket = %path.display(), "serving the neutron-metadata-agent protocol");
     }
 
+    let connections = ConnectionLimiter::new(settings.connection_caps);
+    raise_fd_limit(settings.connection_caps.total);
     let status: admin::server::StatusFn = {
         let settings = settings.clone();
         let responder = responder.clone();
+        let connections = connections.clone();
         Arc::new(move || {
             let counters = counters
                 .totals()
@@ -192,6 +226,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 "backend": responder.status(),
                 "attached_taps": taps,
                 "counters": counters,
+                "connections": connections.stats(),
             })
         })
     };
@@ -205,7 +240,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         flows,
         registry: registry.clone(),
         dispatcher,
-        connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
+        connections,
     });
     let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
     info!(

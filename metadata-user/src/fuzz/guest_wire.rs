@@ -419,7 +419,7 @@ fn fuzz_guest_requests_over_the_wire() {
             }),
             requests: RateLimiter::new(1e9, u32::MAX),
         }),
-        connections: ConnectionLimiter::new(64),
+        connections: ConnectionLimiter::new(Default::default()),
     });
     let server_task = runtime.spawn(server.run(listener, shutdown_rx));
 

@@ -24,7 +24,11 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch};
 use tracing::{debug, error, warn};
 
-use super::{conn::ConnHandle, dispatch::Dispatcher, limits::ConnectionLimiter};
+use super::{
+    conn::ConnHandle,
+    dispatch::Dispatcher,
+    limits::{ConnectionLimiter, OverCap},
+};
 use crate::{
     backend::{Guest, Reply, local::response::ApiError},
     state::Registry,
@@ -96,9 +100,17 @@ impl GuestServer {
                 debug!(%peer, "connection without a datapath identity, closed");
                 continue;
             };
-            let Some(permit) = self.connections.acquire(guest.port.slot) else {
-                debug!(%peer, slot = guest.port.slot, "too many open connections for this port, closed");
-                continue;
+            // Over a cap: closed at once (and counted by the limiter).
+            let permit = match self.connections.acquire(guest.port.slot) {
+                Ok(permit) => permit,
+                Err(OverCap::Port) => {
+                    debug!(%peer, slot = guest.port.slot, "too many open connections for this port, closed");
+                    continue;
+                }
+                Err(OverCap::Host) => {
+                    debug!(%peer, "too many open guest connections on this host, closed");
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let conn = Arc::new(ConnHandle::new(stream.as_raw_fd()));
