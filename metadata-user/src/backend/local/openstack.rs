@@ -53,8 +53,9 @@ pub fn lookup(
             Document::json(pyjson::dumps(&object))
         }
         // `_network_data` has no version check: listed from LIBERTY on, but
-        // served at every version.
-        "network_data.json" => Document::json(pyjson::dumps(
+        // served at every version. nova never sets a mimetype for it (unlike
+        // meta_data.json and vendor_data*.json), so webob's text/plain it is.
+        "network_data.json" => Document::text(pyjson::dumps(
             view.doc.network_data.as_ref().unwrap_or(&Map::new()),
         )),
         _ => return Err(ApiError::NotFound),
