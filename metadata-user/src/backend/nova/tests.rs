@@ -56,6 +56,7 @@ fn config_for(addr: SocketAddr) -> NovaConfig {
         secret: SharedSecret(Arc::from(SECRET)),
         timeout: Duration::from_secs(5),
         cache_expiration: Duration::from_secs(15),
+        stale_if_error: Duration::ZERO,
     }
 }
 
