@@ -251,6 +251,10 @@ pub mod test_keys {
         let name = name.build();
         let mut builder = X509::builder().unwrap();
         builder.set_version(2).unwrap();
+        let serial = openssl::bn::BigNum::from_u32(1).unwrap();
+        builder
+            .set_serial_number(&serial.to_asn1_integer().unwrap())
+            .unwrap();
         builder.set_subject_name(&name).unwrap();
         builder.set_issuer_name(&name).unwrap();
         builder.set_pubkey(key).unwrap();
