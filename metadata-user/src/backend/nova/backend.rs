@@ -285,23 +285,37 @@ impl NovaBackend {
         instance_project: Option<&str>,
         request: Request<B>,
         query: &WatchQuery,
+        shutdown: watch::Receiver<bool>,
+    ) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match Self::target_for(guest, instance_project) {
+            Ok(target) => self.watch(&target, request, query, shutdown).await,
+            Err(refusal) => refusal.into_response(),
+        }
+    }
+
+    /// [`watch_guest`](Self::watch_guest) for a resolved target.
+    pub async fn watch<B>(
+        &self,
+        target: &ForwardTarget,
+        request: Request<B>,
+        query: &WatchQuery,
         mut shutdown: watch::Receiver<bool>,
     ) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let target = match Self::target_for(guest, instance_project) {
-            Ok(target) => target,
-            Err(refusal) => return refusal.into_response(),
-        };
         let path_and_query = without_watch_query(request.uri());
         let upstream = match Self::take_apart(request, Some(path_and_query)).await {
             Ok(upstream) => upstream,
             Err(refusal) => return refusal.into_response(),
         };
-        let key = Self::cache_key(&target, &upstream.path_and_query);
-        let refetch = self.refetch(&target, upstream);
+        let key = Self::cache_key(target, &upstream.path_and_query);
+        let refetch = self.refetch(target, upstream);
         let current = match &self.inner.cache {
             Some(cache) => cache.get_or_fetch(key.clone(), || refetch()).await,
             None => refetch().await,
