@@ -107,7 +107,7 @@ fn watchers_in_nova_mode_share_one_upstream_request_per_interval() {
             "woken without a change"
         );
         assert_eq!(
-            scene.daemon.status().unwrap()["backend"]["stats"]["watched_paths"],
+            scene.daemon.status().unwrap()["datapath"]["backend"]["stats"]["watched_paths"],
             1
         );
 
@@ -173,7 +173,7 @@ fn stale_answers_while_nova_is_down_fresh_when_it_returns_503_past_the_limit() {
     );
     let status = scene.daemon.status().unwrap();
     assert_eq!(
-        status["backend"]["stats"]["cache"]["stale_served"], 2,
+        status["datapath"]["backend"]["stats"]["cache"]["stale_served"], 2,
         "{status}"
     );
     assert_eq!(

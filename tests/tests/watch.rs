@@ -145,8 +145,12 @@ fn the_17th_watch_of_a_port_gets_429_and_ordinary_requests_still_pass() {
             .collect();
         // Until all 16 are held (the daemon counts them in `status`).
         let deadline = Instant::now() + Duration::from_secs(10);
-        while scene.daemon.status().unwrap()["backend"]["watches"] != 16 {
-            assert!(Instant::now() < deadline, "16 watches never held");
+        loop {
+            let status = scene.daemon.status().unwrap();
+            if status["datapath"]["backend"]["watches"] == 16 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "16 watches never held: {status}");
             std::thread::sleep(Duration::from_millis(50));
         }
         let reply = scene.watch(META_DATA, &etag, 30);
@@ -163,5 +167,5 @@ fn the_17th_watch_of_a_port_gets_429_and_ordinary_requests_still_pass() {
             assert_eq!(reply.json().unwrap()["name"], "renamed");
         }
     });
-    assert_eq!(scene.daemon.status().unwrap()["backend"]["watches"], 0);
+    assert_eq!(scene.daemon.status().unwrap()["datapath"]["backend"]["watches"], 0);
 }
