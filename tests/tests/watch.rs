@@ -167,5 +167,8 @@ fn the_17th_watch_of_a_port_gets_429_and_ordinary_requests_still_pass() {
             assert_eq!(reply.json().unwrap()["name"], "renamed");
         }
     });
-    assert_eq!(scene.daemon.status().unwrap()["datapath"]["backend"]["watches"], 0);
+    assert_eq!(
+        scene.daemon.status().unwrap()["datapath"]["backend"]["watches"],
+        0
+    );
 }

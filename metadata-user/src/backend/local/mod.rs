@@ -12,7 +12,8 @@
 //! any effect is `X-Forwarded-For`, which makes a token request 403 as on AWS.
 //!
 //! Layout: `paths` routes a request path, `ec2`/`identity` and `openstack`
-//! answer their trees, `password` and `token` the two endpoints with state,
+//! answer their trees, `watch` holds watches, `password` and `token` the
+//! two endpoints with state,
 //! `view` applies nova's defaults to the instance document, `pyjson` and
 //! `response` produce nova's exact bytes and headers.
 //!
@@ -31,7 +32,10 @@
 //! - Several public keys are all shown (nova shows the one keypair).
 //! - Added: `PUT /latest/api/token` and `/<2009-04-04|latest>/dynamic/
 //!   instance-identity/document`, not listed in `/latest/` (as in nova's
-//!   listing, which has neither).
+//!   listing, which has neither); with an identity key, the document's
+//!   `signature`, `pkcs7`, `rsa2048` and `/openstack/identity` (a JWT).
+//! - Added: an `ETag` on every read answer, and `?wait_for_change=true`
+//!   (`watch`: held until `instance put` changes the answer).
 mod ec2;
 mod identity;
 mod openstack;
