@@ -39,7 +39,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: load the datapath, watch taps, serve guests and the admin API.
-    Serve(ServeArgs),
+    // Boxed: serve has many options, the other commands few.
+    Serve(Box<ServeArgs>),
     /// Create, replace, show, list or delete instance documents.
     #[command(subcommand)]
     Instance(InstanceCommand),

@@ -404,6 +404,49 @@ mod tests {
     }
 
     #[test]
+    fn stale_if_error_and_identity_keys_from_the_file() {
+        use crate::backend::nova::config::NovaConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let settings = with_file(&format!(
+            "backend = \"nova\"\nnova_metadata_host = \"nova\"\n\
+             metadata_proxy_shared_secret_file = {secret:?}\nstale_if_error = 30\n"
+        ))
+        .unwrap();
+        let BackendConfig::Nova(NovaConfig { stale_if_error, .. }) = settings.backend else {
+            panic!("expected the nova backend");
+        };
+        assert_eq!(stale_if_error, std::time::Duration::from_secs(30));
+        assert!(settings.signed_identity.is_none(), "no key, no identity");
+
+        let err = format!(
+            "{:#}",
+            with_file("identity_issuer = \"https://x\"\n").unwrap_err()
+        );
+        assert!(
+            err.starts_with("--identity-issuer needs --identity-key"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            with_file("identity_key = \"/nonexistent/key.pem\"\n").unwrap_err()
+        );
+        assert_eq!(err, "--identity-key needs --identity-cert");
+        let err = format!(
+            "{:#}",
+            with_file(
+                "identity_key = \"/nonexistent/key.pem\"\nidentity_cert = \"/nonexistent/c.pem\"\n"
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.starts_with("--identity-key /nonexistent/key.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tap_attach_from_flag_file_and_default() {
         let settings =
             Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();

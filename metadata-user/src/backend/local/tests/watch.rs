@@ -141,7 +141,7 @@ async fn another_etag_answers_at_once_delete_ends_with_404_and_shutdown_answers(
     let h = Arc::new(Harness::new());
     let rich = rich_instance();
     let path = "/openstack/latest/user_data";
-    let (snapshots, _) = watch::channel(snapshot_with(&[rich.clone()]));
+    let (snapshots, _) = watch::channel(snapshot_with(std::slice::from_ref(&rich)));
     let (shutdown, _) = watch::channel(false);
     let (answer, waited) = hold(&h, &snapshots, &shutdown, path, "old", 30)
         .await
