@@ -46,9 +46,10 @@ pub struct Responder {
 
 impl Responder {
     pub async fn respond(&self, guest: &Guest, request: Request<Incoming>) -> Reply {
-        // Only a request with a query string pays for this.
+        // Only a request with a query string pays for this. GETs only: in
+        // nova mode a watch's answer is cached, and a HEAD's has no body.
         let watch = match WatchQuery::parse(request.uri().query()) {
-            Ok(watch) => watch.filter(|_| matches!(*request.method(), Method::GET | Method::HEAD)),
+            Ok(watch) => watch.filter(|_| request.method() == Method::GET),
             Err(err) => {
                 return Reply::new(
                     ApiError::BadRequest {
