@@ -189,46 +189,116 @@ pub struct Counters {
     pub flows_reset: u64,
 }
 
+/// One counter of [`Counters`]: what a program decided for a packet (a
+/// verdict), or something that happened to a flow on the way (an event).
+/// The discriminant is the field's position in `Counters`, so the programs
+/// count with an index into the struct seen as an array, in one place.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Caught = 0,
+    ArpAnswered,
+    Passed,
+    PassedUnregistered,
+    DroppedFragment,
+    DroppedMalformed,
+    DroppedNotReady,
+    DroppedSynBudget,
+    DroppedRewrite,
+    Replied,
+    DroppedNoFlow,
+    EgressPassed,
+    DroppedNoFlowLate,
+    FlowsClosed,
+    FlowsReset,
+}
+
+impl Counter {
+    /// How many counters there are (fields of `Counters`).
+    pub const COUNT: usize = 15;
+
+    /// Every counter, in field order.
+    pub const ALL: [Counter; Counter::COUNT] = [
+        Counter::Caught,
+        Counter::ArpAnswered,
+        Counter::Passed,
+        Counter::PassedUnregistered,
+        Counter::DroppedFragment,
+        Counter::DroppedMalformed,
+        Counter::DroppedNotReady,
+        Counter::DroppedSynBudget,
+        Counter::DroppedRewrite,
+        Counter::Replied,
+        Counter::DroppedNoFlow,
+        Counter::EgressPassed,
+        Counter::DroppedNoFlowLate,
+        Counter::FlowsClosed,
+        Counter::FlowsReset,
+    ];
+
+    /// The field's name, as `status` and bpftool show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Caught => "caught",
+            Counter::ArpAnswered => "arp_answered",
+            Counter::Passed => "passed",
+            Counter::PassedUnregistered => "passed_unregistered",
+            Counter::DroppedFragment => "dropped_fragment",
+            Counter::DroppedMalformed => "dropped_malformed",
+            Counter::DroppedNotReady => "dropped_not_ready",
+            Counter::DroppedSynBudget => "dropped_syn_budget",
+            Counter::DroppedRewrite => "dropped_rewrite",
+            Counter::Replied => "replied",
+            Counter::DroppedNoFlow => "dropped_no_flow",
+            Counter::EgressPassed => "egress_passed",
+            Counter::DroppedNoFlowLate => "dropped_no_flow_late",
+            Counter::FlowsClosed => "flows_closed",
+            Counter::FlowsReset => "flows_reset",
+        }
+    }
+
+    /// True for the counters that record a packet's verdict: every run of
+    /// either program counts exactly one of them. The others count events on
+    /// flows, next to a verdict.
+    pub const fn is_verdict(self) -> bool {
+        !matches!(self, Counter::FlowsClosed | Counter::FlowsReset)
+    }
+}
+
+// `Counters` is exactly `Counter::COUNT` u64s, so it can be seen as an array.
+const _: () = assert!(core::mem::size_of::<Counters>() == Counter::COUNT * 8);
+const _: () = assert!(core::mem::align_of::<Counters>() == core::mem::align_of::<u64>());
+
 impl Counters {
-    /// Each counter with its name, in declaration order (for status output
-    /// and for summing the per-CPU copies).
-    pub fn fields(&self) -> [(&'static str, u64); 15] {
-        [
-            ("caught", self.caught),
-            ("arp_answered", self.arp_answered),
-            ("passed", self.passed),
-            ("passed_unregistered", self.passed_unregistered),
-            ("dropped_fragment", self.dropped_fragment),
-            ("dropped_malformed", self.dropped_malformed),
-            ("dropped_not_ready", self.dropped_not_ready),
-            ("dropped_syn_budget", self.dropped_syn_budget),
-            ("dropped_rewrite", self.dropped_rewrite),
-            ("replied", self.replied),
-            ("dropped_no_flow", self.dropped_no_flow),
-            ("egress_passed", self.egress_passed),
-            ("dropped_no_flow_late", self.dropped_no_flow_late),
-            ("flows_closed", self.flows_closed),
-            ("flows_reset", self.flows_reset),
-        ]
+    /// The counters as an array, indexed by `Counter as usize`.
+    pub fn as_array(&self) -> &[u64; Counter::COUNT] {
+        // SAFETY: #[repr(C)] struct of exactly Counter::COUNT u64 fields and
+        // nothing else (asserted above), so it has the array's layout.
+        unsafe { &*(self as *const Counters as *const [u64; Counter::COUNT]) }
+    }
+
+    /// Mutable counterpart of [`Counters::as_array`].
+    pub fn as_array_mut(&mut self) -> &mut [u64; Counter::COUNT] {
+        // SAFETY: as in `as_array`.
+        unsafe { &mut *(self as *mut Counters as *mut [u64; Counter::COUNT]) }
+    }
+
+    /// One counter's value.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.as_array()[counter as usize]
+    }
+
+    /// Each counter with its name, in declaration order (for status output).
+    pub fn fields(&self) -> [(&'static str, u64); Counter::COUNT] {
+        let values = self.as_array();
+        Counter::ALL.map(|counter| (counter.name(), values[counter as usize]))
     }
 
     /// Adds another CPU's copy into this one.
     pub fn accumulate(&mut self, other: &Counters) {
-        self.caught += other.caught;
-        self.arp_answered += other.arp_answered;
-        self.passed += other.passed;
-        self.passed_unregistered += other.passed_unregistered;
-        self.dropped_fragment += other.dropped_fragment;
-        self.dropped_malformed += other.dropped_malformed;
-        self.dropped_not_ready += other.dropped_not_ready;
-        self.dropped_syn_budget += other.dropped_syn_budget;
-        self.dropped_rewrite += other.dropped_rewrite;
-        self.replied += other.replied;
-        self.dropped_no_flow += other.dropped_no_flow;
-        self.egress_passed += other.egress_passed;
-        self.dropped_no_flow_late += other.dropped_no_flow_late;
-        self.flows_closed += other.flows_closed;
-        self.flows_reset += other.flows_reset;
+        for (mine, theirs) in self.as_array_mut().iter_mut().zip(other.as_array()) {
+            *mine += theirs;
+        }
     }
 }
 
@@ -281,8 +351,66 @@ mod tests {
             );
         }
         let mut names: std::vec::Vec<&str> = one.fields().iter().map(|(name, _)| *name).collect();
+        assert_eq!(names.len(), Counter::ALL.len());
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n, "duplicate counter names");
+    }
+
+    #[test]
+    fn each_counter_indexes_its_own_field() {
+        use core::mem::offset_of;
+        let offsets = [
+            (Counter::Caught, offset_of!(Counters, caught)),
+            (Counter::ArpAnswered, offset_of!(Counters, arp_answered)),
+            (Counter::Passed, offset_of!(Counters, passed)),
+            (
+                Counter::PassedUnregistered,
+                offset_of!(Counters, passed_unregistered),
+            ),
+            (
+                Counter::DroppedFragment,
+                offset_of!(Counters, dropped_fragment),
+            ),
+            (
+                Counter::DroppedMalformed,
+                offset_of!(Counters, dropped_malformed),
+            ),
+            (
+                Counter::DroppedNotReady,
+                offset_of!(Counters, dropped_not_ready),
+            ),
+            (
+                Counter::DroppedSynBudget,
+                offset_of!(Counters, dropped_syn_budget),
+            ),
+            (
+                Counter::DroppedRewrite,
+                offset_of!(Counters, dropped_rewrite),
+            ),
+            (Counter::Replied, offset_of!(Counters, replied)),
+            (
+                Counter::DroppedNoFlow,
+                offset_of!(Counters, dropped_no_flow),
+            ),
+            (Counter::EgressPassed, offset_of!(Counters, egress_passed)),
+            (
+                Counter::DroppedNoFlowLate,
+                offset_of!(Counters, dropped_no_flow_late),
+            ),
+            (Counter::FlowsClosed, offset_of!(Counters, flows_closed)),
+            (Counter::FlowsReset, offset_of!(Counters, flows_reset)),
+        ];
+        assert_eq!(offsets.len(), Counter::COUNT);
+        for (i, (counter, offset)) in offsets.into_iter().enumerate() {
+            assert_eq!(Counter::ALL[i], counter, "ALL out of order at {i}");
+            assert_eq!(counter as usize * 8, offset, "{counter:?}");
+            let mut counters = Counters::default();
+            counters.as_array_mut()[counter as usize] = 7;
+            assert_eq!(counters.get(counter), 7);
+            // The name is the field's own (Rust's names, as in the struct).
+            let field = counters.fields()[i];
+            assert_eq!(field, (counter.name(), 7));
+        }
     }
 }
