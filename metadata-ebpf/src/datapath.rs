@@ -8,58 +8,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use metadata_ebpf::{
-    Counter, Counters, DatapathConfig, FlowEntry, FlowKey, MAX_FLOWS, MAX_PORTS, METADATA_ADDR,
-    METADATA_MAC, METADATA_PORT, PortEntry,
+    Counter, Counters, DatapathConfig, FlowEntry, FlowKey, GuestStep, MAX_FLOWS, MAX_PORTS,
+    METADATA_ADDR, METADATA_MAC, METADATA_PORT, PortEntry, ServerStep, guest_step, server_step,
+    tcp_flags::SYN,
 };
 
-// How a flow ends (FLOWS holds a connection from the guest's SYN until it is
-// over, so the LRU only has to evict when more connections are open at once
-// than it holds, not merely made recently):
-//
-// * Tap ingress looks the flow up only on FIN or RST segments, so the
-//   common path (data, ACKs) does no extra map work. A guest FIN sets
-//   `guest_fin`; a guest RST removes the flow (the server does not answer a
-//   RST, so no reply will need it).
-// * Server egress already looks the flow up for every reply. A server FIN
-//   sets `server_fin`; once both are set the flow is removed after the
-//   redirect data has been copied out, so the segment that completes the
-//   close still reaches the guest. That segment is the server's last one in
-//   either order: server closes first (Connection: close) -> its ACK of the
-//   guest's FIN; guest closes first (keep-alive client hanging up) -> the
-//   server's FIN (the guest's final ACK needs no flow: ingress rewrites from
-//   PORTS alone). Simultaneous close works out the same way, since the
-//   server always ACKs the guest's FIN after ingress has marked it. A server
-//   RST removes the flow too.
-// * Each mark is a byte of its own written by one program only, so the two
-//   programs never race on a read-modify-write.
-//
-// Edge cases, and why they are acceptable:
-// * A segment the server sends after removal finds no flow and is dropped.
-//   Without data or SYN (the ACK that the server, in TIME_WAIT, sends for a
-//   retransmitted guest FIN after its first ACK was lost; a late RST) it is
-//   counted as `dropped_no_flow_late`: the guest has already closed, its
-//   kernel retries the FIN and then gives up, and no application waits.
-//   With data (a retransmission of a reply segment lost between the tap and
-//   the guest after both FINs were seen, which needs a loss on the
-//   veth/redirect/tap path) it is `dropped_no_flow`, as an eviction was.
-// * The guest reusing a source port: its new SYN overwrites the entry with
-//   both marks cleared, so an old connection's marks never close the new
-//   one early.
-// * Userspace resolves the peer at accept time (`FlowTable::origin`). A
-//   fast guest may have sent its FIN already (a half-close after the
-//   request); that only sets `guest_fin`, and the flow stays until the
-//   server's FIN, which cannot come before the server has accepted and
-//   answered. Only a guest RST before accept removes it, and then the
-//   connection is dead anyway.
-// * Keep-alive connections keep their flow as long as they are open; the
-//   server's idle timeout (or the guest hanging up) closes them like any
-//   other, and an idle one is no more exposed to LRU eviction than before.
-// * A stray RST from the guest (outside the window, which the server would
-//   ignore) still removes the flow: it can only break the guest's own
-//   connection, as the key is the guest's own tap identity.
-// * A guest FIN or RST for a flow already gone (retransmission, daemon
-//   restart with recreated maps) finds nothing and changes nothing; the
-//   segment is still redirected.
+// The close rules (when a flow is created, marked and removed) are
+// `guest_step` and `server_step` in the shared crate, unit-tested on the
+// host; the programs below only carry them out.
 
 #[btf_map]
 static PORTS: HashMap<u32, PortEntry, { MAX_PORTS as usize }> = HashMap::new();
@@ -78,10 +34,6 @@ const IPPROTO_TCP: u8 = 6;
 /// `frag_off` bits that make a packet a fragment: MF (0x2000) and the
 /// 13-bit offset. DF (0x4000) is not one of them.
 const IP_FRAGMENT_MASK: u16 = 0x3fff;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const NSEC_PER_SEC: u64 = 1_000_000_000;
 // ARP for IPv4 over Ethernet.
 const ARP_OP_REQUEST: u16 = 1;
@@ -310,40 +262,32 @@ fn tap_ipv4(ctx: &TcContext) -> Verdict {
     // SAFETY: bounds checked by ptr_at.
     let (guest_mac, gateway_mac) = unsafe { ((*eth).src, (*eth).dst) };
 
-    // Only a connection's SYN writes the flow table: later segments of the
-    // connection find their entry, so the common path does no map update.
-    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        // SAFETY: as above.
-        if !unsafe { take_syn_budget(port, config.syn_rate_per_port) } {
-            return Verdict::Drop(Counter::DroppedSynBudget);
+    let key = FlowKey {
+        identity_addr: slot_identity,
+        guest_port_be: sport_be,
+        _pad: 0,
+    };
+    match guest_step(flags) {
+        GuestStep::Open => {
+            // SAFETY: as above.
+            if !unsafe { take_syn_budget(port, config.syn_rate_per_port) } {
+                return Verdict::Drop(Counter::DroppedSynBudget);
+            }
+            let _ = FLOWS.insert(key, FlowEntry::new(saddr, tap, guest_mac, gateway_mac), 0);
         }
-        // Overwrites an entry left by an earlier connection from the same
-        // source port, marks and all.
-        let _ = FLOWS.insert(
-            FlowKey {
-                identity_addr: slot_identity,
-                guest_port_be: sport_be,
-                _pad: 0,
-            },
-            FlowEntry::new(saddr, tap, guest_mac, gateway_mac),
-            0,
-        );
-    } else if flags & (TCP_FIN | TCP_RST) != 0 {
-        let key = FlowKey {
-            identity_addr: slot_identity,
-            guest_port_be: sport_be,
-            _pad: 0,
-        };
-        if flags & TCP_RST != 0 {
-            // The server will not answer a RST: nothing needs the flow now.
+        GuestStep::Reset => {
             if FLOWS.remove(key).is_ok() {
                 count(Counter::FlowsReset);
             }
-        } else if let Some(flow) = FLOWS.get_ptr_mut(key) {
-            // SAFETY: a valid map value pointer; a single byte only this
-            // program writes.
-            unsafe { (*flow).guest_fin = 1 };
         }
+        GuestStep::MarkFin => {
+            if let Some(flow) = FLOWS.get_ptr_mut(key) {
+                // SAFETY: a valid map value pointer; a single byte only this
+                // program writes.
+                unsafe { (*flow).guest_fin = 1 };
+            }
+        }
+        GuestStep::Nothing => {}
     }
 
     let rewritten = rewrite(
@@ -499,7 +443,7 @@ fn server_verdict(ctx: &TcContext) -> Verdict {
             Ok(byte) => ((byte >> 4) as usize) * 4,
             Err(_) => 0,
         };
-        return if flags & TCP_SYN == 0 && (tot_len as usize) <= ihl + doff {
+        return if flags & SYN == 0 && (tot_len as usize) <= ihl + doff {
             Verdict::Drop(Counter::DroppedNoFlowLate)
         } else {
             Verdict::Drop(Counter::DroppedNoFlow)
@@ -508,24 +452,23 @@ fn server_verdict(ctx: &TcContext) -> Verdict {
     // SAFETY: a valid map value pointer. A plain-old-data copy: the redirect
     // below uses only the copy, so removing the entry cannot affect it.
     let flow = unsafe { *entry };
-    if flags & TCP_RST != 0 {
-        if FLOWS.remove(key).is_ok() {
-            count(Counter::FlowsReset);
+    match server_step(flags, flow.guest_fin != 0, flow.server_fin != 0) {
+        ServerStep::Reset => {
+            if FLOWS.remove(key).is_ok() {
+                count(Counter::FlowsReset);
+            }
         }
-    } else if flags & TCP_FIN != 0 || flow.guest_fin != 0 {
-        // The server's FIN, or a segment after the guest's FIN: the close
-        // may be complete with this segment. (A guest FIN marked just after
-        // the copy is seen on the server's ACK of it, which always follows.)
-        let server_fin = flow.server_fin != 0 || flags & TCP_FIN != 0;
-        if flow.guest_fin != 0 && server_fin {
+        ServerStep::Close => {
             if FLOWS.remove(key).is_ok() {
                 count(Counter::FlowsClosed);
             }
-        } else if flow.server_fin == 0 && flags & TCP_FIN != 0 {
+        }
+        ServerStep::MarkFin => {
             // SAFETY: as above, before any removal; a single byte only this
             // program writes.
             unsafe { (*entry).server_fin = 1 };
         }
+        ServerStep::Keep => {}
     }
     let rewritten = rewrite(
         ctx,
