@@ -411,7 +411,7 @@ pub fn markdown(results: &Results) -> String {
                 map.memlock_bytes as f64 / 1024.0
             );
         }
-        md += "\nThe maps are sized for 65536 ports and 131072 flows when loaded, so their memory does not grow with ports.\n\n";
+        md += "\nThe pinned maps are sized for 65536 ports when loaded; each attached port adds a flow table of its own (`FLOWS tables`), the part that grows with ports.\n\n";
     }
     if let Some(n) = &results.density_neutron {
         let per_net_kernel = n.namespaces_kernel_kib as f64 / n.networks as f64;

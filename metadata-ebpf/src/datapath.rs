@@ -2,25 +2,40 @@ use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
     helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use metadata_ebpf::{
-    Counter, Counters, DatapathConfig, FlowEntry, FlowKey, GuestStep, MAX_FLOWS, MAX_PORTS,
-    METADATA_ADDR, METADATA_MAC, METADATA_PORT, PortEntry, ServerStep, guest_step, server_step,
-    tcp_flags::SYN,
+    Counter, Counters, DatapathConfig, FlowEntry, FlowKey, GuestStep, MAX_FLOWS_PER_PORT,
+    MAX_PORTS, METADATA_ADDR, METADATA_MAC, METADATA_PORT, PortEntry, ServerStep, guest_step,
+    server_step, tcp_flags::SYN,
 };
 
 // The close rules (when a flow is created, marked and removed) are
 // `guest_step` and `server_step` in the shared crate, unit-tested on the
 // host; the programs below only carry them out.
 
+// Flows are kept per port: FLOWS maps a port's identity address to a flow
+// table of its own (an LRU of MAX_FLOWS_PER_PORT entries) that the daemon
+// creates when it attaches the port and drops when it detaches it. Tap
+// ingress only ever writes the table of the identity PORTS gives for the
+// tap the packet came in on, so a guest's SYNs can evict that guest's own
+// flows and nobody else's: whatever a guest sends, other guests' open
+// connections keep their flows. Server egress finds the table from the
+// reply's destination (the identity address). The daemon pins FLOWS, and
+// the tables live as long as FLOWS refers to them, so flows survive a
+// daemon restart like every other map. (The shared crate documents the
+// memory this takes.)
+
+/// One port's flow table.
+type FlowTable = LruHashMap<FlowKey, FlowEntry, { MAX_FLOWS_PER_PORT as usize }>;
+
 #[btf_map]
 static PORTS: HashMap<u32, PortEntry, { MAX_PORTS as usize }> = HashMap::new();
 #[btf_map]
-static FLOWS: LruHashMap<FlowKey, FlowEntry, { MAX_FLOWS as usize }> = LruHashMap::new();
+static FLOWS: HashOfMaps<[u8; 4], FlowTable, { MAX_PORTS as usize }> = HashOfMaps::new();
 #[btf_map]
 static CONFIG: Array<DatapathConfig, 1> = Array::new();
 #[btf_map]
@@ -28,6 +43,10 @@ static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
+/// 802.1Q VLAN tag.
+const ETH_P_8021Q: u16 = 0x8100;
+/// 802.1ad (QinQ) service VLAN tag.
+const ETH_P_8021AD: u16 = 0x88a8;
 /// ARP hardware type for Ethernet (`ARPHRD_ETHER`).
 const ARPHRD_ETHER: u16 = 1;
 const IPPROTO_TCP: u8 = 6;
@@ -195,11 +214,28 @@ fn tap_verdict(ctx: &TcContext) -> Verdict {
         return Verdict::Pass(Counter::Passed);
     };
     // SAFETY: bounds checked by ptr_at.
-    match u16::from_be(unsafe { (*eth).proto_be }) {
+    let proto = u16::from_be(unsafe { (*eth).proto_be });
+    // A VLAN-tagged frame (a trunk's subport) is not ours, whatever it
+    // carries. The kernel has usually moved the outer tag into the skb's
+    // metadata before TC runs, leaving the inner ethertype in the frame;
+    // a second tag (QinQ), or a tag the kernel left in place, shows in
+    // the frame.
+    if vlan_present(ctx) || proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        return Verdict::Pass(Counter::PassedVlan);
+    }
+    match proto {
         ETH_P_IP => tap_ipv4(ctx),
         ETH_P_ARP => tap_arp(ctx),
         _ => Verdict::Pass(Counter::Passed),
     }
+}
+
+/// Whether the skb carries a VLAN tag in its metadata (taken off the
+/// frame by the kernel on receive).
+#[inline(always)]
+fn vlan_present(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
 }
 
 /// TCP to 169.254.169.254:80 from a registered tap: rewrite towards the server.
@@ -250,6 +286,11 @@ fn tap_ipv4(ctx: &TcContext) -> Verdict {
     if config.ready == 0 {
         return Verdict::Drop(Counter::DroppedNotReady);
     }
+    // Guests never send IP options to the metadata service; served, a
+    // Record Route would collect the server's own address on the way back.
+    if ihl > IP_MIN_LEN {
+        return Verdict::Drop(Counter::DroppedIpOptions);
+    }
     let (Ok(sport_be), Ok(flags)) = (
         ctx.load::<u16>(tcp + TCP_SPORT),
         ctx.load::<u8>(tcp + TCP_FLAGS),
@@ -267,21 +308,34 @@ fn tap_ipv4(ctx: &TcContext) -> Verdict {
         guest_port_be: sport_be,
         _pad: 0,
     };
+    // The port's own flow table: the only one this packet may touch.
+    // SAFETY: FLOWS is a map of maps; the table is only used through helpers.
+    let table = unsafe { FLOWS.get(&slot_identity) };
     match guest_step(flags) {
         GuestStep::Open => {
             // SAFETY: as above.
             if !unsafe { take_syn_budget(port, config.syn_rate_per_port) } {
                 return Verdict::Drop(Counter::DroppedSynBudget);
             }
-            let _ = FLOWS.insert(key, FlowEntry::new(saddr, tap, guest_mac, gateway_mac), 0);
+            // Without a flow the server could not tell who is asking, so the
+            // SYN goes no further: the guest's TCP retries it.
+            let Some(table) = table else {
+                return Verdict::Drop(Counter::DroppedFlowTable);
+            };
+            let flow = FlowEntry::new(saddr, tap, guest_mac, gateway_mac);
+            if table.insert(key, flow, 0).is_err() {
+                return Verdict::Drop(Counter::DroppedFlowTable);
+            }
         }
         GuestStep::Reset => {
-            if FLOWS.remove(key).is_ok() {
+            if let Some(table) = table
+                && table.remove(key).is_ok()
+            {
                 count(Counter::FlowsReset);
             }
         }
         GuestStep::MarkFin => {
-            if let Some(flow) = FLOWS.get_ptr_mut(key) {
+            if let Some(flow) = table.and_then(|table| table.get_ptr_mut(key)) {
                 // SAFETY: a valid map value pointer; a single byte only this
                 // program writes.
                 unsafe { (*flow).guest_fin = 1 };
@@ -436,7 +490,12 @@ fn server_verdict(ctx: &TcContext) -> Verdict {
         guest_port_be: dport_be,
         _pad: 0,
     };
-    let Some(entry) = FLOWS.get_ptr_mut(key) else {
+    // The table of the port the reply is for; none (a port detached, or an
+    // address that is no port's) is the same as no flow.
+    // SAFETY: FLOWS is a map of maps; the table is only used through helpers.
+    let table = unsafe { FLOWS.get(&daddr) };
+    let Some((table, entry)) = table.and_then(|table| Some((table, table.get_ptr_mut(key)?)))
+    else {
         // Tell the harmless tail of a closed connection (no data, no SYN)
         // from a segment the guest is waiting for.
         let doff = match ctx.load::<u8>(tcp + TCP_DOFF) {
@@ -454,12 +513,12 @@ fn server_verdict(ctx: &TcContext) -> Verdict {
     let flow = unsafe { *entry };
     match server_step(flags, flow.guest_fin != 0, flow.server_fin != 0) {
         ServerStep::Reset => {
-            if FLOWS.remove(key).is_ok() {
+            if table.remove(key).is_ok() {
                 count(Counter::FlowsReset);
             }
         }
         ServerStep::Close => {
-            if FLOWS.remove(key).is_ok() {
+            if table.remove(key).is_ok() {
                 count(Counter::FlowsClosed);
             }
         }

@@ -18,9 +18,26 @@ pub const METADATA_MAC: [u8; 6] = [0x0a, 0x58, 0xa9, 0xfe, 0xa9, 0xfe];
 
 /// Capacity of the `PORTS` map (registered taps on one host).
 pub const MAX_PORTS: u32 = 65_536;
-/// Capacity of the `FLOWS` LRU map (guest connections remembered for the
-/// return path; an evicted entry only matters for a connection still open).
-pub const MAX_FLOWS: u32 = 131_072;
+/// Capacity of each port's own flow table (an LRU of the guest connections
+/// remembered for the return path), the inner maps of `FLOWS`.
+///
+/// Each registered port has a table of its own, so a port's new connections
+/// can only ever evict that port's own flows: whatever one guest sends (a
+/// flood of SYNs it never completes, included), another guest's flows stay.
+/// A half-open flow needs no expiry for that: it only takes room in its own
+/// guest's table, and that guest's next connections push it out.
+///
+/// 128 is twice what the server lets one port hold open
+/// (`MAX_CONNECTIONS_PER_PORT`, 64), so a guest within the server's limit
+/// does not evict its own live flows either: the kernel's LRU can start
+/// evicting before a table is full (it hands free entries to the CPUs in
+/// batches), hence the room to spare.
+///
+/// Kernel memory: a table is preallocated, 13,184 bytes as the kernel
+/// accounts it (`bpftool map show`: memlock), created when a port is
+/// attached and freed when it is detached: 132 MB for 10,000 ports, 13 MB
+/// for 1,000.
+pub const MAX_FLOWS_PER_PORT: u32 = 128;
 /// Default cap on new connections (SYNs) per port per second. It bounds how
 /// fast one guest can churn the shared FLOWS table and the server's SYN
 /// queue; cloud-init's whole first boot is ~35 connections.
@@ -68,7 +85,9 @@ impl PortEntry {
     }
 }
 
-/// `FLOWS` key: one guest TCP connection as the server sees it.
+/// `FLOWS[identity address]` is the port's own flow table (an LRU hash map
+/// of [`MAX_FLOWS_PER_PORT`] entries, created by the daemon when it attaches
+/// the port); this is its key: one guest TCP connection as the server sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -309,6 +328,18 @@ pub struct Counters {
     pub flows_closed: u64,
     /// Either direction: a flow removed because of a RST from the guest or the server.
     pub flows_reset: u64,
+    /// Tap ingress: a VLAN-tagged frame (802.1Q or 802.1ad, the tag in the
+    /// frame or already taken into the skb's metadata by the kernel), passed
+    /// untouched. A trunk's subport traffic is not ours to catch.
+    pub passed_vlan: u64,
+    /// Tap ingress: TCP to 169.254.169.254:80 from a registered tap carrying
+    /// IPv4 options (IHL > 5), dropped. Guests never send them; served, a
+    /// Record Route would collect the server's address.
+    pub dropped_ip_options: u64,
+    /// Tap ingress: a SYN from a registered port whose flow table is missing
+    /// (the daemon is attaching the port) or refused the entry, dropped; the
+    /// guest's TCP retries.
+    pub dropped_flow_table: u64,
 }
 
 /// One counter of [`Counters`]: what a program decided for a packet (a
@@ -333,11 +364,14 @@ pub enum Counter {
     DroppedNoFlowLate,
     FlowsClosed,
     FlowsReset,
+    PassedVlan,
+    DroppedIpOptions,
+    DroppedFlowTable,
 }
 
 impl Counter {
     /// How many counters there are (fields of `Counters`).
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 18;
 
     /// Every counter, in field order.
     pub const ALL: [Counter; Counter::COUNT] = [
@@ -356,6 +390,9 @@ impl Counter {
         Counter::DroppedNoFlowLate,
         Counter::FlowsClosed,
         Counter::FlowsReset,
+        Counter::PassedVlan,
+        Counter::DroppedIpOptions,
+        Counter::DroppedFlowTable,
     ];
 
     /// The field's name, as `status` and bpftool show it.
@@ -376,6 +413,9 @@ impl Counter {
             Counter::DroppedNoFlowLate => "dropped_no_flow_late",
             Counter::FlowsClosed => "flows_closed",
             Counter::FlowsReset => "flows_reset",
+            Counter::PassedVlan => "passed_vlan",
+            Counter::DroppedIpOptions => "dropped_ip_options",
+            Counter::DroppedFlowTable => "dropped_flow_table",
         }
     }
 
@@ -522,6 +562,15 @@ mod tests {
             ),
             (Counter::FlowsClosed, offset_of!(Counters, flows_closed)),
             (Counter::FlowsReset, offset_of!(Counters, flows_reset)),
+            (Counter::PassedVlan, offset_of!(Counters, passed_vlan)),
+            (
+                Counter::DroppedIpOptions,
+                offset_of!(Counters, dropped_ip_options),
+            ),
+            (
+                Counter::DroppedFlowTable,
+                offset_of!(Counters, dropped_flow_table),
+            ),
         ];
         assert_eq!(offsets.len(), Counter::COUNT);
         for (i, (counter, offset)) in offsets.into_iter().enumerate() {

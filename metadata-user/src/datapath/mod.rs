@@ -2,7 +2,8 @@
 //!
 //! Layout under `--bpffs DIR`:
 //! ```text
-//! DIR/maps/{PORTS,FLOWS,CONFIG,COUNTERS}   reused across restarts (flows survive)
+//! DIR/maps/{PORTS,FLOWS,CONFIG,COUNTERS}   reused across restarts (flows survive;
+//!                                          FLOWS holds each port's flow table)
 //! DIR/progs/{tap_ingress,server_egress}    the programs of the running daemon
 //! DIR/links/server-egress                  TCX egress link on the server end
 //! DIR/links/tap-<ifname>                   TCX ingress link on each registered tap ('.' as %2e)
@@ -22,17 +23,17 @@ mod sys;
 pub mod tc_attach;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fs,
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -164,7 +165,7 @@ impl Datapath {
         let mut datapath = Self {
             ports: take_map(&mut ebpf, names::PORTS)?,
             flows: Arc::new(FlowTable {
-                map: take_map(&mut ebpf, names::FLOWS)?,
+                tables: Mutex::new(take_map(&mut ebpf, names::FLOWS)?),
                 identity,
             }),
             counters: Arc::new(CounterTable {
@@ -204,11 +205,15 @@ impl Datapath {
         match self.attached.get(ifname) {
             Some(current) if *current == wanted => return Ok(()),
             Some(current) if current.ifindex == ifindex => {
-                // Same tap, another slot: the link stays, only the port entry changes.
-                let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
+                // Same tap, another slot: the link stays, the port entry and
+                // the flow table change.
+                let identity = self.identity.address_of(slot)?;
+                self.flows.ensure(identity, slot)?;
+                let entry = PortEntry::new(slot, identity.octets());
                 self.ports
                     .insert(ifindex, entry, 0)
                     .with_context(|| format!("updating {ifname} in the port map"))?;
+                self.flows.remove(self.identity.address_of(current.slot)?);
                 self.attached.insert(ifname.to_string(), wanted);
                 return Ok(());
             }
@@ -216,14 +221,18 @@ impl Datapath {
             Some(_) => self.detach_tap(ifname)?,
             None => {}
         }
-        let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
-        // The map entry first: the program passes traffic from taps it does
-        // not know, so there is no window where a guest is served wrongly.
+        let identity = self.identity.address_of(slot)?;
+        // The port's flow table, then its map entry, then the program: the
+        // program passes traffic from taps it does not know, so there is no
+        // window where a guest is served wrongly.
+        self.flows.ensure(identity, slot)?;
+        let entry = PortEntry::new(slot, identity.octets());
         self.ports
             .insert(ifindex, entry, 0)
             .with_context(|| format!("registering {ifname} in the port map"))?;
         if let Err(err) = self.attach_tap_program(ifname, ifindex) {
             let _ = self.ports.remove(&ifindex);
+            self.flows.remove(identity);
             return Err(err.context(format!("attaching to {ifname}")));
         }
         info!(
@@ -244,6 +253,11 @@ impl Datapath {
             return Ok(());
         };
         let _ = self.ports.remove(&old.ifindex);
+        // Its open connections cannot get replies any more (the tap is gone,
+        // or no longer ours): the flow table goes too.
+        if let Ok(identity) = self.identity.address_of(old.slot) {
+            self.flows.remove(identity);
+        }
         // Both modes' attachments, whichever this daemon uses: cheap when
         // absent, and a tap never keeps a program we no longer account for.
         remove_tc_filter(old.ifindex);
@@ -292,9 +306,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// Forgets port entries and link pins that no attached tap accounts for:
-    /// what a previous daemon left for ports that are gone now.
+    /// Forgets port entries, flow tables and link pins that no attached tap
+    /// accounts for: what a previous daemon left for ports that are gone now.
     pub fn prune(&mut self) -> anyhow::Result<()> {
+        let identities: HashSet<Ipv4Addr> = self
+            .attached
+            .values()
+            .filter_map(|tap| self.identity.address_of(tap.slot).ok())
+            .collect();
+        self.flows.retain(&identities);
         let live: std::collections::HashSet<u32> =
             self.attached.values().map(|tap| tap.ifindex).collect();
         let stale: Vec<u32> = self
@@ -407,11 +427,13 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 4] {
             size_of::<PortEntry>(),
             metadata_ebpf::MAX_PORTS,
         ),
+        // Identity address -> the port's flow table (checked one by one in
+        // `FlowTable::ensure`).
         (
             names::FLOWS,
-            size_of::<FlowKey>(),
-            size_of::<FlowEntry>(),
-            metadata_ebpf::MAX_FLOWS,
+            size_of::<[u8; 4]>(),
+            size_of::<u32>(),
+            metadata_ebpf::MAX_PORTS,
         ),
         (
             names::CONFIG,
@@ -531,9 +553,14 @@ pub fn remove_pins(bpffs: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Read side of the FLOWS map: who is behind a connection to the server.
+/// FLOWS: each registered port's own flow table, by identity address (see
+/// the eBPF crate's `datapath.rs`: a guest's traffic can only evict its own
+/// port's flows). The daemon creates a port's table when it attaches the
+/// port and removes it when it detaches it; the tables live as long as the
+/// pinned FLOWS refers to them, so open connections keep their flows across
+/// restarts. The read side tells who is behind a connection to the server.
 pub struct FlowTable {
-    map: HashMap<MapData, FlowKey, FlowEntry>,
+    tables: Mutex<HashOfMaps<MapData, [u8; 4], MapData>>,
     identity: IdentityPlan,
 }
 
@@ -544,7 +571,89 @@ pub struct FlowOrigin {
     pub flow: FlowEntry,
 }
 
+/// One port's flow table as aya reads it.
+type PortFlows = HashMap<MapData, FlowKey, FlowEntry>;
+
+fn port_flows(table: MapData) -> Result<PortFlows, MapError> {
+    PortFlows::try_from(Map::from_map_data(table)?)
+}
+
 impl FlowTable {
+    fn tables(&self) -> std::sync::MutexGuard<'_, HashOfMaps<MapData, [u8; 4], MapData>> {
+        // A panic while holding the lock leaves the map itself consistent.
+        self.tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes sure the port with `identity` (slot `slot`) has a flow table:
+    /// the one a previous daemon or an earlier attach left (so its open
+    /// connections keep their flows), or a new one.
+    fn ensure(&self, identity: Ipv4Addr, slot: u32) -> anyhow::Result<()> {
+        let mut tables = self.tables();
+        match tables.get(&identity.octets(), 0) {
+            Ok(table) => {
+                let layout = table.info().map(|info| {
+                    (
+                        info.map_type().ok(),
+                        info.key_size() as usize,
+                        info.value_size() as usize,
+                        info.max_entries(),
+                    )
+                });
+                let wanted = (
+                    Some(aya::maps::MapType::LruHash),
+                    std::mem::size_of::<FlowKey>(),
+                    std::mem::size_of::<FlowEntry>(),
+                    metadata_ebpf::MAX_FLOWS_PER_PORT,
+                );
+                match layout {
+                    Ok(found) if found == wanted => return Ok(()),
+                    found => warn!(%identity, ?found, "flow table of another layout; replacing it"),
+                }
+            }
+            Err(MapError::KeyNotFound) => {}
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("looking up the flow table of {identity}"));
+            }
+        }
+        let fd = sys::create_lru_hash(
+            &format!("flows_{slot}"),
+            std::mem::size_of::<FlowKey>() as u32,
+            std::mem::size_of::<FlowEntry>() as u32,
+            metadata_ebpf::MAX_FLOWS_PER_PORT,
+        )
+        .with_context(|| format!("creating the flow table of {identity}"))?;
+        let table = MapData::from_fd(fd)?;
+        tables
+            .insert(identity.octets(), &table, 0)
+            .with_context(|| format!("adding the flow table of {identity}"))?;
+        Ok(())
+    }
+
+    /// Drops the flow table of `identity`, if there is one.
+    fn remove(&self, identity: Ipv4Addr) {
+        match self.tables().remove(&identity.octets()) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(err) => warn!(%identity, %err, "removing a flow table"),
+        }
+    }
+
+    /// Drops every flow table but those of `identities`.
+    fn retain(&self, identities: &HashSet<Ipv4Addr>) {
+        let mut tables = self.tables();
+        let stale: Vec<[u8; 4]> = tables
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !identities.contains(&Ipv4Addr::from(*key)))
+            .collect();
+        for key in stale {
+            debug!(identity = %Ipv4Addr::from(key), "removing stale flow table");
+            let _ = tables.remove(&key);
+        }
+    }
+
     /// Resolves the peer of an accepted connection. None when the peer is not
     /// an identity address or the datapath has no flow for it (the connection
     /// did not come through a tap).
@@ -555,7 +664,11 @@ impl FlowTable {
             guest_port_be: peer.port().to_be(),
             _pad: 0,
         };
-        match self.map.get(&key, 0) {
+        let table = self.tables().get(&key.identity_addr, 0);
+        match table
+            .and_then(port_flows)
+            .and_then(|table| table.get(&key, 0))
+        {
             Ok(flow) => Some(FlowOrigin { slot, flow }),
             Err(err) => {
                 warn!(%peer, %err, "no datapath flow for connection");
