@@ -196,6 +196,12 @@ fn pull_headers(ctx: &TcContext) {
     }
 }
 
+/// Whether the packet holds a whole TCP header (without options) at `tcp`.
+#[inline(always)]
+fn has_tcp_header(ctx: &TcContext, tcp: usize) -> bool {
+    ctx.load::<u16>(tcp + TCP_MIN_LEN - 2).is_ok()
+}
+
 #[inline(always)]
 fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's lifetime.
@@ -291,9 +297,12 @@ fn tap_ipv4(ctx: &TcContext) -> Verdict {
     if ihl > IP_MIN_LEN {
         return Verdict::Drop(Counter::DroppedIpOptions);
     }
-    let (Ok(sport_be), Ok(flags)) = (
+    // The whole fixed TCP header must be there (the rewrite updates its
+    // checksum), before anything is remembered or counted against a budget.
+    let (Ok(sport_be), Ok(flags), true) = (
         ctx.load::<u16>(tcp + TCP_SPORT),
         ctx.load::<u8>(tcp + TCP_FLAGS),
+        has_tcp_header(ctx, tcp),
     ) else {
         return Verdict::Drop(Counter::DroppedMalformed);
     };
@@ -475,10 +484,11 @@ fn server_verdict(ctx: &TcContext) -> Verdict {
         return Verdict::Drop(Counter::DroppedMalformed);
     }
     let tcp = ETH_HLEN + ihl;
-    let (Ok(sport_be), Ok(dport_be), Ok(flags)) = (
+    let (Ok(sport_be), Ok(dport_be), Ok(flags), true) = (
         ctx.load::<u16>(tcp + TCP_SPORT),
         ctx.load::<u16>(tcp + TCP_DPORT),
         ctx.load::<u8>(tcp + TCP_FLAGS),
+        has_tcp_header(ctx, tcp),
     ) else {
         return Verdict::Drop(Counter::DroppedMalformed);
     };
