@@ -115,6 +115,26 @@ pub fn targets(results: &Results) -> Vec<TargetCheck> {
             },
         ));
     }
+    if let Some(f) = &results.flood {
+        checks.push(check(
+            "flood: the quiet guest's idle keep-alive connection is answered",
+            (if f.keepalive_answered {
+                "answered"
+            } else {
+                "lost"
+            })
+            .to_string(),
+            f.keepalive_answered,
+            || "its flow was evicted".to_string(),
+        ));
+        let ratio = f.flood_p99_ms / f.calm_p99_ms;
+        checks.push(check(
+            "flood: the quiet guest's new-connection p99 <= 2x without the flood",
+            format!("{ratio:.2}x"),
+            ratio <= 2.0,
+            || format!("{:.2}x over", ratio - 2.0),
+        ));
+    }
     if !results.iperf.with_program_bps.is_empty() {
         let ratio = results.iperf.ratio();
         checks.push(check(
@@ -357,6 +377,37 @@ pub fn markdown(results: &Results) -> String {
             median(&ip.with_program_bps) / 1e9,
             gbits(&ip.with_program_bps),
             ip.ratio()
+        );
+    }
+
+    if let Some(f) = &results.flood {
+        let _ = writeln!(
+            md,
+            "## Flood\n\n{} guests flooded SYNs to 169.254.169.254:80 that they never complete, {} a second each for {:.0} s ({} SYNs, raw sockets, niced), while a quiet guest kept a keep-alive connection idle for {:.0} s and made new connections (one request each, closed loop, {:.0} s windows). Each port has its own flow table, so the flood can only evict the flooders' own flows.\n\n| | quiet guest req/s | p99 |\n| --- | ---: | ---: |\n| without the flood | {:.0} | {:.2} ms |\n| amid the flood | {:.0} | {:.2} ms ({:.2}x) |\n\nKeep-alive connection after {:.0} s idle amid the flood: {}. Errors: {}. Flows per port after the flood (identity: entries): {}. Datapath counters that grew: {}.\n",
+            f.flooders,
+            f.rate_per_guest,
+            f.seconds,
+            f.syns_sent,
+            f.keepalive_idle_s,
+            plan.measure.as_secs_f64(),
+            f.calm_rps,
+            f.calm_p99_ms,
+            f.flood_rps,
+            f.flood_p99_ms,
+            f.flood_p99_ms / f.calm_p99_ms,
+            f.keepalive_idle_s,
+            if f.keepalive_answered {
+                "answered"
+            } else {
+                "**lost**"
+            },
+            f.errors,
+            f.flows_per_port
+                .iter()
+                .map(|(identity, n)| format!("{identity}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            crate::drops::describe(&f.drops),
         );
     }
 
