@@ -191,7 +191,8 @@ pub fn other_traffic(world: &mut World, plan: &Plan, results: &mut Results) -> R
 }
 
 /// 4. Guests 1..=N flood SYNs they never complete (from raw sockets, at a
-///    fixed rate, niced: a flooding guest burns its own vCPUs) while guest 0
+///    fixed rate, niced by the script: a flooding guest burns its own
+///    vCPUs) while guest 0
 ///    keeps a keep-alive connection idle and is timed making new
 ///    connections, first without the flood, then amid it.
 pub fn flood(
@@ -227,8 +228,7 @@ pub fn flood(
     let mut floods = Vec::new();
     for guest in &world.guests[1..=plan.flood_guests] {
         let args = [
-            "timeout", "-s", "KILL", &limit, "nice", "-n", "19", "python3", "-B", &script, &rate,
-            &seconds, &start_at,
+            "timeout", "-s", "KILL", &limit, "python3", "-B", &script, &rate, &seconds, &start_at,
         ];
         floods.push(
             guest

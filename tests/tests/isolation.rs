@@ -66,6 +66,17 @@ const IDLE_SECONDS: &str = "8";
 /// does not decide.
 const SAMPLES: &str = "200";
 const ROUNDS: usize = 5;
+/// Whole floods tried until one keeps the quiet guest's p99 within 2x.
+/// Every one must keep its keep-alive connection: eviction is the failure
+/// this test is about, and it shows in every attempt. The p99 compares
+/// timings taken 20 s apart on a shared 2-core machine, where a parallel
+/// test can slow either side by itself (as in api_limits.rs).
+const ATTEMPTS: usize = 3;
+/// SYNs a flood must send to count: enough that, spread over the flood,
+/// the idle time alone sees as many new flows as the old shared flow table
+/// held (131,072), i.e. what evicted the quiet guest's flow before flows
+/// were kept per port. (A machine too busy to send that proves nothing.)
+const MIN_SYNS: u64 = 131_072 * 20 / 8;
 
 /// The median of the rounds' p99s; the rounds must all have been answered.
 fn median_p99(rounds: &[Value]) -> f64 {
@@ -100,7 +111,7 @@ fn p99(run: &Value) -> f64 {
 /// Five guests flood SYNs that never complete for 20 s. A quiet guest's
 /// keep-alive connection, opened once the flood runs and idle for 8 s amid
 /// it, still gets its answer; its new connections' p99 stays within twice
-/// what it was without the flood.
+/// what it was without the flood (in one of `ATTEMPTS` floods).
 #[test]
 #[ignore = "root: run via cargo xtask test"]
 fn syn_floods_from_other_guests_do_not_evict_a_quiet_guests_flows() {
@@ -130,54 +141,86 @@ fn syn_floods_from_other_guests_do_not_evict_a_quiet_guests_flows() {
     }
     quiet.wait_served(&quiet_instance.uuid).unwrap();
 
+    let mut attempts = Vec::new();
+    for attempt in 1..=ATTEMPTS {
+        let (ratio, syns) = flood_once(&daemon, &quiet, &flooders);
+        eprintln!("attempt {attempt}: {syns} SYNs, p99 amid the flood / without it {ratio:.2}");
+        attempts.push((ratio, syns));
+        if ratio <= 2.0 && syns >= MIN_SYNS {
+            break;
+        }
+    }
+    assert!(
+        attempts.iter().any(|(_, syns)| *syns >= MIN_SYNS),
+        "no flood reached {MIN_SYNS} SYNs (the machine was too busy to test this): \
+         (p99 ratio, SYNs) {attempts:?}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .any(|(ratio, syns)| *ratio <= 2.0 && *syns >= MIN_SYNS),
+        "the flood slowed the quiet guest's new connections beyond twice their p99 in every \
+         attempt: (p99 amid / without, SYNs) {attempts:?}"
+    );
+}
+
+/// One flood of `FLOOD_SECONDS` by `flooders` while `quiet`'s keep-alive
+/// connection idles (asserted answered) and its new connections are timed;
+/// the ratio of their median-round p99 amid the flood to without it, and
+/// the SYNs the flood sent.
+fn flood_once(daemon: &Daemon, quiet: &Guest, flooders: &[Guest]) -> (f64, u64) {
     let path = "/latest/meta-data/instance-id";
     let limit = Duration::from_secs(60);
     let timed = || python::run(quiet.ns(), "latency.py", &[path, SAMPLES], limit).unwrap();
     let calm: Vec<Value> = (0..ROUNDS).map(|_| timed()).collect();
-    let before = counters(&daemon);
+    let before = counters(daemon);
 
-    // Each flooder runs at the lowest CPU priority: a flooding guest burns
-    // its own vCPUs, but here guests are processes sharing the machine's
-    // two cores, and the quiet guest's timings are to measure the shared
-    // datapath and server, not the scheduler. (The flood's kernel work, the
-    // datapath and the server's SYN handling included, runs in the
-    // flooders' context, so it is niced with them.)
+    // Each flooder lowers its CPU priority once its packets are ready (see
+    // syn_flood.py), starts at `start_at`, and says so with a file.
     let script = python::script("syn_flood.py");
     let seconds = FLOOD_SECONDS.to_string();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
-    // Time enough for the flooders to prepare their packets.
     let start_at = format!("{:.3}", (now + FLOOD_PREPARATION).as_secs_f64());
+    let ready = integration_tests::tempdir::TempDir::new("flood").unwrap();
+    let ready_files: Vec<_> = (0..flooders.len())
+        .map(|i| ready.join(&format!("flooder{i}")))
+        .collect();
     let floods: Vec<_> = flooders
         .iter()
-        .map(|flooder| {
+        .zip(&ready_files)
+        .map(|(flooder, ready_file)| {
+            let args = [
+                "timeout",
+                "-s",
+                "KILL",
+                "120",
+                "python3",
+                "-B",
+                &script.to_string_lossy(),
+                FLOOD_RATE,
+                &seconds,
+                &start_at,
+                &ready_file.to_string_lossy(),
+            ];
             flooder
                 .ns()
-                .spawn(
-                    &[
-                        "timeout",
-                        "-s",
-                        "KILL",
-                        "60",
-                        "nice",
-                        "-n",
-                        "19",
-                        "python3",
-                        "-B",
-                        &script.to_string_lossy(),
-                        FLOOD_RATE,
-                        &seconds,
-                        &start_at,
-                    ],
-                    Stdio::piped(),
-                    Stdio::piped(),
-                )
+                .spawn(&args, Stdio::piped(), Stdio::piped())
                 .unwrap()
         })
         .collect();
-    // The keep-alive connection opens a second into the flood.
-    std::thread::sleep(FLOOD_PREPARATION + Duration::from_secs(1));
+    // The keep-alive connection opens once every flooder sends, a second in.
+    integration_tests::wait::until("every flooder to start", Duration::from_secs(60), || {
+        let waiting = ready_files.iter().filter(|file| !file.exists()).count();
+        Ok(if waiting == 0 {
+            integration_tests::wait::Poll::Ready(())
+        } else {
+            integration_tests::wait::Poll::Pending(format!("{waiting} not started"))
+        })
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
     let keepalive = python::spawn(
         quiet.ns(),
         "idle_keepalive.py",
@@ -192,7 +235,7 @@ fn syn_floods_from_other_guests_do_not_evict_a_quiet_guests_flows() {
         .into_iter()
         .map(|flood| python::wait("syn_flood.py", flood).unwrap())
         .collect();
-    let after = counters(&daemon);
+    let after = counters(daemon);
     eprintln!("floods: {floods:?}");
     eprintln!("keep-alive: {keepalive}");
 
@@ -263,13 +306,7 @@ fn syn_floods_from_other_guests_do_not_evict_a_quiet_guests_flows() {
         .map(|t| format!("{} {}/{}", t.identity, t.entries, t.max_entries))
         .collect();
     eprintln!("flows per port after the flood: {held:?}");
-    assert!(
-        busy_p99 <= 2.0 * calm_p99,
-        "the flood slowed the quiet guest's new connections beyond twice their p99: \
-         {:.2} ms without, {:.2} ms amid it",
-        calm_p99 * 1e3,
-        busy_p99 * 1e3
-    );
+    (busy_p99 / calm_p99, syns)
 }
 
 /// RFC 1071 Internet checksum.

@@ -26,6 +26,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     fs,
     net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -166,6 +167,9 @@ impl Datapath {
             ports: take_map(&mut ebpf, names::PORTS)?,
             flows: Arc::new(FlowTable {
                 tables: Mutex::new(take_map(&mut ebpf, names::FLOWS)?),
+                lookup: MapData::from_pin(maps_dir.join(names::FLOWS))
+                    .context("opening the pinned FLOWS")?,
+                open: Mutex::default(),
                 identity,
             }),
             counters: Arc::new(CounterTable {
@@ -561,8 +565,21 @@ pub fn remove_pins(bpffs: &Path) -> anyhow::Result<()> {
 /// restarts. The read side tells who is behind a connection to the server.
 pub struct FlowTable {
     tables: Mutex<HashOfMaps<MapData, [u8; 4], MapData>>,
+    /// FLOWS again, for `origin`'s raw lookups of a table's id.
+    lookup: MapData,
+    /// Tables `origin` has opened, by identity, with the id they had: a
+    /// connection then costs two lookups (the table's id, the flow) instead
+    /// of opening the table each time. A table replaced or removed has
+    /// another id or none, so a stale one is never used; at most
+    /// `OPEN_TABLES` are kept (each holds an fd).
+    open: Mutex<OpenTables>,
     identity: IdentityPlan,
 }
+
+type OpenTables = std::collections::HashMap<[u8; 4], (u32, PortFlows)>;
+
+/// How many flow tables `FlowTable::origin` keeps open.
+const OPEN_TABLES: usize = 256;
 
 /// A connection's peer, resolved through the datapath's maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -582,6 +599,12 @@ impl FlowTable {
     fn tables(&self) -> std::sync::MutexGuard<'_, HashOfMaps<MapData, [u8; 4], MapData>> {
         // A panic while holding the lock leaves the map itself consistent.
         self.tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn open_tables(&self) -> std::sync::MutexGuard<'_, OpenTables> {
+        self.open
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -634,6 +657,7 @@ impl FlowTable {
 
     /// Drops the flow table of `identity`, if there is one.
     fn remove(&self, identity: Ipv4Addr) {
+        self.open_tables().remove(&identity.octets());
         match self.tables().remove(&identity.octets()) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(err) => warn!(%identity, %err, "removing a flow table"),
@@ -664,11 +688,36 @@ impl FlowTable {
             guest_port_be: peer.port().to_be(),
             _pad: 0,
         };
-        let table = self.tables().get(&key.identity_addr, 0);
-        match table
-            .and_then(port_flows)
-            .and_then(|table| table.get(&key, 0))
+        let identity = key.identity_addr;
+        let id = match sys::inner_map_id(self.lookup.fd().as_fd(), &identity) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                warn!(%peer, "no flow table for the connection's port");
+                return None;
+            }
+            Err(err) => {
+                warn!(%peer, %err, "looking up the flow table of a connection");
+                return None;
+            }
+        };
+        let mut open = self.open_tables();
+        if open
+            .get(&identity)
+            .is_none_or(|(open_id, _)| *open_id != id)
         {
+            if open.len() >= OPEN_TABLES {
+                open.clear();
+            }
+            match MapData::from_id(id).and_then(port_flows) {
+                Ok(table) => open.insert(identity, (id, table)),
+                Err(err) => {
+                    warn!(%peer, %err, "opening the flow table of a connection");
+                    return None;
+                }
+            };
+        }
+        let (_, table) = &open[&identity];
+        match table.get(&key, 0) {
             Ok(flow) => Some(FlowOrigin { slot, flow }),
             Err(err) => {
                 warn!(%peer, %err, "no datapath flow for connection");

@@ -1,16 +1,18 @@
 //! The bpf(2) commands aya 0.14 does not expose: detaching a link right
 //! away (dropping the last reference to a link only schedules its release,
 //! and until that runs the same program cannot be attached to the same hook
-//! again: EEXIST), and creating an LRU hash map of our own (a port's flow
-//! table, an inner map of FLOWS).
+//! again: EEXIST), creating an LRU hash map of our own (a port's flow
+//! table, an inner map of FLOWS), and reading the id of a map in a map of
+//! maps without opening it (aya's lookup opens it, two more syscalls).
 use std::{
     ffi::CString,
     io,
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
@@ -36,6 +38,17 @@ struct MapCreateAttr {
     btf_value_type_id: u32,
     btf_vmlinux_value_type_id: u32,
     map_extra: u64,
+}
+
+/// `union bpf_attr` as BPF_MAP_LOOKUP_ELEM reads it.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
 }
 
 /// `union bpf_attr` as BPF_OBJ_GET reads it.
@@ -118,4 +131,21 @@ pub fn create_lru_hash(
     let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
     // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The id of the map stored under `key` in the map of maps `map`, or None
+/// when there is no such key.
+pub fn inner_map_id(map: BorrowedFd<'_>, key: &[u8; 4]) -> io::Result<Option<u32>> {
+    let mut id = 0u32;
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: &mut id as *mut u32 as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(id)),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
