@@ -229,6 +229,7 @@ pub fn flood(
     for guest in &world.guests[1..=plan.flood_guests] {
         let args = [
             "timeout", "-s", "KILL", &limit, "python3", "-B", &script, &rate, &seconds, &start_at,
+            "", "19",
         ];
         floods.push(
             guest

@@ -1,16 +1,16 @@
 """A hostile guest: SYNs to 169.254.169.254:80 that are never completed,
 at a fixed rate, from raw sockets (IP_HDRINCL).
 
-Usage: syn_flood.py RATE SECONDS START [READY_FILE]
+Usage: syn_flood.py RATE SECONDS START [READY_FILE [NICE]]
 
 START is when to begin (Unix time): the packets are prepared first, so
 several flooders can start together at a known time. READY_FILE, if given,
 is created when the first SYN is about to go (a test waits for it).
 
-Once its packets are ready the script lowers its own CPU priority (nice
-19): a flooding guest burns its own vCPUs, but here guests are processes
-sharing the machine's cores, and the flood's kernel work (the datapath and
-the server's SYN handling) runs in this process's context.
+NICE, if given, is added to the script's CPU niceness once its packets
+are ready (a flooding guest burns its own vCPUs; here guests are processes
+sharing the machine's cores, and the flood's kernel work, the datapath and
+the server's SYN handling included, runs in this process's context).
 
 Every SYN has a fresh source port (cycling through all 65535) and a source
 address in 10.0.0.128/25 that no guest uses, so the SYN-ACKs the server
@@ -57,6 +57,7 @@ def syn(src, sport, seq):
 def main():
     rate, seconds, start_at = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
     ready = sys.argv[4] if len(sys.argv) > 4 else None
+    niceness = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     rng = random.Random()
     # One packet per source port, prepared up front so the loop only sends.
     packets = []
@@ -67,7 +68,7 @@ def main():
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     per_batch = max(1, int(rate * BATCH_SECONDS))
     sent = errors = 0
-    os.nice(19)
+    os.nice(niceness)
     time.sleep(max(0.0, start_at - time.time()))
     if ready:
         open(ready, "w").close()
