@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use integration_tests::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
-use integration_tests::tempdir::TempDir;
-use integration_tests::{Daemon, Host, Instance, TenantNet, cmd, names};
+use mdr_harness::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
+use mdr_harness::tempdir::TempDir;
+use mdr_harness::{Daemon, Host, Instance, TenantNet, cmd, names};
 use serde::Serialize;
 
 use crate::admin_status::StatusPoller;
@@ -181,7 +181,7 @@ fn bpf_maps(dir: &Path) -> Result<Vec<BpfMap>> {
         // FLOWS holds one flow table per attached port (not pinned on
         // their own): their memory grows with the ports.
         if path.file_name().is_some_and(|name| name == "FLOWS") {
-            let tables = integration_tests::flows::tables(&path)?;
+            let tables = mdr_harness::flows::tables(&path)?;
             maps.push(BpfMap {
                 name: format!("FLOWS tables ({})", tables.len()),
                 kind: "lru_hash".to_owned(),

@@ -162,7 +162,7 @@ pub fn other_traffic(world: &mut World, plan: &Plan, results: &mut Results) -> R
     // Only guest 0's tap matters; the rest stay as they are.
     world.set_ours(false)?;
     let _server = iperf::Server::start(world.router_of(0))?;
-    let gateway = integration_tests::fixtures::GATEWAY.to_string();
+    let gateway = mdr_harness::fixtures::GATEWAY.to_string();
     for rep in 1..=plan.reps {
         let order = if rep % 2 == 1 {
             [true, false]
@@ -220,7 +220,7 @@ pub fn flood(
     // The flooders prepare their packets, then all start at `start`.
     let preparation = Duration::from_secs(5);
     let start = SystemTime::now().duration_since(UNIX_EPOCH)? + preparation;
-    let script = integration_tests::python::script("syn_flood.py");
+    let script = mdr_harness::python::script("syn_flood.py");
     let (script, rate) = (script.to_string_lossy(), plan.flood_rate.to_string());
     let seconds = format!("{:.1}", plan.flood.as_secs_f64());
     let start_at = format!("{:.3}", start.as_secs_f64());
@@ -244,7 +244,7 @@ pub fn flood(
         .flood
         .saturating_sub(Duration::from_secs(3))
         .min(Duration::from_secs(8));
-    let keepalive = integration_tests::python::spawn(
+    let keepalive = mdr_harness::python::spawn(
         world.guests[0].guest.ns(),
         "idle_keepalive.py",
         &[plan.url_path, &format!("{:.1}", idle.as_secs_f64())],
@@ -252,7 +252,7 @@ pub fn flood(
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let busy = load::run(&quiet, ConnMode::Close, window, stop)?;
-    let keepalive = integration_tests::python::wait("idle_keepalive.py", keepalive)?;
+    let keepalive = mdr_harness::python::wait("idle_keepalive.py", keepalive)?;
     let mut syns_sent = 0;
     for flood in floods {
         let out = flood.wait_with_output()?;
@@ -263,7 +263,7 @@ pub fn flood(
         syns_sent += report["sent"].as_u64().unwrap_or(0);
     }
     let drops = drops::grown(&drops_before, &world.drop_counters()?);
-    let tables = integration_tests::flows::tables(&world.daemon.pinned_map("FLOWS"))?;
+    let tables = mdr_harness::flows::tables(&world.daemon.pinned_map("FLOWS"))?;
     let run = FloodRun {
         flooders: plan.flood_guests,
         rate_per_guest: plan.flood_rate,

@@ -1,16 +1,12 @@
 //! metadata-redirector: one host-wide metadata service for the guests of a
 //! hypervisor, fed by an eBPF program on each VM tap.
 mod admin;
+mod backend;
 mod cli;
-mod config;
 mod datapath;
-mod instance;
-mod metadata;
-mod nova;
-mod port;
-mod registry;
+mod ingress;
 mod serve;
-mod store;
+mod state;
 
 use std::process::ExitCode;
 

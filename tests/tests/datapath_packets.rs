@@ -25,7 +25,7 @@ use aya::{
     maps::{Array, HashMap, HashOfMaps, Map, MapData, PerCpuArray},
     programs::SchedClassifier,
 };
-use integration_tests::{Netns, env};
+use mdr_harness::{Netns, env};
 use metadata_ebpf::{
     Counter, Counters, DatapathConfig, FlowEntry, FlowKey, MAX_FLOWS_PER_PORT, METADATA_ADDR,
     METADATA_MAC, PortEntry,
@@ -1680,7 +1680,7 @@ fn mutated_frames_keep_the_datapath_invariants() {
     let seed = std::env::var("MDR_FUZZ_SEED")
         .ok()
         .map(|s| s.parse::<u64>().expect("MDR_FUZZ_SEED is a number"))
-        .unwrap_or_else(integration_tests::names::random_u64);
+        .unwrap_or_else(mdr_harness::names::random_u64);
     let frames: usize = std::env::var("MDR_FUZZ_FRAMES")
         .ok()
         .map(|s| s.parse().expect("MDR_FUZZ_FRAMES is a number"))

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use integration_tests::fixtures::{GUEST_ADDR, GUEST_MAC};
-use integration_tests::python;
-use integration_tests::wait::{self, Poll};
-use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet};
+use mdr_harness::fixtures::{GUEST_ADDR, GUEST_MAC};
+use mdr_harness::python;
+use mdr_harness::wait::{self, Poll};
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet};
 
 /// Per-port request limits raised so that a few hundred requests in a row
 /// are all answered.
@@ -18,7 +18,7 @@ const CONNECTIONS: usize = 150;
 
 /// Flows in the port flow tables of the pinned FLOWS map, read with bpftool.
 fn flow_count(daemon: &Daemon) -> usize {
-    integration_tests::flows::count(&daemon.pinned_map("FLOWS")).unwrap()
+    mdr_harness::flows::count(&daemon.pinned_map("FLOWS")).unwrap()
 }
 
 fn counter(daemon: &Daemon, name: &str) -> u64 {

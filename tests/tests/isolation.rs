@@ -10,9 +10,9 @@ use std::net::Ipv4Addr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use integration_tests::fixtures::{GUEST_ADDR, GUEST_MAC};
-use integration_tests::tenant::DECOY_MARK;
-use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, python};
+use mdr_harness::fixtures::{GUEST_ADDR, GUEST_MAC};
+use mdr_harness::tenant::DECOY_MARK;
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, python};
 use serde_json::Value;
 
 fn counters(daemon: &Daemon) -> Value {
@@ -197,7 +197,7 @@ fn flood_once(daemon: &Daemon, quiet: &Guest, flooders: &[Guest]) -> (f64, u64) 
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
     let start_at = format!("{:.3}", (now + FLOOD_PREPARATION).as_secs_f64());
-    let ready = integration_tests::tempdir::TempDir::new("flood").unwrap();
+    let ready = mdr_harness::tempdir::TempDir::new("flood").unwrap();
     let ready_files: Vec<_> = (0..flooders.len())
         .map(|i| ready.join(&format!("flooder{i}")))
         .collect();
@@ -225,12 +225,12 @@ fn flood_once(daemon: &Daemon, quiet: &Guest, flooders: &[Guest]) -> (f64, u64) 
         })
         .collect();
     // The keep-alive connection opens once every flooder sends, a second in.
-    integration_tests::wait::until("every flooder to start", Duration::from_secs(60), || {
+    mdr_harness::wait::until("every flooder to start", Duration::from_secs(60), || {
         let waiting = ready_files.iter().filter(|file| !file.exists()).count();
         Ok(if waiting == 0 {
-            integration_tests::wait::Poll::Ready(())
+            mdr_harness::wait::Poll::Ready(())
         } else {
-            integration_tests::wait::Poll::Pending(format!("{waiting} not started"))
+            mdr_harness::wait::Poll::Pending(format!("{waiting} not started"))
         })
     })
     .unwrap();
@@ -317,7 +317,7 @@ fn flood_once(daemon: &Daemon, quiet: &Guest, flooders: &[Guest]) -> (f64, u64) 
     ] {
         eprintln!("{name} +{}", grown(&before, &after, name));
     }
-    let tables = integration_tests::flows::tables(&daemon.pinned_map("FLOWS")).unwrap();
+    let tables = mdr_harness::flows::tables(&daemon.pinned_map("FLOWS")).unwrap();
     let held: Vec<String> = tables
         .iter()
         .map(|t| format!("{} {}/{}", t.identity, t.entries, t.max_entries))
@@ -407,7 +407,7 @@ fn vlan_tagged_frames_from_a_registered_tap_pass_untouched() {
     let link: Value =
         serde_json::from_str(&router.ip(&["-j", "link", "show", "dev", "eth0"]).unwrap()).unwrap();
     let router_mac = mac_bytes(link[0]["address"].as_str().unwrap());
-    let run = integration_tests::names::random_u64() as u32;
+    let run = mdr_harness::names::random_u64() as u32;
     let (seq_q, seq_qinq) = (run, run.wrapping_add(1));
     let arp_marker = [
         0x4d,
@@ -573,12 +573,12 @@ fn each_port_has_its_own_flow_table_kept_across_restarts() {
         guest.wait_served(&instance.uuid).unwrap();
     }
     let flows = daemon.pinned_map("FLOWS");
-    let ids = |tables: &[integration_tests::flows::FlowTable]| -> Vec<(Ipv4Addr, u32)> {
+    let ids = |tables: &[mdr_harness::flows::FlowTable]| -> Vec<(Ipv4Addr, u32)> {
         let mut ids: Vec<_> = tables.iter().map(|t| (t.identity, t.map_id)).collect();
         ids.sort();
         ids
     };
-    let before = integration_tests::flows::tables(&flows).unwrap();
+    let before = mdr_harness::flows::tables(&flows).unwrap();
     assert_eq!(before.len(), 2, "{before:?}");
     for table in &before {
         assert_eq!(
@@ -596,7 +596,7 @@ fn each_port_has_its_own_flow_table_kept_across_restarts() {
     for (guest, instance) in guests.iter().zip(&instances) {
         guest.wait_served(&instance.uuid).unwrap();
     }
-    let after = integration_tests::flows::tables(&flows).unwrap();
+    let after = mdr_harness::flows::tables(&flows).unwrap();
     assert_eq!(
         ids(&after),
         ids(&before),
@@ -606,15 +606,15 @@ fn each_port_has_its_own_flow_table_kept_across_restarts() {
     daemon
         .cli_ok(&["port", "del", "--ifname", guests[0].tap()])
         .unwrap();
-    let gone = integration_tests::wait::until(
+    let gone = mdr_harness::wait::until(
         "the deleted port's flow table to go",
         Duration::from_secs(10),
         || {
-            let tables = integration_tests::flows::tables(&flows)?;
+            let tables = mdr_harness::flows::tables(&flows)?;
             Ok(if tables.len() == 1 {
-                integration_tests::wait::Poll::Ready(tables)
+                mdr_harness::wait::Poll::Ready(tables)
             } else {
-                integration_tests::wait::Poll::Pending(format!("{tables:?}"))
+                mdr_harness::wait::Poll::Pending(format!("{tables:?}"))
             })
         },
     )
