@@ -14,10 +14,10 @@ use crate::state::instance::MAX_PASSWORD_BYTES;
 /// the string straight to webob, so the type is webob's default HTML. A
 /// store that cannot be read is a 500, not an empty password.
 pub fn read(store: &dyn PasswordStore, uuid: &uuid::Uuid) -> Result<Document, ApiError> {
-    Ok(Document {
-        body: Bytes::from(store.password(uuid)?.unwrap_or_default()),
-        content_type: TEXT_HTML,
-    })
+    Ok(Document::new(
+        store.password(uuid)?.unwrap_or_default(),
+        TEXT_HTML,
+    ))
 }
 
 /// The first check nova makes on a POST, before it looks at the body: a
@@ -51,8 +51,5 @@ pub fn write(
         // failure is a 500.
         store.set_password(uuid, password)?;
     }
-    Ok(Document {
-        body: Bytes::new(),
-        content_type: TEXT_HTML,
-    })
+    Ok(Document::new(Bytes::new(), TEXT_HTML))
 }
