@@ -36,7 +36,6 @@ fn now() -> f64 {
 }
 
 /// A time when some guests' path was broken on purpose.
-#[derive(Debug)]
 struct Break {
     what: &'static str,
     /// None: every guest (the daemon was down).
@@ -231,9 +230,16 @@ fn guests_get_their_own_answers_through_kills_tap_and_port_churn() {
         });
     }
     assert_eq!(wrong, 0, "a guest got another's answer: {results:?}");
+    let timeline: Vec<String> = breaks
+        .iter()
+        .map(|b| {
+            let whom = b.guest.map_or("all".to_owned(), |g| format!("guest {g}"));
+            format!("{:.2}..{:.2} {whom}: {}", b.start, b.end, b.what)
+        })
+        .collect();
     assert!(
         unexplained.is_empty(),
-        "requests failed while their path was whole: {unexplained:?}; breaks {breaks:#?}"
+        "requests failed while their path was whole (guest, time): {unexplained:?}; breaks: {timeline:#?}"
     );
     // A connection cut by its tap's deletion leaves its flow until the LRU
     // needs the room; nothing else should.

@@ -182,6 +182,76 @@ fn a_pinned_map_of_the_same_size_with_another_field_order_is_replaced() {
     );
 }
 
+/// A port's flow table (inside FLOWS) that a build with another flow
+/// layout left (the daemon stamps its layout into each table's name; an
+/// older table is named `flows_<slot>`) is replaced on restart, not reused,
+/// even though its sizes are the same; a table of this build is reused.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_flow_table_of_another_layout_is_replaced_on_restart() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let mut daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("tables");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    let flows = daemon.pinned_map("FLOWS");
+    let table_id = || {
+        let tables = mdr_harness::flows::tables(&flows).unwrap();
+        assert_eq!(tables.len(), 1, "{tables:?}");
+        (tables[0].identity, tables[0].map_id)
+    };
+    let (identity, own) = table_id();
+
+    daemon.kill9().unwrap();
+    daemon.restart().unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    assert_eq!(table_id().1, own, "the daemon's own table was replaced");
+
+    // Same type and sizes, the old build's name.
+    daemon.kill9().unwrap();
+    let staged = daemon.bpffs().join("old-table");
+    let staged_path = staged.to_string_lossy().into_owned();
+    let entries = metadata_ebpf::MAX_FLOWS_PER_PORT.to_string();
+    cmd::checked(&mut cmd::command(&[
+        "bpftool",
+        "map",
+        "create",
+        &staged_path,
+        "type",
+        "lru_hash",
+        "key",
+        "8",
+        "value",
+        "24",
+        "entries",
+        &entries,
+        "name",
+        "flows_1",
+    ]))
+    .unwrap();
+    let key: Vec<String> = identity.octets().iter().map(u8::to_string).collect();
+    let flows_path = flows.to_string_lossy().into_owned();
+    let mut update = vec!["bpftool", "map", "update", "pinned", &flows_path, "key"];
+    update.extend(key.iter().map(String::as_str));
+    update.extend(["value", "pinned", &staged_path]);
+    cmd::checked(&mut cmd::command(&update)).unwrap();
+    std::fs::remove_file(&staged).unwrap();
+    let (_, impostor) = table_id();
+    assert_ne!(impostor, own);
+
+    daemon.restart().unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    check_own_answers(&guest, &instance).unwrap();
+    assert_ne!(table_id().1, impostor, "the old build's table was reused");
+    assert!(
+        daemon.log().contains("flow table of another layout"),
+        "{}",
+        daemon.log()
+    );
+}
+
 /// A tap that leaves its bridge and joins another is still the same tap: the
 /// bridge's notice that its port left (an AF_BRIDGE RTM_DELLINK) must not
 /// read as the tap being gone. The daemon keeps the link it pinned for the

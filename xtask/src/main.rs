@@ -47,7 +47,7 @@ enum Task {
     /// Run each fuzz target of the daemon (instance documents, the admin
     /// API, guest requests over the wire, the neutron proxy's headers, a
     /// hostile nova) for a while; `cargo test` runs them briefly. A
-    /// failure prints the smallest failing input and MDR_FUZZ_SEED to
+    /// failure prints the smallest failing input and MDR_FUZZ_REPLAY to
     /// replay it.
     Fuzz {
         /// How long each of the five targets runs.

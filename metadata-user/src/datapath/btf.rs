@@ -373,11 +373,25 @@ impl Btf {
                     _ => bail!("map {name}: {wanted} does not point to an array"),
                 }
             };
+            // A map of maps: `values: [*const Inner; 0]`, where Inner is
+            // the definition of the maps it holds.
+            let inner = match member("values") {
+                Some(values) => match &self.get(self.resolve(values)?)?.tail {
+                    Tail::Array { elem, .. } => {
+                        let ptr = self.get(self.resolve(*elem)?)?;
+                        ensure!(ptr.kind == kind::PTR, "map {name}: values holds no pointer");
+                        Some(self.inner_types(ptr.size_or_type, &name)?)
+                    }
+                    _ => bail!("map {name}: values is not an array"),
+                },
+                None => None,
+            };
             maps.push(MapDefinition {
                 map_type: number("type")?.with_context(|| format!("map {name}: no type"))?,
                 max_entries: number("max_entries")?.unwrap_or(0),
                 key_type: pointee("key")?.unwrap_or(0),
                 value_type: pointee("value")?.unwrap_or(0),
+                inner,
                 name,
             });
         }
@@ -394,6 +408,31 @@ pub struct MapDefinition {
     /// 0 when the definition names no key type (e.g. ring buffers).
     pub key_type: u32,
     pub value_type: u32,
+    /// For a map of maps: the key and value types of the maps it holds.
+    pub inner: Option<(u32, u32)>,
+}
+
+impl Btf {
+    /// The key and value types of the map definition struct `id`.
+    fn inner_types(&self, id: u32, outer: &str) -> anyhow::Result<(u32, u32)> {
+        let definition = self.get(self.resolve(id)?)?;
+        let Tail::Members(members) = &definition.tail else {
+            bail!("map {outer}: its inner map definition is not a struct");
+        };
+        let pointee = |wanted: &str| -> anyhow::Result<u32> {
+            let (_, ty, _) = members
+                .iter()
+                .find(|(member_name, _, _)| self.name(*member_name) == wanted)
+                .with_context(|| format!("map {outer}: the inner definition has no {wanted}"))?;
+            let ptr = self.get(self.resolve(*ty)?)?;
+            ensure!(
+                ptr.kind == kind::PTR,
+                "map {outer}: inner {wanted} is not a pointer"
+            );
+            Ok(ptr.size_or_type)
+        };
+        Ok((pointee("key")?, pointee("value")?))
+    }
 }
 
 /// Builds BTF blobs by hand: for this module's tests, and for tests that
@@ -557,6 +596,7 @@ mod tests {
                 max_entries: 1024,
                 key_type: u32_,
                 value_type: u32_,
+                inner: None,
             }]
         );
     }

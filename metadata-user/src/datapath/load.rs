@@ -17,8 +17,11 @@ use aya::{
 use metadata_ebpf::{DatapathConfig, names};
 
 use super::{
-    CounterTable, Datapath, FlowTable, IdentityPlan, TapAttach, bpffs::ensure_bpffs,
-    map_layout::replace_incompatible_pins, netdev::ServerLink, pins::remove_pin,
+    CounterTable, Datapath, FlowTable, IdentityPlan, TapAttach,
+    bpffs::ensure_bpffs,
+    map_layout::{inner_layout_stamp, replace_incompatible_pins},
+    netdev::ServerLink,
+    pins::remove_pin,
 };
 
 /// The object file built from metadata-ebpf by build.rs.
@@ -102,6 +105,7 @@ impl Datapath {
                     .context("opening the pinned FLOWS")?,
                 open: Mutex::default(),
                 identity,
+                layout_stamp: inner_layout_stamp(EBPF_OBJECT, names::FLOWS)?,
             }),
             counters: Arc::new(CounterTable {
                 map: take_map(&mut ebpf, names::COUNTERS)?,

@@ -42,6 +42,55 @@ pub struct MapShape {
 /// What a map created without BTF has for a layout.
 const UNKNOWN_LAYOUT: &str = "unknown (created without BTF)";
 
+/// `BPF_MAP_TYPE_ARRAY_OF_MAPS` and `BPF_MAP_TYPE_HASH_OF_MAPS`: loaders
+/// create them without BTF (the kernel takes none for them), and their
+/// values are the ids of the maps they hold, whose layout is checked one by
+/// one when they are opened (see [`inner_layout_stamp`]).
+fn is_map_of_maps(map_type: u32) -> bool {
+    matches!(map_type, 12 | 13)
+}
+
+impl MapShape {
+    /// What can be compared of a map of maps: its shape, not a layout.
+    fn without_layouts(mut self) -> Self {
+        if is_map_of_maps(self.map_type) {
+            self.key_layout = "(map of maps)".into();
+            self.value_layout = "(map of maps)".into();
+        }
+        self
+    }
+}
+
+/// A stamp of the layout of the maps the map of maps `name` holds, from
+/// the object's BTF: a 32-bit FNV-1a hash of their key and value layouts.
+/// The daemon creates those maps itself, without BTF, so it writes the
+/// stamp into each one's name and compares it when it finds one a previous
+/// daemon left: a table of another layout is replaced, not reused.
+pub fn inner_layout_stamp(object: &[u8], name: &str) -> anyhow::Result<u32> {
+    use object::{Object as _, ObjectSection as _};
+    let file = object::File::parse(object).context("parsing the eBPF object")?;
+    let section = file
+        .section_by_name(".BTF")
+        .context("the eBPF object has no .BTF section")?;
+    let btf = Btf::parse(section.data().context("reading .BTF")?)?;
+    let definition = btf
+        .map_definitions()?
+        .into_iter()
+        .find(|map| map.name == name)
+        .with_context(|| format!("the eBPF object defines no map {name}"))?;
+    let (key, value) = definition
+        .inner
+        .with_context(|| format!("{name} is not a map of maps"))?;
+    let layout = format!("{}|{}", btf.layout(key)?, btf.layout(value)?);
+    Ok(fnv1a(layout.as_bytes()))
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
 /// The maps an eBPF object defines, by name, read from its `.BTF` section.
 pub fn object_maps(object: &[u8]) -> anyhow::Result<Vec<(String, MapShape)>> {
     use object::{Object as _, ObjectSection as _};
@@ -100,7 +149,8 @@ pub fn replace_incompatible_pins(maps_dir: &Path, object: &[u8]) -> anyhow::Resu
         if !pin.exists() {
             continue;
         }
-        match pinned_shape(&pin) {
+        let wanted = wanted.without_layouts();
+        match pinned_shape(&pin).map(MapShape::without_layouts) {
             Ok(found) if found == wanted => debug!(map = name, "pinned map reused"),
             Ok(found) => {
                 warn!(
@@ -179,6 +229,22 @@ mod tests {
                 && flows.value_layout.contains("guest_addr@0:"),
             "{}",
             flows.value_layout
+        );
+    }
+
+    /// FLOWS holds a flow table per port; the stamp follows the tables'
+    /// key and value layouts (FlowKey, FlowEntry).
+    #[test]
+    fn the_flow_tables_have_a_layout_stamp() {
+        let stamp = inner_layout_stamp(super::super::load::EBPF_OBJECT, "FLOWS").unwrap();
+        assert_eq!(
+            stamp,
+            inner_layout_stamp(super::super::load::EBPF_OBJECT, "FLOWS").unwrap()
+        );
+        assert!(inner_layout_stamp(super::super::load::EBPF_OBJECT, "PORTS").is_err());
+        assert_ne!(
+            fnv1a(b"struct FlowEntry/24{a@0}"),
+            fnv1a(b"struct FlowEntry/24{b@0}")
         );
     }
 

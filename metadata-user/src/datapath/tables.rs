@@ -32,6 +32,9 @@ pub struct FlowTable {
     /// `OPEN_TABLES` are kept (each holds an fd).
     pub(super) open: Mutex<OpenTables>,
     pub(super) identity: IdentityPlan,
+    /// The layout stamp of this build's flow tables
+    /// (`map_layout::inner_layout_stamp`), carried in each table's name.
+    pub(super) layout_stamp: u32,
 }
 
 type OpenTables = std::collections::HashMap<[u8; 4], (u32, PortFlows)>;
@@ -72,14 +75,19 @@ impl FlowTable {
     /// connections keep their flows), or a new one.
     pub(super) fn ensure(&self, identity: Ipv4Addr, slot: u32) -> anyhow::Result<()> {
         let mut tables = self.tables();
+        let name = self.table_name(slot);
         match tables.get(&identity.octets(), 0) {
             Ok(table) => {
+                // The name carries the layout stamp: a table a build with
+                // other FlowKey/FlowEntry fields made is not reused, even
+                // when its sizes match.
                 let layout = table.info().map(|info| {
                     (
                         info.map_type().ok(),
                         info.key_size() as usize,
                         info.value_size() as usize,
                         info.max_entries(),
+                        info.name_as_str().map(str::to_owned),
                     )
                 });
                 let wanted = (
@@ -87,6 +95,7 @@ impl FlowTable {
                     std::mem::size_of::<FlowKey>(),
                     std::mem::size_of::<FlowEntry>(),
                     metadata_ebpf::MAX_FLOWS_PER_PORT,
+                    Some(name.clone()),
                 );
                 match layout {
                     Ok(found) if found == wanted => return Ok(()),
@@ -100,7 +109,7 @@ impl FlowTable {
             }
         }
         let fd = sys::create_lru_hash(
-            &format!("flows_{slot}"),
+            &name,
             std::mem::size_of::<FlowKey>() as u32,
             std::mem::size_of::<FlowEntry>() as u32,
             metadata_ebpf::MAX_FLOWS_PER_PORT,
@@ -111,6 +120,12 @@ impl FlowTable {
             .insert(identity.octets(), &table, 0)
             .with_context(|| format!("adding the flow table of {identity}"))?;
         Ok(())
+    }
+
+    /// A flow table's name: `f`, the layout stamp, `_`, the slot (hex); 14
+    /// characters at most, within the kernel's 15 for a map name.
+    fn table_name(&self, slot: u32) -> String {
+        format!("f{:08x}_{slot:x}", self.layout_stamp)
     }
 
     /// Drops the flow table of `identity`, if there is one.

@@ -30,6 +30,7 @@ use crate::{
     backend::{
         Backend, Guest, Responder,
         local::{ApiConfig, ApiContext, handle},
+        watch::{MAX_WATCHES_PER_PORT, WatchLimiter},
     },
     ingress::{
         dispatch::Dispatcher,
@@ -416,6 +417,8 @@ fn fuzz_guest_requests_over_the_wire() {
             responder: Arc::new(Responder {
                 backend: Backend::Local(api(&registry)),
                 registry: registry.clone(),
+                watches: WatchLimiter::new(MAX_WATCHES_PER_PORT),
+                shutdown: shutdown_rx.clone(),
             }),
             requests: RateLimiter::new(1e9, u32::MAX),
         }),

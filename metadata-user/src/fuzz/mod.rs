@@ -18,7 +18,7 @@
 //!
 //! - `MDR_FUZZ_SECONDS=N`: run each target for N seconds;
 //! - `MDR_FUZZ_CASES=N`: cases per round (default [`DEFAULT_CASES`]);
-//! - `MDR_FUZZ_SEED=<64 hex digits>`: replay the round a failure printed.
+//! - `MDR_FUZZ_REPLAY=<64 hex digits>`: replay the round a failure printed.
 mod admin_api;
 mod guest_wire;
 mod instance_doc;
@@ -52,7 +52,7 @@ where
 {
     let cases = env_number("MDR_FUZZ_CASES").unwrap_or(u64::from(DEFAULT_CASES)) as u32;
     let deadline = env_number("MDR_FUZZ_SECONDS").map(|s| Instant::now() + Duration::from_secs(s));
-    let fixed_seed = std::env::var("MDR_FUZZ_SEED")
+    let fixed_seed = std::env::var("MDR_FUZZ_REPLAY")
         .ok()
         .map(|hex| parse_seed(&hex));
     let started = Instant::now();
@@ -71,7 +71,7 @@ where
             Ok(()) => {}
             Err(TestError::Fail(reason, value)) => panic!(
                 "fuzz target {name}: {reason}\nsmallest failing input: {value:#?}\n\
-                 replay with MDR_FUZZ_SEED={}",
+                 replay with MDR_FUZZ_REPLAY={}",
                 hex::encode(seed)
             ),
             Err(TestError::Abort(reason)) => {
@@ -104,7 +104,7 @@ fn parse_seed(hex_text: &str) -> [u8; 32] {
     hex::decode(hex_text.trim())
         .ok()
         .and_then(|bytes| bytes.try_into().ok())
-        .unwrap_or_else(|| panic!("MDR_FUZZ_SEED={hex_text:?} is not 64 hex digits"))
+        .unwrap_or_else(|| panic!("MDR_FUZZ_REPLAY={hex_text:?} is not 64 hex digits"))
 }
 
 fn random_seed() -> [u8; 32] {

@@ -297,6 +297,9 @@ fn fuzz_answers_from_a_hostile_nova() {
         secret: SharedSecret(Arc::from(&b"secret"[..])),
         timeout: TIMEOUT,
         cache_expiration: Duration::from_secs(15),
+        // Off: a stale answer kept across cases would be served in place
+        // of the failure a case's nova gave.
+        stale_if_error: Duration::ZERO,
     });
     let (guest_a, guest_b) = (guest(A, 1), guest(B, 2));
     let paths = [
