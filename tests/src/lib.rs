@@ -28,6 +28,7 @@ pub mod haproxy;
 pub mod host;
 pub mod http;
 pub mod initramfs;
+pub mod libvirt;
 pub mod names;
 pub mod netns;
 pub mod nova;
