@@ -361,10 +361,10 @@ impl Drop for Libvirtd {
                 let Ok(comm) = fs::read_to_string(format!("/proc/{pid}/comm")) else {
                     continue;
                 };
-                if comm.trim().starts_with("qemu-system") {
-                    if let Ok(pid) = pid.parse() {
-                        cmd::signal(pid, libc::SIGKILL);
-                    }
+                if comm.trim().starts_with("qemu-system")
+                    && let Ok(pid) = pid.parse()
+                {
+                    cmd::signal(pid, libc::SIGKILL);
                 }
             }
         }
