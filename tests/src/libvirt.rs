@@ -210,22 +210,27 @@ impl Libvirtd {
         cmd::checked(&mut command)
     }
 
-    /// Writes `xml` to a file and runs `virsh SUBCOMMAND FILE [extra...]`
-    /// (`define`, `create`, `attach-device`, ...).
-    pub fn virsh_with_file(&self, subcommand: &str, xml: &str, extra: &[&str]) -> Result<String> {
+    /// Writes `xml` to a file and runs virsh with `args`, in which `{}`
+    /// stands for the file (`["define", "{}"]`, `["attach-device", DOM,
+    /// "{}", "--live"]`).
+    pub fn virsh_with_file(&self, args: &[&str], xml: &str) -> Result<String> {
         let file = self
             .dir
             .join(&format!("{}.xml", crate::names::random_u64()));
         fs::write(&file, xml)?;
         let path = file.display().to_string();
-        let result = self.virsh(&[&[subcommand, &path][..], extra].concat());
+        let args: Vec<&str> = args
+            .iter()
+            .map(|arg| if *arg == "{}" { path.as_str() } else { arg })
+            .collect();
+        let result = self.virsh(&args);
         let _ = fs::remove_file(&file);
         result
     }
 
     /// Defines a persistent domain.
     pub fn define(&self, domain: &DomainXml) -> Result<()> {
-        self.virsh_with_file("define", &domain.to_xml(), &[])
+        self.virsh_with_file(&["define", "{}"], &domain.to_xml())
             .map(drop)
             .with_context(|| format!("defining {}", domain.name))
     }
@@ -245,6 +250,30 @@ impl Libvirtd {
     pub fn define_and_start(&self, domain: &DomainXml, paused: bool) -> Result<()> {
         self.define(domain)?;
         self.start_domain(&domain.name, paused)
+    }
+
+    /// Hot-plugs `nic` into the running domain.
+    pub fn attach_nic(&self, name: &str, nic: &Nic) -> Result<()> {
+        self.virsh_with_file(&["attach-device", name, "{}", "--live"], &nic.to_xml())
+            .map(drop)
+            .with_context(|| format!("hot-plugging {} into {name}", nic.mac))
+    }
+
+    /// Asks for the NIC with `mac` to be unplugged, and waits until the
+    /// guest let it go (a guest kernel must acknowledge the ACPI eject: a
+    /// paused or firmware-only domain never does).
+    pub fn detach_nic(&self, name: &str, mac: &str, timeout: Duration) -> Result<()> {
+        // virsh waits up to 5 s for the guest, then leaves the request
+        // pending: either way, what counts is the NIC leaving the domain.
+        let _ = self.virsh_output(&["detach-interface", name, "bridge", "--mac", mac, "--live"]);
+        wait::until("the NIC to leave the domain", timeout, || {
+            let nics = self.virsh(&["domiflist", name])?;
+            Ok(if nics.contains(mac) {
+                Poll::Pending(nics)
+            } else {
+                Poll::Ready(())
+            })
+        })
     }
 
     /// `virsh destroy` (the domain stays defined).
@@ -503,7 +532,8 @@ pub enum Boot {
     Kernel { initrd: PathBuf, console: PathBuf },
 }
 
-/// A qemu (TCG) domain shaped like what nova defines.
+/// A qemu (TCG) domain shaped like what nova defines. ACPI is on: without
+/// it the `pc` machine's PCI bus takes no hot-plugged NIC.
 #[derive(Clone, Debug)]
 pub struct DomainXml {
     pub name: String,
@@ -569,6 +599,7 @@ impl DomainXml {
                <metadata>{metadata}</metadata>\
                <memory unit='MiB'>{memory}</memory>\
                <vcpu>1</vcpu>\
+               <features><acpi/></features>\
                <os><type arch='x86_64' machine='pc'>hvm</type>{os}</os>\
                <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>\
                <devices>\
@@ -590,12 +621,16 @@ const END: &str = "MDR-ANSWER-END";
 /// The guest a booting domain runs: busybox, the virtio-net modules, and an
 /// /init that configures `eth0`, sends one request for `path` to
 /// 169.254.169.254 (once: a retry would hide a tap attached too late),
-/// prints the answer between markers on the console and powers off.
+/// prints the answer between markers on the console and powers off (or
+/// stays up).
 pub struct GuestImage {
     pub addr: Ipv4Addr,
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
     pub path: String,
+    /// Keep running after the answer (to take hot-plugged NICs and let
+    /// them go) instead of powering off.
+    pub stay_up: bool,
 }
 
 impl GuestImage {
@@ -633,7 +668,13 @@ impl GuestImage {
             prefix_len,
             gateway,
             path,
+            stay_up,
         } = self;
+        let end = if *stay_up {
+            "while true; do sleep 3600; done"
+        } else {
+            "poweroff -f"
+        };
         format!(
             r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -651,7 +692,7 @@ answer=$(printf 'GET {path} HTTP/1.0\r\nHost: {METADATA_ADDR}\r\n\r\n' | nc -w 1
 echo {BEGIN}
 echo "$answer"
 echo {END}
-poweroff -f
+{end}
 "#
         )
     }
