@@ -13,6 +13,9 @@ mod admin_status;
 mod bpfstats;
 mod conn;
 mod density;
+// The compute-node measurement; a phase once `serve --discover` is wired in.
+#[allow(dead_code)]
+mod discovery;
 mod drops;
 mod http1;
 mod iperf;
