@@ -6,7 +6,7 @@ use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use integration_tests::cmd;
+use mdr_harness::cmd;
 use serde::Serialize;
 
 /// `BPF_ENABLE_STATS` command and `BPF_STATS_RUN_TIME` type (linux/bpf.h).

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use integration_tests::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
-use integration_tests::tempdir::TempDir;
-use integration_tests::{Daemon, Host, Instance, TenantNet, cmd, names};
+use mdr_harness::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
+use mdr_harness::tempdir::TempDir;
+use mdr_harness::{Daemon, Host, Instance, TenantNet, cmd, names};
 use serde::Serialize;
 
 use crate::admin_status::StatusPoller;

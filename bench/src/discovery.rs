@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use integration_tests::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
-use integration_tests::libvirt::{DomainXml, Libvirtd, NOVA_NS_1_1, Nic, NovaMeta, nova_tap_name};
-use integration_tests::tempdir::TempDir;
-use integration_tests::{Daemon, DaemonConfig, Host, TenantNet, cmd, names};
+use mdr_harness::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
+use mdr_harness::libvirt::{DomainXml, Libvirtd, NOVA_NS_1_1, Nic, NovaMeta, nova_tap_name};
+use mdr_harness::tempdir::TempDir;
+use mdr_harness::{Daemon, DaemonConfig, Host, TenantNet, cmd, names};
 use serde::Serialize;
 
 use crate::admin_status::StatusPoller;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use integration_tests::{Daemon, Netns};
+use mdr_harness::{Daemon, Netns};
 
 /// TcpExt counters that mean a connection attempt was lost or stalled.
 const TCP_EXT: [&str; 6] = [

@@ -34,7 +34,7 @@ pub fn info() -> MachineInfo {
 }
 
 fn command_line(args: &[&str]) -> String {
-    integration_tests::cmd::run(args)
+    mdr_harness::cmd::run(args)
         .map(|out| out.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
 }

@@ -41,7 +41,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use integration_tests::names;
+use mdr_harness::names;
 
 use crate::plan::Plan;
 use crate::results::Results;
@@ -147,7 +147,7 @@ fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| vec![Phase::Metadata, Phase::Storm, Phase::Iperf, Phase::Density]);
     let out = args.out.unwrap_or_else(|| {
         // A smoke run never overwrites the last full run's report.
-        let bench = integration_tests::env::target_dir().join("bench");
+        let bench = mdr_harness::env::target_dir().join("bench");
         if plan.smoke {
             bench.join("smoke")
         } else {
@@ -219,7 +219,7 @@ fn record(phase: &str, outcome: Result<()>, results: &mut Results) -> Result<()>
 }
 
 /// Keeps a daemon's log next to the report when its phase failed.
-fn keep_log(daemon: &integration_tests::Daemon, out: &std::path::Path, name: &str) {
+fn keep_log(daemon: &mdr_harness::Daemon, out: &std::path::Path, name: &str) {
     let path = out.join(name);
     if std::fs::write(&path, daemon.log()).is_ok() {
         progress(&format!("daemon log kept in {}", path.display()));

@@ -16,19 +16,16 @@
 //!   sends every `option httplog` line as it would on a compute node.
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use integration_tests::wait::{self, Poll};
-use integration_tests::{Netns, haproxy};
+use anyhow::{Context, Result};
+use mdr_harness::listener::Listener;
+use mdr_harness::{Netns, haproxy};
 
 /// neutron's `metadata_port` default.
 pub const PROXY_PORT: u16 = haproxy::METADATA_PROXY_PORT;
-/// neutron's `metadata_access_mark` default.
-const ACCESS_MARK: &str = "0x1";
 
 /// neutron's configuration (shared with the e2e tests), logging to our
 /// datagram socket.
@@ -47,29 +44,10 @@ pub fn haproxy_config(
     )
 }
 
-/// neutron's l3 agent rules for the metadata proxy: mark what arrives for
-/// 169.254.169.254:80 on a router port, redirect it to the proxy, and let
-/// only marked packets reach the proxy port.
-pub fn iptables_rules(router_port: &str) -> String {
-    format!(
-        "*mangle
--A PREROUTING -d 169.254.169.254/32 -i {router_port} -p tcp -m tcp --dport 80 -j MARK --set-xmark {ACCESS_MARK}/0xffff
-COMMIT
-*nat
--A PREROUTING -d 169.254.169.254/32 -i {router_port} -p tcp -m tcp --dport 80 -j REDIRECT --to-ports {PROXY_PORT}
-COMMIT
-*filter
--A INPUT -m mark --mark {ACCESS_MARK}/0xffff -j ACCEPT
--A INPUT -p tcp -m tcp --dport {PROXY_PORT} -j DROP
-COMMIT
-"
-    )
-}
-
-/// One network's metadata proxy: the rules in its router namespace and the
-/// haproxy serving it.
+/// One network's metadata proxy: the haproxy serving it (the rules in its
+/// router namespace are [`apply_rules`]'s).
 pub struct Proxy {
-    child: Child,
+    haproxy: Listener,
 }
 
 impl Proxy {
@@ -88,70 +66,26 @@ impl Proxy {
             haproxy_config(network_id, agent_socket, &logs.path, &pidfile),
         )
         .with_context(|| format!("writing {}", config_path.display()))?;
-        let stderr = std::fs::File::create(dir.join(format!("{network_id}.stderr")))?;
         let config = config_path.to_string_lossy();
-        let child = router.spawn(
+        let haproxy = Listener::start_logged(
+            router,
             &["haproxy", "-db", "-f", &config],
-            Stdio::null(),
-            Stdio::from(stderr),
+            PROXY_PORT,
+            &dir.join(format!("{network_id}.stderr")),
         )?;
-        let mut proxy = Self { child };
-        wait::until("haproxy to listen", Duration::from_secs(10), || {
-            if let Some(exit) = proxy.child.try_wait()? {
-                let log = std::fs::read_to_string(dir.join(format!("{network_id}.stderr")))
-                    .unwrap_or_default();
-                bail!("haproxy exited ({exit}): {log}");
-            }
-            let out = router.exec_ok(&["ss", "-Hltn", &format!("sport = :{PROXY_PORT}")])?;
-            Ok(if out.trim().is_empty() {
-                Poll::Pending("nothing listening".into())
-            } else {
-                Poll::Ready(())
-            })
-        })?;
-        Ok(proxy)
+        Ok(Self { haproxy })
     }
 
     /// The haproxy process (for its memory).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.haproxy.pid()
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Installs [`iptables_rules`] for the router port `eth0` in `router`.
+/// Installs neutron's metadata rules (the e2e tests' own,
+/// [`haproxy::iptables_rules`]) for the router port `eth0` in `router`.
 pub fn apply_rules(router: &Netns) -> Result<()> {
-    let router_port = "eth0";
-    apply_rules_for(router, router_port)
-}
-
-fn apply_rules_for(router: &Netns, router_port: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut cmd = router.command(&["iptables-restore", "--noflush"]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("starting iptables-restore")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(iptables_rules(router_port).as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "iptables-restore in {} failed: {}",
-            router.name(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    haproxy::install_rules(router, "eth0")
 }
 
 /// Stands in for /dev/log: a datagram socket every haproxy logs to, read

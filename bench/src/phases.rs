@@ -162,7 +162,7 @@ pub fn other_traffic(world: &mut World, plan: &Plan, results: &mut Results) -> R
     // Only guest 0's tap matters; the rest stay as they are.
     world.set_ours(false)?;
     let _server = iperf::Server::start(world.router_of(0))?;
-    let gateway = integration_tests::fixtures::GATEWAY.to_string();
+    let gateway = mdr_harness::fixtures::GATEWAY.to_string();
     for rep in 1..=plan.reps {
         let order = if rep % 2 == 1 {
             [true, false]

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use integration_tests::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
-use integration_tests::tempdir::TempDir;
-use integration_tests::wait::{self, Poll};
-use integration_tests::{
+use mdr_harness::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
+use mdr_harness::tempdir::TempDir;
+use mdr_harness::wait::{self, Poll};
+use mdr_harness::{
     Daemon, DaemonConfig, Guest, GuestConfig, Host, Instance, METADATA_ADDR, TenantNet, names,
 };
 
@@ -369,7 +369,7 @@ impl World {
     }
 
     /// The network of guest 0: its router namespace (iperf3's far end).
-    pub fn router_of(&self, index: usize) -> &integration_tests::Netns {
+    pub fn router_of(&self, index: usize) -> &mdr_harness::Netns {
         self.nets[self.guests[index].net]
             .tenant
             .router()

@@ -32,9 +32,9 @@ use std::{
 
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
 use tokio::{net::TcpSocket, task::JoinSet};
 
+pub use fake_nova_record::RecordedRequest;
 pub use handler::sign_instance_id;
 
 /// Calls back with each request once it has been answered.
@@ -58,41 +58,6 @@ pub struct TlsConfig {
     pub key_pem: String,
     /// When set, a client certificate signed by this CA is required.
     pub client_ca_pem: Option<String>,
-}
-
-/// One request as the fake nova received it, and what it answered.
-#[derive(Clone, Debug, Serialize)]
-pub struct RecordedRequest {
-    /// 1, 2, 3, ... in arrival order; also in the answer body.
-    pub seq: u64,
-    pub method: String,
-    /// Path and query, as sent.
-    pub path: String,
-    /// Every header line, names lower-case, in the order received.
-    pub headers: Vec<(String, String)>,
-    /// The body (lossy UTF-8).
-    pub body: String,
-    /// The status the fake nova answered with.
-    pub status: u16,
-}
-
-impl RecordedRequest {
-    /// Every value of a header (name in any case), in order.
-    pub fn header_values(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    /// The header's value when it was sent exactly once.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        match self.header_values(name).as_slice() {
-            [one] => Some(one),
-            _ => None,
-        }
-    }
 }
 
 /// What tests can change while the fake nova runs.

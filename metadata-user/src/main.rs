@@ -1,20 +1,15 @@
 //! metadata-redirector: one host-wide metadata service for the guests of a
 //! hypervisor, fed by an eBPF program on each VM tap.
 mod admin;
+mod backend;
 mod cli;
-mod config;
 mod datapath;
-// Wired into `serve` once the state/ layout lands (issue 10); until then
-// only its unit tests use it.
+// Wired into `serve` in the next commit (issue 10).
 #[allow(dead_code)]
 mod discovery;
-mod instance;
-mod metadata;
-mod nova;
-mod port;
-mod registry;
+mod ingress;
 mod serve;
-mod store;
+mod state;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,7 @@
 //! `metadata-redirector serve`: wires the store, the datapath, the admin API
-//! and the guest server together, and decides what a signal does.
+//! and the guest server together, and decides what a signal does. The only
+//! module that knows every layer: the traits one layer asks another through
+//! are implemented here (at the end of this file).
 //!
 //! SIGTERM / SIGINT: stop accepting, let in-flight requests finish (5 s),
 //! close the admin socket and exit 0. The datapath stays pinned and attached
@@ -18,18 +20,21 @@ use tracing::info;
 
 use crate::{
     admin,
-    cli::ServeArgs,
-    config::Settings,
-    datapath::{self, Datapath, netdev, reconcile::Reconciler},
-    metadata::{
-        api::{ApiConfig, ApiContext},
-        backend::{Backend, Responder},
-        limits::ConnectionLimiter,
-        ratelimit::RateLimiter,
-        server::GuestServer,
+    backend::{
+        Backend, Responder,
+        local::{ApiConfig, ApiContext, PasswordConflict, PasswordStore},
+        nova::{NovaBackend, config::BackendConfig},
     },
-    nova::{NovaBackend, config::BackendConfig, neutron_agent},
-    registry::{PortPolicy, Registry},
+    cli::{ServeArgs, settings::Settings},
+    datapath::{self, Datapath, FlowTable, netdev, reconcile::Reconciler},
+    ingress::{
+        dispatch::Dispatcher,
+        limits::ConnectionLimiter,
+        neutron_agent,
+        ratelimit::RateLimiter,
+        server::{FlowLookup, GuestServer, Origin},
+    },
+    state::{PortPolicy, Registry},
 };
 
 /// Open connections one port may hold. cloud-init uses one at a time; a
@@ -39,8 +44,9 @@ const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 /// Accept queue length asked for (the kernel caps it at net.core.somaxconn,
 /// 4096 by default). Every guest of the host connects to this one socket: in
 /// a boot storm hundreds of handshakes complete at once, and a full queue
-/// drops them, costing each guest a 1 s SYN retransmit. tokio's default
-/// (1024) overflowed with 500 guests in `cargo xtask bench`.
+/// drops them, costing each guest a 1 s SYN retransmit. The default backlog
+/// of tokio's `TcpListener::bind` (mio's, 128) overflowed with 500 guests in
+/// `cargo xtask bench`.
 const LISTEN_BACKLOG: u32 = 65_535;
 
 fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
@@ -130,6 +136,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let responder = Arc::new(Responder {
         backend,
         registry: registry.clone(),
+    });
+    let dispatcher = Arc::new(Dispatcher {
+        responder: responder.clone(),
         requests: RateLimiter::from_config(settings.rate_limit),
     });
     if let Some(path) = &settings.neutron_agent_socket {
@@ -140,10 +149,10 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 Arc::new(move || registry.snapshot().ports.values().cloned().collect())
             },
             {
-                let responder = responder.clone();
+                let dispatcher = dispatcher.clone();
                 Arc::new(move |guest, request| {
-                    let responder = responder.clone();
-                    Box::pin(async move { responder.respond(&guest, request).await })
+                    let dispatcher = dispatcher.clone();
+                    Box::pin(async move { dispatcher.dispatch(&guest, request).await })
                 })
             },
             shutdown_rx.clone(),
@@ -194,7 +203,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let guest_server = Arc::new(GuestServer {
         flows,
         registry: registry.clone(),
-        responder,
+        dispatcher,
         connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
     });
     let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
@@ -225,7 +234,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             // tc filters are not pinned links: removing the pins below does
             // not take them off the taps.
             for tap in attached_at_exit.borrow().values() {
-                datapath::remove_tc_filter(tap.ifindex);
+                datapath::tc_attach::remove_tc_filter(tap.ifindex);
             }
         }
         datapath::remove_pins(&settings.bpffs)?;
@@ -235,4 +244,33 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(bpffs = %settings.bpffs.display(), "datapath left in place for the next daemon");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+// The ports between layers: each trait belongs to the layer that uses it,
+// and is implemented here for the type of the layer that provides it, so
+// neither layer imports the other.
+
+/// The guest server learns who is behind a connection from the flow map.
+impl FlowLookup for FlowTable {
+    fn origin(&self, peer: std::net::SocketAddrV4) -> Option<Origin> {
+        let origin = FlowTable::origin(self, peer)?;
+        Some(Origin {
+            slot: origin.slot,
+            guest_addr: origin.flow.guest_addr.into(),
+        })
+    }
+}
+
+/// The guest API stores posted passwords in the registry.
+impl PasswordStore for Registry {
+    fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
+        Registry::password(self, uuid)
+    }
+
+    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordConflict> {
+        Registry::set_password(self, uuid, password).map_err(|err| {
+            tracing::warn!(%uuid, "password not stored: {err}");
+            PasswordConflict
+        })
+    }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
-use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, python};
+use mdr_harness::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, python};
 use serde_json::{Value, json};
 
 /// One registered, served guest on a network with a decoy router (so a
@@ -272,7 +272,7 @@ impl Session {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        integration_tests::cmd::die_with_parent(&mut command);
+        mdr_harness::cmd::die_with_parent(&mut command);
         let mut child = command.spawn().unwrap();
         let input = child.stdin.take().unwrap();
         let output = BufReader::new(child.stdout.take().unwrap());

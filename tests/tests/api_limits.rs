@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use integration_tests::fixtures::{GUEST_ADDR, GUEST_MAC};
-use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, Request, TenantNet, python};
+use mdr_harness::fixtures::{GUEST_ADDR, GUEST_MAC};
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, Request, TenantNet, python};
 use serde_json::Value;
 
 /// Two registered, served guests on one network.

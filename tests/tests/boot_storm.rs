@@ -9,11 +9,11 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use integration_tests::names;
-use integration_tests::nova::NovaInstance;
-use integration_tests::tempdir::TempDir;
-use integration_tests::wait::{self, Poll};
-use integration_tests::{
+use mdr_harness::names;
+use mdr_harness::nova::NovaInstance;
+use mdr_harness::tempdir::TempDir;
+use mdr_harness::wait::{self, Poll};
+use mdr_harness::{
     Daemon, FakeNova, FakeNovaConfig, Guest, GuestConfig, Host, Instance, METADATA_ADDR, TenantNet,
 };
 

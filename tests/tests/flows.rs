@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use integration_tests::fixtures::{GUEST_ADDR, GUEST_MAC};
-use integration_tests::wait::{self, Poll};
-use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet};
-use integration_tests::{cmd, python};
+use mdr_harness::fixtures::{GUEST_ADDR, GUEST_MAC};
+use mdr_harness::wait::{self, Poll};
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet};
+use mdr_harness::{cmd, python};
 use serde_json::Value;
 
 /// Per-port request limits raised so that a few hundred requests in a row

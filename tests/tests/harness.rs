@@ -2,15 +2,15 @@
 //! end-to-end tests build behaves as they assume (isolated same-address
 //! tenants, a decoy that answers whatever the datapath does not catch, a
 //! booting qemu guest, a daemon wrapper that cleans up).
-use integration_tests::tempdir::TempDir;
-use integration_tests::tenant::DECOY_MARK;
-use integration_tests::{
+use mdr_harness::tempdir::TempDir;
+use mdr_harness::tenant::DECOY_MARK;
+use mdr_harness::{
     Daemon, DaemonConfig, Guest, GuestConfig, Host, QemuConfig, QemuGuest, TenantNet, cmd,
 };
 use std::path::Path;
 use std::time::Duration;
 
-use integration_tests::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+use mdr_harness::fixtures::{GATEWAY, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
 
 #[test]
 #[ignore = "root: run via cargo xtask test"]
@@ -172,16 +172,16 @@ fn leftovers_of_dead_runs_are_swept_and_live_ones_kept() {
     let dead = "mdr-test-99999999-0-beef";
     let (ns, pins, tmp) = (
         format!("{dead}-host"),
-        Path::new(integration_tests::bpffs::ROOT).join(format!("{dead}-bpffs")),
+        Path::new(mdr_harness::bpffs::ROOT).join(format!("{dead}-bpffs")),
         std::env::temp_dir().join(format!("{dead}-daemon")),
     );
-    integration_tests::bpffs::ensure_mounted().unwrap();
+    mdr_harness::bpffs::ensure_mounted().unwrap();
     cmd::run(&["ip", "netns", "add", &ns]).unwrap();
     std::fs::create_dir_all(pins.join("maps")).unwrap();
     std::fs::create_dir_all(&tmp).unwrap();
     let live = Host::new().unwrap();
 
-    integration_tests::names::sweep_stale();
+    mdr_harness::names::sweep_stale();
 
     let list = cmd::run(&["ip", "netns", "list"]).unwrap();
     assert!(!list.contains(&ns), "{ns} survived:\n{list}");

@@ -3,8 +3,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use integration_tests::fixtures::{GUEST_ADDR, GUEST_MAC};
-use integration_tests::{
+use mdr_harness::fixtures::{GUEST_ADDR, GUEST_MAC};
+use mdr_harness::{
     Daemon, Guest, GuestConfig, Host, Instance, Netns, Reply, Request, TenantNet, names, python,
 };
 use serde_json::json;

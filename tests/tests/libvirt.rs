@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC, PREFIX_LEN, random_uuid};
-use integration_tests::libvirt::{
+use mdr_harness::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC, PREFIX_LEN, random_uuid};
+use mdr_harness::libvirt::{
     Boot, DomainXml, GuestImage, Libvirtd, NOVA_NS_1_1, Nic, NovaMeta, nova_tap_name,
     wait_for_console_answer,
 };
-use integration_tests::{Daemon, Host, Instance, TenantNet, names};
+use mdr_harness::{Daemon, Host, Instance, TenantNet, names};
 
 /// The harness's own check: a private libvirtd starts in the test's host
 /// namespace, defines a nova-shaped domain and starts it paused; its tap
@@ -41,7 +41,7 @@ fn a_private_libvirtd_runs_a_paused_domain_on_a_test_bridge() {
     let link = host.ip(&["-o", "link", "show", "dev", &tap]).unwrap();
     assert!(link.contains(&format!("master {}", net.bridge())), "{link}");
     assert!(
-        integration_tests::cmd::run(&["ip", "-o", "link", "show", "dev", &tap]).is_err(),
+        mdr_harness::cmd::run(&["ip", "-o", "link", "show", "dev", &tap]).is_err(),
         "the tap must not exist in the machine's own namespace"
     );
     let xml = libvirtd.virsh(&["dumpxml", &name]).unwrap();

@@ -1,11 +1,9 @@
 //! The daemon and the taps come and go; registered ports are served again
 //! without any new command.
 
-use integration_tests::fixtures::{GUEST_ADDR as ADDR, GUEST_MAC as MAC};
-use integration_tests::wait::{self, Poll};
-use integration_tests::{
-    Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd,
-};
+use mdr_harness::fixtures::{GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+use mdr_harness::wait::{self, Poll};
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 

@@ -6,13 +6,11 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use integration_tests::fixtures::{self, GATEWAY};
-use integration_tests::haproxy::{HeaderStyle, NeutronProxy};
-use integration_tests::nova::NovaInstance;
-use integration_tests::tempdir::TempDir;
-use integration_tests::{
-    Daemon, FakeNova, FakeNovaConfig, Guest, GuestConfig, Host, TenantNet, names,
-};
+use mdr_harness::fixtures::{self, GATEWAY};
+use mdr_harness::haproxy::{HeaderStyle, NeutronProxy};
+use mdr_harness::nova::NovaInstance;
+use mdr_harness::tempdir::TempDir;
+use mdr_harness::{Daemon, FakeNova, FakeNovaConfig, Guest, GuestConfig, Host, TenantNet, names};
 
 const SECRET: &str = "neutron-and-nova-share-this";
 const META_DATA: &str = "/openstack/latest/meta_data.json";
@@ -132,7 +130,7 @@ fn check_served_through_haproxy(scene: &Scene) {
 }
 
 /// What a guest gets for `path` with `headers`, through haproxy.
-fn get(guest: &Guest, path: &str, headers: &[&str]) -> integration_tests::Reply {
+fn get(guest: &Guest, path: &str, headers: &[&str]) -> mdr_harness::Reply {
     guest
         .http_get_with(path, headers, Duration::from_secs(5))
         .unwrap()

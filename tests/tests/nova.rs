@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use hmac::{Hmac, Mac as _};
-use integration_tests::fixtures::{self, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
-use integration_tests::nova::{NovaInstance, NovaRequest, TestPki};
-use integration_tests::tempdir::TempDir;
-use integration_tests::{
+use mdr_harness::fixtures::{self, GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+use mdr_harness::nova::{NovaInstance, RecordedRequest, TestPki};
+use mdr_harness::tempdir::TempDir;
+use mdr_harness::{
     Daemon, FakeNova, FakeNovaConfig, Guest, GuestConfig, Host, METADATA_ADDR, Reply, TenantNet,
 };
 
@@ -54,7 +54,7 @@ fn check_nova_answers(guest: &Guest, instance: &NovaInstance) -> Result<()> {
 /// What nova received for `instance` from the guest at `addr`: each of the
 /// four proxy headers exactly once and right, no X-Neutron-* header, and
 /// the fake nova accepted it (a wrong signature would be its 403).
-fn check_proxy_headers(request: &NovaRequest, instance: &NovaInstance, addr: Ipv4Addr) {
+fn check_proxy_headers(request: &RecordedRequest, instance: &NovaInstance, addr: Ipv4Addr) {
     let expected = [
         ("x-instance-id", instance.uuid.clone()),
         ("x-tenant-id", instance.project.clone()),
@@ -139,7 +139,7 @@ fn same_ip_and_mac_guests_get_their_own_instance_from_nova_signed_as_nova_expect
 
     let requests = scene.nova.requests();
     for instance in [&scene.alpha, &scene.beta] {
-        let theirs: Vec<&NovaRequest> = requests
+        let theirs: Vec<&RecordedRequest> = requests
             .iter()
             .filter(|r| r.header("x-instance-id") == Some(instance.uuid.as_str()))
             .collect();
@@ -240,7 +240,7 @@ fn a_password_post_reaches_nova_for_the_guests_own_instance() {
 
     let reply = scene.guest_a.http_post(path, "hunter2").unwrap();
     assert_eq!(reply.status, 200, "{reply}");
-    let posts: Vec<NovaRequest> = scene
+    let posts: Vec<RecordedRequest> = scene
         .nova
         .requests_for(path)
         .into_iter()

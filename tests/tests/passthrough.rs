@@ -1,7 +1,7 @@
 //! What is not metadata, or not from a registered tap, is left alone.
-use integration_tests::fixtures::GATEWAY;
-use integration_tests::tenant::DECOY_MARK;
-use integration_tests::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet};
+use mdr_harness::fixtures::GATEWAY;
+use mdr_harness::tenant::DECOY_MARK;
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet};
 use std::net::Ipv4Addr;
 
 /// Two guests on one network; only one is registered. The other's request

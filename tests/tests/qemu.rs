@@ -1,7 +1,7 @@
 //! A real guest kernel on a real tap fetches its own metadata.
 
-use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
-use integration_tests::{Daemon, Host, Instance, QemuConfig, QemuGuest, TenantNet};
+use mdr_harness::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
+use mdr_harness::{Daemon, Host, Instance, QemuConfig, QemuGuest, TenantNet};
 
 /// qemu (TCG) boots Debian's kernel with a busybox initramfs on an `ip
 /// tuntap` tap on a bridge; the guest fetches meta_data.json with busybox nc

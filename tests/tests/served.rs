@@ -1,10 +1,10 @@
 //! Guests are told apart by their tap, not by anything they chose.
 
-use integration_tests::{
+use mdr_harness::{
     Daemon, Guest, GuestConfig, Host, Instance, METADATA_ADDR, TenantNet, check_own_answers,
 };
 
-use integration_tests::fixtures::{GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+use mdr_harness::fixtures::{GUEST_ADDR as ADDR, GUEST_MAC as MAC};
 
 /// Two tenant networks, each a bridge with a router at 10.0.0.1 (and a decoy
 /// there, so an uncaught request would be answered, wrongly), one guest on

@@ -1,6 +1,6 @@
 //! A guest cannot become another one: not with its neighbour's IP and MAC,
 //! not with the headers a Neutron proxy would add.
-use integration_tests::{
+use mdr_harness::{
     Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers,
     check_own_answers_with, fixtures,
 };

@@ -1,11 +1,9 @@
 //! `serve --tap-attach tc`: the tap program as a cls_bpf filter (pref 1,
 //! handle 0x6d64) instead of a pinned TCX link.
-use integration_tests::fixtures::{GUEST_ADDR as ADDR, GUEST_MAC as MAC};
-use integration_tests::tenant::DECOY_MARK;
-use integration_tests::wait::{self, Poll};
-use integration_tests::{
-    Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd,
-};
+use mdr_harness::fixtures::{GUEST_ADDR as ADDR, GUEST_MAC as MAC};
+use mdr_harness::tenant::DECOY_MARK;
+use mdr_harness::wait::{self, Poll};
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd};
 use std::time::Duration;
 
 fn tc_mode() -> Vec<String> {

@@ -2,8 +2,8 @@
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-pub use integration_tests::cmd::command;
-use integration_tests::cmd::describe;
+pub use mdr_harness::cmd::command;
+use mdr_harness::cmd::describe;
 
 /// Runs `cmd` with inherited stdio; a non-zero exit is an error.
 pub fn run(cmd: &mut Command) -> Result<()> {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use integration_tests::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC, PREFIX_LEN};
-use integration_tests::{
+use mdr_harness::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC, PREFIX_LEN};
+use mdr_harness::{
     Daemon, DaemonConfig, Guest, GuestConfig, Host, Instance, TenantNet, bpffs, names,
 };
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use integration_tests::qemu::GUEST_MODULES;
+use mdr_harness::qemu::GUEST_MODULES;
 
 use crate::cmd::{self, command, probe};
 use crate::paths;

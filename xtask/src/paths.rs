@@ -9,7 +9,7 @@ pub fn root() -> PathBuf {
 }
 
 pub fn target() -> PathBuf {
-    integration_tests::env::target_dir()
+    mdr_harness::env::target_dir()
 }
 
 /// The daemon binary `cargo xtask build` makes.

@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use anyhow::{Result, bail};
-use integration_tests::bpffs;
+use mdr_harness::bpffs;
 
 use crate::cmd::{self, command, probe};
 use crate::guest_kernel;
@@ -29,18 +29,13 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip, ss"),
     (
         "haproxy",
-        "neutron's metadata proxy in the neutron-agent socket test",
+        "neutron's metadata proxy, in the neutron-agent socket test and the benchmark's neutron-style path",
     ),
     (
         "iptables",
-        "neutron's REDIRECT to haproxy in that test's router namespace",
+        "neutron's REDIRECT to haproxy in their router namespaces",
     ),
     ("util-linux", "nsenter"),
-    ("haproxy", "the benchmark's neutron-style path"),
-    (
-        "iptables",
-        "the benchmark's neutron-style path (REDIRECT to haproxy)",
-    ),
     ("iperf3", "the benchmark's other-traffic measurement"),
     ("fonts-dejavu-core", "the benchmark's plots"),
     ("linux-perf", "profiling the benchmark's misses"),
@@ -150,7 +145,7 @@ fn installed_version(package: &str) -> Option<String> {
     out.strip_prefix("installed ").map(str::to_owned)
 }
 
-/// The tests run real guest software (`tests/py/`) with the `python3` on the
+/// The tests run real guest software (`harness/py/`) with the `python3` on the
 /// PATH, so that is the one whose packages are checked and installed.
 fn python_packages(report: Report) -> Result<()> {
     for (package, why) in PYTHON_PACKAGES {

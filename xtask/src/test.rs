@@ -10,7 +10,7 @@ pub fn run() -> Result<()> {
     setup::require_root("run the integration tests (network namespaces, bpffs, taps)")?;
     let bin = build::release()?;
     let fake_nova = build::fake_nova()?;
-    integration_tests::names::sweep_stale();
+    mdr_harness::names::sweep_stale();
 
     // --release throughout: it reuses what `build` just compiled instead of
     // building every dependency a second time in the debug profile.

@@ -18,8 +18,10 @@ use serde::de::DeserializeOwned;
 use super::wire::{ErrorBody, InstanceSummary, encode_segment};
 use crate::{
     cli::{Command, InstanceCommand, PortCommand},
-    instance::{InstanceDoc, MAX_DOCUMENT_BYTES},
-    port::{Port, PortAddRequest},
+    state::{
+        Port, PortAddRequest,
+        instance::{InstanceDoc, MAX_DOCUMENT_BYTES},
+    },
 };
 
 /// How long the CLI waits for the daemon before giving up.
@@ -382,7 +384,7 @@ mod tests {
             wire::MAX_BODY_BYTES,
         },
         cli::PortAddArgs,
-        registry::Registry,
+        state::Registry,
     };
 
     const A: &str = "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e";

@@ -34,10 +34,12 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::UnixListener;
 
-use super::wire::{self, ErrorBody, InstanceSummary, MAX_BODY_BYTES};
-use crate::{
-    port::PortAddRequest,
-    registry::{AdminError, Registry, Snapshot},
+use super::{
+    error::AdminError,
+    wire::{self, ErrorBody, InstanceSummary, MAX_BODY_BYTES},
+};
+use crate::state::{
+    FieldError, PortAddRequest, Registry, RegistryError, Snapshot, port::parse_uuid,
 };
 
 /// The datapath's part of `GET /v1/status` (attached taps, counters, ...),
@@ -149,9 +151,6 @@ struct Context {
 
 type Answer = Response<Full<Bytes>>;
 
-/// An error answer: status and one-line message.
-struct Failure(StatusCode, String);
-
 /// The methods a known path accepts (for 405's Allow header); None for an
 /// unknown path.
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
@@ -165,39 +164,31 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     }
 }
 
-impl From<AdminError> for Failure {
-    fn from(err: AdminError) -> Self {
-        let status = match &err {
-            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
-            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-            AdminError::Conflict(_) => StatusCode::CONFLICT,
-            AdminError::Internal(_) => {
-                tracing::error!("admin request failed: {err}");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
-        Failure(status, err.to_string())
-    }
-}
-
 impl Context {
     async fn handle(&self, request: Request<Incoming>) -> Answer {
         let segments = path_segments(request.uri().path());
         let allow = allowed_methods(&segments.iter().map(String::as_str).collect::<Vec<_>>());
-        self.route(request)
-            .await
-            .unwrap_or_else(|Failure(status, message)| {
-                let mut answer = json(status, &ErrorBody { error: message });
-                if let (StatusCode::METHOD_NOT_ALLOWED, Some(allow)) = (status, allow) {
-                    answer
-                        .headers_mut()
-                        .insert(ALLOW, HeaderValue::from_static(allow));
-                }
+        self.route(request).await.unwrap_or_else(|err| {
+            let status = err.status();
+            if status == StatusCode::INTERNAL_SERVER_ERROR {
+                tracing::error!("admin request failed: {err}");
+            }
+            let mut answer = json(
+                status,
+                &ErrorBody {
+                    error: err.to_string(),
+                },
+            );
+            if let (StatusCode::METHOD_NOT_ALLOWED, Some(allow)) = (status, allow) {
                 answer
-            })
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            answer
+        })
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Result<Answer, Failure> {
+    async fn route(&self, request: Request<Incoming>) -> Result<Answer, AdminError> {
         let path = request.uri().path().to_owned();
         let segments = path_segments(&path);
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -219,7 +210,7 @@ impl Context {
                 let snapshot = self.registry.snapshot();
                 let doc = snapshot
                     .instance(&uuid)
-                    .ok_or_else(|| Failure(StatusCode::NOT_FOUND, format!("no instance {uuid}")))?;
+                    .ok_or_else(|| AdminError::NotFound(format!("no instance {uuid}")))?;
                 Ok(json(StatusCode::OK, &**doc))
             }
             (["instances", id], &Method::DELETE) => {
@@ -235,9 +226,8 @@ impl Context {
             }
             (["ports"], &Method::POST) => {
                 let body = read_body(request).await?;
-                let request: PortAddRequest = serde_json::from_slice(&body).map_err(|err| {
-                    Failure(StatusCode::BAD_REQUEST, format!("port request: {err}"))
-                })?;
+                let request: PortAddRequest = serde_json::from_slice(&body)
+                    .map_err(|err| FieldError::new("port request", err.to_string()))?;
                 let port = self
                     .blocking(move |registry| registry.add_port(request))
                     .await?;
@@ -251,14 +241,11 @@ impl Context {
                 Ok(json(StatusCode::OK, &*port))
             }
             (["status"], &Method::GET) => Ok(json(StatusCode::OK, &self.status())),
-            _ if allowed_methods(&segments).is_some() => Err(Failure(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on {path}"),
-            )),
-            _ => Err(Failure(
-                StatusCode::NOT_FOUND,
-                format!("no such endpoint: {path}"),
-            )),
+            _ if allowed_methods(&segments).is_some() => Err(AdminError::MethodNotAllowed {
+                method: method.clone(),
+                path,
+            }),
+            _ => Err(AdminError::NotFound(format!("no such endpoint: {path}"))),
         }
     }
 
@@ -266,13 +253,13 @@ impl Context {
     /// worker threads.
     async fn blocking<T: Send + 'static>(
         &self,
-        write: impl FnOnce(&Registry) -> Result<T, AdminError> + Send + 'static,
-    ) -> Result<T, Failure> {
+        write: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, AdminError> {
         let registry = Arc::clone(&self.registry);
         tokio::task::spawn_blocking(move || write(&registry))
             .await
-            .map_err(|err| Failure::from(AdminError::Internal(err.into())))?
-            .map_err(Failure::from)
+            .map_err(|err| RegistryError::Internal(err.into()))?
+            .map_err(AdminError::from)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -313,30 +300,21 @@ fn instance_summaries(snapshot: &Snapshot) -> Vec<InstanceSummary> {
 }
 
 /// Reads the whole body, refusing (413) more than `MAX_BODY_BYTES`.
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Failure> {
-    let too_large = || {
-        Failure(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body: larger than {MAX_BODY_BYTES} bytes"),
-        )
-    };
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, AdminError> {
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
+        return Err(AdminError::TooLarge);
     }
     match Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
     {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(too_large()),
-        Err(err) => Err(Failure(
-            StatusCode::BAD_REQUEST,
-            format!("request body: {err}"),
-        )),
+        Err(err) if err.is::<LengthLimitError>() => Err(AdminError::TooLarge),
+        Err(err) => Err(FieldError::new("request body", err.to_string()).into()),
     }
 }
 
@@ -352,19 +330,19 @@ fn path_segments(path: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn path_segment(raw: &str) -> Result<String, Failure> {
+fn path_segment(raw: &str) -> Result<String, AdminError> {
     wire::decode_segment(raw).ok_or_else(|| {
-        Failure(
-            StatusCode::BAD_REQUEST,
-            format!("path: {raw:?} is not a valid percent-encoded name"),
+        FieldError::new(
+            "path",
+            format!("{raw:?} is not a valid percent-encoded name"),
         )
+        .into()
     })
 }
 
-fn path_uuid(raw: &str) -> Result<uuid::Uuid, Failure> {
+fn path_uuid(raw: &str) -> Result<uuid::Uuid, AdminError> {
     let text = path_segment(raw)?;
-    crate::port::parse_uuid("uuid", &text)
-        .map_err(|message| Failure(StatusCode::BAD_REQUEST, message))
+    Ok(parse_uuid("uuid", &text)?)
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> Answer {

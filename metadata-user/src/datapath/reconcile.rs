@@ -29,7 +29,7 @@ use super::{
     AttachedTap, Datapath,
     netdev::{self, LinkEvent},
 };
-use crate::registry::Snapshot;
+use crate::state::Snapshot;
 
 pub struct Reconciler {
     datapath: Datapath,

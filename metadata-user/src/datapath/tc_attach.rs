@@ -30,6 +30,7 @@ use rtnetlink::{
     },
     sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
 };
+use tracing::{debug, warn};
 
 /// Our filter's priority ("pref" in `tc filter show`). 1 runs it before any
 /// other ingress filter, as TCX programs run before all of tc: neutron's QoS
@@ -158,5 +159,16 @@ pub fn detach(ifindex: u32) -> io::Result<Detached> {
             io::ErrorKind::InvalidData,
             format!("unexpected rtnetlink answer: {other:?}"),
         )),
+    }
+}
+
+/// Removes our tc filter from `ifindex` if there is one. A failure only
+/// leaves the program on a tap whose port entry is gone, where it passes
+/// everything, so it is logged rather than failing the caller.
+pub fn remove_tc_filter(ifindex: u32) {
+    match detach(ifindex) {
+        Ok(Detached::Removed) => debug!(ifindex, "tc filter removed"),
+        Ok(Detached::NotThere) => {}
+        Err(err) => warn!(ifindex, %err, "removing our tc filter"),
     }
 }

@@ -1,0 +1,327 @@
+//! The guest-facing API: nova-compatible OpenStack and EC2 trees, plus AWS
+//! IMDSv2 session tokens.
+//!
+//! The reference is nova's own metadata handler (`nova/api/metadata/base.py`,
+//! `handler.py`, `password.py`) as a guest sees it behind neutron's proxy:
+//! same paths, same listings, same bytes, same content types, same error
+//! pages. Where we go beyond nova (IMDSv2, the identity document, 405s for
+//! methods nova would blindly answer) the module that does it says so.
+//!
+//! Who the caller is comes only from [`Guest`] (the tap the packet arrived
+//! on, via the BPF map). No request header changes it; the one header with
+//! any effect is `X-Forwarded-For`, which makes a token request 403 as on AWS.
+//!
+//! Layout: `paths` routes a request path, `ec2`/`identity` and `openstack`
+//! answer their trees, `password` and `token` the two endpoints with state,
+//! `view` applies nova's defaults to the instance document, `pyjson` and
+//! `response` produce nova's exact bytes and headers.
+//!
+//! Where we knowingly differ from nova (behind neutron):
+//! - Methods: only GET/HEAD, POST on `password`, PUT on the token path; any
+//!   other is 405 with `Allow` (nova answers a POST anywhere like a GET, and
+//!   a PUT on `password` with 400).
+//! - A path that walks into a string or list is 404 (nova: 500). A leading
+//!   `//` is collapsed like any other (nova: the EC2 version list).
+//! - A deleted instance gets 404 everywhere, `/` included (nova lists the
+//!   versions before looking the caller up).
+//! - HEAD carries the Content-Length a GET would (neutron's proxy sends 0).
+//! - JSON objects taken from the instance document (`vendor_data`,
+//!   `network_data`, `meta`, unknown device keys) come out with sorted keys;
+//!   nova keeps its source's order. Same members and values either way.
+//! - Several public keys are all shown (nova shows the one keypair).
+//! - Added: `PUT /latest/api/token` and `/<2009-04-04|latest>/dynamic/
+//!   instance-identity/document`, not listed in `/latest/` (as in nova's
+//!   listing, which has neither).
+mod ec2;
+mod identity;
+mod openstack;
+mod password;
+mod paths;
+mod pyjson;
+pub mod response;
+mod token;
+mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    pin::pin,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt as _;
+use hyper::{
+    HeaderMap, Method, Request,
+    header::{self, HeaderValue},
+    http::request::Parts,
+};
+
+use crate::{
+    backend::guest::{Guest, Reply},
+    state::instance::{InstanceDoc, TokenMode},
+};
+use openstack::Resource;
+use paths::Route;
+use response::{ApiError, Document};
+use token::{Binding, TokenKey};
+use view::InstanceView;
+
+/// Settings of the API (the daemon's config file feeds them).
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// nova's `[api] dhcp_domain`: appended to every hostname; empty for none.
+    pub domain: String,
+    /// Largest request body read (password POST); larger is 413. nova's own
+    /// password limit (1020 bytes, 400) applies below it.
+    pub max_body: usize,
+    /// The zone of instances whose document names none (nova's
+    /// `default_availability_zone`).
+    pub default_availability_zone: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            domain: "novalocal".to_owned(),
+            max_body: 16 * 1024,
+            default_availability_zone: "nova".to_owned(),
+        }
+    }
+}
+
+/// Where guest-posted passwords live (persisted by the daemon's store).
+pub trait PasswordStore: Send + Sync {
+    fn password(&self, uuid: &uuid::Uuid) -> Option<String>;
+    /// Sets the password unless one is already set.
+    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordConflict>;
+}
+
+/// `set_password` found a password already set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the instance already has a password")]
+pub struct PasswordConflict;
+
+/// Wall clock, injectable so tests can expire tokens and move the date.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Everything `handle` needs besides the request: built once per daemon.
+pub struct ApiContext {
+    config: ApiConfig,
+    token_key: TokenKey,
+    passwords: Arc<dyn PasswordStore>,
+    clock: Clock,
+}
+
+impl ApiContext {
+    /// `token_key` signs IMDSv2 tokens; keep it across restarts so tokens
+    /// stay valid.
+    pub fn new(config: ApiConfig, token_key: [u8; 32], passwords: Arc<dyn PasswordStore>) -> Self {
+        Self {
+            config,
+            token_key: TokenKey::new(token_key),
+            passwords,
+            clock: Arc::new(SystemTime::now),
+        }
+    }
+
+    /// Replaces the wall clock (tests).
+    #[cfg(test)]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
+    fn now_unix(&self) -> u64 {
+        self.now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs())
+    }
+}
+
+/// Answers one guest request. `instance` is the current document for the
+/// guest's port (None: the instance was deleted -> 404 for everything).
+pub async fn handle<B>(
+    ctx: &ApiContext,
+    guest: &Guest,
+    instance: Option<Arc<InstanceDoc>>,
+    req: Request<B>,
+) -> Reply
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::fmt::Display,
+{
+    let (parts, body) = req.into_parts();
+    let reply = match instance {
+        Some(doc) => answer(ctx, guest, &doc, &parts, body).await,
+        None => Err(ApiError::NotFound),
+    };
+    // The IP TTL is decided per response; ingress keeps a lowered one for
+    // the rest of the connection, so what follows a token on a keep-alive
+    // connection goes no further than the token could.
+    reply.unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)))
+}
+
+/// A document answer, which travels as far as any other packet.
+fn document_reply(document: Document, method: &Method) -> Reply {
+    Reply::new(document.into_response(method))
+}
+
+const ALLOW_READ: &str = "GET, HEAD";
+const ALLOW_PASSWORD: &str = "GET, HEAD, POST";
+const ALLOW_TOKEN: &str = "PUT";
+
+async fn answer<B>(
+    ctx: &ApiContext,
+    guest: &Guest,
+    doc: &InstanceDoc,
+    parts: &Parts,
+    body: B,
+) -> Result<Reply, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::fmt::Display,
+{
+    let view = InstanceView::new(doc, guest, &ctx.config);
+    let method = &parts.method;
+    match Route::from_request_path(parts.uri.path()) {
+        Route::Ec2(segments) if is_token_path(&segments) => {
+            issue_token(ctx, &view, method, &parts.headers)
+        }
+        Route::Ec2(segments) => {
+            check_session(ctx, &view, &parts.headers)?;
+            let document = ec2::lookup(&view, &segments)?;
+            require_read(method, ALLOW_READ)?;
+            Ok(document_reply(document, method))
+        }
+        Route::OpenStack(segments) => match openstack::lookup(&view, &segments, ctx.now())? {
+            Resource::Document(document) => {
+                require_read(method, ALLOW_READ)?;
+                Ok(document_reply(document, method))
+            }
+            Resource::Password => {
+                let store = ctx.passwords.as_ref();
+                if *method == Method::POST {
+                    password::check_unset(store, &doc.uuid)?;
+                    let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
+                    let document = password::write(store, &doc.uuid, &body)?;
+                    return Ok(document_reply(document, method));
+                }
+                require_read(method, ALLOW_PASSWORD)?;
+                Ok(document_reply(password::read(store, &doc.uuid), method))
+            }
+        },
+    }
+}
+
+fn require_read(method: &Method, allow: &'static str) -> Result<(), ApiError> {
+    if *method == Method::GET || *method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(ApiError::MethodNotAllowed { allow })
+    }
+}
+
+/// AWS's token endpoint, `/latest/api/token` (also under `/ec2`).
+fn is_token_path(segments: &[String]) -> bool {
+    segments == ["latest", "api", "token"]
+}
+
+/// `PUT /latest/api/token`: 403 when proxied (X-Forwarded-For), 400 without a
+/// TTL of 1..=21600 s; the answer leaves with the instance's hop limit as IP
+/// TTL, so it dies one router away from the guest as on AWS.
+fn issue_token(
+    ctx: &ApiContext,
+    view: &InstanceView<'_>,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Reply, ApiError> {
+    if *method != Method::PUT {
+        return Err(ApiError::MethodNotAllowed { allow: ALLOW_TOKEN });
+    }
+    if headers.contains_key("x-forwarded-for") {
+        return Err(ApiError::Forbidden);
+    }
+    let ttl = headers
+        .get(token::TTL_HEADER)
+        .and_then(|value| token::parse_ttl(value.as_bytes()))
+        .ok_or(ApiError::BadRequest { explanation: None })?;
+    let token = ctx
+        .token_key
+        .mint(binding(view), ctx.now_unix().saturating_add(ttl));
+    let mut response = Document {
+        body: Bytes::from(token),
+        content_type: response::AWS_TEXT_PLAIN,
+    }
+    .into_response(method);
+    response
+        .headers_mut()
+        .insert(token::TTL_HEADER, HeaderValue::from(ttl));
+    Ok(Reply {
+        response,
+        ip_ttl: view.hop_limit(),
+    })
+}
+
+/// IMDSv2 rules for EC2 paths: a token, when sent, must be valid (401
+/// otherwise, in either mode); `required` mode also refuses requests without.
+fn check_session(
+    ctx: &ApiContext,
+    view: &InstanceView<'_>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    match headers.get(token::TOKEN_HEADER) {
+        Some(value) => {
+            let token = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+            ctx.token_key
+                .verify(binding(view), token, ctx.now_unix())
+                .map_err(|_| ApiError::Unauthorized)
+        }
+        None if view.token_mode() == TokenMode::Required => Err(ApiError::Unauthorized),
+        None => Ok(()),
+    }
+}
+
+fn binding<'a>(view: &'a InstanceView<'_>) -> Binding<'a> {
+    Binding {
+        slot: view.guest.port.slot,
+        ifname: &view.guest.port.spec.ifname,
+        instance: view.doc.uuid,
+    }
+}
+
+/// Reads a request body of at most `limit` bytes (413 beyond).
+async fn read_body<B>(body: B, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let mut body = pin!(body);
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
+            tracing::debug!("request body: {err}");
+            ApiError::BadRequest { explanation: None }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > limit {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(collected.freeze())
+}

@@ -1,0 +1,236 @@
+//! The command line: `serve` runs the daemon, everything else is a client of
+//! its admin socket. These spellings are a contract other tools drive.
+//!
+//! The clap types stay here, and so do their conversions into what the
+//! other layers take (`PortAddRequest`, `NovaOptions`); `settings` resolves
+//! `serve`'s flags, its `--config` file and the defaults into `Settings`.
+//!
+//! The top layer with `serve` and `admin`: nothing below depends on it.
+pub mod settings;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    backend::nova::config::{BackendKind, NovaOptions, Protocol},
+    datapath::TapAttach,
+    state::PortAddRequest,
+};
+
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/metadata-redirector/admin.sock";
+
+/// Serves instance metadata (OpenStack and EC2 formats) to the guests of this
+/// hypervisor: an eBPF program on each registered tap catches requests to
+/// 169.254.169.254 and hands them to one host-wide server, which knows the
+/// instance from the tap the request came in on.
+#[derive(Debug, Parser)]
+#[command(name = "metadata-redirector", version, propagate_version = true)]
+pub struct Cli {
+    /// The daemon's admin socket (root only).
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: load the datapath, watch taps, serve guests and the admin API.
+    Serve(ServeArgs),
+    /// Create, replace, show, list or delete instance documents.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+    /// Register taps (ports) and bind them to instances.
+    #[command(subcommand)]
+    Port(PortCommand),
+    /// Show whether the daemon answers, and what it serves. Exits 0 only when it answers.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Where the SQLite store (instances, ports, passwords, token key) lives
+    /// [default: /var/lib/metadata-redirector].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory for the pinned programs, links and maps
+    /// [default: /sys/fs/bpf/metadata-redirector].
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
+    /// TOML file with any of the settings below (command-line flags win).
+    /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
+    /// server_addr, server_port, identity_net, domain, detach_on_exit,
+    /// tap_attach, syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, and
+    /// the nova backend's: backend, nova_metadata_host, nova_metadata_port,
+    /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
+    /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
+    /// nova_metadata_timeout, metadata_cache_expiration, neutron_agent_socket.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Name of the veth end the server listens behind [default: mdr-srv].
+    #[arg(long, value_name = "NAME")]
+    pub server_ifname: Option<String>,
+    /// Name of the veth end caught requests are sent into [default: mdr-in].
+    #[arg(long, value_name = "NAME")]
+    pub entry_ifname: Option<String>,
+    /// On SIGTERM/SIGINT, also detach from every tap and remove the pinned
+    /// maps and the veth pair. Without it the datapath stays in place, so a
+    /// restarted daemon resumes with every tap and open flow intact.
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// How the program goes on each tap: `tcx`, a pinned TCX link (coexists
+    /// with any qdisc, but the kernel takes 10-20 ms per tap), or `tc`, a
+    /// cls_bpf filter at pref 1 on a clsact (or existing ingress) qdisc,
+    /// about 0.1 ms per tap [default: tcx].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tap_attach: Option<TapAttach>,
+    #[command(flatten)]
+    pub nova: NovaArgs,
+}
+
+/// The OpenStack options, named as neutron-metadata-agent's.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "OpenStack (nova backend, neutron agent socket)")]
+pub struct NovaArgs {
+    /// Answer guests from the local store, or forward to nova-api-metadata
+    /// [default: local].
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub backend: Option<BackendKind>,
+    /// nova-api-metadata's host name or IP address (required with --backend nova).
+    #[arg(long, value_name = "HOST")]
+    pub nova_metadata_host: Option<String>,
+    /// nova-api-metadata's port [default: 8775].
+    #[arg(long, value_name = "PORT")]
+    pub nova_metadata_port: Option<u16>,
+    /// How to reach nova-api-metadata [default: http].
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub nova_metadata_protocol: Option<Protocol>,
+    /// https: do not verify nova's certificate.
+    #[arg(long)]
+    pub nova_metadata_insecure: bool,
+    /// https: client certificate (PEM) to present to nova.
+    #[arg(long, value_name = "FILE")]
+    pub nova_client_cert: Option<PathBuf>,
+    /// https: private key (PEM) of --nova-client-cert.
+    #[arg(long, value_name = "FILE")]
+    pub nova_client_priv_key: Option<PathBuf>,
+    /// https: the CA certificates (PEM) to trust for nova [default: the system's].
+    #[arg(long, value_name = "FILE")]
+    pub auth_ca_cert: Option<PathBuf>,
+    /// File holding nova's metadata_proxy_shared_secret (one trailing newline
+    /// is ignored). Without it, the METADATA_PROXY_SHARED_SECRET environment
+    /// variable. Never given on the command line itself.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_proxy_shared_secret_file: Option<PathBuf>,
+    /// Seconds to wait for nova's whole answer before telling the guest 503
+    /// [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub nova_metadata_timeout: Option<f64>,
+    /// Seconds a GET answer from nova is reused; 0 disables the cache [default: 15].
+    #[arg(long, value_name = "SECONDS")]
+    pub metadata_cache_expiration: Option<u64>,
+    /// Also serve neutron-metadata-agent's protocol on this unix socket, for
+    /// haproxy proxies in router or DHCP namespaces (either backend).
+    #[arg(long, value_name = "PATH")]
+    pub neutron_agent_socket: Option<PathBuf>,
+}
+
+impl NovaArgs {
+    /// The nova options given on the command line.
+    pub fn options(&self) -> NovaOptions {
+        NovaOptions {
+            backend: self.backend,
+            nova_metadata_host: self.nova_metadata_host.clone(),
+            nova_metadata_port: self.nova_metadata_port,
+            nova_metadata_protocol: self.nova_metadata_protocol,
+            nova_metadata_insecure: self.nova_metadata_insecure.then_some(true),
+            nova_client_cert: self.nova_client_cert.clone(),
+            nova_client_priv_key: self.nova_client_priv_key.clone(),
+            auth_ca_cert: self.auth_ca_cert.clone(),
+            metadata_proxy_shared_secret_file: self.metadata_proxy_shared_secret_file.clone(),
+            nova_metadata_timeout: self.nova_metadata_timeout,
+            metadata_cache_expiration: self.metadata_cache_expiration,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCommand {
+    /// Create or replace an instance from a JSON document (FILE, or - for stdin).
+    Put {
+        #[arg(value_name = "FILE|-")]
+        file: PathBuf,
+    },
+    /// Print one instance document.
+    Get { uuid: String },
+    /// List instances.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an instance; its guests' requests answer 404 from then on.
+    Del { uuid: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortCommand {
+    /// Register a tap for an instance. The tap may not exist yet; it is attached when it appears.
+    Add(PortAddArgs),
+    /// Unregister a tap and detach the datapath from it.
+    Del {
+        #[arg(long, value_name = "TAP")]
+        ifname: String,
+    },
+    /// List registered ports.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PortAddArgs {
+    /// The tap's interface name (at most 15 bytes).
+    #[arg(long, value_name = "TAP")]
+    pub ifname: String,
+    /// The instance this port belongs to (must exist).
+    #[arg(long, value_name = "UUID")]
+    pub instance: String,
+    /// The Neutron port ID.
+    #[arg(long, value_name = "UUID")]
+    pub port_id: Option<String>,
+    /// The guest's MAC address on this port.
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// A fixed IP of the port (repeatable).
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<String>,
+    /// The Neutron network the port is on.
+    #[arg(long, value_name = "UUID")]
+    pub network_id: Option<String>,
+    /// The project (tenant) owning the port; defaults to the instance's project_id.
+    #[arg(long, value_name = "ID")]
+    pub project_id: Option<String>,
+}
+
+impl From<PortAddArgs> for PortAddRequest {
+    fn from(args: PortAddArgs) -> Self {
+        Self {
+            ifname: args.ifname,
+            instance: args.instance,
+            port_id: args.port_id,
+            mac: args.mac,
+            ips: args.ips,
+            network_id: args.network_id,
+            project_id: args.project_id,
+        }
+    }
+}

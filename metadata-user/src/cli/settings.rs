@@ -1,0 +1,414 @@
+//! `serve` settings: command-line flags, then the `--config` TOML file, then
+//! the built-in defaults. Every key is checked; an unknown one is an error
+//! (a misspelt setting must not be silently ignored).
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use super::{DEFAULT_ADMIN_SOCKET, ServeArgs};
+use crate::{
+    backend::nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
+    datapath::{IdentityPlan, TapAttach, netdev::ServerLinkPlan},
+    ingress::ratelimit::RateLimitConfig,
+};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/metadata-redirector";
+const DEFAULT_SERVER_IFNAME: &str = "mdr-srv";
+const DEFAULT_ENTRY_IFNAME: &str = "mdr-in";
+const DEFAULT_SERVER_PORT: u16 = 80;
+const DEFAULT_DOMAIN: &str = "novalocal";
+
+/// The `--config` file. All keys optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+    bpffs: Option<PathBuf>,
+    server_ifname: Option<String>,
+    entry_ifname: Option<String>,
+    server_addr: Option<Ipv4Addr>,
+    server_port: Option<u16>,
+    /// "A.B.C.D/N"
+    identity_net: Option<String>,
+    domain: Option<String>,
+    detach_on_exit: Option<bool>,
+    /// "tcx" or "tc" (parsed here rather than by serde, so that a bad value
+    /// names the key).
+    tap_attach: Option<String>,
+    syn_rate_per_port: Option<u32>,
+    /// Requests per second one port may make on average...
+    rate_limit_per_sec: Option<f64>,
+    /// ...and in a burst.
+    rate_limit_burst: Option<u32>,
+    // The nova backend (see backend::nova::config; names as neutron-metadata-agent's).
+    backend: Option<BackendKind>,
+    nova_metadata_host: Option<String>,
+    nova_metadata_port: Option<u16>,
+    nova_metadata_protocol: Option<Protocol>,
+    nova_metadata_insecure: Option<bool>,
+    nova_client_cert: Option<PathBuf>,
+    nova_client_priv_key: Option<PathBuf>,
+    auth_ca_cert: Option<PathBuf>,
+    metadata_proxy_shared_secret_file: Option<PathBuf>,
+    /// Seconds (an integer or a fraction).
+    nova_metadata_timeout: Option<f64>,
+    metadata_cache_expiration: Option<u64>,
+    neutron_agent_socket: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// The nova options the file sets (moved out; the rest stays).
+    fn take_nova_options(&mut self) -> NovaOptions {
+        NovaOptions {
+            backend: self.backend.take(),
+            nova_metadata_host: self.nova_metadata_host.take(),
+            nova_metadata_port: self.nova_metadata_port.take(),
+            nova_metadata_protocol: self.nova_metadata_protocol.take(),
+            nova_metadata_insecure: self.nova_metadata_insecure.take(),
+            nova_client_cert: self.nova_client_cert.take(),
+            nova_client_priv_key: self.nova_client_priv_key.take(),
+            auth_ca_cert: self.auth_ca_cert.take(),
+            metadata_proxy_shared_secret_file: self.metadata_proxy_shared_secret_file.take(),
+            nova_metadata_timeout: self.nova_metadata_timeout.take(),
+            metadata_cache_expiration: self.metadata_cache_expiration.take(),
+        }
+    }
+}
+
+/// Resolved settings for one daemon.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state_dir: PathBuf,
+    pub admin_socket: PathBuf,
+    pub bpffs: PathBuf,
+    pub link: ServerLinkPlan,
+    pub identity: IdentityPlan,
+    pub server_port: u16,
+    pub domain: String,
+    pub detach_on_exit: bool,
+    /// How the tap ingress program is attached (`--tap-attach`).
+    pub tap_attach: TapAttach,
+    /// New connections per second one port may open (enforced in the datapath).
+    pub syn_rate_per_port: u32,
+    pub rate_limit: RateLimitConfig,
+    /// Where guests' requests are answered (`--backend`).
+    pub backend: BackendConfig,
+    /// `--neutron-agent-socket`: serve neutron-metadata-agent's protocol too.
+    pub neutron_agent_socket: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs, admin_socket: PathBuf) -> anyhow::Result<Self> {
+        let mut file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let rate_limit = rate_limit(&file)?;
+        // Flags win over the file; the secret's environment variable is
+        // read here so backend::nova::config stays free of process state.
+        let backend = args
+            .nova
+            .options()
+            .or(file.take_nova_options())
+            .resolve(std::env::var_os(SECRET_ENV))?;
+        let neutron_agent_socket = args
+            .nova
+            .neutron_agent_socket
+            .or(file.neutron_agent_socket.take());
+        let mut identity = IdentityPlan::default();
+        if let Some(addr) = file.server_addr {
+            identity.server_addr = addr;
+        }
+        if let Some(net) = &file.identity_net {
+            (identity.net, identity.prefix_len) =
+                parse_cidr(net).with_context(|| format!("identity_net: {net:?}"))?;
+        }
+        identity.validate().context("identity_net/server_addr")?;
+        let admin_socket = if admin_socket == Path::new(DEFAULT_ADMIN_SOCKET) {
+            file.admin_socket.unwrap_or(admin_socket)
+        } else {
+            admin_socket
+        };
+        let server_ifname = args
+            .server_ifname
+            .or(file.server_ifname)
+            .unwrap_or_else(|| DEFAULT_SERVER_IFNAME.into());
+        let entry_ifname = args
+            .entry_ifname
+            .or(file.entry_ifname)
+            .unwrap_or_else(|| DEFAULT_ENTRY_IFNAME.into());
+        for (flag, name) in [
+            ("--server-ifname", &server_ifname),
+            ("--entry-ifname", &entry_ifname),
+        ] {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':', '\0']) {
+                bail!(
+                    "{flag}: {name:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)"
+                );
+            }
+        }
+        if server_ifname == entry_ifname {
+            bail!("--server-ifname and --entry-ifname must differ");
+        }
+        let tap_attach = match (args.tap_attach, &file.tap_attach) {
+            (Some(mode), _) => mode,
+            (None, Some(text)) => text.parse().context("tap_attach")?,
+            (None, None) => TapAttach::default(),
+        };
+        Ok(Self {
+            state_dir: args
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            admin_socket,
+            bpffs: args
+                .bpffs
+                .or(file.bpffs)
+                .unwrap_or_else(|| DEFAULT_BPFFS.into()),
+            link: ServerLinkPlan {
+                server_ifname,
+                entry_ifname,
+                server_addr: identity.server_addr,
+                identity_net: (identity.net, identity.prefix_len),
+                next_hop: identity
+                    .next_hop()
+                    .context("the identity plan has no next hop")?,
+            },
+            identity,
+            server_port: file.server_port.unwrap_or(DEFAULT_SERVER_PORT),
+            domain: file.domain.unwrap_or_else(|| DEFAULT_DOMAIN.into()),
+            detach_on_exit: args.detach_on_exit || file.detach_on_exit.unwrap_or(false),
+            tap_attach,
+            rate_limit,
+            syn_rate_per_port: match file.syn_rate_per_port {
+                Some(0) => bail!("syn_rate_per_port: must be at least 1"),
+                Some(rate) => rate,
+                None => metadata_ebpf::DEFAULT_SYN_RATE_PER_PORT,
+            },
+            backend,
+            neutron_agent_socket,
+        })
+    }
+}
+
+fn rate_limit(file: &FileConfig) -> anyhow::Result<RateLimitConfig> {
+    let mut config = RateLimitConfig::default();
+    if let Some(rate) = file.rate_limit_per_sec {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("rate_limit_per_sec: must be a positive number, got {rate}");
+        }
+        config.rate_per_sec = rate;
+    }
+    if let Some(burst) = file.rate_limit_burst {
+        if burst == 0 {
+            bail!("rate_limit_burst: must be at least 1");
+        }
+        config.burst = burst;
+    }
+    Ok(config)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--config: reading {}", path.display()))?;
+    let fail = |what: String| anyhow::anyhow!("--config {}: {what}", path.display());
+    let deserializer = toml::Deserializer::parse(&text).map_err(|e| fail(e.message().into()))?;
+    // serde_path_to_error names the key a bad value sits in: toml's own
+    // message says only what was wrong ("invalid type: integer `1`, ...").
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().message().to_owned();
+        fail(if key == "." {
+            message
+        } else {
+            format!("{key}: {message}")
+        })
+    })
+}
+
+fn parse_cidr(text: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (addr, len) = text.split_once('/').context("expected A.B.C.D/N")?;
+    Ok((addr.parse()?, len.parse()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into())
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.bpffs, Path::new(DEFAULT_BPFFS));
+        assert_eq!(settings.link.server_ifname, "mdr-srv");
+        assert_eq!(settings.server_port, 80);
+    }
+
+    #[test]
+    fn file_values_and_flag_precedence() {
+        let settings =
+            with_file("bpffs = \"/sys/fs/bpf/x\"\nidentity_net = \"240.2.0.0/16\"\n").unwrap();
+        assert_eq!(settings.bpffs, Path::new("/sys/fs/bpf/x"));
+        assert_eq!(settings.identity.net, Ipv4Addr::new(240, 2, 0, 0));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "bpffs = \"/sys/fs/bpf/x\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            bpffs: Some("/sys/fs/bpf/y".into()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.bpffs, Path::new("/sys/fs/bpf/y"));
+    }
+
+    #[test]
+    fn nova_options_from_file_and_flags() {
+        use crate::backend::nova::config::NovaConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "backend = \"nova\"\nnova_metadata_host = \"nova.example\"\nnova_metadata_port = 8000\n\
+                 nova_metadata_timeout = 3\nmetadata_cache_expiration = 0\n\
+                 metadata_proxy_shared_secret_file = {secret:?}\nneutron_agent_socket = \"/run/mdr/metadata_proxy\"\n"
+            ),
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            nova: crate::cli::NovaArgs {
+                nova_metadata_port: Some(9000),
+                nova_metadata_timeout: Some(0.5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        let BackendConfig::Nova(NovaConfig {
+            host,
+            port,
+            timeout,
+            cache_expiration,
+            secret,
+            ..
+        }) = settings.backend
+        else {
+            panic!("expected the nova backend");
+        };
+        assert_eq!((host.as_str(), port), ("nova.example", 9000), "flags win");
+        assert_eq!(timeout, std::time::Duration::from_millis(500));
+        assert!(cache_expiration.is_zero());
+        assert_eq!(&*secret.0, b"s3cret");
+        assert_eq!(
+            settings.neutron_agent_socket.as_deref(),
+            Some(Path::new("/run/mdr/metadata_proxy"))
+        );
+
+        // The default stays local; a nova option misspelt (neutron's old
+        // nova_metadata_ip) is refused like any unknown key.
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert!(matches!(settings.backend, BackendConfig::Local));
+        let err = with_file("nova_metadata_ip = \"10.0.0.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `nova_metadata_ip`"), "{err}");
+        let err = with_file("backend = \"neutron\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `neutron`"), "{err}");
+    }
+
+    #[test]
+    fn tap_attach_from_flag_file_and_default() {
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.tap_attach, TapAttach::Tcx, "the default");
+        assert_eq!(
+            with_file("tap_attach = \"tc\"\n").unwrap().tap_attach,
+            TapAttach::Tc
+        );
+        assert_eq!(
+            with_file("tap_attach = \"tcx\"\n").unwrap().tap_attach,
+            TapAttach::Tcx
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "tap_attach = \"tcx\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            tap_attach: Some(TapAttach::Tc),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.tap_attach, TapAttach::Tc, "the flag wins");
+
+        for bad in ["\"TC\"", "\"netlink\"", "\"\"", "1"] {
+            let err = format!(
+                "{:#}",
+                with_file(&format!("tap_attach = {bad}\n")).unwrap_err()
+            );
+            assert!(err.contains("tap_attach"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn tap_attach_flag_is_parsed_and_bad_values_name_it() {
+        use clap::Parser as _;
+        let cli =
+            crate::cli::Cli::try_parse_from(["metadata-redirector", "serve", "--tap-attach", "tc"])
+                .unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.tap_attach, Some(TapAttach::Tc));
+        let err = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--tap-attach",
+            "legacy",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--tap-attach"), "{err}");
+        assert!(err.contains("tcx") && err.contains("tc"), "{err}");
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        let err = with_file("bpfs = \"/x\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `bpfs`"), "{err}");
+        let err = format!(
+            "{:#}",
+            with_file("identity_net = \"240.1.0.0\"\n").unwrap_err()
+        );
+        assert!(err.contains("identity_net"), "{err}");
+        let err = format!(
+            "{:#}",
+            with_file("server_ifname = \"much-too-long-name\"\n").unwrap_err()
+        );
+        assert!(err.contains("--server-ifname"), "{err}");
+    }
+}

@@ -1,0 +1,32 @@
+//! `--tap-attach`: how the tap ingress program goes on each tap.
+use anyhow::anyhow;
+
+/// How the tap ingress program is attached (`--tap-attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TapAttach {
+    /// A TCX link, pinned under `links/`.
+    #[default]
+    Tcx,
+    /// A cls_bpf filter on the tap's clsact (or ingress) qdisc.
+    Tc,
+}
+
+impl TapAttach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TapAttach::Tcx => "tcx",
+            TapAttach::Tc => "tc",
+        }
+    }
+}
+
+impl std::str::FromStr for TapAttach {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        match text {
+            "tcx" => Ok(TapAttach::Tcx),
+            "tc" => Ok(TapAttach::Tc),
+            _ => Err(anyhow!("{text:?} is not an attach mode (tcx or tc)")),
+        }
+    }
+}

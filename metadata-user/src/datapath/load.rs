@@ -1,0 +1,130 @@
+//! Loading: the programs from the object build.rs made, verified and
+//! pinned, with the maps a previous daemon pinned reused; then the
+//! datapath's configuration and the return path on the server end.
+use std::{collections::BTreeMap, fs, path::Path, sync::Arc};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::{SchedClassifier, TcAttachType},
+};
+use metadata_ebpf::{DatapathConfig, names};
+
+use super::{
+    CounterTable, Datapath, FlowTable, IdentityPlan, TapAttach, bpffs::ensure_bpffs,
+    map_layout::replace_incompatible_pins, netdev::ServerLink, pins::remove_pin,
+};
+
+/// The object file built from metadata-ebpf by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
+
+impl Datapath {
+    /// Loads the programs (reusing pinned maps if a previous daemon left
+    /// them), pins them, and attaches the return path to the server end.
+    pub fn load(
+        bpffs: &Path,
+        identity: IdentityPlan,
+        server: &ServerLink,
+        server_port: u16,
+        syn_rate_per_port: u32,
+        tap_attach: TapAttach,
+    ) -> anyhow::Result<Self> {
+        ensure_bpffs(bpffs)?;
+        let maps_dir = bpffs.join("maps");
+        let progs_dir = bpffs.join("progs");
+        let links_dir = bpffs.join("links");
+        for dir in [bpffs, &maps_dir, &progs_dir, &links_dir] {
+            fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "creating {} (is bpffs mounted at /sys/fs/bpf?)",
+                    dir.display()
+                )
+            })?;
+        }
+
+        replace_incompatible_pins(&maps_dir)?;
+        let mut loader = EbpfLoader::new();
+        for name in [names::PORTS, names::FLOWS, names::CONFIG, names::COUNTERS] {
+            loader.map_pin_path(name, maps_dir.join(name));
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
+            format!(
+                "loading the eBPF programs (maps pinned under {}; if they were left by an \
+                 incompatible version, remove that directory)",
+                maps_dir.display()
+            )
+        })?;
+
+        for name in [names::TAP_INGRESS, names::SERVER_EGRESS] {
+            let program: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+            program
+                .load()
+                .with_context(|| format!("verifying program {name}"))?;
+            let pin = progs_dir.join(name);
+            remove_pin(&pin)?;
+            program
+                .pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
+
+        let mut config: Array<MapData, DatapathConfig> = take_map(&mut ebpf, names::CONFIG)?;
+        config
+            .set(
+                0,
+                DatapathConfig {
+                    server_addr: identity.server_addr.octets(),
+                    server_port_be: server_port.to_be(),
+                    server_mac: server.server_mac,
+                    redirect_ifindex: server.entry_ifindex,
+                    ready: 1,
+                    syn_rate_per_port,
+                },
+                0,
+            )
+            .context("writing the datapath configuration")?;
+
+        let mut datapath = Self {
+            ports: take_map(&mut ebpf, names::PORTS)?,
+            flows: Arc::new(FlowTable {
+                map: take_map(&mut ebpf, names::FLOWS)?,
+                identity,
+            }),
+            counters: Arc::new(CounterTable {
+                map: take_map(&mut ebpf, names::COUNTERS)?,
+            }),
+            ebpf,
+            identity,
+            links_dir,
+            tap_attach,
+            attached: BTreeMap::new(),
+        };
+        datapath.attach_program(
+            names::SERVER_EGRESS,
+            server.server_ifindex,
+            TcAttachType::Egress,
+            "server-egress",
+        )?;
+        Ok(datapath)
+    }
+}
+
+pub(super) fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a classifier"))
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}

@@ -1,0 +1,106 @@
+//! What we may do to a guest connection's socket: lower its IP TTL for the
+//! IMDSv2 hop limit, and never raise it again.
+use std::{
+    os::fd::RawFd,
+    sync::atomic::{AtomicU8, Ordering},
+};
+
+use crate::backend::guest::DEFAULT_TTL;
+
+/// Per-connection socket control the backend's answers need (the IMDSv2
+/// hop limit), applied by the server before each answer is written.
+#[derive(Debug)]
+pub struct ConnHandle {
+    fd: RawFd,
+    ttl: AtomicU8,
+}
+
+impl ConnHandle {
+    /// `fd` must stay open as long as this handle is used (the server keeps
+    /// the TcpStream alive for the whole connection).
+    pub fn new(fd: RawFd) -> Self {
+        Self {
+            fd,
+            ttl: AtomicU8::new(DEFAULT_TTL),
+        }
+    }
+
+    /// Lowers the IP TTL of everything the connection sends from now on to
+    /// `ttl`; never raises it. The kernel resends lost segments with the
+    /// socket's TTL at the time of the resend, so raising it again after a
+    /// token answer would let the token's lost bytes go out once more with
+    /// the higher TTL, and a client beyond the hop limit would get the token
+    /// by sending one more request on the same connection. Skips the syscall
+    /// when the TTL is already that low, so the common path costs nothing.
+    pub fn limit_ip_ttl(&self, ttl: u8) {
+        if self.ttl.fetch_min(ttl, Ordering::Relaxed) <= ttl {
+            return;
+        }
+        let value = libc::c_int::from(ttl);
+        // SAFETY: setsockopt on a socket fd we own, with a correctly sized int.
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::IPPROTO_IP,
+                libc::IP_TTL,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{TcpListener, TcpStream},
+        os::fd::AsRawFd as _,
+    };
+
+    use super::*;
+
+    /// The IP TTL set on the connection's socket, read back from the kernel.
+    fn ip_ttl(stream: &TcpStream) -> u8 {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on an open socket into a correctly sized int.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_TTL,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value as u8
+    }
+
+    /// After a token (the hop limit), everything on the same keep-alive
+    /// connection keeps the lower TTL: a raised one would carry the token's
+    /// retransmitted bytes past the hop limit. A new connection starts at
+    /// the default.
+    #[test]
+    fn ttl_is_lowered_and_never_raised_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let conn = ConnHandle::new(server_side.as_raw_fd());
+
+        conn.limit_ip_ttl(DEFAULT_TTL);
+        assert_eq!(ip_ttl(&server_side), DEFAULT_TTL);
+        conn.limit_ip_ttl(3);
+        assert_eq!(ip_ttl(&server_side), 3);
+        conn.limit_ip_ttl(DEFAULT_TTL);
+        assert_eq!(ip_ttl(&server_side), 3, "not raised again");
+        conn.limit_ip_ttl(1);
+        assert_eq!(ip_ttl(&server_side), 1);
+
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let conn = ConnHandle::new(server_side.as_raw_fd());
+        conn.limit_ip_ttl(DEFAULT_TTL);
+        assert_eq!(ip_ttl(&server_side), DEFAULT_TTL);
+    }
+}

@@ -1,0 +1,19 @@
+//! Who is asking: the two ways a guest's request comes in, and what one
+//! guest may take before it is answered.
+//!
+//! - `server`: the TCP server behind the datapath; the flow map says which
+//!   port a connection came through (`FlowLookup`, implemented in serve.rs).
+//! - `neutron_agent`: neutron-metadata-agent's unix socket, for the haproxy
+//!   proxies in router and DHCP namespaces; their headers say which port.
+//! - `conn`: the connection's socket (the IMDSv2 hop limit as IP TTL).
+//! - `limits`, `ratelimit`: a per-port cap on open connections and on the
+//!   request rate, so one guest never crowds out the others.
+//! - `dispatch`: the rate limit, then the backend.
+//!
+//! Depends on `backend` (who answers) and `state` (which port a slot is).
+pub mod conn;
+pub mod dispatch;
+pub mod limits;
+pub mod neutron_agent;
+pub mod ratelimit;
+pub mod server;

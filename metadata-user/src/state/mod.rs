@@ -1,0 +1,20 @@
+//! What the daemon knows and serves: instance documents and the ports bound
+//! to them.
+//!
+//! - `instance`: the instance document and its checks.
+//! - `port`: a tap bound to an instance, and the `port add` request.
+//! - `field`: `FieldError`, the `field: reason` of every refused value.
+//! - `store`: SQLite persistence.
+//! - `registry`: validates writes, persists them, publishes snapshots that
+//!   every other layer reads.
+//!
+//! The bottom layer: it depends on no other module of the daemon.
+pub mod field;
+pub mod instance;
+pub mod port;
+pub mod registry;
+pub mod store;
+
+pub use field::FieldError;
+pub use port::{Port, PortAddRequest};
+pub use registry::{PortPolicy, Registry, RegistryError, Snapshot};

@@ -1,0 +1,773 @@
+//! The in-memory view of the store that the servers and the datapath read.
+//!
+//! Readers take a `Snapshot` (an `Arc`, cheap to clone, never changes under
+//! them) or subscribe to new ones. Writers go through `Registry`'s methods,
+//! which validate, write the store in one transaction and only then publish
+//! the next snapshot; the store's mutex serializes writers, so snapshots are
+//! published in the order the writes happened.
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Read as _,
+    path::Path,
+    sync::atomic::Ordering,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use super::{
+    FieldError,
+    instance::{InstanceDoc, MAX_PASSWORD_BYTES},
+    port::{self, MAX_SLOT, NoProject, Port, PortAddRequest, PortSpec},
+    store::{PortRow, Store},
+};
+
+/// Why a write was refused. Callers branch on the kind (the admin API maps
+/// each to an HTTP status); the message is one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The request is malformed; nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// In nova mode, a port whose project nova could not be told.
+    #[error(transparent)]
+    NoProject(#[from] NoProject),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the stored state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Everything the daemon serves, at one point in time.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub instances: HashMap<uuid::Uuid, Arc<InstanceDoc>>,
+    /// By interface name.
+    pub ports: BTreeMap<String, Arc<Port>>,
+    /// The same ports by slot: the server's lookup for every connection.
+    by_slot: HashMap<u32, Arc<Port>>,
+}
+
+impl Snapshot {
+    pub fn port_by_slot(&self, slot: u32) -> Option<&Arc<Port>> {
+        self.by_slot.get(&slot)
+    }
+
+    pub fn instance(&self, uuid: &uuid::Uuid) -> Option<&Arc<InstanceDoc>> {
+        self.instances.get(uuid)
+    }
+
+    fn insert_port(&mut self, port: Arc<Port>) {
+        self.by_slot.insert(port.slot, Arc::clone(&port));
+        self.ports.insert(port.spec.ifname.clone(), port);
+    }
+
+    fn remove_port(&mut self, ifname: &str) -> Option<Arc<Port>> {
+        let port = self.ports.remove(ifname)?;
+        self.by_slot.remove(&port.slot);
+        Some(port)
+    }
+
+    /// The first slot after `last` (wrapping round) that no port holds.
+    ///
+    /// Slots go round rather than reusing the smallest free one: a slot is
+    /// the guest's source address at the server, and the server keeps a
+    /// closed connection's TIME_WAIT state for 60 s. A new guest given a
+    /// just-freed slot would hit those with older TCP timestamps, and PAWS
+    /// would drop its SYNs (seen in `cargo xtask bench`).
+    fn free_slot(&self, last: u32) -> Option<u32> {
+        (last + 1..=MAX_SLOT)
+            .chain(1..=last.min(MAX_SLOT))
+            .find(|slot| !self.by_slot.contains_key(slot))
+    }
+
+    /// The highest slot in use, where allocation resumes after a restart.
+    fn highest_slot(&self) -> u32 {
+        self.by_slot.keys().copied().max().unwrap_or(0)
+    }
+
+    /// A copy to modify into the next snapshot (the documents are shared).
+    fn next(&self) -> Snapshot {
+        Snapshot {
+            instances: self.instances.clone(),
+            ports: self.ports.clone(),
+            by_slot: self.by_slot.clone(),
+        }
+    }
+}
+
+/// What a port must be bound to, which depends on who answers its guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PortPolicy {
+    /// The local store answers: the instance document must exist.
+    #[default]
+    LocalInstance,
+    /// nova answers: the document may be absent, but X-Tenant-ID needs the
+    /// project, from `--project-id` or the document's `project_id`.
+    NovaProject,
+}
+
+pub struct Registry {
+    policy: PortPolicy,
+    store: Mutex<Store>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    /// Secrets never change once made; the token code asks on every request.
+    secrets: Mutex<HashMap<String, [u8; 32]>>,
+    /// The slot handed out last (writes happen under the store lock).
+    last_slot: std::sync::atomic::AtomicU32,
+}
+
+impl Registry {
+    /// Opens the store under `state_dir` and loads it. Fails on a row that
+    /// does not parse: that is a damaged database, not something to skip.
+    #[cfg(test)]
+    pub fn open(state_dir: &Path) -> anyhow::Result<Arc<Registry>> {
+        Self::open_with_policy(state_dir, PortPolicy::default())
+    }
+
+    pub fn open_with_policy(state_dir: &Path, policy: PortPolicy) -> anyhow::Result<Arc<Registry>> {
+        let store = Store::open(state_dir)?;
+        let snapshot = load(&store)?;
+        Ok(Arc::new(Registry {
+            policy,
+            store: Mutex::new(store),
+            last_slot: std::sync::atomic::AtomicU32::new(snapshot.highest_slot()),
+            snapshot: watch::Sender::new(Arc::new(snapshot)),
+            secrets: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// For whoever reacts to changes (the datapath attaching new ports).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    /// Creates or replaces an instance from its JSON document.
+    pub fn put_instance(&self, json: &[u8]) -> Result<Arc<InstanceDoc>, RegistryError> {
+        let doc = Arc::new(InstanceDoc::from_json(json)?);
+        let stored = serde_json::to_string(&*doc).context("serializing the instance")?;
+        let mut store = self.lock_store();
+        store.put_instance(&doc.uuid.to_string(), &stored)?;
+        let mut next = self.snapshot().next();
+        next.instances.insert(doc.uuid, Arc::clone(&doc));
+        self.publish(next);
+        Ok(doc)
+    }
+
+    /// Deletes an instance and its password. Its ports stay registered (the
+    /// tap keeps its slot); their guests get 404 until the instance is back.
+    pub fn delete_instance(&self, uuid: &str) -> Result<(), RegistryError> {
+        let uuid = port::parse_uuid("uuid", uuid)?;
+        let mut store = self.lock_store();
+        if !store.delete_instance(&uuid.to_string())? {
+            return Err(RegistryError::NotFound(format!("no instance {uuid}")));
+        }
+        let mut next = self.snapshot().next();
+        next.instances.remove(&uuid);
+        self.publish(next);
+        Ok(())
+    }
+
+    /// Registers a port, or replaces the spec of the port with that ifname
+    /// (which keeps its slot).
+    pub fn add_port(&self, req: PortAddRequest) -> Result<Arc<Port>, RegistryError> {
+        let spec: PortSpec = req.validate()?;
+        let mut store = self.lock_store();
+        let current = self.snapshot();
+        let instance = current.instance(&spec.instance);
+        match self.policy {
+            PortPolicy::LocalInstance if instance.is_none() => {
+                return Err(RegistryError::NotFound(format!(
+                    "--instance: no instance {}",
+                    spec.instance
+                )));
+            }
+            PortPolicy::NovaProject => {
+                port::project_for_port(
+                    &spec.instance,
+                    spec.project_id.as_deref(),
+                    instance.and_then(|i| i.project_id.as_deref()),
+                )?;
+            }
+            PortPolicy::LocalInstance => {}
+        }
+        let slot = match current.ports.get(&spec.ifname) {
+            Some(existing) => existing.slot,
+            None => current
+                .free_slot(self.last_slot.load(Ordering::Relaxed))
+                .ok_or_else(|| {
+                    RegistryError::Conflict(format!(
+                        "--ifname: no free slot, all {MAX_SLOT} slots are taken"
+                    ))
+                })?,
+        };
+        let port = Arc::new(Port { spec, slot });
+        store.put_port(&PortRow {
+            ifname: port.spec.ifname.clone(),
+            slot,
+            spec: serde_json::to_string(&port.spec).context("serializing the port")?,
+        })?;
+        self.last_slot.store(slot, Ordering::Relaxed);
+        let mut next = current.next();
+        next.remove_port(&port.spec.ifname);
+        next.insert_port(Arc::clone(&port));
+        self.publish(next);
+        Ok(port)
+    }
+
+    /// Unregisters a port; its slot becomes free for the next one.
+    pub fn delete_port(&self, ifname: &str) -> Result<Arc<Port>, RegistryError> {
+        port::check_ifname(ifname)?;
+        let mut store = self.lock_store();
+        let mut next = self.snapshot().next();
+        let port = next
+            .remove_port(ifname)
+            .ok_or_else(|| RegistryError::NotFound(format!("--ifname: no port {ifname}")))?;
+        store.delete_port(ifname)?;
+        self.publish(next);
+        Ok(port)
+    }
+
+    /// The password the guest posted, if any. A store failure reads as "none"
+    /// (and is logged): a guest asking for its password is not worth a 500.
+    pub fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
+        self.lock_store()
+            .password(&uuid.to_string())
+            .inspect_err(|err| tracing::error!("reading the password of {uuid}: {err:#}"))
+            .ok()
+            .flatten()
+    }
+
+    /// Stores the password a guest posts once (nova's semantics: the first
+    /// one stays until the instance is deleted).
+    pub fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), RegistryError> {
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(FieldError::new(
+                "password",
+                format!(
+                    "longer than {MAX_PASSWORD_BYTES} bytes ({} bytes)",
+                    password.len()
+                ),
+            )
+            .into());
+        }
+        let mut store = self.lock_store();
+        if self.snapshot().instance(uuid).is_none() {
+            return Err(RegistryError::NotFound(format!("no instance {uuid}")));
+        }
+        if store.set_password_if_absent(&uuid.to_string(), password)? {
+            Ok(())
+        } else {
+            Err(RegistryError::Conflict(format!(
+                "instance {uuid} already has a password"
+            )))
+        }
+    }
+
+    /// A 32-byte secret, random on first use and the same ever after (across
+    /// restarts): the IMDSv2 token keys.
+    pub fn secret(&self, name: &str) -> anyhow::Result<[u8; 32]> {
+        let mut cache = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(secret) = cache.get(name) {
+            return Ok(*secret);
+        }
+        let mut fresh = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut urandom| urandom.read_exact(&mut fresh))
+            .context("reading /dev/urandom")?;
+        // The stored one wins if there is one: a restart keeps tokens valid.
+        let stored = self.lock_store().secret_or_insert(name, &fresh)?;
+        let secret: [u8; 32] = stored.try_into().map_err(|value: Vec<u8>| {
+            anyhow::anyhow!(
+                "state.db: secret {name:?} has {} bytes, not 32",
+                value.len()
+            )
+        })?;
+        cache.insert(name.to_owned(), secret);
+        Ok(secret)
+    }
+
+    fn lock_store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave the database half
+        // written (transactions roll back), so a poisoned lock is still usable.
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish(&self, next: Snapshot) {
+        self.snapshot.send_replace(Arc::new(next));
+    }
+}
+
+fn load(store: &Store) -> anyhow::Result<Snapshot> {
+    let mut snapshot = Snapshot::default();
+    for (uuid, doc) in store.instances()? {
+        let doc: InstanceDoc = serde_json::from_str(&doc)
+            .with_context(|| format!("state.db: instance {uuid} does not parse"))?;
+        snapshot.instances.insert(doc.uuid, Arc::new(doc));
+    }
+    for row in store.ports()? {
+        let spec: PortSpec = serde_json::from_str(&row.spec)
+            .with_context(|| format!("state.db: port {} does not parse", row.ifname))?;
+        snapshot.insert_port(Arc::new(Port {
+            spec,
+            slot: row.slot,
+        }));
+    }
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const A: &str = "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e";
+    const B: &str = "0b5c53a2-4a8e-4b1f-8a37-2f1e5b9c7d10";
+
+    fn uuid(text: &str) -> uuid::Uuid {
+        text.parse().unwrap()
+    }
+
+    fn doc(uuid: &str, name: &str) -> Vec<u8> {
+        json!({"uuid": uuid, "name": name, "project_id": "p"})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn port(ifname: &str, instance: &str) -> PortAddRequest {
+        PortAddRequest {
+            ifname: ifname.into(),
+            instance: instance.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Everything in state.db, read behind the registry's back.
+    fn dump(dir: &Path) -> Vec<String> {
+        let conn = rusqlite::Connection::open(crate::state::store::db_path(dir)).unwrap();
+        let mut rows = Vec::new();
+        for query in [
+            "SELECT 'instance', uuid, doc FROM instances",
+            "SELECT 'port', ifname, slot || ' ' || spec FROM ports",
+            "SELECT 'password', uuid, password FROM passwords",
+            "SELECT 'secret', name, hex(value) FROM secrets",
+        ] {
+            let mut stmt = conn.prepare(query).unwrap();
+            let found = stmt
+                .query_map([], |r| {
+                    Ok(format!(
+                        "{} {} {}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?
+                    ))
+                })
+                .unwrap();
+            rows.extend(found.map(Result::unwrap));
+        }
+        rows.sort();
+        rows
+    }
+
+    /// A registry with instance A and port tap0 on it.
+    fn populated() -> (tempfile::TempDir, Arc<Registry>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        registry.put_instance(&doc(A, "a")).unwrap();
+        registry.add_port(port("tap0", A)).unwrap();
+        (tmp, registry)
+    }
+
+    #[track_caller]
+    fn assert_refused_without_change<T: std::fmt::Debug>(
+        dir: &Path,
+        registry: &Registry,
+        attempt: impl FnOnce() -> Result<T, RegistryError>,
+        expected: fn(&RegistryError) -> bool,
+        prefix: &str,
+    ) {
+        let before = dump(dir);
+        let snapshot_before = registry.snapshot();
+        let err = attempt().expect_err("should be refused");
+        assert!(expected(&err), "wrong kind: {err:?}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with(prefix),
+            "{message:?} should start with {prefix:?}"
+        );
+        assert!(!message.contains('\n'));
+        assert_eq!(dump(dir), before, "the store changed");
+        assert!(
+            Arc::ptr_eq(&registry.snapshot(), &snapshot_before),
+            "a snapshot was published"
+        );
+    }
+
+    #[test]
+    fn nova_mode_needs_a_project_not_a_document() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open_with_policy(tmp.path(), PortPolicy::NovaProject).unwrap();
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.add_port(port("tap0", A)),
+            |e| matches!(e, RegistryError::NoProject(_)),
+            "--project-id is required in nova mode",
+        );
+        registry
+            .add_port(PortAddRequest {
+                project_id: Some("p1".into()),
+                ..port("tap0", A)
+            })
+            .expect("--project-id is enough without a document");
+        registry
+            .put_instance(
+                format!(r#"{{"uuid": "{B}", "name": "b", "project_id": "p2"}}"#).as_bytes(),
+            )
+            .unwrap();
+        registry
+            .add_port(port("tap1", B))
+            .expect("the document's project_id is enough");
+    }
+
+    #[test]
+    fn instances_and_ports_survive_reopen() {
+        let (tmp, registry) = populated();
+        registry.put_instance(&doc(B, "b")).unwrap();
+        registry
+            .add_port(PortAddRequest {
+                mac: Some("FA:16:3E:00:00:01".into()),
+                ..port("tap1", B)
+            })
+            .unwrap();
+        let before = registry.snapshot();
+        drop(registry);
+
+        let registry = Registry::open(tmp.path()).unwrap();
+        let after = registry.snapshot();
+        assert_eq!(after.instances.len(), 2);
+        assert_eq!(after.instance(&uuid(B)).unwrap().name, "b");
+        assert_eq!(after.ports, before.ports);
+        let tap1 = after.port_by_slot(2).unwrap();
+        assert_eq!(tap1.spec.ifname, "tap1");
+        assert_eq!(tap1.spec.mac.as_deref(), Some("fa:16:3e:00:00:01"));
+        assert_eq!(after.port_by_slot(1).unwrap().spec.ifname, "tap0");
+    }
+
+    #[test]
+    fn put_instance_replaces_and_stores_the_normalized_document() {
+        let (tmp, registry) = populated();
+        let upper = A.to_uppercase();
+        let stored = registry
+            .put_instance(
+                json!({"uuid": upper, "name": "renamed", "imds": {}})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(stored.uuid, uuid(A));
+        assert_eq!(registry.snapshot().instances.len(), 1);
+        assert_eq!(
+            registry.snapshot().instance(&uuid(A)).unwrap().name,
+            "renamed"
+        );
+        let rows = dump(tmp.path());
+        let row = rows.iter().find(|r| r.starts_with("instance")).unwrap();
+        assert!(row.contains(&format!(r#""uuid":"{A}""#)), "{row}");
+        assert!(
+            row.contains(r#""imds":{"tokens":"optional","hop_limit":1}"#),
+            "{row}"
+        );
+    }
+
+    #[test]
+    fn bad_documents_change_nothing() {
+        let (tmp, registry) = populated();
+        let cases: &[(&[u8], &str)] = &[
+            (b"{", "document: invalid JSON"),
+            (br#"{"uuid": "nope", "name": "a"}"#, "uuid:"),
+            (br#"{"name": "a"}"#, "uuid: required"),
+            (br#"{"uuid": "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e", "name": "a", "extra": 1}"#, "extra: unknown field"),
+            (br#"{"uuid": "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e", "name": "a", "user_data": "%%"}"#, "user_data:"),
+            (br#"{"uuid": "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e", "name": "a", "hostname": "a_b"}"#, "hostname:"),
+            (br#"{"uuid": "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e", "name": "a", "imds": {"hop_limit": 0}}"#, "imds.hop_limit:"),
+        ];
+        for (bytes, prefix) in cases {
+            assert_refused_without_change(
+                tmp.path(),
+                &registry,
+                || registry.put_instance(bytes),
+                |e| matches!(e, RegistryError::Invalid(_)),
+                prefix,
+            );
+        }
+        // The instance that was there is untouched (the bad one had its UUID).
+        assert_eq!(registry.snapshot().instance(&uuid(A)).unwrap().name, "a");
+    }
+
+    #[test]
+    fn bad_port_requests_change_nothing() {
+        let (tmp, registry) = populated();
+        let invalid = |e: &RegistryError| matches!(e, RegistryError::Invalid(_));
+        let cases = [
+            (port("tap-name-too-long", A), "--ifname:"),
+            (port("tap/1", A), "--ifname:"),
+            (port("tap1", "not-a-uuid"), "--instance:"),
+            (
+                PortAddRequest {
+                    mac: Some("ff:ff:ff:ff:ff:ff".into()),
+                    ..port("tap1", A)
+                },
+                "--mac:",
+            ),
+            (
+                PortAddRequest {
+                    mac: Some("fa:16:3e".into()),
+                    ..port("tap1", A)
+                },
+                "--mac:",
+            ),
+            (
+                PortAddRequest {
+                    ips: vec!["10.0.0.300".into()],
+                    ..port("tap1", A)
+                },
+                "--ip:",
+            ),
+            (
+                PortAddRequest {
+                    port_id: Some("x".into()),
+                    ..port("tap1", A)
+                },
+                "--port-id:",
+            ),
+            (
+                PortAddRequest {
+                    network_id: Some("x".into()),
+                    ..port("tap1", A)
+                },
+                "--network-id:",
+            ),
+            // Re-adding an existing port with a bad field must not touch it either.
+            (
+                PortAddRequest {
+                    mac: Some("01:00:00:00:00:01".into()),
+                    ..port("tap0", A)
+                },
+                "--mac:",
+            ),
+        ];
+        for (request, prefix) in cases {
+            assert_refused_without_change(
+                tmp.path(),
+                &registry,
+                || registry.add_port(request),
+                invalid,
+                prefix,
+            );
+        }
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.add_port(port("tap1", B)),
+            |e| matches!(e, RegistryError::NotFound(_)),
+            &format!("--instance: no instance {B}"),
+        );
+    }
+
+    #[test]
+    fn slots_are_the_smallest_free_and_stable() {
+        let (_tmp, registry) = populated();
+        registry.put_instance(&doc(B, "b")).unwrap();
+        let slot = |ifname: &str| registry.snapshot().ports[ifname].slot;
+        registry.add_port(port("tap1", A)).unwrap();
+        registry.add_port(port("tap2", A)).unwrap();
+        assert_eq!((slot("tap0"), slot("tap1"), slot("tap2")), (1, 2, 3));
+
+        // Re-adding replaces the spec and keeps the slot.
+        let readded = registry
+            .add_port(PortAddRequest {
+                ips: vec!["10.0.0.9".into()],
+                ..port("tap1", B)
+            })
+            .unwrap();
+        assert_eq!(readded.slot, 2);
+        assert_eq!(
+            registry.snapshot().port_by_slot(2).unwrap().spec.instance,
+            uuid(B)
+        );
+        assert_eq!(registry.snapshot().ports.len(), 3);
+
+        // A freed slot is not handed out again before the others: its
+        // address may still have TIME_WAIT connections at the server.
+        let deleted = registry.delete_port("tap1").unwrap();
+        assert_eq!(deleted.slot, 2);
+        assert!(registry.snapshot().port_by_slot(2).is_none());
+        assert_eq!(registry.add_port(port("tap9", A)).unwrap().slot, 4);
+        assert_eq!(registry.add_port(port("tap8", A)).unwrap().slot, 5);
+    }
+
+    #[test]
+    fn slots_wrap_round_to_the_free_ones() {
+        let (_tmp, registry) = populated();
+        // As if MAX_SLOT had just been handed out.
+        registry.last_slot.store(MAX_SLOT, Ordering::Relaxed);
+        assert_eq!(
+            registry.add_port(port("tap1", A)).unwrap().slot,
+            2,
+            "slot 1 is taken"
+        );
+    }
+
+    #[test]
+    fn slots_run_out() {
+        let (tmp, registry) = populated();
+        // Fill every slot in memory (65535 fsynced inserts would take minutes).
+        let mut full = registry.snapshot().next();
+        let template = registry.snapshot().ports["tap0"].clone();
+        for slot in 2..=MAX_SLOT {
+            let mut spec = template.spec.clone();
+            spec.ifname = format!("t{slot}");
+            full.insert_port(Arc::new(Port { spec, slot }));
+        }
+        registry.publish(full);
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.add_port(port("tapx", A)),
+            |e| matches!(e, RegistryError::Conflict(_)),
+            "--ifname: no free slot",
+        );
+        // Replacing an existing port needs no new slot.
+        assert_eq!(registry.add_port(port("t70", A)).unwrap().slot, 70);
+    }
+
+    #[test]
+    fn delete_port_unknown_or_invalid() {
+        let (tmp, registry) = populated();
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_port("tap7"),
+            |e| matches!(e, RegistryError::NotFound(_)),
+            "--ifname: no port tap7",
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_port("a/b"),
+            |e| matches!(e, RegistryError::Invalid(_)),
+            "--ifname:",
+        );
+    }
+
+    #[test]
+    fn deleting_an_instance_drops_its_password_and_keeps_its_ports() {
+        let (tmp, registry) = populated();
+        registry.set_password(&uuid(A), "secret-pw").unwrap();
+        registry.delete_instance(A).unwrap();
+        let snapshot = registry.snapshot();
+        assert!(snapshot.instance(&uuid(A)).is_none());
+        assert_eq!(snapshot.port_by_slot(1).unwrap().spec.instance, uuid(A));
+        assert_eq!(registry.password(&uuid(A)), None);
+        assert!(!dump(tmp.path()).iter().any(|row| row.contains("secret-pw")));
+
+        // Back again: the port serves it again, and there is no old password.
+        registry.put_instance(&doc(A, "a")).unwrap();
+        assert_eq!(registry.password(&uuid(A)), None);
+        registry.set_password(&uuid(A), "new").unwrap();
+        assert_eq!(registry.password(&uuid(A)).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn delete_instance_unknown_or_invalid() {
+        let (tmp, registry) = populated();
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_instance(B),
+            |e| matches!(e, RegistryError::NotFound(_)),
+            &format!("no instance {B}"),
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_instance("web-1"),
+            |e| matches!(e, RegistryError::Invalid(_)),
+            "uuid:",
+        );
+    }
+
+    #[test]
+    fn a_password_is_set_once() {
+        let (tmp, registry) = populated();
+        assert_eq!(registry.password(&uuid(A)), None);
+        registry.set_password(&uuid(A), "first").unwrap();
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.set_password(&uuid(A), "second"),
+            |e| matches!(e, RegistryError::Conflict(_)),
+            "instance",
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.set_password(&uuid(B), "x"),
+            |e| matches!(e, RegistryError::NotFound(_)),
+            "no instance",
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.set_password(&uuid(A), &"x".repeat(MAX_PASSWORD_BYTES + 1)),
+            |e| matches!(e, RegistryError::Invalid(_)),
+            "password: longer than 1020",
+        );
+        drop(registry);
+        let registry = Registry::open(tmp.path()).unwrap();
+        assert_eq!(registry.password(&uuid(A)).as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn secrets_are_random_and_stable_across_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        let token_key = registry.secret("imds-token").unwrap();
+        let other = registry.secret("other").unwrap();
+        assert_ne!(token_key, other);
+        assert_ne!(token_key, [0; 32]);
+        assert_eq!(registry.secret("imds-token").unwrap(), token_key);
+        drop(registry);
+        let registry = Registry::open(tmp.path()).unwrap();
+        assert_eq!(registry.secret("imds-token").unwrap(), token_key);
+        assert_eq!(registry.secret("other").unwrap(), other);
+    }
+
+    #[tokio::test]
+    async fn subscribers_see_each_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        let mut changes = registry.subscribe();
+        assert!(changes.borrow_and_update().instances.is_empty());
+        registry.put_instance(&doc(A, "a")).unwrap();
+        changes.changed().await.unwrap();
+        assert_eq!(changes.borrow_and_update().instances.len(), 1);
+        registry.add_port(port("tap0", A)).unwrap();
+        changes.changed().await.unwrap();
+        assert!(changes.borrow_and_update().port_by_slot(1).is_some());
+    }
+}
