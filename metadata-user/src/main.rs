@@ -4,8 +4,6 @@ mod admin;
 mod backend;
 mod cli;
 mod datapath;
-// Wired into `serve` in the next commit (issue 10).
-#[allow(dead_code)]
 mod discovery;
 mod ingress;
 mod serve;

@@ -1,12 +1,17 @@
 //! Loading: the programs from the object build.rs made, verified and
 //! pinned, with the maps a previous daemon pinned reused; then the
 //! datapath's configuration and the return path on the server end.
-use std::{collections::BTreeMap, fs, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData},
+    maps::{Array, Map, MapData},
     programs::{SchedClassifier, TcAttachType},
 };
 use metadata_ebpf::{DatapathConfig, names};
@@ -88,6 +93,12 @@ impl Datapath {
             ports: take_map(&mut ebpf, names::PORTS)?,
             flows: Arc::new(FlowTable {
                 map: take_map(&mut ebpf, names::FLOWS)?,
+                writer: Mutex::new(
+                    MapData::from_pin(maps_dir.join(names::FLOWS))
+                        .map_err(anyhow::Error::from)
+                        .and_then(|data| Ok(Map::from_map_data(data)?.try_into()?))
+                        .context("opening the pinned FLOWS map for purging")?,
+                ),
                 identity,
             }),
             counters: Arc::new(CounterTable {

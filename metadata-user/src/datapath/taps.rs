@@ -68,6 +68,10 @@ impl Datapath {
         // absent, and a tap never keeps a program we no longer account for.
         remove_tc_filter(old.ifindex);
         self.remove_tcx_link(ifname)?;
+        // Its open connections can never be answered now.
+        if let Ok(identity) = self.identity.address_of(old.slot) {
+            self.flows.purge(|addr| addr == identity);
+        }
         info!(ifname, ifindex = old.ifindex, "tap detached");
         Ok(())
     }
@@ -97,9 +101,16 @@ impl Datapath {
         Ok(())
     }
 
-    /// Forgets port entries and link pins that no attached tap accounts for:
-    /// what a previous daemon left for ports that are gone now.
+    /// Forgets port entries, flows and link pins that no attached tap
+    /// accounts for: what a previous daemon left for ports that are gone now.
     pub fn prune(&mut self) -> anyhow::Result<()> {
+        // Flows of ports that went while no daemon ran.
+        let identities: std::collections::HashSet<std::net::Ipv4Addr> = self
+            .attached
+            .values()
+            .filter_map(|tap| self.identity.address_of(tap.slot).ok())
+            .collect();
+        self.flows.purge(|addr| !identities.contains(&addr));
         let live: std::collections::HashSet<u32> =
             self.attached.values().map(|tap| tap.ifindex).collect();
         let stale: Vec<u32> = self

@@ -24,9 +24,23 @@ use std::{
     time::SystemTime,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use uuid::Uuid;
+
+/// `serve --discover SOURCE` (and the config file's `discover`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoverKind {
+    /// Every running libvirt domain's taps (`--libvirt-uri`).
+    Libvirt,
+}
+
+/// Where `serve` learns ports from besides `port add`, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiscoverConfig {
+    Libvirt { uri: String },
+}
 
 /// One running domain as discovery wants it served.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -263,22 +277,20 @@ impl Book {
             .collect()
     }
 
-    /// Domains served with problems (a tap a manual port holds, ...):
-    /// forgets what was applied for them, so that observing them again
-    /// applies again, and returns them.
-    pub fn forget_refused(&mut self) -> Vec<Uuid> {
-        let refused: Vec<Uuid> = self
+    /// Applies every served domain again as it was last seen, without
+    /// asking the source: for when the sink changed behind discovery's
+    /// back (the operator removed a manual port that held a domain's tap,
+    /// or put or deleted a document), so that what was refused is served
+    /// now and the problems shown are today's.
+    pub fn reapply(&mut self, sink: &dyn PortSink) {
+        let applied: Vec<DomainPorts> = self
             .seen
-            .iter()
-            .filter(|(_, seen)| seen.applied.is_some() && !seen.problems.is_empty())
-            .map(|(uuid, _)| *uuid)
+            .values()
+            .filter_map(|seen| seen.applied.clone())
             .collect();
-        for uuid in &refused {
-            if let Some(seen) = self.seen.get_mut(uuid) {
-                seen.applied = None;
-            }
+        for domain in applied {
+            self.apply(sink, domain);
         }
-        refused
     }
 
     /// Domains to observe again because applying them failed.
@@ -301,45 +313,7 @@ impl Book {
                 {
                     return;
                 }
-                match sink.apply(&domain) {
-                    Ok(problems) => {
-                        let before = self.seen.get(&uuid);
-                        if before.is_none_or(|seen| seen.applied.is_none()) {
-                            info!(
-                                domain = %domain.name, %uuid,
-                                ports = %tap_list(&domain),
-                                "serving the domain's ports"
-                            );
-                        } else {
-                            info!(
-                                domain = %domain.name, %uuid,
-                                ports = %tap_list(&domain),
-                                "the domain changed; ports updated"
-                            );
-                        }
-                        let old_problems = before.map(|seen| seen.problems.clone());
-                        for problem in &problems {
-                            if !old_problems
-                                .as_ref()
-                                .is_some_and(|old| old.contains(problem))
-                            {
-                                warn!(domain = %domain.name, %uuid, "{problem}");
-                            }
-                        }
-                        self.seen.insert(
-                            uuid,
-                            Seen {
-                                name: domain.name.clone(),
-                                applied: Some(domain),
-                                problems,
-                            },
-                        );
-                    }
-                    Err(err) => {
-                        warn!(domain = %domain.name, %uuid, "registering the domain's ports: {err:#}; retrying");
-                        self.retry.insert(uuid);
-                    }
-                }
+                self.apply(sink, domain);
             }
             Observation::Unparsable { name, error, .. } => {
                 let problems = vec![error];
@@ -383,6 +357,51 @@ impl Book {
                         self.retry.insert(uuid);
                     }
                 }
+            }
+        }
+    }
+
+    /// Hands a running domain to the sink; logs what changed, and each
+    /// problem the first time it is seen.
+    fn apply(&mut self, sink: &dyn PortSink, domain: DomainPorts) {
+        let uuid = domain.uuid;
+        match sink.apply(&domain) {
+            Ok(problems) => {
+                let before = self.seen.get(&uuid);
+                match before.and_then(|seen| seen.applied.as_ref()) {
+                    None => info!(
+                        domain = %domain.name, %uuid,
+                        ports = %tap_list(&domain),
+                        "serving the domain's ports"
+                    ),
+                    Some(old) if *old != domain => info!(
+                        domain = %domain.name, %uuid,
+                        ports = %tap_list(&domain),
+                        "the domain changed; ports updated"
+                    ),
+                    Some(_) => {}
+                }
+                let old_problems = before.map(|seen| seen.problems.clone());
+                for problem in &problems {
+                    if !old_problems
+                        .as_ref()
+                        .is_some_and(|old| old.contains(problem))
+                    {
+                        warn!(domain = %domain.name, %uuid, "{problem}");
+                    }
+                }
+                self.seen.insert(
+                    uuid,
+                    Seen {
+                        name: domain.name.clone(),
+                        applied: Some(domain),
+                        problems,
+                    },
+                );
+            }
+            Err(err) => {
+                warn!(domain = %domain.name, %uuid, "registering the domain's ports: {err:#}; retrying");
+                self.retry.insert(uuid);
             }
         }
     }

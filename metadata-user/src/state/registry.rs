@@ -83,7 +83,10 @@ impl Snapshot {
             .collect();
         for port in self.ports.values() {
             if let Some(uuid) = port.source.domain_uuid() {
-                owned.entry(uuid).or_default().push(port.spec.ifname.clone());
+                owned
+                    .entry(uuid)
+                    .or_default()
+                    .push(port.spec.ifname.clone());
             }
         }
         owned
@@ -160,7 +163,10 @@ pub struct DomainSync {
 #[derive(Clone, Debug, PartialEq)]
 pub enum SyncProblem {
     /// The tap is a manual port: left as the operator made it.
-    ManualPort { ifname: String, instance: uuid::Uuid },
+    ManualPort {
+        ifname: String,
+        instance: uuid::Uuid,
+    },
     /// A port request that does not validate (a bad MAC, tap name, ...).
     InvalidPort { ifname: String, error: FieldError },
     /// The operator put the instance by hand: the domain's document is not
@@ -480,14 +486,14 @@ impl Registry {
         }
 
         match self.policy {
-            PortPolicy::LocalInstance if instance.is_none() => {
-                // An invalid document already says why there is none.
-                if !problems
-                    .iter()
-                    .any(|p| matches!(p, SyncProblem::InvalidDocument(_)))
-                {
-                    problems.push(SyncProblem::NoDocument);
-                }
+            // An invalid document already says why there is none.
+            PortPolicy::LocalInstance
+                if instance.is_none()
+                    && !problems
+                        .iter()
+                        .any(|p| matches!(p, SyncProblem::InvalidDocument(_))) =>
+            {
+                problems.push(SyncProblem::NoDocument);
             }
             PortPolicy::NovaProject if no_project => problems.push(SyncProblem::NoProject),
             _ => {}
@@ -657,23 +663,17 @@ fn load(store: &Store) -> anyhow::Result<Snapshot> {
     for row in store.instances()? {
         let doc: InstanceDoc = serde_json::from_str(&row.doc)
             .with_context(|| format!("state.db: instance {} does not parse", row.uuid))?;
-        let source = Source::from_columns(
-            &row.source.kind,
-            row.source.domain,
-            row.source.domain_uuid,
-        )
-        .with_context(|| format!("state.db: instance {}", row.uuid))?;
+        let source =
+            Source::from_columns(&row.source.kind, row.source.domain, row.source.domain_uuid)
+                .with_context(|| format!("state.db: instance {}", row.uuid))?;
         snapshot.insert_instance(Arc::new(doc), source);
     }
     for row in store.ports()? {
         let spec: PortSpec = serde_json::from_str(&row.spec)
             .with_context(|| format!("state.db: port {} does not parse", row.ifname))?;
-        let source = Source::from_columns(
-            &row.source.kind,
-            row.source.domain,
-            row.source.domain_uuid,
-        )
-        .with_context(|| format!("state.db: port {}", row.ifname))?;
+        let source =
+            Source::from_columns(&row.source.kind, row.source.domain, row.source.domain_uuid)
+                .with_context(|| format!("state.db: port {}", row.ifname))?;
         snapshot.insert_port(Arc::new(Port {
             spec,
             slot: row.slot,
@@ -1193,7 +1193,11 @@ mod tests {
         let (_tmp, registry) = populated();
         // tap0 is a manual port on A, and A's document is manual.
         let problems = registry
-            .sync_domain(sync(A, Some(&doc_text(A, "from-domain")), &["tap0", "tap9"]))
+            .sync_domain(sync(
+                A,
+                Some(&doc_text(A, "from-domain")),
+                &["tap0", "tap9"],
+            ))
             .unwrap();
         assert_eq!(
             problems,
@@ -1342,7 +1346,10 @@ mod tests {
         assert!(changes.has_changed().unwrap());
         changes.borrow_and_update();
         registry.sync_domain(sync(B, None, &["tapb"])).unwrap();
-        assert!(!changes.has_changed().unwrap(), "discovery's own writes do not count");
+        assert!(
+            !changes.has_changed().unwrap(),
+            "discovery's own writes do not count"
+        );
     }
 
     #[tokio::test]

@@ -33,14 +33,6 @@ impl Source {
         }
     }
 
-    /// `manual` or `libvirt`: the `source` column and the CLI's word.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Source::Manual => "manual",
-            Source::Libvirt { .. } => "libvirt",
-        }
-    }
-
     /// The owner in an operator's words: "libvirt domain web-1 (UUID)".
     pub fn owner(&self) -> String {
         match self {
@@ -79,7 +71,11 @@ impl Source {
             Source::Libvirt {
                 domain,
                 domain_uuid,
-            } => ("libvirt", Some(domain.clone()), Some(domain_uuid.to_string())),
+            } => (
+                "libvirt",
+                Some(domain.clone()),
+                Some(domain_uuid.to_string()),
+            ),
         }
     }
 }

@@ -442,7 +442,11 @@ mod tests {
         );
         let ports = store.ports().unwrap();
         assert_eq!(ports.len(), 2);
-        assert!(ports.iter().any(|p| p.ifname == "tap1" && p.source == libvirt));
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.ifname == "tap1" && p.source == libvirt)
+        );
     }
 
     #[test]
@@ -465,7 +469,12 @@ mod tests {
             port("d", 2),
         ]);
         assert!(err.is_err());
-        let mut names: Vec<String> = store.ports().unwrap().into_iter().map(|p| p.ifname).collect();
+        let mut names: Vec<String> = store
+            .ports()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.ifname)
+            .collect();
         names.sort();
         assert_eq!(names, ["a", "b"]);
     }

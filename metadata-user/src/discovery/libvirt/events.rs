@@ -49,13 +49,6 @@ pub enum Why {
     MetadataChanged,
 }
 
-impl Why {
-    /// A domain started (booted, restored, migrated in, ...).
-    pub fn is_start(self) -> bool {
-        matches!(self, Why::Lifecycle { event, .. } if event == sys::VIR_DOMAIN_EVENT_STARTED as i32)
-    }
-}
-
 static EVENT_LOOP: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Registers libvirt's default event loop and starts the thread that runs

@@ -56,8 +56,8 @@ impl Handle {
         let _ = self.tx.send(Msg::LinkAppeared(ifname.to_owned()));
     }
 
-    /// The sink changed in a way that may let refused ports through now
-    /// (a manual port was removed).
+    /// The sink changed behind discovery's back (the operator removed a
+    /// manual port, put or deleted a document): apply every domain again.
     pub fn reapply(&self) {
         let _ = self.tx.send(Msg::Reapply);
     }
@@ -161,9 +161,9 @@ impl Worker {
                 Duration::from_secs(3600)
             };
             match self.rx.recv_timeout(wait) {
-                Ok(Msg::Domain { uuid, why, .. }) => {
-                    debug!(%uuid, ?why, "libvirt domain event");
+                Ok(Msg::Domain { uuid, why, at }) => {
                     self.refresh(uuid);
+                    debug!(%uuid, ?why, elapsed = ?at.elapsed(), "libvirt domain event handled");
                 }
                 Ok(Msg::LinkAppeared(ifname)) => self.link_appeared(&ifname),
                 Ok(Msg::Closed { generation, reason }) => {
@@ -174,11 +174,7 @@ impl Worker {
                         ));
                     }
                 }
-                Ok(Msg::Reapply) => {
-                    for uuid in self.book.forget_refused() {
-                        self.refresh(uuid);
-                    }
-                }
+                Ok(Msg::Reapply) => self.book.reapply(&*self.sink),
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     self.close();
                     return;
