@@ -23,6 +23,8 @@ pub struct Plan {
     pub iperf_seconds: u32,
     pub density_taps: usize,
     pub density_networks: usize,
+    /// Domains libvirt starts (paused) for the discovery phase.
+    pub discovery_domains: usize,
 }
 
 fn secs<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -48,6 +50,7 @@ impl Plan {
                 iperf_seconds: 1,
                 density_taps: 10,
                 density_networks: 2,
+                discovery_domains: 5,
             }
         } else {
             Self {
@@ -62,6 +65,7 @@ impl Plan {
                 iperf_seconds: 5,
                 density_taps: 1000,
                 density_networks: 100,
+                discovery_domains: 100,
             }
         })
     }

@@ -40,6 +40,7 @@ use anyhow::{Context, Result, bail};
 use crate::host::Host;
 use crate::http::Reply;
 use crate::initramfs::Cpio;
+use crate::netns::Netns;
 use crate::qemu::GUEST_MODULES;
 use crate::tempdir::TempDir;
 use crate::wait::{self, Poll};
@@ -279,6 +280,27 @@ impl Libvirtd {
     /// `virsh destroy` (the domain stays defined).
     pub fn destroy(&self, name: &str) -> Result<()> {
         self.virsh(&["destroy", name]).map(drop)
+    }
+
+    /// `virsh undefine` (a running domain becomes transient, and goes
+    /// altogether when it stops).
+    pub fn undefine(&self, name: &str) -> Result<()> {
+        self.virsh(&["undefine", name]).map(drop)
+    }
+
+    /// The pid of the domain's qemu, from libvirtd's own record of it.
+    pub fn qemu_pid(&self, name: &str) -> Result<u32> {
+        let file = self.dir.join(&format!("run/qemu/{name}.pid"));
+        let text =
+            fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{}: {text:?} is not a pid", file.display()))
+    }
+
+    /// Whether libvirtd is running (it may have been killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Whether the domain is running (`virsh domstate`).
@@ -618,11 +640,16 @@ impl DomainXml {
 const BEGIN: &str = "MDR-ANSWER-BEGIN";
 const END: &str = "MDR-ANSWER-END";
 
+/// The port a guest that stays up takes requests on: a line with a path,
+/// answered with what 169.254.169.254 answered for it ([`ask`]).
+pub const ASK_PORT: u16 = 7777;
+
 /// The guest a booting domain runs: busybox, the virtio-net modules, and an
 /// /init that configures `eth0`, sends one request for `path` to
 /// 169.254.169.254 (once: a retry would hide a tap attached too late),
-/// prints the answer between markers on the console and powers off (or
-/// stays up).
+/// prints the answer between markers on the console and powers off, or
+/// stays up and fetches, for whoever connects to [`ASK_PORT`], the path
+/// they send.
 pub struct GuestImage {
     pub addr: Ipv4Addr,
     pub prefix_len: u8,
@@ -656,6 +683,7 @@ impl GuestImage {
             cpio.file(&format!("lib/modules/{module}.ko"), 0o644, &data);
         }
         cpio.file("init", 0o755, self.init_script().as_bytes());
+        cpio.file("bin/ask", 0o755, ASK_SCRIPT.as_bytes());
         let mut out = fs::File::create(file)?;
         out.write_all(&cpio.finish())?;
         Ok(())
@@ -671,9 +699,9 @@ impl GuestImage {
             stay_up,
         } = self;
         let end = if *stay_up {
-            "while true; do sleep 3600; done"
+            format!("while true; do nc -ll -p {ASK_PORT} -e /bin/ask; sleep 1; done")
         } else {
-            "poweroff -f"
+            "poweroff -f".to_owned()
         };
         format!(
             r#"#!/bin/busybox sh
@@ -688,7 +716,7 @@ ip link set lo up
 ip addr add {addr}/{prefix_len} dev eth0
 ip link set eth0 up
 ip route add default via {gateway}
-answer=$(printf 'GET {path} HTTP/1.0\r\nHost: {METADATA_ADDR}\r\n\r\n' | nc -w 10 {METADATA_ADDR} 80)
+answer=$(printf 'GET {path} HTTP/1.0\r\nHost: {METADATA_ADDR}\r\n\r\n' | nc -w 10 {METADATA_ADDR} 80 2>&1 || echo "nc failed: $?")
 echo {BEGIN}
 echo "$answer"
 echo {END}
@@ -698,12 +726,23 @@ echo {END}
     }
 }
 
+/// What `/bin/ask` runs for each connection to [`ASK_PORT`]: one path in,
+/// the metadata service's whole answer out (one request, no retry).
+const ASK_SCRIPT: &str = r#"#!/bin/busybox sh
+read -r path
+printf 'GET %s HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n' "$path" | nc -w 10 169.254.169.254 80 2>&1 || echo "nc failed: $?"
+"#;
+
 /// The answer a booted guest printed on its console, once it has.
 pub fn console_answer(console: &Path) -> Option<Reply> {
     let text = fs::read_to_string(console).ok()?.replace('\r', "");
     let start = text.find(&format!("{BEGIN}\n"))? + BEGIN.len() + 1;
     let end = start + text[start..].find(&format!("\n{END}"))?;
-    let raw = &text[start..end];
+    Some(parse_reply(&text[start..end]))
+}
+
+/// A raw HTTP answer (CRs removed) as a [`Reply`].
+fn parse_reply(raw: &str) -> Reply {
     let (head, body) = raw.split_once("\n\n").unwrap_or((raw, ""));
     let status = head
         .lines()
@@ -711,12 +750,61 @@ pub fn console_answer(console: &Path) -> Option<Reply> {
         .and_then(|line| line.split_whitespace().nth(1))
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    Some(Reply {
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Reply {
         status,
         body: body.to_owned(),
         error: (status == 0).then(|| format!("no HTTP answer: {raw:?}")),
-        headers: Vec::new(),
-    })
+        headers,
+    }
+}
+
+/// Has the booted guest at `addr` (one that stays up) fetch `path` from
+/// 169.254.169.254 now, once, and returns what it got. Asked from `ns`,
+/// a namespace on the guest's network (its router). A guest that does not
+/// take the connection (it is still sending its first request, or its
+/// listener is between two connections) is tried again: it fetched
+/// nothing for that one.
+pub fn ask(ns: &Netns, addr: Ipv4Addr, path: &str) -> Result<Reply> {
+    wait::until(
+        &format!("the guest at {addr} to answer on port {ASK_PORT}"),
+        Duration::from_secs(20),
+        || {
+            let mut command = ns.command(&[
+                "busybox",
+                "nc",
+                "-w",
+                "20",
+                &addr.to_string(),
+                &ASK_PORT.to_string(),
+            ]);
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = command.spawn().context("starting busybox nc")?;
+            child
+                .stdin
+                .take()
+                .expect("stdin is piped")
+                .write_all(format!("{path}\n").as_bytes())?;
+            let out = child.wait_with_output()?;
+            let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            if !text.is_empty() {
+                return Ok(Poll::Ready(parse_reply(&text)));
+            }
+            // Refused, or taken and closed at once: the guest's listener
+            // was between two connections (busybox nc re-listens after
+            // each), and nothing was fetched.
+            Ok(Poll::Pending(format!("{}: {stderr}", out.status)))
+        },
+    )
 }
 
 /// Waits for [`console_answer`].

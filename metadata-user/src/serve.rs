@@ -394,12 +394,17 @@ impl PortSink for Registry {
                 }
                 // The broken document already said why.
                 SyncProblem::NoDocument if document_broken => continue,
-                SyncProblem::NoDocument => format!(
-                    "no instance document in the domain's metadata (<{}> in namespace {}): \
-                     its guests get 404",
-                    discovery::libvirt::domain_xml::DOCUMENT_ELEMENT,
-                    discovery::libvirt::domain_xml::DOCUMENT_NS,
-                ),
+                SyncProblem::NoDocument => {
+                    use discovery::libvirt::domain_xml::{
+                        DOCUMENT_ELEMENT, DOCUMENT_KEY, DOCUMENT_NS,
+                    };
+                    format!(
+                        "no instance document in the domain's metadata: its guests get 404 \
+                         (virsh metadata {} --uri {DOCUMENT_NS} --key {DOCUMENT_KEY} \
+                         --set '<{DOCUMENT_ELEMENT}>{{...}}</{DOCUMENT_ELEMENT}>')",
+                        domain.name
+                    )
+                }
                 SyncProblem::NoProject => "no project in the domain's nova metadata \
                      (<nova:owner><nova:project uuid=...>), so nova cannot be asked: \
                      its guests get an error"

@@ -86,6 +86,7 @@ pub struct SourceColumns {
 }
 
 impl SourceColumns {
+    #[cfg(test)]
     pub fn manual() -> Self {
         Self {
             kind: "manual".into(),
