@@ -36,6 +36,9 @@ pub struct DiscoveryRun {
     /// libvirt's start event -> the daemon lists the tap attached, ms
     /// (negative: attached before the event arrived).
     pub event_to_attached_ms: Vec<f64>,
+    /// `virsh start --paused` run -> the daemon lists the tap attached, ms:
+    /// the whole wait, libvirt's own work included.
+    pub start_to_attached_ms: Vec<f64>,
     /// `virsh start --paused` returned, ms after it was run.
     pub virsh_start_ms: Vec<f64>,
     pub rss_before_kib: u64,
@@ -138,6 +141,7 @@ fn run(
     let mut status = StatusPoller::connect(daemon.admin_socket())?;
     let mut event_to_attached_ms = Vec::with_capacity(count);
     let mut virsh_start_ms = Vec::with_capacity(count);
+    let mut start_to_attached_ms = Vec::with_capacity(count);
     for (index, (name, tap)) in domains.iter().enumerate() {
         crate::check_stop()?;
         let started = Instant::now();
@@ -159,6 +163,7 @@ fn run(
             bail!("virsh start {name} failed: {}\n{}", out.1, libvirtd.logs());
         }
         let attached = attached?;
+        start_to_attached_ms.push(signed_ms(attached, started));
         let event = events.wait_for(name, Duration::from_secs(10))?;
         event_to_attached_ms.push(signed_ms(attached, event));
     }
@@ -172,6 +177,7 @@ fn run(
         tap_attach,
         domains: count,
         event_to_attached_ms,
+        start_to_attached_ms,
         virsh_start_ms,
         rss_before_kib,
         rss_after_kib: machine::status_kib(pid, "VmRSS")?,
