@@ -86,6 +86,7 @@ pub enum Phase {
     Metadata,
     Storm,
     Iperf,
+    Flood,
     Density,
     Discovery,
 }
@@ -152,6 +153,7 @@ fn run(args: Args) -> Result<()> {
             Phase::Metadata,
             Phase::Storm,
             Phase::Iperf,
+            Phase::Flood,
             Phase::Density,
             Phase::Discovery,
         ]
@@ -187,6 +189,7 @@ fn run(args: Args) -> Result<()> {
         daemon_after_load: Default::default(),
         density_ours: Vec::new(),
         density_neutron: None,
+        flood: None,
         discovery: None,
         duration_s: 0.0,
         failures: Vec::new(),
@@ -199,7 +202,7 @@ fn run(args: Args) -> Result<()> {
         .any(|p| !matches!(p, Phase::Density | Phase::Discovery))
     {
         let outcome = measure_paths(&plan, &phases, &mut results, &out);
-        record("metadata/storm/iperf", outcome, &mut results)?;
+        record("metadata/storm/iperf/flood", outcome, &mut results)?;
     }
     if phases.contains(&Phase::Density) {
         let outcome = density(&plan, &mut results, &out);
@@ -355,6 +358,10 @@ fn run_paths(
     if phases.contains(&Phase::Iperf) {
         progress("other traffic: iperf3 with and without the program");
         phases::other_traffic(world, plan, results)?;
+    }
+    if phases.contains(&Phase::Flood) {
+        progress("flood: guests flooding SYNs, a quiet guest timed");
+        phases::flood(world, plan, results, &STOP)?;
     }
     phases::daemon_after_load(world, results)
 }

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData},
+    maps::{Array, MapData},
     programs::{SchedClassifier, TcAttachType},
 };
 use metadata_ebpf::{DatapathConfig, names};
@@ -92,13 +92,10 @@ impl Datapath {
         let mut datapath = Self {
             ports: take_map(&mut ebpf, names::PORTS)?,
             flows: Arc::new(FlowTable {
-                map: take_map(&mut ebpf, names::FLOWS)?,
-                writer: Mutex::new(
-                    MapData::from_pin(maps_dir.join(names::FLOWS))
-                        .map_err(anyhow::Error::from)
-                        .and_then(|data| Ok(Map::from_map_data(data)?.try_into()?))
-                        .context("opening the pinned FLOWS map for purging")?,
-                ),
+                tables: Mutex::new(take_map(&mut ebpf, names::FLOWS)?),
+                lookup: MapData::from_pin(maps_dir.join(names::FLOWS))
+                    .context("opening the pinned FLOWS")?,
+                open: Mutex::default(),
                 identity,
             }),
             counters: Arc::new(CounterTable {
