@@ -374,10 +374,14 @@ impl Book {
                         ports = %tap_list(&domain),
                         "serving the domain's ports"
                     ),
-                    Some(old) if *old != domain => info!(
+                    Some(old) if old.ports != domain.ports => info!(
                         domain = %domain.name, %uuid,
                         ports = %tap_list(&domain),
-                        "the domain changed; ports updated"
+                        "the domain's interfaces changed; ports updated"
+                    ),
+                    Some(old) if *old != domain => info!(
+                        domain = %domain.name, %uuid,
+                        "the domain's metadata changed"
                     ),
                     Some(_) => {}
                 }
