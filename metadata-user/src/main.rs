@@ -4,6 +4,7 @@ mod admin;
 mod backend;
 mod cli;
 mod datapath;
+mod discovery;
 mod ingress;
 mod serve;
 mod state;

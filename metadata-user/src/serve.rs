@@ -8,15 +8,17 @@
 //! (unless `--detach-on-exit`): while no daemon runs, a guest's connection is
 //! refused at once (the server address has no listener) instead of hanging,
 //! and a restarted daemon takes over every tap without a gap.
-use std::{process::ExitCode, sync::Arc};
+use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
 use tracing::info;
+use uuid::Uuid;
 
 use crate::{
     admin,
@@ -28,6 +30,7 @@ use crate::{
     },
     cli::{ServeArgs, settings::Settings},
     datapath::{self, Datapath, FlowTable, netdev, reconcile::Reconciler},
+    discovery::{self, DiscoverConfig, DomainPorts, PortSink},
     ingress::{
         dispatch::Dispatcher,
         limits::ConnectionLimiter,
@@ -35,7 +38,7 @@ use crate::{
         ratelimit::RateLimiter,
         server::{FlowLookup, GuestServer, Origin},
     },
-    state::{PortPolicy, Registry},
+    state::{DomainSync, PortAddRequest, PortPolicy, Registry, Source, SyncProblem},
 };
 
 /// Open connections one port may hold. cloud-init uses one at a time; a
@@ -122,6 +125,10 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let attached_at_exit = attached.clone();
     let reconciler_task =
         tokio::spawn(reconciler.run(registry.subscribe(), link_events, netlink.clone()));
+    let discovery = match &settings.discover {
+        Some(config) => Some(start_discovery(config, &registry)?),
+        None => None,
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let backend = match &settings.backend {
@@ -178,7 +185,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(socket = %path.display(), "serving the neutron-metadata-agent protocol");
     }
 
-    let status: admin::server::StatusFn = {
+    let datapath_status: admin::server::StatusFn = {
         let settings = settings.clone();
         let responder = responder.clone();
         Arc::new(move || {
@@ -212,10 +219,18 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             })
         })
     };
+    let mut status_sections = vec![("datapath", datapath_status)];
+    if let Some(discovery) = &discovery {
+        let discovery = discovery.clone();
+        status_sections.push((
+            "discovery",
+            Arc::new(move || serde_json::to_value(discovery.status()).unwrap_or_default()),
+        ));
+    }
     let admin_task = tokio::spawn(admin::server::serve(
         admin_listener,
         registry.clone(),
-        status,
+        status_sections,
     ));
 
     let guest_server = Arc::new(GuestServer {
@@ -238,6 +253,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
     let _ = shutdown_tx.send(true);
+    if let Some(discovery) = &discovery {
+        discovery.stop();
+    }
     let _ = guest_task.await;
     admin_task.abort();
     let _ = std::fs::remove_file(&settings.admin_socket);
@@ -262,6 +280,55 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(bpffs = %settings.bpffs.display(), "datapath left in place for the next daemon");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts discovery feeding the registry, and hands it the two things it
+/// learns from elsewhere: interfaces appearing on the host (a starting
+/// domain's tap can be served before libvirt reports the start), and the
+/// operator's changes (a manual port removed may free a domain's tap).
+fn start_discovery(
+    config: &DiscoverConfig,
+    registry: &Arc<Registry>,
+) -> anyhow::Result<Arc<discovery::libvirt::Handle>> {
+    let DiscoverConfig::Libvirt { uri } = config;
+    let handle = Arc::new(
+        discovery::libvirt::start(uri, registry.clone() as Arc<dyn PortSink>)
+            .context("--discover libvirt")?,
+    );
+    info!(%uri, "discovering ports from libvirt");
+    let links = netdev::watch_links()?;
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let mut links = std::pin::pin!(links);
+            // Only an interface's first appearance: a tap being set up
+            // sends several events (created, enslaved, up).
+            let mut present = std::collections::HashSet::new();
+            while let Some(event) = links.next().await {
+                match event {
+                    netdev::LinkEvent::Present { ifname, .. } => {
+                        if present.insert(ifname.clone()) {
+                            handle.link_appeared(&ifname);
+                        }
+                    }
+                    netdev::LinkEvent::Gone { ifname, .. } => {
+                        present.remove(&ifname);
+                    }
+                    netdev::LinkEvent::Lost => present.clear(),
+                }
+            }
+        }
+    });
+    let mut changes = registry.manual_changes();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            while changes.changed().await.is_ok() {
+                handle.reapply();
+            }
+        }
+    });
+    Ok(handle)
 }
 
 // The ports between layers: each trait belongs to the layer that uses it,
@@ -290,5 +357,87 @@ impl PasswordStore for Registry {
             tracing::warn!(%uuid, "password not stored: {err}");
             PasswordConflict
         })
+    }
+}
+
+/// Discovery serves what it finds through the registry: each domain's taps
+/// become ports bound to its UUID, owned by the domain (so the operator
+/// cannot change them, and discovery never changes the operator's).
+impl PortSink for Registry {
+    fn apply(&self, domain: &DomainPorts) -> anyhow::Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let default_name = domain.instance_name.as_deref().unwrap_or(&domain.name);
+        let document = domain.document.as_deref().and_then(|text| {
+            discovery::document_json(text, &domain.uuid, default_name)
+                .inspect_err(|err| problems.push(format!("{err}: its guests get 404")))
+                .ok()
+        });
+        let document_broken = !problems.is_empty();
+        let sync = DomainSync {
+            source: Source::Libvirt {
+                domain: domain.name.clone(),
+                domain_uuid: domain.uuid,
+            },
+            document,
+            ports: domain
+                .ports
+                .iter()
+                .map(|port| PortAddRequest {
+                    ifname: port.ifname.clone(),
+                    instance: domain.uuid.to_string(),
+                    port_id: port.port_id.map(|id| id.to_string()),
+                    mac: port.mac.clone(),
+                    ips: port.ips.iter().map(ToString::to_string).collect(),
+                    network_id: None,
+                    project_id: domain.project_id.clone(),
+                })
+                .collect(),
+        };
+        for problem in self.sync_domain(sync)? {
+            problems.push(match problem {
+                SyncProblem::ManualPort { ifname, instance } => format!(
+                    "tap {ifname} is a manual port (instance {instance}): left as it is, \
+                     not served for this domain"
+                ),
+                SyncProblem::InvalidPort { ifname, error } => {
+                    format!("tap {ifname} not served: {error}")
+                }
+                SyncProblem::ManualInstance => format!(
+                    "instance {} was put by hand: the document in the domain's metadata \
+                     is not used",
+                    domain.uuid
+                ),
+                SyncProblem::InvalidDocument(error) => {
+                    format!("instance document: {error}: its guests get 404")
+                }
+                // The broken document already said why.
+                SyncProblem::NoDocument if document_broken => continue,
+                SyncProblem::NoDocument => {
+                    use discovery::libvirt::domain_xml::{
+                        DOCUMENT_ELEMENT, DOCUMENT_KEY, DOCUMENT_NS,
+                    };
+                    format!(
+                        "no instance document in the domain's metadata: its guests get 404 \
+                         (virsh metadata {} --uri {DOCUMENT_NS} --key {DOCUMENT_KEY} \
+                         --set '<{DOCUMENT_ELEMENT}>{{...}}</{DOCUMENT_ELEMENT}>')",
+                        domain.name
+                    )
+                }
+                SyncProblem::NoProject => "no project in the domain's nova metadata \
+                     (<nova:owner><nova:project uuid=...>), so nova cannot be asked: \
+                     its guests get an error"
+                    .to_string(),
+            });
+        }
+        Ok(problems)
+    }
+
+    fn remove(&self, uuid: &Uuid) -> anyhow::Result<()> {
+        self.remove_domain(uuid)?;
+        Ok(())
+    }
+
+    fn owned(&self) -> BTreeMap<Uuid, Vec<String>> {
+        self.snapshot().discovered()
     }
 }

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     backend::nova::config::{BackendKind, NovaOptions, Protocol},
     datapath::TapAttach,
+    discovery::DiscoverKind,
     state::PortAddRequest,
 };
 
@@ -44,7 +45,7 @@ pub enum Command {
     /// Create, replace, show, list or delete instance documents.
     #[command(subcommand)]
     Instance(InstanceCommand),
-    /// Register taps (ports) and bind them to instances.
+    /// Register taps (ports) and bind them to instances (or see those `serve --discover` found).
     #[command(subcommand)]
     Port(PortCommand),
     /// Show whether the daemon answers, and what it serves. Exits 0 only when it answers.
@@ -107,8 +108,9 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
     /// server_addr, server_port, identity_net, domain, detach_on_exit,
-    /// tap_attach, syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, and
-    /// the nova backend's: backend, nova_metadata_host, nova_metadata_port,
+    /// tap_attach, syn_rate_per_port, rate_limit_per_sec, rate_limit_burst,
+    /// discover, libvirt_uri, and the nova backend's: backend,
+    /// nova_metadata_host, nova_metadata_port,
     /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
     /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
     /// nova_metadata_timeout, metadata_cache_expiration, stale_if_error,
@@ -135,6 +137,17 @@ pub struct ServeArgs {
     /// about 0.1 ms per tap [default: tcx].
     #[arg(long, value_enum, value_name = "MODE")]
     pub tap_attach: Option<TapAttach>,
+    /// Learn the ports from the hypervisor, with no `port add`: `libvirt`
+    /// serves every tap of every running libvirt domain, bound to the
+    /// domain's UUID, with nova's project, port ids and fixed IPs from the
+    /// domain's metadata (or, for the local backend, the instance document
+    /// the domain carries), and follows starts, stops, hot-plugs and
+    /// restarts. Manual ports stay as they are [default: none].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    pub discover: Option<DiscoverKind>,
+    /// The libvirt that `--discover libvirt` watches [default: qemu:///system].
+    #[arg(long, value_name = "URI")]
+    pub libvirt_uri: Option<String>,
     #[command(flatten)]
     pub nova: NovaArgs,
 }
@@ -235,12 +248,12 @@ pub enum InstanceCommand {
 pub enum PortCommand {
     /// Register a tap for an instance. The tap may not exist yet; it is attached when it appears.
     Add(PortAddArgs),
-    /// Unregister a tap and detach the datapath from it.
+    /// Unregister a manual port's tap and detach the datapath from it.
     Del {
         #[arg(long, value_name = "TAP")]
         ifname: String,
     },
-    /// List registered ports.
+    /// List registered ports, with their source (manual, or the libvirt domain).
     List {
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -20,6 +20,7 @@ use crate::{
         nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
     },
     datapath::{IdentityPlan, TapAttach, netdev::ServerLinkPlan},
+    discovery::{DiscoverConfig, DiscoverKind, libvirt::DEFAULT_URI},
     ingress::ratelimit::RateLimitConfig,
 };
 
@@ -53,6 +54,9 @@ struct FileConfig {
     rate_limit_per_sec: Option<f64>,
     /// ...and in a burst.
     rate_limit_burst: Option<u32>,
+    /// "libvirt"
+    discover: Option<DiscoverKind>,
+    libvirt_uri: Option<String>,
     // The nova backend (see backend::nova::config; names as neutron-metadata-agent's).
     backend: Option<BackendKind>,
     nova_metadata_host: Option<String>,
@@ -154,6 +158,8 @@ pub struct Settings {
     pub neutron_agent_socket: Option<PathBuf>,
     /// The signed identity's key (`--identity-key`); None: its paths 404.
     pub signed_identity: Option<Arc<Identity>>,
+    /// `--discover`: where ports come from besides `port add`.
+    pub discover: Option<DiscoverConfig>,
 }
 
 impl Settings {
@@ -218,6 +224,18 @@ impl Settings {
         if server_ifname == entry_ifname {
             bail!("--server-ifname and --entry-ifname must differ");
         }
+        let libvirt_uri = args.libvirt_uri.or(file.libvirt_uri.take());
+        let discover = match (args.discover.or(file.discover), libvirt_uri) {
+            (Some(DiscoverKind::Libvirt), uri) => {
+                let uri = uri.unwrap_or_else(|| DEFAULT_URI.into());
+                if uri.trim().is_empty() {
+                    bail!("--libvirt-uri: must not be empty");
+                }
+                Some(DiscoverConfig::Libvirt { uri })
+            }
+            (None, Some(_)) => bail!("--libvirt-uri (libvirt_uri) needs --discover libvirt"),
+            (None, None) => None,
+        };
         let tap_attach = match (args.tap_attach, &file.tap_attach) {
             (Some(mode), _) => mode,
             (None, Some(text)) => text.parse().context("tap_attach")?,
@@ -256,6 +274,7 @@ impl Settings {
             backend,
             neutron_agent_socket,
             signed_identity,
+            discover,
         })
     }
 }
@@ -500,6 +519,69 @@ mod tests {
         .to_string();
         assert!(err.contains("--tap-attach"), "{err}");
         assert!(err.contains("tcx") && err.contains("tc"), "{err}");
+    }
+
+    #[test]
+    fn discover_from_flag_file_and_default() {
+        use clap::Parser as _;
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.discover, None, "no discovery unless asked");
+        assert_eq!(
+            with_file("discover = \"libvirt\"\n").unwrap().discover,
+            Some(DiscoverConfig::Libvirt {
+                uri: "qemu:///system".into()
+            })
+        );
+        let settings =
+            with_file("discover = \"libvirt\"\nlibvirt_uri = \"qemu+ssh://h/system\"\n").unwrap();
+        assert_eq!(
+            settings.discover,
+            Some(DiscoverConfig::Libvirt {
+                uri: "qemu+ssh://h/system".into()
+            })
+        );
+        let cli = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--discover",
+            "libvirt",
+            "--libvirt-uri",
+            "test:///default",
+        ])
+        .unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let settings = Settings::resolve(*args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(
+            settings.discover,
+            Some(DiscoverConfig::Libvirt {
+                uri: "test:///default".into()
+            })
+        );
+        let err = format!(
+            "{:#}",
+            with_file("libvirt_uri = \"qemu:///system\"\n").unwrap_err()
+        );
+        assert!(err.contains("needs --discover libvirt"), "{err}");
+        let err = format!("{:#}", with_file("discover = \"xen\"\n").unwrap_err());
+        assert!(
+            err.contains("discover") && err.contains("unknown variant"),
+            "{err}"
+        );
+        let err = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--discover",
+            "virsh",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--discover") && err.contains("libvirt"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -270,6 +270,7 @@ mod tests {
                 project_id: Some("p".into()),
             },
             slot,
+            source: Default::default(),
         })
     }
 
@@ -489,6 +490,7 @@ mod socket_tests {
                 project_id: Some(PROJECT.into()),
             },
             slot,
+            source: Default::default(),
         })
     }
 

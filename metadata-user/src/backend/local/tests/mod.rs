@@ -110,6 +110,7 @@ pub fn guest(slot: u32, ifname: &str, ips: &[Ipv4Addr]) -> Guest {
                 project_id: Some("port-project".to_owned()),
             },
             slot,
+            source: Default::default(),
         }),
         guest_addr: Ipv4Addr::new(192, 168, 50, 7),
     }
