@@ -158,6 +158,7 @@ where
     B::Error: std::fmt::Display,
 {
     let (parts, body) = req.into_parts();
+    let hop_limit = instance.as_deref().and_then(view::every_answer_hop_limit);
     let reply = match instance {
         Some(doc) => answer(ctx, guest, &doc, &parts, body).await,
         None => Err(ApiError::NotFound),
@@ -165,7 +166,13 @@ where
     // The IP TTL is decided per response; ingress keeps a lowered one for
     // the rest of the connection, so what follows a token on a keep-alive
     // connection goes no further than the token could.
-    reply.unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)))
+    let mut reply = reply
+        .unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)));
+    if let Some(hop_limit) = hop_limit {
+        // Refusals too: all of this instance's answers stop at the hop limit.
+        reply.ip_ttl = reply.ip_ttl.min(hop_limit);
+    }
+    reply
 }
 
 /// A document answer, which travels as far as any other packet.
@@ -195,28 +202,53 @@ where
             issue_token(ctx, &view, method, &parts.headers)
         }
         Route::Ec2(segments) => {
-            check_session(ctx, &view, &parts.headers)?;
+            check_session(ctx, &view, &parts.headers, view.token_mode())?;
             let document = ec2::lookup(&view, &segments)?;
             require_read(method, ALLOW_READ)?;
             Ok(document_reply(document, method))
         }
-        Route::OpenStack(segments) => match openstack::lookup(&view, &segments, ctx.now())? {
-            Resource::Document(document) => {
-                require_read(method, ALLOW_READ)?;
-                Ok(document_reply(document, method))
+        Route::OpenStack(segments) => {
+            // nova's tree knows no sessions, unless the instance asks for
+            // them there too; a token is then required, whatever the method.
+            let mode = view.openstack_token_mode();
+            if mode == TokenMode::Required {
+                check_session(ctx, &view, &parts.headers, mode)?;
             }
-            Resource::Password => {
-                let store = ctx.passwords.as_ref();
-                if *method == Method::POST {
-                    password::check_unset(store, &doc.uuid)?;
-                    let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
-                    let document = password::write(store, &doc.uuid, &body)?;
-                    return Ok(document_reply(document, method));
-                }
-                require_read(method, ALLOW_PASSWORD)?;
-                Ok(document_reply(password::read(store, &doc.uuid), method))
+            answer_openstack(ctx, doc, &view, &segments, parts, body).await
+        }
+    }
+}
+
+/// The OpenStack tree: documents, and the password endpoint.
+async fn answer_openstack<B>(
+    ctx: &ApiContext,
+    doc: &InstanceDoc,
+    view: &InstanceView<'_>,
+    segments: &[String],
+    parts: &Parts,
+    body: B,
+) -> Result<Reply, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::fmt::Display,
+{
+    let method = &parts.method;
+    match openstack::lookup(view, segments, ctx.now())? {
+        Resource::Document(document) => {
+            require_read(method, ALLOW_READ)?;
+            Ok(document_reply(document, method))
+        }
+        Resource::Password => {
+            let store = ctx.passwords.as_ref();
+            if *method == Method::POST {
+                password::check_unset(store, &doc.uuid)?;
+                let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
+                let document = password::write(store, &doc.uuid, &body)?;
+                return Ok(document_reply(document, method));
             }
-        },
+            require_read(method, ALLOW_PASSWORD)?;
+            Ok(document_reply(password::read(store, &doc.uuid), method))
+        }
     }
 }
 
@@ -269,12 +301,14 @@ fn issue_token(
     })
 }
 
-/// IMDSv2 rules for EC2 paths: a token, when sent, must be valid (401
-/// otherwise, in either mode); `required` mode also refuses requests without.
+/// IMDSv2 rules for EC2 paths (and OpenStack paths with `imds.openstack =
+/// "required"`): a token, when sent, must be valid (401 otherwise, in either
+/// mode); `required` mode also refuses requests without.
 fn check_session(
     ctx: &ApiContext,
     view: &InstanceView<'_>,
     headers: &HeaderMap,
+    mode: TokenMode,
 ) -> Result<(), ApiError> {
     match headers.get(token::TOKEN_HEADER) {
         Some(value) => {
@@ -283,7 +317,7 @@ fn check_session(
                 .verify(binding(view), token, ctx.now_unix())
                 .map_err(|_| ApiError::Unauthorized)
         }
-        None if view.token_mode() == TokenMode::Required => Err(ApiError::Unauthorized),
+        None if mode == TokenMode::Required => Err(ApiError::Unauthorized),
         None => Ok(()),
     }
 }
