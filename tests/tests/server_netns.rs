@@ -451,3 +451,25 @@ fn detach_on_exit_removes_the_namespace() {
     let reply = guest.http_get("/openstack/latest/meta_data.json").unwrap();
     assert!(reply.body.contains(DECOY_MARK), "{reply}");
 }
+
+/// Two daemons (two hypervisor namespaces here) told to use the same server
+/// namespace: the second refuses to start, naming the flag, and does not
+/// take over the first one's server end.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_second_daemon_on_the_same_namespace_refuses_to_start() {
+    let world = World::new();
+    let other_host = Host::new().unwrap();
+    let dir = mdr_harness::tempdir::TempDir::new("second").unwrap();
+    let config = mdr_harness::DaemonConfig {
+        server_netns: world.daemon.server_netns().to_owned(),
+        print_log_on_drop: false,
+        ..mdr_harness::DaemonConfig::in_dir(dir.path())
+    };
+    let err = match Daemon::start_with(&other_host, config, None) {
+        Ok(_) => panic!("a second daemon started on the same server namespace"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(err.contains("choose another --server-netns"), "{err}");
+    check_own_answers(&world.registered, &world.instance).unwrap();
+}

@@ -97,16 +97,17 @@ pub async fn ensure_server_link(
             plan.server_ifname,
             netns.name()
         ),
-        (None, leftover) => {
-            // Our namespace, our name: a device without its peer is of no use.
-            if let Some(leftover) = leftover {
-                inside
-                    .link()
-                    .del(leftover.header.index)
-                    .execute()
-                    .await
-                    .with_context(|| format!("deleting {} without its peer", plan.server_ifname))?;
-            }
+        // A veth end never outlives its peer: a server end without our
+        // entry end is paired with another daemon's (two daemons given the
+        // same namespace), which must not be taken over.
+        (None, Some(_)) => bail!(
+            "network namespace {} already has an interface {} whose peer is not {} in this \
+             namespace (another daemon's?); choose another --server-netns",
+            netns.name(),
+            plan.server_ifname,
+            plan.entry_ifname
+        ),
+        (None, None) => {
             create_pair(host, netns, plan).await?;
             let entry = link_by_name(host, &plan.entry_ifname)
                 .await?
