@@ -1,7 +1,12 @@
 //! Loading: the programs from the object build.rs made, verified and
 //! pinned, with the maps a previous daemon pinned reused; then the
 //! datapath's configuration and the return path on the entry end.
-use std::{collections::BTreeMap, fs, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -29,7 +34,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 impl Datapath {
     /// Loads the programs (reusing pinned maps if a previous daemon left
-    /// them), pins them, and attaches the return path to the server end.
+    /// them), pins them, and attaches the return path to the entry end.
     pub fn load(
         bpffs: &Path,
         identity: IdentityPlan,
@@ -95,7 +100,10 @@ impl Datapath {
         let mut datapath = Self {
             ports: take_map(&mut ebpf, names::PORTS)?,
             flows: Arc::new(FlowTable {
-                map: take_map(&mut ebpf, names::FLOWS)?,
+                tables: Mutex::new(take_map(&mut ebpf, names::FLOWS)?),
+                lookup: MapData::from_pin(maps_dir.join(names::FLOWS))
+                    .context("opening the pinned FLOWS")?,
+                open: Mutex::default(),
                 identity,
             }),
             counters: Arc::new(CounterTable {
