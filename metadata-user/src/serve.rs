@@ -5,9 +5,10 @@
 //!
 //! SIGTERM / SIGINT: stop accepting, let in-flight requests finish (5 s),
 //! close the admin socket and exit 0. The datapath stays pinned and attached
-//! (unless `--detach-on-exit`): while no daemon runs, a guest's connection is
-//! refused at once (the server address has no listener) instead of hanging,
-//! and a restarted daemon takes over every tap without a gap.
+//! (unless `--detach-on-exit`), and so does the server's network namespace:
+//! while no daemon runs, a guest's connection is refused at once (the server
+//! address has no listener) instead of hanging, and a restarted daemon takes
+//! over every tap without a gap.
 use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
@@ -29,7 +30,12 @@ use crate::{
         watch::{MAX_WATCHES_PER_PORT, WatchLimiter},
     },
     cli::{ServeArgs, settings::Settings},
-    datapath::{self, Datapath, FlowTable, netdev, reconcile::Reconciler},
+    datapath::{
+        self, Datapath, FlowTable, netdev,
+        reconcile::Reconciler,
+        server_link,
+        server_netns::{self, ServerNetns},
+    },
     discovery::{self, DiscoverConfig, DomainPorts, PortSink},
     ingress::{
         dispatch::Dispatcher,
@@ -54,11 +60,22 @@ const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 /// `cargo xtask bench`.
 const LISTEN_BACKLOG: u32 = 65_535;
 
-fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind((addr, port).into())?;
-    socket.listen(LISTEN_BACKLOG)
+/// The guest listener, made inside the server's namespace (a socket stays in
+/// the namespace it was created in) and served by this runtime.
+fn listen_in(
+    netns: &ServerNetns,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+) -> anyhow::Result<TcpListener> {
+    let runtime = tokio::runtime::Handle::current();
+    let listener = netns.run(move || {
+        let _entered = runtime.enter();
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind((addr, port).into())?;
+        socket.listen(LISTEN_BACKLOG)
+    })??;
+    Ok(listener)
 }
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
@@ -96,7 +113,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--admin-socket {}", settings.admin_socket.display()))?;
 
     let netlink = netdev::connect()?;
-    let server_link = netdev::ensure_server_link(&netlink, &settings.link).await?;
+    let netns = ServerNetns::ensure(&settings.server_netns)
+        .with_context(|| format!("--server-netns {}", settings.server_netns))?;
+    let netlink_inside = netdev::connect_in(&netns)?;
+    let server_link =
+        server_link::ensure_server_link(&netlink, &netns, &netlink_inside, &settings.link).await?;
     let datapath = Datapath::load(
         &settings.bpffs,
         settings.identity,
@@ -108,11 +129,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
     let counters = datapath.counters();
-    let listener =
-        listen(settings.identity.server_addr, settings.server_port).with_context(|| {
+    let listener = listen_in(&netns, settings.identity.server_addr, settings.server_port)
+        .with_context(|| {
             format!(
-                "listening on {}:{}",
-                settings.identity.server_addr, settings.server_port
+                "listening on {}:{} in network namespace {}",
+                settings.identity.server_addr, settings.server_port, settings.server_netns
             )
         })?;
 
@@ -211,7 +232,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "bpffs": settings.bpffs,
                 "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
+                "server_netns": settings.server_netns,
                 "server_ifname": settings.link.server_ifname,
+                "entry_ifname": settings.link.entry_ifname,
                 "tap_attach": settings.tap_attach.as_str(),
                 "backend": responder.status(),
                 "attached_taps": taps,
@@ -242,6 +265,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
     info!(
         server = %format!("{}:{}", settings.identity.server_addr, settings.server_port),
+        netns = settings.server_netns,
         bpffs = %settings.bpffs.display(),
         "serving metadata"
     );
@@ -274,8 +298,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             }
         }
         datapath::remove_pins(&settings.bpffs)?;
-        netdev::delete_server_link(&netlink, &settings.link.server_ifname).await?;
-        info!("datapath removed");
+        server_link::delete_server_link(&netlink, &settings.link.entry_ifname).await?;
+        drop(netlink_inside);
+        drop(netns);
+        server_netns::delete(&settings.server_netns)?;
+        info!("datapath and server namespace removed");
     } else {
         info!(bpffs = %settings.bpffs.display(), "datapath left in place for the next daemon");
     }

@@ -107,10 +107,10 @@ pub struct ServeArgs {
     pub bpffs: Option<PathBuf>,
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
-    /// server_addr, server_port, identity_net, domain, detach_on_exit,
-    /// tap_attach, syn_rate_per_port, rate_limit_per_sec, rate_limit_burst,
-    /// discover, libvirt_uri, and the nova backend's: backend,
-    /// nova_metadata_host, nova_metadata_port,
+    /// server_netns, server_addr, server_port, identity_net, domain,
+    /// detach_on_exit, tap_attach, syn_rate_per_port, rate_limit_per_sec,
+    /// rate_limit_burst, discover, libvirt_uri, and the nova backend's:
+    /// backend, nova_metadata_host, nova_metadata_port,
     /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
     /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
     /// nova_metadata_timeout, metadata_cache_expiration, stale_if_error,
@@ -118,16 +118,24 @@ pub struct ServeArgs {
     /// identity_cert, identity_issuer.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Name of the veth end the server listens behind [default: mdr-srv].
+    /// Name of the veth end the server listens behind, inside the server's
+    /// namespace [default: mdr-srv].
     #[arg(long, value_name = "NAME")]
     pub server_ifname: Option<String>,
-    /// Name of the veth end caught requests are sent into [default: mdr-in].
+    /// Name of the veth end caught requests are sent into, in the daemon's
+    /// own namespace; it has no address [default: mdr-in].
     #[arg(long, value_name = "NAME")]
     pub entry_ifname: Option<String>,
+    /// The network namespace the server lives in, so that no bridge or
+    /// other interface of the host can reach it; kept as /run/netns/NAME
+    /// (like `ip netns add`), created if missing and reused by the next
+    /// daemon [default: metadata-redirector].
+    #[arg(long, value_name = "NAME")]
+    pub server_netns: Option<String>,
     #[command(flatten)]
     pub identity: IdentityArgs,
     /// On SIGTERM/SIGINT, also detach from every tap and remove the pinned
-    /// maps and the veth pair. Without it the datapath stays in place, so a
+    /// maps, the veth pair and the server's namespace. Without it the datapath stays in place, so a
     /// restarted daemon resumes with every tap and open flow intact.
     #[arg(long)]
     pub detach_on_exit: bool,

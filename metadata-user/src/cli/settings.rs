@@ -19,7 +19,7 @@ use crate::{
         },
         nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
     },
-    datapath::{IdentityPlan, TapAttach, netdev::ServerLinkPlan},
+    datapath::{IdentityPlan, TapAttach, server_link::ServerLinkPlan, server_netns},
     discovery::{DiscoverConfig, DiscoverKind, libvirt::DEFAULT_URI},
     ingress::ratelimit::RateLimitConfig,
 };
@@ -28,6 +28,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/metadata-redirector";
 const DEFAULT_SERVER_IFNAME: &str = "mdr-srv";
 const DEFAULT_ENTRY_IFNAME: &str = "mdr-in";
+pub const DEFAULT_SERVER_NETNS: &str = "metadata-redirector";
 const DEFAULT_SERVER_PORT: u16 = 80;
 const DEFAULT_DOMAIN: &str = "novalocal";
 
@@ -40,6 +41,7 @@ struct FileConfig {
     bpffs: Option<PathBuf>,
     server_ifname: Option<String>,
     entry_ifname: Option<String>,
+    server_netns: Option<String>,
     server_addr: Option<Ipv4Addr>,
     server_port: Option<u16>,
     /// "A.B.C.D/N"
@@ -143,6 +145,8 @@ pub struct Settings {
     pub admin_socket: PathBuf,
     pub bpffs: PathBuf,
     pub link: ServerLinkPlan,
+    /// The network namespace the server lives in (`--server-netns`).
+    pub server_netns: String,
     pub identity: IdentityPlan,
     pub server_port: u16,
     pub domain: String,
@@ -236,6 +240,11 @@ impl Settings {
             (None, Some(_)) => bail!("--libvirt-uri (libvirt_uri) needs --discover libvirt"),
             (None, None) => None,
         };
+        let server_netns = args
+            .server_netns
+            .or(file.server_netns)
+            .unwrap_or_else(|| DEFAULT_SERVER_NETNS.into());
+        server_netns::check_name(&server_netns).context("--server-netns")?;
         let tap_attach = match (args.tap_attach, &file.tap_attach) {
             (Some(mode), _) => mode,
             (None, Some(text)) => text.parse().context("tap_attach")?,
@@ -260,6 +269,7 @@ impl Settings {
                     .next_hop()
                     .context("the identity plan has no next hop")?,
             },
+            server_netns,
             identity,
             server_port: file.server_port.unwrap_or(DEFAULT_SERVER_PORT),
             domain: file.domain.unwrap_or_else(|| DEFAULT_DOMAIN.into()),
@@ -340,7 +350,36 @@ mod tests {
             Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
         assert_eq!(settings.bpffs, Path::new(DEFAULT_BPFFS));
         assert_eq!(settings.link.server_ifname, "mdr-srv");
+        assert_eq!(settings.server_netns, "metadata-redirector");
         assert_eq!(settings.server_port, 80);
+    }
+
+    #[test]
+    fn server_netns_from_flag_file_and_bad_names_name_the_flag() {
+        assert_eq!(
+            with_file("server_netns = \"mdr-a\"\n")
+                .unwrap()
+                .server_netns,
+            "mdr-a"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "server_netns = \"mdr-a\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            server_netns: Some("mdr-b".into()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.server_netns, "mdr-b", "the flag wins");
+        for bad in ["\"\"", "\"a/b\"", "\"..\""] {
+            let err = format!(
+                "{:#}",
+                with_file(&format!("server_netns = {bad}\n")).unwrap_err()
+            );
+            assert!(err.contains("--server-netns"), "{bad}: {err}");
+            assert!(err.contains("/run/netns"), "{bad}: {err}");
+        }
     }
 
     #[test]

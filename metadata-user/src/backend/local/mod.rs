@@ -179,14 +179,26 @@ where
     B::Error: std::fmt::Display,
 {
     let (parts, body) = req.into_parts();
-    let reply = match instance {
-        Some(doc) => answer(ctx, guest, &doc, &parts, body).await,
+    let reply = match &instance {
+        Some(doc) => answer(ctx, guest, doc, &parts, body).await,
         None => Err(ApiError::NotFound),
     };
-    // The IP TTL is decided per response; ingress keeps a lowered one for
-    // the rest of the connection, so what follows a token on a keep-alive
-    // connection goes no further than the token could.
-    reply.unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)))
+    finish(reply, instance.as_deref(), &parts)
+}
+
+/// The answer as it leaves: an error rendered, and the IP TTL. The TTL is
+/// decided per response; ingress keeps a lowered one for the rest of the
+/// connection, so what follows a token on a keep-alive connection goes no
+/// further than the token could. An instance that keeps all of its metadata
+/// from anything behind the guest (`imds.openstack = "required"`) has every
+/// answer at the hop limit, refusals included.
+fn finish(reply: Result<Reply, ApiError>, instance: Option<&InstanceDoc>, parts: &Parts) -> Reply {
+    let mut reply = reply
+        .unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)));
+    if let Some(hop_limit) = instance.and_then(view::every_answer_hop_limit) {
+        reply.ip_ttl = reply.ip_ttl.min(hop_limit);
+    }
+    reply
 }
 
 /// A document answer, which travels as far as any other packet. Reads
@@ -215,7 +227,7 @@ pub async fn answer_read(
         Some(doc) => answer(ctx, guest, doc, parts, Empty::<Bytes>::new()).await,
         None => Err(ApiError::NotFound),
     };
-    reply.unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)))
+    finish(reply, instance, parts)
 }
 
 const ALLOW_READ: &str = "GET, HEAD";
@@ -240,38 +252,63 @@ where
             issue_token(ctx, &view, method, &parts.headers)
         }
         Route::Ec2(segments) => {
-            check_session(ctx, &view, &parts.headers)?;
+            check_session(ctx, &view, &parts.headers, view.token_mode())?;
             let document = ec2::lookup(ctx, &view, &segments)?;
             require_read(method, ALLOW_READ)?;
             Ok(document_reply(document, method))
         }
         Route::OpenStack(segments) if segments == ["identity"] => {
             // A credential like the EC2 tree's: the same IMDSv2 rules.
-            check_session(ctx, &view, &parts.headers)?;
+            check_session(ctx, &view, &parts.headers, view.token_mode())?;
             require_read(method, ALLOW_READ)?;
             let document = identity::jwt(ctx, &view, parts.uri.query())?;
             Ok(document_reply(document, method))
         }
-        Route::OpenStack(segments) => match openstack::lookup(&view, &segments, ctx.now())? {
-            Resource::Document(document) => {
-                require_read(method, ALLOW_READ)?;
-                Ok(document_reply(document, method))
+        Route::OpenStack(segments) => {
+            // nova's tree knows no sessions, unless the instance asks for
+            // them there too; a token is then required, whatever the method.
+            let mode = view.openstack_token_mode();
+            if mode == TokenMode::Required {
+                check_session(ctx, &view, &parts.headers, mode)?;
             }
-            Resource::Password => {
-                let store = ctx.passwords.as_ref();
-                if *method == Method::POST {
-                    password::check_unset(store, &doc.uuid)?;
-                    let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
-                    let document = password::write(store, &doc.uuid, &body)?;
-                    // Wakes watchers of the password (the registry publishes
-                    // no snapshot for it).
-                    ctx.passwords_set.send_modify(|count| *count += 1);
-                    return Ok(document_reply(document, method));
-                }
-                require_read(method, ALLOW_PASSWORD)?;
-                Ok(document_reply(password::read(store, &doc.uuid), method))
+            answer_openstack(ctx, doc, &view, &segments, parts, body).await
+        }
+    }
+}
+
+/// The OpenStack tree: documents, and the password endpoint.
+async fn answer_openstack<B>(
+    ctx: &ApiContext,
+    doc: &InstanceDoc,
+    view: &InstanceView<'_>,
+    segments: &[String],
+    parts: &Parts,
+    body: B,
+) -> Result<Reply, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::fmt::Display,
+{
+    let method = &parts.method;
+    match openstack::lookup(view, segments, ctx.now())? {
+        Resource::Document(document) => {
+            require_read(method, ALLOW_READ)?;
+            Ok(document_reply(document, method))
+        }
+        Resource::Password => {
+            let store = ctx.passwords.as_ref();
+            if *method == Method::POST {
+                password::check_unset(store, &doc.uuid)?;
+                let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
+                let document = password::write(store, &doc.uuid, &body)?;
+                // Wakes watchers of the password (the registry publishes
+                // no snapshot for it).
+                ctx.passwords_set.send_modify(|count| *count += 1);
+                return Ok(document_reply(document, method));
             }
-        },
+            require_read(method, ALLOW_PASSWORD)?;
+            Ok(document_reply(password::read(store, &doc.uuid), method))
+        }
     }
 }
 
@@ -320,12 +357,14 @@ fn issue_token(
     })
 }
 
-/// IMDSv2 rules for EC2 paths: a token, when sent, must be valid (401
-/// otherwise, in either mode); `required` mode also refuses requests without.
+/// IMDSv2 rules for EC2 paths (and OpenStack paths with `imds.openstack =
+/// "required"`): a token, when sent, must be valid (401 otherwise, in either
+/// mode); `required` mode also refuses requests without.
 fn check_session(
     ctx: &ApiContext,
     view: &InstanceView<'_>,
     headers: &HeaderMap,
+    mode: TokenMode,
 ) -> Result<(), ApiError> {
     match headers.get(token::TOKEN_HEADER) {
         Some(value) => {
@@ -334,7 +373,7 @@ fn check_session(
                 .verify(binding(view), token, ctx.now_unix())
                 .map_err(|_| ApiError::Unauthorized)
         }
-        None if view.token_mode() == TokenMode::Required => Err(ApiError::Unauthorized),
+        None if mode == TokenMode::Required => Err(ApiError::Unauthorized),
         None => Ok(()),
     }
 }

@@ -93,7 +93,22 @@ pub fn bare_instance() -> InstanceDoc {
 }
 
 pub fn with_imds(mut doc: InstanceDoc, tokens: TokenMode, hop_limit: u8) -> InstanceDoc {
-    doc.imds = Some(Imds { tokens, hop_limit });
+    doc.imds = Some(Imds {
+        tokens,
+        hop_limit,
+        openstack: TokenMode::Optional,
+    });
+    doc
+}
+
+/// Tokens required on both trees, every answer at `hop_limit`
+/// (`imds.openstack = "required"`).
+pub fn with_tokens_everywhere(mut doc: InstanceDoc, hop_limit: u8) -> InstanceDoc {
+    doc.imds = Some(Imds {
+        tokens: TokenMode::Required,
+        hop_limit,
+        openstack: TokenMode::Required,
+    });
     doc
 }
 
