@@ -12,7 +12,6 @@ use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::{
-    net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
@@ -32,7 +31,7 @@ use crate::{
         limits::ConnectionLimiter,
         neutron_agent,
         ratelimit::RateLimiter,
-        server::{FlowLookup, GuestServer, Origin},
+        server::{self, FlowLookup, GuestServer},
     },
     state::{PortPolicy, Registry},
 };
@@ -40,21 +39,6 @@ use crate::{
 /// Open connections one port may hold. cloud-init uses one at a time; a
 /// guest's parallel tooling rarely needs more than a few.
 const MAX_CONNECTIONS_PER_PORT: u32 = 64;
-
-/// Accept queue length asked for (the kernel caps it at net.core.somaxconn,
-/// 4096 by default). Every guest of the host connects to this one socket: in
-/// a boot storm hundreds of handshakes complete at once, and a full queue
-/// drops them, costing each guest a 1 s SYN retransmit. The default backlog
-/// of tokio's `TcpListener::bind` (mio's, 128) overflowed with 500 guests in
-/// `cargo xtask bench`.
-const LISTEN_BACKLOG: u32 = 65_535;
-
-fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind((addr, port).into())?;
-    socket.listen(LISTEN_BACKLOG)
-}
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -103,8 +87,10 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
     let counters = datapath.counters();
-    let listener =
-        listen(settings.identity.server_addr, settings.server_port).with_context(|| {
+    // One listener (and thread) per core for the guest server.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listeners = server::listen(settings.identity.server_addr, settings.server_port, cores)
+        .with_context(|| {
             format!(
                 "listening on {}:{}",
                 settings.identity.server_addr, settings.server_port
@@ -206,7 +192,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         dispatcher,
         connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
     });
-    let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
+    let guest_threads = guest_server
+        .run_threads(listeners, shutdown_rx)
+        .context("starting the guest server's threads")?;
     info!(
         server = %format!("{}:{}", settings.identity.server_addr, settings.server_port),
         bpffs = %settings.bpffs.display(),
@@ -220,7 +208,13 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
     let _ = shutdown_tx.send(true);
-    let _ = guest_task.await;
+    // Each thread drains its connections (at most DRAIN_TIMEOUT), then ends.
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in guest_threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
     admin_task.abort();
     let _ = std::fs::remove_file(&settings.admin_socket);
     if let Some(path) = &settings.neutron_agent_socket {
@@ -250,14 +244,16 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 // and is implemented here for the type of the layer that provides it, so
 // neither layer imports the other.
 
-/// The guest server learns who is behind a connection from the flow map.
+/// The guest server learns who is behind a connection from the identity
+/// address, and the guest's own address from the flow map.
 impl FlowLookup for FlowTable {
-    fn origin(&self, peer: std::net::SocketAddrV4) -> Option<Origin> {
+    fn slot(&self, peer: std::net::Ipv4Addr) -> Option<u32> {
+        FlowTable::slot(self, peer)
+    }
+
+    fn guest_addr(&self, peer: std::net::SocketAddrV4) -> Option<std::net::Ipv4Addr> {
         let origin = FlowTable::origin(self, peer)?;
-        Some(Origin {
-            slot: origin.slot,
-            guest_addr: origin.flow.guest_addr.into(),
-        })
+        Some(origin.flow.guest_addr.into())
     }
 }
 

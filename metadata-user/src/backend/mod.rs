@@ -16,7 +16,7 @@ pub use guest::{Guest, Reply};
 use local::ApiContext;
 use nova::NovaBackend;
 
-use crate::state::Registry;
+use crate::state::{Port, Registry};
 
 pub enum Backend {
     Local(ApiContext),
@@ -44,6 +44,18 @@ impl Responder {
                 let project = instance.as_ref().and_then(|i| i.project_id.as_deref());
                 Reply::new(nova.serve_guest(guest, project, request).await)
             }
+        }
+    }
+
+    /// Whether answers to a guest on `port` may need the guest's own
+    /// address (`Guest::guest_addr`), which costs ingress a datapath lookup
+    /// per connection: always for nova (X-Forwarded-For); locally only for
+    /// a port registered without addresses, whose EC2 `local-ipv4` falls
+    /// back to it.
+    pub fn needs_guest_addr(&self, port: &Port) -> bool {
+        match &self.backend {
+            Backend::Local(_) => port.spec.ips.is_empty(),
+            Backend::Nova(_) => true,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The read side of the datapath's maps: who is behind a connection to the
 //! server (FLOWS), and what the programs counted (COUNTERS).
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, MapData, PerCpuArray};
@@ -23,6 +23,11 @@ pub struct FlowOrigin {
 }
 
 impl FlowTable {
+    /// The port slot an identity address encodes (None for any other).
+    pub fn slot(&self, addr: Ipv4Addr) -> Option<u32> {
+        self.identity.slot_of(addr)
+    }
+
     /// Resolves the peer of an accepted connection. None when the peer is not
     /// an identity address or the datapath has no flow for it (the connection
     /// did not come through a tap).

@@ -14,7 +14,8 @@
 //! Layout: `paths` routes a request path, `ec2`/`identity` and `openstack`
 //! answer their trees, `password` and `token` the two endpoints with state,
 //! `view` applies nova's defaults to the instance document, `pyjson` and
-//! `response` produce nova's exact bytes and headers.
+//! `response` produce nova's exact bytes and headers, `rendered` and
+//! `answer_cache` keep what was rendered until the document changes.
 //!
 //! Where we knowingly differ from nova (behind neutron):
 //! - Methods: only GET/HEAD, POST on `password`, PUT on the token path; any
@@ -32,12 +33,14 @@
 //! - Added: `PUT /latest/api/token` and `/<2009-04-04|latest>/dynamic/
 //!   instance-identity/document`, not listed in `/latest/` (as in nova's
 //!   listing, which has neither).
+mod answer_cache;
 mod ec2;
 mod identity;
 mod openstack;
 mod password;
 mod paths;
 mod pyjson;
+mod rendered;
 pub mod response;
 mod token;
 mod view;
@@ -63,6 +66,7 @@ use crate::{
     backend::guest::{Guest, Reply},
     state::instance::{InstanceDoc, TokenMode},
 };
+use answer_cache::AnswerCache;
 use openstack::Resource;
 use paths::Route;
 use response::{ApiError, Document};
@@ -113,6 +117,7 @@ pub struct ApiContext {
     token_key: TokenKey,
     passwords: Arc<dyn PasswordStore>,
     clock: Clock,
+    answers: AnswerCache,
 }
 
 impl ApiContext {
@@ -124,6 +129,7 @@ impl ApiContext {
             token_key: TokenKey::new(token_key),
             passwords,
             clock: Arc::new(SystemTime::now),
+            answers: AnswerCache::default(),
         }
     }
 
@@ -159,7 +165,7 @@ where
 {
     let (parts, body) = req.into_parts();
     let reply = match instance {
-        Some(doc) => answer(ctx, guest, &doc, &parts, body).await,
+        Some(doc) => answer(ctx, guest, doc, &parts, body).await,
         None => Err(ApiError::NotFound),
     };
     // The IP TTL is decided per response; ingress keeps a lowered one for
@@ -180,7 +186,7 @@ const ALLOW_TOKEN: &str = "PUT";
 async fn answer<B>(
     ctx: &ApiContext,
     guest: &Guest,
-    doc: &InstanceDoc,
+    doc: Arc<InstanceDoc>,
     parts: &Parts,
     body: B,
 ) -> Result<Reply, ApiError>
@@ -188,7 +194,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: std::fmt::Display,
 {
-    let view = InstanceView::new(doc, guest, &ctx.config);
+    let view = InstanceView::new(&doc, guest, &ctx.config);
     let method = &parts.method;
     match Route::from_request_path(parts.uri.path()) {
         Route::Ec2(segments) if is_token_path(&segments) => {
@@ -196,14 +202,22 @@ where
         }
         Route::Ec2(segments) => {
             check_session(ctx, &view, &parts.headers)?;
-            let document = ec2::lookup(&view, &segments)?;
+            let document = ec2_document(ctx, &view, &doc, &segments)?;
             require_read(method, ALLOW_READ)?;
             Ok(document_reply(document, method))
         }
-        Route::OpenStack(segments) => match openstack::lookup(&view, &segments, ctx.now())? {
-            Resource::Document(document) => {
+        Route::OpenStack(segments) => match openstack::resolve(&segments)? {
+            Resource::Versions => {
                 require_read(method, ALLOW_READ)?;
-                Ok(document_reply(document, method))
+                Ok(document_reply(openstack::versions(ctx.now()), method))
+            }
+            Resource::File(version, file) => {
+                let answers = ctx.answers.for_guest(guest, &doc);
+                let rendered = answers.openstack(version, file, || {
+                    openstack::render(&view, version, file, answers.user_data())
+                })?;
+                require_read(method, ALLOW_READ)?;
+                Ok(document_reply(rendered.document(), method))
             }
             Resource::Password => {
                 let store = ctx.passwords.as_ref();
@@ -217,6 +231,32 @@ where
                 Ok(document_reply(password::read(store, &doc.uuid), method))
             }
         },
+    }
+}
+
+/// A GET on the EC2 tree (any method: the caller checks it afterwards, as
+/// nova looks the path up first).
+fn ec2_document(
+    ctx: &ApiContext,
+    view: &InstanceView<'_>,
+    doc: &Arc<InstanceDoc>,
+    segments: &[String],
+) -> Result<Document, ApiError> {
+    match ec2::resolve(segments)? {
+        ec2::Resource::Versions => Ok(Document::text(ec2::versions_listing())),
+        ec2::Resource::Version => Ok(ec2::version_listing(view)),
+        ec2::Resource::Dynamic(version, rest) => identity::lookup(view, version, rest),
+        ec2::Resource::MetaData(version, path) => {
+            let answers = ctx.answers.for_guest(view.guest, doc);
+            let tree = answers.ec2_tree(version, || ec2::meta_data(view, version));
+            ec2::meta_data_node(tree, path)
+        }
+        ec2::Resource::UserData => {
+            let answers = ctx.answers.for_guest(view.guest, doc);
+            Ok(Document::text(
+                answers.user_data().ok_or(ApiError::NotFound)?.clone(),
+            ))
+        }
     }
 }
 

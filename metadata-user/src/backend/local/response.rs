@@ -42,13 +42,6 @@ impl Document {
         }
     }
 
-    pub fn json(body: impl Into<Bytes>) -> Self {
-        Self {
-            body: body.into(),
-            content_type: APPLICATION_JSON,
-        }
-    }
-
     pub fn into_response(self, method: &Method) -> HttpResponse {
         let mut response = body_response(StatusCode::OK, self.body, method);
         set_content_type(&mut response, self.content_type);
