@@ -27,7 +27,7 @@ fn target() -> ForwardTarget {
     ForwardTarget {
         instance_id: INSTANCE.parse().unwrap(),
         project_id: PROJECT.into(),
-        guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5)),
+        guest_addr: Ipv4Addr::new(10, 0, 0, 5),
     }
 }
 
