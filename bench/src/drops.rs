@@ -41,6 +41,9 @@ pub fn snapshot(host: &Netns, bpffs: &Path) -> Result<Counters> {
             }
         }
     }
+    if let Some(fulls) = neighbour_table_fulls() {
+        counters.insert("neigh.table_fulls".into(), fulls);
+    }
     let map = bpffs.join("maps/COUNTERS");
     let dump = cmd::run(&[
         "bpftool",
@@ -57,6 +60,26 @@ pub fn snapshot(host: &Netns, bpffs: &Path) -> Result<Counters> {
         }
     }
     Ok(counters)
+}
+
+/// How often the IPv4 neighbour table was full (summed over CPUs). The
+/// table is one for the whole machine, shared by every namespace: when
+/// other namespaces on a shared machine fill it, the kernel drops our
+/// segments too (NEIGH_CREATEFAIL) and TCP retransmits them 200 ms to 1 s
+/// later, which no counter of our own namespaces shows.
+fn neighbour_table_fulls() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/stat/arp_cache").ok()?;
+    let mut lines = text.lines();
+    let column = lines
+        .next()?
+        .split_whitespace()
+        .position(|name| name == "table_fulls")?;
+    Some(
+        lines
+            .filter_map(|line| line.split_whitespace().nth(column))
+            .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+            .sum(),
+    )
 }
 
 /// The per-CPU counters of a `bpftool -j map dump` of COUNTERS (its BTF

@@ -528,6 +528,22 @@ pub fn markdown(results: &Results) -> String {
                 (d.rss_after_kib as f64 - d.rss_before_kib as f64) / d.taps as f64,
             );
         }
+        for d in results
+            .density_ours
+            .iter()
+            .filter(|d| !d.rss_outlier_mappings.is_empty())
+        {
+            let _ = writeln!(
+                md,
+                "\n**RSS outlier** ({}): the largest mappings then (smaps, KiB): {}",
+                d.tap_attach.flag(),
+                d.rss_outlier_mappings
+                    .iter()
+                    .map(|(name, kib)| format!("`{name}` {kib}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let _ = writeln!(
             md,
             "\ntcx is a pinned TCX link per tap (the kernel waits for an RCU grace period per link); tc is a cls_bpf filter per tap. BPF maps (memlock, all): {:.2} MiB.\n",
