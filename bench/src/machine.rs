@@ -84,7 +84,7 @@ pub fn largest_mappings(pid: u32, count: usize) -> Result<Vec<(String, u64)>> {
             last.1 = words.next().and_then(|kib| kib.parse().ok()).unwrap_or(0);
         }
     }
-    mappings.sort_by(|a, b| b.1.cmp(&a.1));
+    mappings.sort_by_key(|mapping| std::cmp::Reverse(mapping.1));
     mappings.truncate(count);
     Ok(mappings)
 }

@@ -49,3 +49,28 @@ pub fn write(path: &Path, answers: &[(Ipv4Addr, Vec<u8>)]) -> io::Result<()> {
     }
     file.flush()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_round_trip_through_the_file() {
+        let dir = std::env::temp_dir().join(format!("mdr-answers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("answers.bin");
+        let a = Ipv4Addr::new(240, 1, 0, 1);
+        let b = Ipv4Addr::new(240, 1, 0, 2);
+        write(
+            &path,
+            &[(a, b"HTTP/1.1 200 OK\r\n\r\nA".to_vec()), (b, Vec::new())],
+        )
+        .unwrap();
+        let answers = Answers::load(&path).unwrap();
+        assert_eq!(answers.get(a), Some(&b"HTTP/1.1 200 OK\r\n\r\nA"[..]));
+        assert_eq!(answers.get(b), Some(&b""[..]));
+        assert_eq!(answers.get(Ipv4Addr::new(240, 1, 0, 3)), None);
+        assert!(Answers::parse(&[240, 1, 0, 1, 5, 0, 0, 0, b'x']).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
