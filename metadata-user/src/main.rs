@@ -14,10 +14,10 @@ use clap::Parser as _;
 
 /// glibc's malloc arenas the daemon may use. Each thread that meets a
 /// locked arena gets one of its own (up to 8 per core), and memory freed
-/// into an arena stays there: registry snapshots freed on whichever thread
-/// dropped them last once left 25 MiB resident (issue 14). Two bound that
-/// at the cost of a little lock contention. (mimalloc, tried instead, kept
-/// 40+ MiB of freed pages committed: docs/benchmark.md.)
+/// into an arena stays resident there until trimmed; two bound how many
+/// places freed registry snapshots can pile up in, at the cost of a little
+/// lock contention. (mimalloc, tried instead, kept 40+ MiB of freed pages
+/// committed: docs/benchmark.md.)
 const MALLOC_ARENAS: libc::c_int = 2;
 
 fn main() -> ExitCode {

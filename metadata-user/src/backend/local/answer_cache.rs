@@ -35,9 +35,14 @@ use crate::{
 /// for each other.
 const SHARDS: usize = 16;
 
+/// Port slot -> its answers.
+type Shard = Mutex<HashMap<u32, Arc<PortAnswers>>>;
+
 #[derive(Default)]
 pub struct AnswerCache {
-    shards: [Mutex<HashMap<u32, Arc<PortAnswers>>>; SHARDS],
+    /// Boxed: the shards are a kilobyte, and the context they sit in is
+    /// moved around whole.
+    shards: Box<[Shard; SHARDS]>,
 }
 
 /// One port's answers for one version of its instance document.
