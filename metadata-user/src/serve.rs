@@ -241,8 +241,8 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How long after the last registry write freed memory goes back.
-const TRIM_AFTER_WRITES: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long the registry must stay unchanged before freed memory goes back.
+const TRIM_WHEN_QUIET_FOR: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Hands memory that registry writes freed back to the kernel. Every write
 /// publishes a new snapshot and frees the one before it: a thousand
@@ -251,12 +251,17 @@ const TRIM_AFTER_WRITES: std::time::Duration = std::time::Duration::from_millis(
 /// block sits above it in the heap (the density phase caught 33 MiB of such
 /// `[heap]` before any port was added, against 20 MiB in a daemon whose
 /// writes happened to interleave better). `malloc_trim` returns every free
-/// page of every arena, so RSS follows live memory once writes stop.
+/// page of every arena, so RSS follows live memory once writes stop. It
+/// locks each arena while it works, so it runs once a burst of writes (a
+/// host booting its VMs) is over, never during one.
 async fn return_freed_memory(mut snapshots: watch::Receiver<Arc<crate::state::Snapshot>>) {
     while snapshots.changed().await.is_ok() {
-        // Writes come in bursts (a host booting its VMs): once per burst.
-        tokio::time::sleep(TRIM_AFTER_WRITES).await;
-        snapshots.mark_unchanged();
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(TRIM_WHEN_QUIET_FOR) => break,
+            }
+        }
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
     }
