@@ -114,12 +114,14 @@ impl<'a> InstanceView<'a> {
 
     /// nova: the first fixed IP of the instance's network info, else the
     /// address the request came from. Ours: the document's, else the port's
-    /// first fixed IP, else the guest's source address.
+    /// first fixed IP, else the guest's source address (which ingress looks
+    /// up for every port without addresses; 0.0.0.0 if it could not).
     pub fn local_ipv4(&self) -> Ipv4Addr {
         self.ec2
             .local_ipv4
             .or_else(|| self.guest.port.spec.ips.first().copied())
-            .unwrap_or(self.guest.guest_addr)
+            .or(self.guest.guest_addr)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 
     /// The first floating IP in nova, empty without one.
@@ -153,12 +155,6 @@ impl<'a> InstanceView<'a> {
 
     pub fn ramdisk_id(&self) -> Option<&str> {
         self.ec2.ramdisk_id.as_deref().filter(|id| !id.is_empty())
-    }
-
-    /// Decoded user data; None when absent. The document is validated when
-    /// stored, so a decoding failure here means no usable user data.
-    pub fn user_data(&self) -> Option<Vec<u8>> {
-        self.doc.user_data_bytes()
     }
 
     /// Key name -> OpenSSH key, in name order. nova shows one keypair; we
