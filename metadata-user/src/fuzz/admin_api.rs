@@ -98,7 +98,7 @@ fn fuzz_admin_api() {
                 .as_bytes(),
         )
         .unwrap();
-    let context = Context::new(registry.clone(), Arc::new(|| json!({})));
+    let context = Context::new(registry.clone(), vec![("datapath", Arc::new(|| json!({})))]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -36,7 +36,7 @@ use crate::{
         dispatch::Dispatcher,
         limits::ConnectionLimiter,
         ratelimit::RateLimiter,
-        server::{FlowLookup, GuestServer, Origin},
+        server::{FlowLookup, GuestServer},
     },
     state::{PortAddRequest, Registry},
 };
@@ -51,11 +51,12 @@ const A_MARK: &str = "asecret";
 struct AllFromA;
 
 impl FlowLookup for AllFromA {
-    fn origin(&self, _peer: SocketAddrV4) -> Option<Origin> {
-        Some(Origin {
-            slot: 1,
-            guest_addr: Ipv4Addr::new(10, 0, 0, 5),
-        })
+    fn slot(&self, _peer: Ipv4Addr) -> Option<u32> {
+        Some(1)
+    }
+
+    fn guest_addr(&self, _peer: SocketAddrV4) -> Option<Ipv4Addr> {
+        Some(Ipv4Addr::new(10, 0, 0, 5))
     }
 }
 
@@ -386,7 +387,7 @@ fn fuzz_guest_requests_over_the_wire() {
         let snapshot = registry.snapshot();
         let guest = Guest {
             port: snapshot.ports["tap-b"].clone(),
-            guest_addr: Ipv4Addr::new(10, 0, 0, 5),
+            guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5)),
         };
         let request = Request::builder()
             .method(Method::PUT)

@@ -263,8 +263,9 @@ fn guest(doc: &InstanceDoc) -> Guest {
                 project_id: None,
             },
             slot: 1,
+            source: crate::state::Source::Manual,
         }),
-        guest_addr: Ipv4Addr::new(10, 0, 0, 5),
+        guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5)),
     }
 }
 

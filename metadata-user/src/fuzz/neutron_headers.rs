@@ -35,6 +35,7 @@ fn ports() -> Vec<Arc<Port>> {
                 project_id: None,
             },
             slot,
+            source: crate::state::Source::Manual,
         })
     };
     vec![

@@ -258,8 +258,9 @@ fn guest(uuid: &str, slot: u32) -> Guest {
                 project_id: Some("project".into()),
             },
             slot,
+            source: crate::state::Source::Manual,
         }),
-        guest_addr: Ipv4Addr::new(10, 0, 0, 5),
+        guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5)),
     }
 }
 
