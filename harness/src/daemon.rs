@@ -41,6 +41,9 @@ pub struct DaemonConfig {
     /// Print the log when the daemon is dropped. libtest shows what a test
     /// printed only when it fails, so tests always want this.
     pub print_log_on_drop: bool,
+    /// A listener handed to every daemon started, as fd 3 with
+    /// `LISTEN_FDS=1` (socket activation): it stays open across restarts.
+    pub handed_over: Option<std::sync::Arc<std::net::TcpListener>>,
 }
 
 impl DaemonConfig {
@@ -56,6 +59,7 @@ impl DaemonConfig {
             extra_args: Vec::new(),
             own_process_group: false,
             print_log_on_drop: true,
+            handed_over: None,
         }
     }
 }
@@ -100,6 +104,34 @@ impl Daemon {
         Self::start_with(host, config, Some(dir))
     }
 
+    /// [`start_with_config_file`](Self::start_with_config_file), socket
+    /// activated: the server namespace is made first, and a listener on the
+    /// daemon's server address in it is held by this `Daemon` and handed to
+    /// every daemon it starts (as systemd does with a socket unit).
+    pub fn start_socket_activated(host: &Host, toml: &str) -> Result<Self> {
+        let dir = TempDir::new("daemon")?;
+        let file = dir.join("config.toml");
+        std::fs::write(&file, toml).with_context(|| format!("writing {}", file.display()))?;
+        let mut config = DaemonConfig {
+            extra_args: vec!["--config".into(), file.to_string_lossy().into_owned()],
+            ..DaemonConfig::in_dir(dir.path())
+        };
+        cmd::run(&["ip", "netns", "add", &config.server_netns])?;
+        let listener = crate::held_listener::bind_in(
+            &config.server_netns,
+            crate::held_listener::SERVER_ADDR,
+            crate::held_listener::SERVER_PORT,
+        );
+        match listener {
+            Ok(listener) => config.handed_over = Some(std::sync::Arc::new(listener)),
+            Err(err) => {
+                remove_netns_if_present(&config.server_netns);
+                return Err(err);
+            }
+        }
+        Self::start_with(host, config, Some(dir))
+    }
+
     /// Starts a daemon as `config` says; `dir` (if any) is removed on Drop.
     pub fn start_with(host: &Host, config: DaemonConfig, dir: Option<TempDir>) -> Result<Self> {
         bpffs::ensure_mounted()?;
@@ -130,8 +162,8 @@ impl Daemon {
         let state_dir = config.state_dir.to_string_lossy();
         let admin_socket = config.admin_socket.to_string_lossy();
         let bpffs = config.bpffs.to_string_lossy();
-        let mut command = self.host.command(&[
-            &bin,
+        let mut args = vec![
+            &*bin,
             "serve",
             "--state-dir",
             &state_dir,
@@ -141,7 +173,19 @@ impl Daemon {
             &bpffs,
             "--server-netns",
             &config.server_netns,
-        ]);
+        ];
+        if config.handed_over.is_some() {
+            // sd_listen_fds(3) wants LISTEN_PID to be the daemon's own pid:
+            // the shell's, which exec keeps.
+            args.splice(
+                0..0,
+                ["sh", "-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#],
+            );
+        }
+        let mut command = self.host.command(&args);
+        if let Some(listener) = &config.handed_over {
+            hand_over_as_fd3(&mut command, listener);
+        }
         command
             .args(&config.extra_args)
             .stdin(Stdio::null())
@@ -409,6 +453,28 @@ impl Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Makes `listener` the child's fd 3 (without close-on-exec), where
+/// socket activation puts the first socket.
+fn hand_over_as_fd3(command: &mut Command, listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+    let fd = listener.as_raw_fd();
+    // SAFETY: dup2 and fcntl are async-signal-safe; fd is open in the
+    // parent (held by the Daemon) and so in the forked child.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
 }
 
 /// `ip netns del NAME` unless it is gone already (a daemon run with

@@ -28,6 +28,7 @@ pub mod fixtures;
 pub mod flows;
 pub mod guest;
 pub mod haproxy;
+pub mod held_listener;
 pub mod host;
 pub mod http;
 pub mod initramfs;

@@ -8,7 +8,9 @@
 //! (unless `--detach-on-exit`), and so does the server's network namespace:
 //! while no daemon runs, a guest's connection is refused at once (the server
 //! address has no listener) instead of hanging, and a restarted daemon takes
-//! over every tap without a gap.
+//! over every tap without a gap. With socket activation the listener is not
+//! ours to close: guests' connections wait in its queue until the next
+//! daemon accepts them, so a restart refuses none (`ingress::handed_over`).
 use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
@@ -38,6 +40,7 @@ use crate::{
     discovery::{self, DiscoverConfig, DomainPorts, PortSink},
     ingress::{
         dispatch::Dispatcher,
+        handed_over,
         limits::ConnectionLimiter,
         neutron_agent,
         ratelimit::RateLimiter,
@@ -133,24 +136,37 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
     let counters = datapath.counters();
-    // One listener (and thread) per core for the guest server, made inside
-    // the server's namespace (a socket stays in the namespace it was
-    // created in).
+    // One listener (and thread) per core for the guest server: the ones
+    // handed over by whoever holds them across restarts (socket
+    // activation, see ingress::handed_over), or our own, made inside the
+    // server's namespace (a socket stays in the namespace it was created
+    // in).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (server_addr, server_port) = (settings.identity.server_addr, settings.server_port);
-    let runtime = tokio::runtime::Handle::current();
-    let listeners = netns
-        .run(move || {
-            let _entered = runtime.enter();
-            server::listen(server_addr, server_port, cores)
-        })
-        .and_then(|listeners| Ok(listeners?))
-        .with_context(|| {
-            format!(
-                "listening on {}:{} in network namespace {}",
-                settings.identity.server_addr, settings.server_port, settings.server_netns
-            )
-        })?;
+    let handed_over = handed_over::take(server_addr, server_port, netns.fd())
+        .context("socket activation (LISTEN_FDS)")?;
+    let listeners = if handed_over.is_empty() {
+        let runtime = tokio::runtime::Handle::current();
+        netns
+            .run(move || {
+                let _entered = runtime.enter();
+                server::listen(server_addr, server_port, cores)
+            })
+            .and_then(|listeners| Ok(listeners?))
+            .with_context(|| {
+                format!(
+                    "listening on {}:{} in network namespace {}",
+                    settings.identity.server_addr, settings.server_port, settings.server_netns
+                )
+            })?
+    } else {
+        info!(
+            sockets = handed_over.len(),
+            "listening on the sockets handed over (socket activation): guests' connections \
+             wait in their queue across restarts"
+        );
+        handed_over::spread(handed_over, cores)?
+    };
 
     // Subscribe to link events before listing links, so a tap created in
     // between is not missed.

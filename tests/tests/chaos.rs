@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mdr_harness::fixtures::{GATEWAY, PREFIX_LEN};
 use mdr_harness::wait::{self, Poll};
 use mdr_harness::{
-    Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd, python,
+    Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, python,
 };
 use serde_json::Value;
 
@@ -65,17 +65,9 @@ fn wait_attached(host: &Host, daemon: &Daemon, tap: &str) {
     .unwrap();
 }
 
-/// Entries in the pinned FLOWS map.
+/// Flows in all the ports' tables of the pinned FLOWS (a map of maps).
 fn flows(daemon: &Daemon) -> usize {
-    let pin = daemon.pinned_map("FLOWS").to_string_lossy().into_owned();
-    let out = cmd::checked(&mut cmd::command(&[
-        "bpftool", "-j", "map", "dump", "pinned", &pin,
-    ]))
-    .unwrap();
-    serde_json::from_str::<Value>(&out)
-        .unwrap()
-        .as_array()
-        .map_or(0, Vec::len)
+    mdr_harness::flows::count(&daemon.pinned_map("FLOWS")).unwrap()
 }
 
 #[test]

@@ -219,16 +219,21 @@ mod tests {
         for name in super::super::load::PINNED_MAPS {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
-        let flows = &maps.iter().find(|(name, _)| name == "FLOWS").unwrap().1;
+        // FLOWS holds the ports' flow tables (their layout is stamped in
+        // their names, see the next test); CONFIG has a layout of its own.
+        let shape = |wanted: &str| &maps.iter().find(|(name, _)| name == wanted).unwrap().1;
+        let flows = shape("FLOWS");
+        assert!(is_map_of_maps(flows.map_type), "{flows:?}");
+        assert_eq!(flows.value_size, 4, "a map id");
+        let config = shape("CONFIG");
         assert_eq!(
-            flows.value_size as usize,
-            std::mem::size_of::<metadata_ebpf::FlowEntry>()
+            config.value_size as usize,
+            std::mem::size_of::<metadata_ebpf::DatapathConfig>()
         );
         assert!(
-            flows.value_layout.starts_with("struct FlowEntry/")
-                && flows.value_layout.contains("guest_addr@0:"),
+            config.value_layout.starts_with("struct DatapathConfig/"),
             "{}",
-            flows.value_layout
+            config.value_layout
         );
     }
 

@@ -61,6 +61,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line + headers) a guest may send; beyond
 /// it hyper answers 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// On shutdown, how long connections accepted just before get to deliver
+/// their first request before idle ones are closed.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(200);
 /// How long in-flight requests get to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Accept queue length asked for, per listener (the kernel caps it at
@@ -232,6 +235,11 @@ impl GuestServer {
             });
         }
         drop(listener);
+        // hyper's graceful shutdown closes a connection that has not read a
+        // request yet as idle, and a guest whose request was on its way
+        // then sees a reset. Those accepted just now get the time to send
+        // theirs first (a restart with a held listener must reset none).
+        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
             .is_err()
