@@ -1,6 +1,6 @@
 //! What ingress hands the backend and gets back: who asks, and the answer
 //! with how far it may travel.
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,8 +14,9 @@ use crate::state::Port;
 #[derive(Clone, Debug)]
 pub struct Guest {
     pub port: Arc<Port>,
-    /// The guest's own source address, as it sent it (for X-Forwarded-For).
-    pub guest_addr: Ipv4Addr,
+    /// The guest's own source address, as it sent it, of the family it
+    /// asked over (for X-Forwarded-For).
+    pub guest_addr: IpAddr,
 }
 
 /// Linux's default IP TTL: how far an ordinary answer may travel.

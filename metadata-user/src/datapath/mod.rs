@@ -9,7 +9,9 @@
 //! - `attach_mode`: `--tap-attach`; `tcx` and `tc_attach` do each mode.
 //! - `tables`: each port's flow table (created with the port; who is behind
 //!   a connection) and the counters.
-//! - `identity`: the identity addresses that encode a port's slot.
+//! - `identity`: the identity addresses that encode a port's slot, one per
+//!   lane (IPv4, then each IPv6 metadata address).
+//! - `metadata_addrs`: the addresses guests ask, IPv4 and IPv6.
 //! - `netdev`: the server's veth pair and the link events of taps.
 //! - `reconcile`: keeps the attached taps equal to the registered ones.
 //! - `sys`: the bpf(2) commands aya does not offer.
@@ -39,6 +41,7 @@ mod bpffs;
 pub mod identity;
 mod load;
 mod map_layout;
+pub mod metadata_addrs;
 pub mod netdev;
 mod pins;
 pub mod reconcile;
@@ -58,6 +61,7 @@ use metadata_ebpf::PortEntry;
 
 pub use attach_mode::TapAttach;
 pub use identity::IdentityPlan;
+pub use metadata_addrs::MetadataAddrs;
 pub use pins::remove_pins;
 pub use tables::{CounterTable, FlowTable};
 

@@ -34,8 +34,8 @@ pub struct ServerLinkPlan {
     /// Caught packets are redirected out of this end.
     pub entry_ifname: String,
     pub server_addr: Ipv4Addr,
-    /// The identity range, routed to the server end...
-    pub identity_net: (Ipv4Addr, u8),
+    /// The identity ranges (one per lane), routed to the server end...
+    pub identity_nets: [(Ipv4Addr, u8); metadata_ebpf::IDENTITY_LANES],
     /// ...through this on-link gateway.
     pub next_hop: Ipv4Addr,
 }
@@ -127,26 +127,27 @@ pub async fn ensure_server_link(
         .execute()
         .await
         .with_context(|| format!("adding {} to {}", plan.server_addr, plan.server_ifname))?;
-    let (net, prefix) = plan.identity_net;
-    handle
-        .route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(net, prefix)
-                .output_interface(server.header.index)
-                .gateway(plan.next_hop)
-                .onlink()
-                .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .with_context(|| {
-            format!(
-                "routing {net}/{prefix} via {} to {}",
-                plan.next_hop, plan.server_ifname
+    for (net, prefix) in plan.identity_nets {
+        handle
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(net, prefix)
+                    .output_interface(server.header.index)
+                    .gateway(plan.next_hop)
+                    .onlink()
+                    .build(),
             )
-        })?;
+            .replace()
+            .execute()
+            .await
+            .with_context(|| {
+                format!(
+                    "routing {net}/{prefix} via {} to {}",
+                    plan.next_hop, plan.server_ifname
+                )
+            })?;
+    }
 
     Ok(ServerLink {
         server_ifindex: server.header.index,

@@ -4,7 +4,7 @@
 //! registered tap has no flow and is closed without a word.
 use std::{
     convert::Infallible,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
     sync::Arc,
     time::Duration,
@@ -41,8 +41,9 @@ pub trait FlowLookup: Send + Sync {
 pub struct Origin {
     /// The port slot the peer address encodes.
     pub slot: u32,
-    /// The guest's own address, before the datapath rewrote it.
-    pub guest_addr: Ipv4Addr,
+    /// The guest's own address, before the datapath rewrote it: IPv6 for a
+    /// guest that asked over IPv6 (the datapath translated its connection).
+    pub guest_addr: IpAddr,
 }
 
 pub struct GuestServer {

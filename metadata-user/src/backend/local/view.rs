@@ -1,7 +1,7 @@
 //! One instance as the API presents it: the document's values, and nova's
 //! defaults where the document is silent. Both trees read only through here,
 //! so the EC2 and OpenStack answers never disagree.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use super::ApiConfig;
 use crate::{
@@ -112,13 +112,20 @@ impl<'a> InstanceView<'a> {
         self.ec2.instance_type.as_deref().unwrap_or("")
     }
 
-    /// nova: the first fixed IP of the instance's network info, else the
-    /// address the request came from. Ours: the document's, else the port's
-    /// first fixed IP, else the guest's source address.
-    pub fn local_ipv4(&self) -> Ipv4Addr {
+    /// nova: the first fixed IPv4 address of the instance's network info,
+    /// else the address the request came from (an IPv6 one for a guest that
+    /// asked over IPv6 and has no IPv4 address). Ours: the document's, else
+    /// the port's first fixed IPv4 address, else the guest's source address.
+    pub fn local_ipv4(&self) -> IpAddr {
         self.ec2
             .local_ipv4
-            .or_else(|| self.guest.port.spec.ips.first().copied())
+            .or_else(|| {
+                self.guest.port.spec.ips.iter().find_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+            })
+            .map(IpAddr::V4)
             .unwrap_or(self.guest.guest_addr)
     }
 

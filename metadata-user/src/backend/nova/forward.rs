@@ -92,7 +92,7 @@ pub fn upstream_headers(guest: &HeaderMap, target: &ForwardTarget, signature: &s
         headers.append(name.clone(), value.clone());
     }
     let value = |text: &str| {
-        HeaderValue::from_str(text).expect("UUIDs, hex and IPv4 addresses are valid header values")
+        HeaderValue::from_str(text).expect("UUIDs, hex and IP addresses are valid header values")
     };
     headers.insert(X_INSTANCE_ID, value(&target.instance_id.to_string()));
     // The project comes from the operator; a value that cannot be a header

@@ -22,7 +22,7 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 pub use backend::NovaBackend;
 
@@ -37,8 +37,8 @@ use crate::{
 pub struct ForwardTarget {
     pub instance_id: uuid::Uuid,
     pub project_id: String,
-    /// The guest's own address, as it sent it.
-    pub guest_addr: Ipv4Addr,
+    /// The guest's own address, as it sent it (IPv4 or IPv6).
+    pub guest_addr: IpAddr,
 }
 
 impl ForwardTarget {
