@@ -13,6 +13,7 @@ mod admin_status;
 mod bpfstats;
 mod conn;
 mod density;
+mod discovery;
 mod drops;
 mod http1;
 mod iperf;
@@ -72,6 +73,9 @@ struct Args {
     /// Override the number of taps of the density phase.
     #[arg(long, value_name = "N")]
     density_taps: Option<usize>,
+    /// Override the number of domains of the discovery phase.
+    #[arg(long, value_name = "N")]
+    discovery_domains: Option<usize>,
     /// Override the measured seconds per metadata cell.
     #[arg(long, value_name = "SECONDS")]
     seconds: Option<f64>,
@@ -84,6 +88,7 @@ pub enum Phase {
     Iperf,
     Flood,
     Density,
+    Discovery,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -137,6 +142,9 @@ fn run(args: Args) -> Result<()> {
     if let Some(taps) = args.density_taps {
         plan.density_taps = taps;
     }
+    if let Some(domains) = args.discovery_domains {
+        plan.discovery_domains = domains;
+    }
     if let Some(seconds) = args.seconds {
         plan.measure = std::time::Duration::from_secs_f64(seconds);
     }
@@ -147,6 +155,7 @@ fn run(args: Args) -> Result<()> {
             Phase::Iperf,
             Phase::Flood,
             Phase::Density,
+            Phase::Discovery,
         ]
     });
     let out = args.out.unwrap_or_else(|| {
@@ -181,19 +190,27 @@ fn run(args: Args) -> Result<()> {
         density_ours: Vec::new(),
         density_neutron: None,
         flood: None,
+        discovery: None,
         duration_s: 0.0,
         failures: Vec::new(),
         histograms: BTreeMap::new(),
     };
     // A failing phase is recorded and the others still run, so a long run
     // always leaves a report; the exit status says it failed.
-    if phases.iter().any(|p| *p != Phase::Density) {
+    if phases
+        .iter()
+        .any(|p| !matches!(p, Phase::Density | Phase::Discovery))
+    {
         let outcome = measure_paths(&plan, &phases, &mut results, &out);
         record("metadata/storm/iperf/flood", outcome, &mut results)?;
     }
     if phases.contains(&Phase::Density) {
         let outcome = density(&plan, &mut results, &out);
         record("density", outcome, &mut results)?;
+    }
+    if phases.contains(&Phase::Discovery) {
+        let outcome = discovery(&plan, &mut results, &out);
+        record("discovery", outcome, &mut results)?;
     }
     results.duration_s = started.elapsed().as_secs_f64();
     report::write(&results, &out)?;
@@ -273,6 +290,28 @@ fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<
         neutron.namespaces_kernel_kib as f64 / neutron.networks as f64
     ));
     results.density_neutron = Some(neutron);
+    Ok(())
+}
+
+/// 5. Discovery: libvirt starts domains, the daemon serves them unasked.
+fn discovery(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<()> {
+    check_stop()?;
+    progress(&format!(
+        "discovery: {} nova-shaped domains started paused by a private libvirtd, served by --discover libvirt",
+        plan.discovery_domains
+    ));
+    let run = discovery::measure(plan.discovery_domains, world::TapAttach::Tcx, |daemon| {
+        keep_log(daemon, out, "daemon-discovery.log")
+    })?;
+    progress(&format!(
+        "discovery: start event -> port attached median {:.1} ms, p99 {:.1} ms ({} attached before the event); daemon RSS {:.1} MiB with {} domains",
+        run.median_ms(),
+        run.p99_ms(),
+        run.attached_before_event(),
+        run.rss_after_kib as f64 / 1024.0,
+        run.domains
+    ));
+    results.discovery = Some(run);
     Ok(())
 }
 

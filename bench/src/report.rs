@@ -621,6 +621,32 @@ pub fn markdown(results: &Results) -> String {
             );
         }
     }
+    if let Some(run) = &results.discovery {
+        md += &discovery_section(run);
+    }
+    md
+}
+
+/// 5. Discovery: libvirt's start event to the tap served, with no command.
+fn discovery_section(run: &crate::discovery::DiscoveryRun) -> String {
+    let mut md = String::from("## 5. Discovery\n\n");
+    let _ = writeln!(
+        md,
+        "`serve --discover libvirt` ({} taps) on a private libvirtd: {} domains shaped like nova's (owner, name, port with its fixed IP, the tap named after the port) defined, then started one after another with `virsh start --paused` (libvirt makes the tap and starts qemu; no guest CPU runs). Per domain, the time from libvirt's start event (`virsh event --loop`, stamped as each line arrives) to the daemon's `GET /v1/status` listing the tap as attached (polled every 0.25 ms over the admin socket); negative when the daemon attached on the tap's appearance, before libvirt reported the start (libvirt reports it once qemu is up). No `port` command is run.\n\n| domains | start event -> attached, median | p99 | attached before the event | `virsh start` run -> attached, median / p99 | `virsh start` returned, median | daemon RSS before / after |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n| {} | {:.1} ms | {:.1} ms | {} of {} | {:.0} / {:.0} ms | {:.0} ms | {:.1} / {:.1} MiB (VmHWM {:.1} MiB) |\n",
+        run.tap_attach.flag(),
+        run.domains,
+        run.domains,
+        run.median_ms(),
+        run.p99_ms(),
+        run.attached_before_event(),
+        run.domains,
+        median(&run.start_to_attached_ms),
+        percentile(&run.start_to_attached_ms, 99.0),
+        median(&run.virsh_start_ms),
+        run.rss_before_kib as f64 / 1024.0,
+        run.rss_after_kib as f64 / 1024.0,
+        run.hwm_after_kib as f64 / 1024.0,
+    );
     md
 }
 

@@ -5,6 +5,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::density::{NeutronDensity, OursDensity};
+use crate::discovery::DiscoveryRun;
 use crate::http1::ConnMode;
 use crate::machine::MachineInfo;
 use crate::plan::Plan;
@@ -138,6 +139,8 @@ pub struct Results {
     pub density_ours: Vec<OursDensity>,
     pub density_neutron: Option<NeutronDensity>,
     pub flood: Option<FloodRun>,
+    /// `serve --discover libvirt` following libvirt's domain starts.
+    pub discovery: Option<DiscoveryRun>,
     pub duration_s: f64,
     /// Phases that failed, with why (the report shows what the others measured).
     pub failures: Vec<String>,

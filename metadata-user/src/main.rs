@@ -4,6 +4,7 @@ mod admin;
 mod backend;
 mod cli;
 mod datapath;
+mod discovery;
 mod ingress;
 mod serve;
 mod state;
@@ -15,7 +16,8 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Serve(args) => serve::run(args, cli.admin_socket),
+        cli::Command::Serve(args) => serve::run(*args, cli.admin_socket),
+        cli::Command::Identity(command) => cli::identity::run(command),
         command => admin::client::run(&cli.admin_socket, command),
     };
     match result {

@@ -5,18 +5,21 @@
 //!
 //! SIGTERM / SIGINT: stop accepting, let in-flight requests finish (5 s),
 //! close the admin socket and exit 0. The datapath stays pinned and attached
-//! (unless `--detach-on-exit`): while no daemon runs, a guest's connection is
-//! refused at once (the server address has no listener) instead of hanging,
-//! and a restarted daemon takes over every tap without a gap.
-use std::{process::ExitCode, sync::Arc};
+//! (unless `--detach-on-exit`), and so does the server's network namespace:
+//! while no daemon runs, a guest's connection is refused at once (the server
+//! address has no listener) instead of hanging, and a restarted daemon takes
+//! over every tap without a gap.
+use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
 use tracing::info;
+use uuid::Uuid;
 
 use crate::{
     admin,
@@ -24,9 +27,16 @@ use crate::{
         Backend, Responder,
         local::{ApiConfig, ApiContext, PasswordConflict, PasswordStore},
         nova::{NovaBackend, config::BackendConfig},
+        watch::{MAX_WATCHES_PER_PORT, WatchLimiter},
     },
     cli::{ServeArgs, settings::Settings},
-    datapath::{self, Datapath, FlowTable, netdev, reconcile::Reconciler},
+    datapath::{
+        self, Datapath, FlowTable, netdev,
+        reconcile::Reconciler,
+        server_link,
+        server_netns::{self, ServerNetns},
+    },
+    discovery::{self, DiscoverConfig, DomainPorts, PortSink},
     ingress::{
         dispatch::Dispatcher,
         limits::ConnectionLimiter,
@@ -34,11 +44,12 @@ use crate::{
         ratelimit::RateLimiter,
         server::{FlowLookup, GuestServer, Origin},
     },
-    state::{PortPolicy, Registry},
+    state::{DomainSync, PortAddRequest, PortPolicy, Registry, Source, SyncProblem},
 };
 
 /// Open connections one port may hold. cloud-init uses one at a time; a
-/// guest's parallel tooling rarely needs more than a few.
+/// guest's parallel tooling rarely needs more than a few. Held watches
+/// (`?wait_for_change=true`, at most 16 per port) count here too.
 const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 
 /// Accept queue length asked for (the kernel caps it at net.core.somaxconn,
@@ -49,11 +60,22 @@ const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 /// `cargo xtask bench`.
 const LISTEN_BACKLOG: u32 = 65_535;
 
-fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind((addr, port).into())?;
-    socket.listen(LISTEN_BACKLOG)
+/// The guest listener, made inside the server's namespace (a socket stays in
+/// the namespace it was created in) and served by this runtime.
+fn listen_in(
+    netns: &ServerNetns,
+    addr: std::net::Ipv4Addr,
+    port: u16,
+) -> anyhow::Result<TcpListener> {
+    let runtime = tokio::runtime::Handle::current();
+    let listener = netns.run(move || {
+        let _entered = runtime.enter();
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind((addr, port).into())?;
+        socket.listen(LISTEN_BACKLOG)
+    })??;
+    Ok(listener)
 }
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
@@ -91,7 +113,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--admin-socket {}", settings.admin_socket.display()))?;
 
     let netlink = netdev::connect()?;
-    let server_link = netdev::ensure_server_link(&netlink, &settings.link).await?;
+    let netns = ServerNetns::ensure(&settings.server_netns)
+        .with_context(|| format!("--server-netns {}", settings.server_netns))?;
+    let netlink_inside = netdev::connect_in(&netns)?;
+    let server_link =
+        server_link::ensure_server_link(&netlink, &netns, &netlink_inside, &settings.link).await?;
     let datapath = Datapath::load(
         &settings.bpffs,
         settings.identity,
@@ -104,11 +130,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
     let counters = datapath.counters();
-    let listener =
-        listen(settings.identity.server_addr, settings.server_port).with_context(|| {
+    let listener = listen_in(&netns, settings.identity.server_addr, settings.server_port)
+        .with_context(|| {
             format!(
-                "listening on {}:{}",
-                settings.identity.server_addr, settings.server_port
+                "listening on {}:{} in network namespace {}",
+                settings.identity.server_addr, settings.server_port, settings.server_netns
             )
         })?;
 
@@ -121,22 +147,42 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let attached_at_exit = attached.clone();
     let reconciler_task =
         tokio::spawn(reconciler.run(registry.subscribe(), link_events, netlink.clone()));
+    let discovery = match &settings.discover {
+        Some(config) => Some(start_discovery(config, &registry)?),
+        None => None,
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let backend = match &settings.backend {
-        BackendConfig::Local => Backend::Local(ApiContext::new(
-            ApiConfig {
-                domain: settings.domain.clone(),
-                ..ApiConfig::default()
-            },
-            registry.secret("imds-token-key")?,
-            registry.clone(),
+        BackendConfig::Local => Backend::Local(
+            ApiContext::new(
+                ApiConfig {
+                    domain: settings.domain.clone(),
+                    ..ApiConfig::default()
+                },
+                registry.secret("imds-token-key")?,
+                registry.clone(),
+            )
+            .with_identity(settings.signed_identity.clone()),
+        ),
+        BackendConfig::Nova(nova) => Backend::Nova(NovaBackend::with_identity(
+            nova,
+            settings.signed_identity.clone(),
         )),
-        BackendConfig::Nova(nova) => Backend::Nova(NovaBackend::new(nova)),
     };
+    if let Some(identity) = &settings.signed_identity {
+        info!(
+            kid = identity.key.kid(),
+            alg = identity.key.kind().jws_alg(),
+            issuer = %identity.issuer.name,
+            "signing instance identities"
+        );
+    }
     let responder = Arc::new(Responder {
         backend,
         registry: registry.clone(),
+        watches: WatchLimiter::new(MAX_WATCHES_PER_PORT),
+        shutdown: shutdown_rx.clone(),
     });
     let dispatcher = Arc::new(Dispatcher {
         responder: responder.clone(),
@@ -161,7 +207,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(socket = %path.display(), "serving the neutron-metadata-agent protocol");
     }
 
-    let status: admin::server::StatusFn = {
+    let datapath_status: admin::server::StatusFn = {
         let settings = settings.clone();
         let responder = responder.clone();
         Arc::new(move || {
@@ -196,7 +242,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "bpffs": settings.bpffs,
                 "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
+                "server_netns": settings.server_netns,
                 "server_ifname": settings.link.server_ifname,
+                "entry_ifname": settings.link.entry_ifname,
                 "tap_attach": settings.tap_attach.as_str(),
                 "backend": responder.status(),
                 "attached_taps": taps,
@@ -209,10 +257,18 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             })
         })
     };
+    let mut status_sections = vec![("datapath", datapath_status)];
+    if let Some(discovery) = &discovery {
+        let discovery = discovery.clone();
+        status_sections.push((
+            "discovery",
+            Arc::new(move || serde_json::to_value(discovery.status()).unwrap_or_default()),
+        ));
+    }
     let admin_task = tokio::spawn(admin::server::serve(
         admin_listener,
         registry.clone(),
-        status,
+        status_sections,
     ));
 
     let guest_server = Arc::new(GuestServer {
@@ -224,6 +280,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
     info!(
         server = %format!("{}:{}", settings.identity.server_addr, settings.server_port),
+        netns = settings.server_netns,
         bpffs = %settings.bpffs.display(),
         "serving metadata"
     );
@@ -235,6 +292,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
     let _ = shutdown_tx.send(true);
+    if let Some(discovery) = &discovery {
+        discovery.stop();
+    }
     let _ = guest_task.await;
     admin_task.abort();
     let _ = std::fs::remove_file(&settings.admin_socket);
@@ -253,12 +313,64 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             }
         }
         datapath::remove_pins(&settings.bpffs)?;
-        netdev::delete_server_link(&netlink, &settings.link.server_ifname).await?;
-        info!("datapath removed");
+        server_link::delete_server_link(&netlink, &settings.link.entry_ifname).await?;
+        drop(netlink_inside);
+        drop(netns);
+        server_netns::delete(&settings.server_netns)?;
+        info!("datapath and server namespace removed");
     } else {
         info!(bpffs = %settings.bpffs.display(), "datapath left in place for the next daemon");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts discovery feeding the registry, and hands it the two things it
+/// learns from elsewhere: interfaces appearing on the host (a starting
+/// domain's tap can be served before libvirt reports the start), and the
+/// operator's changes (a manual port removed may free a domain's tap).
+fn start_discovery(
+    config: &DiscoverConfig,
+    registry: &Arc<Registry>,
+) -> anyhow::Result<Arc<discovery::libvirt::Handle>> {
+    let DiscoverConfig::Libvirt { uri } = config;
+    let handle = Arc::new(
+        discovery::libvirt::start(uri, registry.clone() as Arc<dyn PortSink>)
+            .context("--discover libvirt")?,
+    );
+    info!(%uri, "discovering ports from libvirt");
+    let links = netdev::watch_links()?;
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let mut links = std::pin::pin!(links);
+            // Only an interface's first appearance: a tap being set up
+            // sends several events (created, enslaved, up).
+            let mut present = std::collections::HashSet::new();
+            while let Some(event) = links.next().await {
+                match event {
+                    netdev::LinkEvent::Present { ifname, .. } => {
+                        if present.insert(ifname.clone()) {
+                            handle.link_appeared(&ifname);
+                        }
+                    }
+                    netdev::LinkEvent::Gone { ifname, .. } => {
+                        present.remove(&ifname);
+                    }
+                    netdev::LinkEvent::Lost => present.clear(),
+                }
+            }
+        }
+    });
+    let mut changes = registry.manual_changes();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            while changes.changed().await.is_ok() {
+                handle.reapply();
+            }
+        }
+    });
+    Ok(handle)
 }
 
 // The ports between layers: each trait belongs to the layer that uses it,
@@ -287,5 +399,87 @@ impl PasswordStore for Registry {
             tracing::warn!(%uuid, "password not stored: {err}");
             PasswordConflict
         })
+    }
+}
+
+/// Discovery serves what it finds through the registry: each domain's taps
+/// become ports bound to its UUID, owned by the domain (so the operator
+/// cannot change them, and discovery never changes the operator's).
+impl PortSink for Registry {
+    fn apply(&self, domain: &DomainPorts) -> anyhow::Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let default_name = domain.instance_name.as_deref().unwrap_or(&domain.name);
+        let document = domain.document.as_deref().and_then(|text| {
+            discovery::document_json(text, &domain.uuid, default_name)
+                .inspect_err(|err| problems.push(format!("{err}: its guests get 404")))
+                .ok()
+        });
+        let document_broken = !problems.is_empty();
+        let sync = DomainSync {
+            source: Source::Libvirt {
+                domain: domain.name.clone(),
+                domain_uuid: domain.uuid,
+            },
+            document,
+            ports: domain
+                .ports
+                .iter()
+                .map(|port| PortAddRequest {
+                    ifname: port.ifname.clone(),
+                    instance: domain.uuid.to_string(),
+                    port_id: port.port_id.map(|id| id.to_string()),
+                    mac: port.mac.clone(),
+                    ips: port.ips.iter().map(ToString::to_string).collect(),
+                    network_id: None,
+                    project_id: domain.project_id.clone(),
+                })
+                .collect(),
+        };
+        for problem in self.sync_domain(sync)? {
+            problems.push(match problem {
+                SyncProblem::ManualPort { ifname, instance } => format!(
+                    "tap {ifname} is a manual port (instance {instance}): left as it is, \
+                     not served for this domain"
+                ),
+                SyncProblem::InvalidPort { ifname, error } => {
+                    format!("tap {ifname} not served: {error}")
+                }
+                SyncProblem::ManualInstance => format!(
+                    "instance {} was put by hand: the document in the domain's metadata \
+                     is not used",
+                    domain.uuid
+                ),
+                SyncProblem::InvalidDocument(error) => {
+                    format!("instance document: {error}: its guests get 404")
+                }
+                // The broken document already said why.
+                SyncProblem::NoDocument if document_broken => continue,
+                SyncProblem::NoDocument => {
+                    use discovery::libvirt::domain_xml::{
+                        DOCUMENT_ELEMENT, DOCUMENT_KEY, DOCUMENT_NS,
+                    };
+                    format!(
+                        "no instance document in the domain's metadata: its guests get 404 \
+                         (virsh metadata {} --uri {DOCUMENT_NS} --key {DOCUMENT_KEY} \
+                         --set '<{DOCUMENT_ELEMENT}>{{...}}</{DOCUMENT_ELEMENT}>')",
+                        domain.name
+                    )
+                }
+                SyncProblem::NoProject => "no project in the domain's nova metadata \
+                     (<nova:owner><nova:project uuid=...>), so nova cannot be asked: \
+                     its guests get an error"
+                    .to_string(),
+            });
+        }
+        Ok(problems)
+    }
+
+    fn remove(&self, uuid: &Uuid) -> anyhow::Result<()> {
+        self.remove_domain(uuid)?;
+        Ok(())
+    }
+
+    fn owned(&self) -> BTreeMap<Uuid, Vec<String>> {
+        self.snapshot().discovered()
     }
 }

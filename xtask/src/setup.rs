@@ -39,13 +39,46 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "the benchmark's other-traffic measurement"),
     ("fonts-dejavu-core", "the benchmark's plots"),
     ("linux-perf", "profiling the benchmark's misses"),
+    (
+        "libssl-dev",
+        "the daemon's signed identity (the openssl crate links the system's libssl)",
+    ),
+    ("pkg-config", "finding libssl for the openssl crate"),
+    (
+        "openssl",
+        "the identity test verifies signatures with AWS's published openssl commands",
+    ),
+    // `serve --discover libvirt`: the daemon links libvirt's client library
+    // (crate `virt` builds against libvirt-dev); the tests and the benchmark
+    // run a private libvirtd of their own (no systemd unit is installed or
+    // started: libvirt-daemon-system is not among these) with qemu domains.
+    ("libvirt-dev", "building the daemon's libvirt discovery"),
+    (
+        "libvirt-daemon",
+        "the libvirt discovery tests' private libvirtd",
+    ),
+    (
+        "libvirt-daemon-driver-qemu",
+        "the libvirt discovery tests' qemu domains",
+    ),
+    ("libvirt-clients", "virsh, which the libvirt tests drive"),
 ];
 
-/// Python packages (from PyPI, for the machine's `python3`) and why.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[(
-    "botocore",
-    "the end-to-end test of an AWS SDK's IMDSv2 client",
-)];
+/// Python packages (from PyPI, for the machine's `python3`): the name pip
+/// installs, the module Python imports, and why.
+const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "botocore",
+        "botocore",
+        "the end-to-end test of an AWS SDK's IMDSv2 client",
+    ),
+    (
+        "PyJWT",
+        "jwt",
+        "verifying the daemon's identity tokens against its JWKS",
+    ),
+    ("cryptography", "cryptography", "PyJWT's RS256 and ES256"),
+];
 
 /// The bpf-linker release verified with LLVM 22 and rustc 1.95.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -134,8 +167,8 @@ fn installed_version(package: &str) -> Option<String> {
 /// The tests run real guest software (`harness/py/`) with the `python3` on the
 /// PATH, so that is the one whose packages are checked and installed.
 fn python_packages(report: Report) -> Result<()> {
-    for (package, why) in PYTHON_PACKAGES {
-        let version = format!("import {package}; print({package}.__version__)");
+    for (package, module, why) in PYTHON_PACKAGES {
+        let version = format!("import {module}; print({module}.__version__)");
         if let Some(version) = probe(&mut command(&["python3", "-c", &version])) {
             report.ok(&format!("{package} {} (python3)", version.trim()));
             continue;

@@ -6,6 +6,7 @@
 //! `serve`'s flags, its `--config` file and the defaults into `Settings`.
 //!
 //! The top layer with `serve` and `admin`: nothing below depends on it.
+pub mod identity;
 pub mod settings;
 
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     backend::nova::config::{BackendKind, NovaOptions, Protocol},
     datapath::TapAttach,
+    discovery::DiscoverKind,
     state::PortAddRequest,
 };
 
@@ -39,11 +41,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: load the datapath, watch taps, serve guests and the admin API.
-    Serve(ServeArgs),
+    // Boxed: serve has many options, the other commands few.
+    Serve(Box<ServeArgs>),
     /// Create, replace, show, list or delete instance documents.
     #[command(subcommand)]
     Instance(InstanceCommand),
-    /// Register taps (ports) and bind them to instances.
+    /// Register taps (ports) and bind them to instances (or see those `serve --discover` found).
     #[command(subcommand)]
     Port(PortCommand),
     /// Show whether the daemon answers, and what it serves. Exits 0 only when it answers.
@@ -52,6 +55,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The signed identity: what verifiers of guests' tokens need (runs
+    /// without the daemon).
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Print the JWK Set (JSON) that verifies `/openstack/identity` tokens:
+    /// the public key of --identity-cert, with the `kid` the tokens carry.
+    Jwks(IdentityJwksArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct IdentityJwksArgs {
+    /// The serve configuration file to take identity_key and identity_cert
+    /// from (flags win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// The signed identity's key (both backends).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Signed identity")]
+pub struct IdentityArgs {
+    /// PEM private key (RSA of at least 2048 bits, or EC P-256) that signs
+    /// the instance identity document (`signature`, `pkcs7`, `rsa2048`) and
+    /// `/openstack/identity` tokens. Without it those paths are 404.
+    #[arg(long, value_name = "FILE")]
+    pub identity_key: Option<PathBuf>,
+    /// PEM certificate of --identity-key: what verifiers check against
+    /// (`openssl smime -verify -certfile`, and the JWKS).
+    #[arg(long, value_name = "FILE")]
+    pub identity_cert: Option<PathBuf>,
+    /// The tokens' `iss` claim [default: metadata-redirector].
+    #[arg(long, value_name = "NAME")]
+    pub identity_issuer: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Args)]
@@ -66,23 +108,36 @@ pub struct ServeArgs {
     pub bpffs: Option<PathBuf>,
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
-    /// server_addr, server_port, identity_net, metadata_addr,
-    /// metadata_addrs6, ipv6, domain, detach_on_exit,
-    /// tap_attach, syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, and
-    /// the nova backend's: backend, nova_metadata_host, nova_metadata_port,
+    /// server_netns, server_addr, server_port, identity_net, metadata_addr,
+    /// metadata_addrs6, ipv6, domain, detach_on_exit, tap_attach,
+    /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, discover,
+    /// libvirt_uri, and the nova backend's: backend, nova_metadata_host,
+    /// nova_metadata_port,
     /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
     /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
-    /// nova_metadata_timeout, metadata_cache_expiration, neutron_agent_socket.
+    /// nova_metadata_timeout, metadata_cache_expiration, stale_if_error,
+    /// neutron_agent_socket; the signed identity's: identity_key,
+    /// identity_cert, identity_issuer.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Name of the veth end the server listens behind [default: mdr-srv].
+    /// Name of the veth end the server listens behind, inside the server's
+    /// namespace [default: mdr-srv].
     #[arg(long, value_name = "NAME")]
     pub server_ifname: Option<String>,
-    /// Name of the veth end caught requests are sent into [default: mdr-in].
+    /// Name of the veth end caught requests are sent into, in the daemon's
+    /// own namespace; it has no address [default: mdr-in].
     #[arg(long, value_name = "NAME")]
     pub entry_ifname: Option<String>,
+    /// The network namespace the server lives in, so that no bridge or
+    /// other interface of the host can reach it; kept as /run/netns/NAME
+    /// (like `ip netns add`), created if missing and reused by the next
+    /// daemon [default: metadata-redirector].
+    #[arg(long, value_name = "NAME")]
+    pub server_netns: Option<String>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// On SIGTERM/SIGINT, also detach from every tap and remove the pinned
-    /// maps and the veth pair. Without it the datapath stays in place, so a
+    /// maps, the veth pair and the server's namespace. Without it the datapath stays in place, so a
     /// restarted daemon resumes with every tap and open flow intact.
     #[arg(long)]
     pub detach_on_exit: bool,
@@ -98,6 +153,17 @@ pub struct ServeArgs {
     /// guest identified by its tap.
     #[arg(long)]
     pub no_ipv6: bool,
+    /// Learn the ports from the hypervisor, with no `port add`: `libvirt`
+    /// serves every tap of every running libvirt domain, bound to the
+    /// domain's UUID, with nova's project, port ids and fixed IPs from the
+    /// domain's metadata (or, for the local backend, the instance document
+    /// the domain carries), and follows starts, stops, hot-plugs and
+    /// restarts. Manual ports stay as they are [default: none].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    pub discover: Option<DiscoverKind>,
+    /// The libvirt that `--discover libvirt` watches [default: qemu:///system].
+    #[arg(long, value_name = "URI")]
+    pub libvirt_uri: Option<String>,
     #[command(flatten)]
     pub nova: NovaArgs,
 }
@@ -140,9 +206,15 @@ pub struct NovaArgs {
     /// [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub nova_metadata_timeout: Option<f64>,
-    /// Seconds a GET answer from nova is reused; 0 disables the cache [default: 15].
+    /// Seconds a GET answer from nova is reused; 0 disables the cache
+    /// [default: 15]. Also how often paths that guests watch are asked again.
     #[arg(long, value_name = "SECONDS")]
     pub metadata_cache_expiration: Option<u64>,
+    /// While nova is unreachable, too slow or answers 5xx, answer a GET from
+    /// the last good answer for that instance and path if it is younger than
+    /// this many seconds (with an `Age` header); 0 turns it off [default: 0].
+    #[arg(long, value_name = "SECONDS")]
+    pub stale_if_error: Option<u64>,
     /// Also serve neutron-metadata-agent's protocol on this unix socket, for
     /// haproxy proxies in router or DHCP namespaces (either backend).
     #[arg(long, value_name = "PATH")]
@@ -164,6 +236,7 @@ impl NovaArgs {
             metadata_proxy_shared_secret_file: self.metadata_proxy_shared_secret_file.clone(),
             nova_metadata_timeout: self.nova_metadata_timeout,
             metadata_cache_expiration: self.metadata_cache_expiration,
+            stale_if_error: self.stale_if_error,
         }
     }
 }
@@ -191,12 +264,12 @@ pub enum InstanceCommand {
 pub enum PortCommand {
     /// Register a tap for an instance. The tap may not exist yet; it is attached when it appears.
     Add(PortAddArgs),
-    /// Unregister a tap and detach the datapath from it.
+    /// Unregister a manual port's tap and detach the datapath from it.
     Del {
         #[arg(long, value_name = "TAP")]
         ifname: String,
     },
-    /// List registered ports.
+    /// List registered ports, with their source (manual, or the libvirt domain).
     List {
         /// Print JSON instead of a table.
         #[arg(long)]

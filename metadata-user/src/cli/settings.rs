@@ -4,15 +4,23 @@
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use super::{DEFAULT_ADMIN_SOCKET, ServeArgs};
+use super::{DEFAULT_ADMIN_SOCKET, IdentityArgs, ServeArgs};
 use crate::{
-    backend::nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
-    datapath::{IdentityPlan, MetadataAddrs, TapAttach, netdev::ServerLinkPlan},
+    backend::{
+        identity::{
+            Identity, IdentityFiles, IdentityKey,
+            jwt::{self, DEFAULT_ISSUER, Issuer},
+        },
+        nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
+    },
+    datapath::{IdentityPlan, MetadataAddrs, TapAttach, server_link::ServerLinkPlan, server_netns},
+    discovery::{DiscoverConfig, DiscoverKind, libvirt::DEFAULT_URI},
     ingress::ratelimit::RateLimitConfig,
 };
 
@@ -20,6 +28,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/metadata-redirector";
 const DEFAULT_SERVER_IFNAME: &str = "mdr-srv";
 const DEFAULT_ENTRY_IFNAME: &str = "mdr-in";
+pub const DEFAULT_SERVER_NETNS: &str = "metadata-redirector";
 const DEFAULT_SERVER_PORT: u16 = 80;
 const DEFAULT_DOMAIN: &str = "novalocal";
 
@@ -32,6 +41,7 @@ struct FileConfig {
     bpffs: Option<PathBuf>,
     server_ifname: Option<String>,
     entry_ifname: Option<String>,
+    server_netns: Option<String>,
     server_addr: Option<Ipv4Addr>,
     server_port: Option<u16>,
     /// "A.B.C.D/N"
@@ -53,6 +63,9 @@ struct FileConfig {
     rate_limit_per_sec: Option<f64>,
     /// ...and in a burst.
     rate_limit_burst: Option<u32>,
+    /// "libvirt"
+    discover: Option<DiscoverKind>,
+    libvirt_uri: Option<String>,
     // The nova backend (see backend::nova::config; names as neutron-metadata-agent's).
     backend: Option<BackendKind>,
     nova_metadata_host: Option<String>,
@@ -66,7 +79,12 @@ struct FileConfig {
     /// Seconds (an integer or a fraction).
     nova_metadata_timeout: Option<f64>,
     metadata_cache_expiration: Option<u64>,
+    stale_if_error: Option<u64>,
     neutron_agent_socket: Option<PathBuf>,
+    // The signed identity (both backends).
+    identity_key: Option<PathBuf>,
+    identity_cert: Option<PathBuf>,
+    identity_issuer: Option<String>,
 }
 
 impl FileConfig {
@@ -84,8 +102,47 @@ impl FileConfig {
             metadata_proxy_shared_secret_file: self.metadata_proxy_shared_secret_file.take(),
             nova_metadata_timeout: self.nova_metadata_timeout.take(),
             metadata_cache_expiration: self.metadata_cache_expiration.take(),
+            stale_if_error: self.stale_if_error.take(),
         }
     }
+}
+
+/// The identity key and issuer: flags, then the file's keys, then none.
+/// The key is loaded (and checked against the certificate) here, so a bad
+/// file stops `serve` before anything else starts.
+pub fn resolve_identity(
+    flags: &IdentityArgs,
+    config: Option<&Path>,
+) -> anyhow::Result<Option<Arc<Identity>>> {
+    let file = match config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    identity_from(flags, file)
+}
+
+fn identity_from(flags: &IdentityArgs, file: FileConfig) -> anyhow::Result<Option<Arc<Identity>>> {
+    let files = IdentityFiles {
+        key: flags.identity_key.clone().or(file.identity_key),
+        cert: flags.identity_cert.clone().or(file.identity_cert),
+    };
+    let issuer = flags.identity_issuer.clone().or(file.identity_issuer);
+    if issuer.as_deref().is_some_and(|name| name.trim().is_empty()) {
+        bail!("--identity-issuer must not be empty");
+    }
+    let Some(key) = IdentityKey::load(&files)? else {
+        if issuer.is_some() {
+            bail!("--identity-issuer needs --identity-key and --identity-cert");
+        }
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(Identity {
+        key,
+        issuer: Issuer {
+            name: issuer.unwrap_or_else(|| DEFAULT_ISSUER.to_owned()),
+            host: jwt::hostname(),
+        },
+    })))
 }
 
 /// Resolved settings for one daemon.
@@ -95,6 +152,8 @@ pub struct Settings {
     pub admin_socket: PathBuf,
     pub bpffs: PathBuf,
     pub link: ServerLinkPlan,
+    /// The network namespace the server lives in (`--server-netns`).
+    pub server_netns: String,
     pub identity: IdentityPlan,
     /// The addresses guests ask, IPv6's empty when it is switched off.
     pub metadata: MetadataAddrs,
@@ -110,6 +169,10 @@ pub struct Settings {
     pub backend: BackendConfig,
     /// `--neutron-agent-socket`: serve neutron-metadata-agent's protocol too.
     pub neutron_agent_socket: Option<PathBuf>,
+    /// The signed identity's key (`--identity-key`); None: its paths 404.
+    pub signed_identity: Option<Arc<Identity>>,
+    /// `--discover`: where ports come from besides `port add`.
+    pub discover: Option<DiscoverConfig>,
 }
 
 impl Settings {
@@ -130,6 +193,15 @@ impl Settings {
             .nova
             .neutron_agent_socket
             .or(file.neutron_agent_socket.take());
+        let signed_identity = identity_from(
+            &args.identity,
+            FileConfig {
+                identity_key: file.identity_key.take(),
+                identity_cert: file.identity_cert.take(),
+                identity_issuer: file.identity_issuer.take(),
+                ..FileConfig::default()
+            },
+        )?;
         let mut identity = IdentityPlan::default();
         if let Some(addr) = file.server_addr {
             identity.server_addr = addr;
@@ -166,6 +238,23 @@ impl Settings {
         if server_ifname == entry_ifname {
             bail!("--server-ifname and --entry-ifname must differ");
         }
+        let libvirt_uri = args.libvirt_uri.or(file.libvirt_uri.take());
+        let discover = match (args.discover.or(file.discover), libvirt_uri) {
+            (Some(DiscoverKind::Libvirt), uri) => {
+                let uri = uri.unwrap_or_else(|| DEFAULT_URI.into());
+                if uri.trim().is_empty() {
+                    bail!("--libvirt-uri: must not be empty");
+                }
+                Some(DiscoverConfig::Libvirt { uri })
+            }
+            (None, Some(_)) => bail!("--libvirt-uri (libvirt_uri) needs --discover libvirt"),
+            (None, None) => None,
+        };
+        let server_netns = args
+            .server_netns
+            .or(file.server_netns)
+            .unwrap_or_else(|| DEFAULT_SERVER_NETNS.into());
+        server_netns::check_name(&server_netns).context("--server-netns")?;
         let tap_attach = match (args.tap_attach, &file.tap_attach) {
             (Some(mode), _) => mode,
             (None, Some(text)) => text.parse().context("tap_attach")?,
@@ -190,6 +279,7 @@ impl Settings {
                     .next_hop()
                     .context("the identity plan has no next hop")?,
             },
+            server_netns,
             identity,
             metadata,
             server_port: file.server_port.unwrap_or(DEFAULT_SERVER_PORT),
@@ -204,6 +294,8 @@ impl Settings {
             },
             backend,
             neutron_agent_socket,
+            signed_identity,
+            discover,
         })
     }
 }
@@ -299,7 +391,36 @@ mod tests {
             Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
         assert_eq!(settings.bpffs, Path::new(DEFAULT_BPFFS));
         assert_eq!(settings.link.server_ifname, "mdr-srv");
+        assert_eq!(settings.server_netns, "metadata-redirector");
         assert_eq!(settings.server_port, 80);
+    }
+
+    #[test]
+    fn server_netns_from_flag_file_and_bad_names_name_the_flag() {
+        assert_eq!(
+            with_file("server_netns = \"mdr-a\"\n")
+                .unwrap()
+                .server_netns,
+            "mdr-a"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "server_netns = \"mdr-a\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            server_netns: Some("mdr-b".into()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.server_netns, "mdr-b", "the flag wins");
+        for bad in ["\"\"", "\"a/b\"", "\"..\""] {
+            let err = format!(
+                "{:#}",
+                with_file(&format!("server_netns = {bad}\n")).unwrap_err()
+            );
+            assert!(err.contains("--server-netns"), "{bad}: {err}");
+            assert!(err.contains("/run/netns"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -379,6 +500,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant `neutron`"), "{err}");
+    }
+
+    #[test]
+    fn stale_if_error_and_identity_keys_from_the_file() {
+        use crate::backend::nova::config::NovaConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let settings = with_file(&format!(
+            "backend = \"nova\"\nnova_metadata_host = \"nova\"\n\
+             metadata_proxy_shared_secret_file = {secret:?}\nstale_if_error = 30\n"
+        ))
+        .unwrap();
+        let BackendConfig::Nova(NovaConfig { stale_if_error, .. }) = settings.backend else {
+            panic!("expected the nova backend");
+        };
+        assert_eq!(stale_if_error, std::time::Duration::from_secs(30));
+        assert!(settings.signed_identity.is_none(), "no key, no identity");
+
+        let err = format!(
+            "{:#}",
+            with_file("identity_issuer = \"https://x\"\n").unwrap_err()
+        );
+        assert!(
+            err.starts_with("--identity-issuer needs --identity-key"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            with_file("identity_key = \"/nonexistent/key.pem\"\n").unwrap_err()
+        );
+        assert_eq!(err, "--identity-key needs --identity-cert");
+        let err = format!(
+            "{:#}",
+            with_file(
+                "identity_key = \"/nonexistent/key.pem\"\nidentity_cert = \"/nonexistent/c.pem\"\n"
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.starts_with("--identity-key /nonexistent/key.pem"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -482,6 +646,69 @@ mod tests {
             let err = format!("{:#}", with_file(text).unwrap_err());
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn discover_from_flag_file_and_default() {
+        use clap::Parser as _;
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.discover, None, "no discovery unless asked");
+        assert_eq!(
+            with_file("discover = \"libvirt\"\n").unwrap().discover,
+            Some(DiscoverConfig::Libvirt {
+                uri: "qemu:///system".into()
+            })
+        );
+        let settings =
+            with_file("discover = \"libvirt\"\nlibvirt_uri = \"qemu+ssh://h/system\"\n").unwrap();
+        assert_eq!(
+            settings.discover,
+            Some(DiscoverConfig::Libvirt {
+                uri: "qemu+ssh://h/system".into()
+            })
+        );
+        let cli = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--discover",
+            "libvirt",
+            "--libvirt-uri",
+            "test:///default",
+        ])
+        .unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let settings = Settings::resolve(*args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(
+            settings.discover,
+            Some(DiscoverConfig::Libvirt {
+                uri: "test:///default".into()
+            })
+        );
+        let err = format!(
+            "{:#}",
+            with_file("libvirt_uri = \"qemu:///system\"\n").unwrap_err()
+        );
+        assert!(err.contains("needs --discover libvirt"), "{err}");
+        let err = format!("{:#}", with_file("discover = \"xen\"\n").unwrap_err());
+        assert!(
+            err.contains("discover") && err.contains("unknown variant"),
+            "{err}"
+        );
+        let err = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--discover",
+            "virsh",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--discover") && err.contains("libvirt"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -274,6 +274,7 @@ mod tests {
                 project_id: Some("p".into()),
             },
             slot,
+            source: Default::default(),
         })
     }
 
@@ -525,6 +526,7 @@ mod socket_tests {
             secret: SharedSecret(Arc::from(SECRET)),
             timeout: Duration::from_secs(5),
             cache_expiration: Duration::from_secs(15),
+            stale_if_error: Duration::ZERO,
         }
     }
 
@@ -540,6 +542,7 @@ mod socket_tests {
                 project_id: Some(PROJECT.into()),
             },
             slot,
+            source: Default::default(),
         })
     }
 

@@ -109,6 +109,12 @@ impl GuestServer {
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
+                // A guest may shut down its sending side once its request
+                // is out (`printf ... | nc`, as minimal images fetch): that
+                // is not the end of the connection, and the answer must
+                // still go out. Without this, hyper drops the request when
+                // it sees the EOF before the answer is ready.
+                .half_close(true)
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_REQUEST_HEAD)
                 .serve_connection(TokioIo::new(stream), service);

@@ -182,6 +182,16 @@ impl<'a> InstanceView<'a> {
             .unwrap_or_default()
     }
 
+    /// Whether the OpenStack tree needs a token (`imds.openstack`; nova's
+    /// tree needs none by default).
+    pub fn openstack_token_mode(&self) -> TokenMode {
+        self.doc
+            .imds
+            .as_ref()
+            .map(|imds| imds.openstack)
+            .unwrap_or_default()
+    }
+
     /// IP TTL for the token response (AWS's hop limit, default 1).
     pub fn hop_limit(&self) -> u8 {
         self.doc
@@ -190,6 +200,17 @@ impl<'a> InstanceView<'a> {
             .map(|imds| imds.hop_limit)
             .unwrap_or(1)
     }
+}
+
+/// The IP TTL every answer to `doc`'s guest must leave with, when the
+/// instance keeps all of its metadata (not only tokens) from anything routed
+/// behind the guest: `imds.openstack = "required"`. None: only the token
+/// answer is held back (`InstanceView::hop_limit`).
+pub fn every_answer_hop_limit(doc: &InstanceDoc) -> Option<u8> {
+    doc.imds
+        .as_ref()
+        .filter(|imds| imds.openstack == TokenMode::Required)
+        .map(|imds| imds.hop_limit)
 }
 
 /// nova's `utils.sanitize_hostname` (without its default): drop characters

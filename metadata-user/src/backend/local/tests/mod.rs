@@ -6,6 +6,8 @@ mod http_wire;
 mod imdsv2;
 mod openstack_golden;
 mod password_endpoint;
+mod signed_identity;
+mod watch;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -91,7 +93,22 @@ pub fn bare_instance() -> InstanceDoc {
 }
 
 pub fn with_imds(mut doc: InstanceDoc, tokens: TokenMode, hop_limit: u8) -> InstanceDoc {
-    doc.imds = Some(Imds { tokens, hop_limit });
+    doc.imds = Some(Imds {
+        tokens,
+        hop_limit,
+        openstack: TokenMode::Optional,
+    });
+    doc
+}
+
+/// Tokens required on both trees, every answer at `hop_limit`
+/// (`imds.openstack = "required"`).
+pub fn with_tokens_everywhere(mut doc: InstanceDoc, hop_limit: u8) -> InstanceDoc {
+    doc.imds = Some(Imds {
+        tokens: TokenMode::Required,
+        hop_limit,
+        openstack: TokenMode::Required,
+    });
     doc
 }
 
@@ -108,6 +125,7 @@ pub fn guest(slot: u32, ifname: &str, ips: &[Ipv4Addr]) -> Guest {
                 project_id: Some("port-project".to_owned()),
             },
             slot,
+            source: Default::default(),
         }),
         guest_addr: Ipv4Addr::new(192, 168, 50, 7),
     }
@@ -164,6 +182,20 @@ impl Harness {
         }));
         Self {
             ctx,
+            clock,
+            passwords,
+        }
+    }
+
+    /// The same harness, signing identities with `identity`.
+    pub fn with_identity(self, identity: Arc<crate::backend::identity::Identity>) -> Self {
+        let Harness {
+            ctx,
+            clock,
+            passwords,
+        } = self;
+        Harness {
+            ctx: ctx.with_identity(Some(identity)),
             clock,
             passwords,
         }
