@@ -54,8 +54,10 @@ impl IdentityPlan {
                 self.prefix_len
             );
         }
-        let (last, _) = self.lane(IDENTITY_LANES - 1);
-        if u64::from(u32::from(last)) + u64::from(!self.mask()) > u64::from(u32::MAX) {
+        // In u64: the last lane's start may itself lie past the end.
+        let size = u64::from(!self.mask()) + 1;
+        let end = u64::from(u32::from(self.net)) + IDENTITY_LANES as u64 * size - 1;
+        if end > u64::from(u32::MAX) {
             bail!(
                 "identity network {}/{} is too close to the end of the address space for \
                  its {} lanes (each IPv6 metadata address takes the next range of the \

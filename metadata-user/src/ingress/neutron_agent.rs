@@ -571,6 +571,8 @@ mod socket_tests {
     async fn neutron_agent_socket_identifies_and_forwards_to_nova() {
         const NET: &str = "aaaaaaaa-0000-0000-0000-000000000001";
         const OTHER: &str = "99999999-0000-0000-0000-000000000009";
+        // An instance of its own, so that nova's cache of INSTANCE cannot answer.
+        const V6_INSTANCE: &str = "66666666-0000-0000-0000-000000000006";
         let nova = fake_nova().await;
         let backend = NovaBackend::new(&config_for(nova.addr()));
         let ports: PortLookup = Arc::new(|| {
@@ -578,7 +580,7 @@ mod socket_tests {
                 port("tap-a", INSTANCE, NET, "10.0.0.5", 1),
                 port("tap-b", OTHER, NET, "10.0.0.6", 2),
                 port("tap-c", OTHER, NET, "10.0.0.6", 3),
-                port("tap-v6", INSTANCE, NET, "fd00::5", 4),
+                port("tap-v6", V6_INSTANCE, NET, "fd00::5", 4),
             ]
         });
         let dispatch: Dispatch = Arc::new(move |guest, request| {
@@ -624,7 +626,7 @@ mod socket_tests {
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let seen = nova.requests().pop().unwrap();
-        assert_eq!(seen.header_values("x-instance-id"), [INSTANCE]);
+        assert_eq!(seen.header_values("x-instance-id"), [V6_INSTANCE]);
         assert_eq!(seen.header_values("x-forwarded-for"), ["fd00::5"]);
 
         // Zero matches and two matches: 404, nova never asked.

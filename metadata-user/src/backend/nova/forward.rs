@@ -253,7 +253,7 @@ mod tests {
         ForwardTarget {
             instance_id: "6c8a3b0e-1d6f-4d2b-9a57-0f4ad3a7e001".parse().unwrap(),
             project_id: "p1".into(),
-            guest_addr: Ipv4Addr::new(10, 0, 0, 5),
+            guest_addr: Ipv4Addr::new(10, 0, 0, 5).into(),
         }
     }
 
