@@ -207,11 +207,13 @@ fn ipv6_guests_get_their_own_instance_over_both_addresses() {
 
     // `status` counts the IPv6 connections apart from IPv4's.
     let status = daemon.status().unwrap();
-    let ipv6 = &status["counters_by_family"]["ipv6"];
-    assert!(
-        ipv6["caught"].as_u64().unwrap_or(0) > 0,
-        "status shows IPv6 counters: {status:#}"
-    );
+    let ipv6 = &status["datapath"]["counters_by_family"]["ipv6"];
+    for counter in ["caught", "replied", "nd_answered"] {
+        assert!(
+            ipv6[counter].as_u64().unwrap_or(0) > 0,
+            "status shows IPv6's {counter}: {status:#}"
+        );
+    }
 }
 
 /// botocore in IPv6 endpoint mode (AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE)
