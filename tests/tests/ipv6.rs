@@ -266,3 +266,46 @@ fn with_no_ipv6_requests_time_out() {
     );
     assert_eq!(reply.status, 0, "no answer at fd00:ec2::254: {reply}");
 }
+
+/// nova mode for an IPv6-only guest: nova gets the guest's instance, and
+/// the guest's own IPv6 source address as X-Forwarded-For (its ULA for
+/// fd00:ec2::254, its link-local address for fe80::a9fe:a9fe).
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn nova_forwards_an_ipv6_only_guest_with_its_ipv6_address() {
+    use mdr_harness::nova::NovaInstance;
+    use mdr_harness::{FakeNova, FakeNovaConfig};
+    let host = Host::new().unwrap();
+    let instance = NovaInstance::new();
+    let config = FakeNovaConfig::new("s3cret").project(&instance.uuid, &instance.project);
+    let nova = FakeNova::start(&host, config).unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
+    configure_ipv6(guest.ns(), false);
+    let daemon = Daemon::start_with_args(&host, &nova.daemon_args(&nova.secret_file())).unwrap();
+    daemon
+        .add_nova_port(guest.tap(), &instance, GUEST_MAC, GUEST_ADDR, None)
+        .unwrap();
+    wait_served6(guest.ns(), &instance.uuid);
+    // Two paths: nova's answers are cached per instance and path.
+    for (base, path, source) in [
+        (EC2_URL, "/latest/meta-data/instance-id", GUEST_ULA),
+        (
+            LINK_LOCAL_URL,
+            "/2009-04-04/meta-data/instance-id",
+            GUEST_LINK_LOCAL,
+        ),
+    ] {
+        let reply = get(
+            guest.ns(),
+            &format!("{base}{path}"),
+            &[],
+            Duration::from_secs(5),
+        );
+        let echo = reply.json().filter(|_| reply.status == 200);
+        let echo = echo.unwrap_or_else(|| panic!("{base}: {reply}"));
+        assert_eq!(echo["instance_id"], instance.uuid.as_str(), "{reply}");
+        assert_eq!(echo["tenant_id"], instance.project.as_str(), "{reply}");
+        assert_eq!(echo["forwarded_for"], source, "{base}: {reply}");
+    }
+}
