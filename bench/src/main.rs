@@ -12,6 +12,7 @@
 mod admin_status;
 mod bpfstats;
 mod conn;
+mod cpu;
 mod density;
 mod discovery;
 mod drops;
@@ -25,7 +26,12 @@ mod parallel;
 mod phases;
 mod plan;
 mod plot;
+mod profile;
 mod report;
+/// The answers file the responder reads (its format is written once, there).
+#[path = "responder/answers.rs"]
+#[allow(dead_code)] // The responder's reading half.
+mod responder_answers;
 mod results;
 mod stats;
 mod storm;
@@ -43,7 +49,7 @@ use mdr_harness::names;
 
 use crate::plan::Plan;
 use crate::results::Results;
-use crate::world::World;
+use crate::world::{PathKind, World};
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +85,15 @@ struct Args {
     /// Override the measured seconds per metadata cell.
     #[arg(long, value_name = "SECONDS")]
     seconds: Option<f64>,
+    /// Another build of the daemon (e.g. an older commit's) to measure on
+    /// our path in the same run, as the `baseline` path: CPU per request
+    /// and throughput side by side (`cargo xtask bench --baseline-rev REV`
+    /// builds one).
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
+    /// What the report calls the baseline build [default: its file name].
+    #[arg(long, value_name = "NAME", requires = "baseline_bin")]
+    baseline_label: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -187,6 +202,15 @@ fn run(args: Args) -> Result<()> {
         storm_runs: Vec::new(),
         iperf: Default::default(),
         daemon_after_load: Default::default(),
+        baseline: args.baseline_bin.as_ref().map(|bin| {
+            args.baseline_label.clone().unwrap_or_else(|| {
+                bin.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        }),
+        receive_profiles: Vec::new(),
         density_ours: Vec::new(),
         density_neutron: None,
         flood: None,
@@ -197,11 +221,16 @@ fn run(args: Args) -> Result<()> {
     };
     // A failing phase is recorded and the others still run, so a long run
     // always leaves a report; the exit status says it failed.
+    if let Some(bin) = &args.baseline_bin
+        && !bin.is_file()
+    {
+        bail!("--baseline-bin {} does not exist", bin.display());
+    }
     if phases
         .iter()
         .any(|p| !matches!(p, Phase::Density | Phase::Discovery))
     {
-        let outcome = measure_paths(&plan, &phases, &mut results, &out);
+        let outcome = measure_paths(&plan, &phases, args.baseline_bin, &mut results, &out);
         record("metadata/storm/iperf/flood", outcome, &mut results)?;
     }
     if phases.contains(&Phase::Density) {
@@ -319,6 +348,7 @@ fn discovery(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Resul
 fn measure_paths(
     plan: &Plan,
     phases: &[Phase],
+    baseline_bin: Option<PathBuf>,
     results: &mut Results,
     out: &std::path::Path,
 ) -> Result<()> {
@@ -327,8 +357,12 @@ fn measure_paths(
         "setup: daemon, {guests} guests on {} networks (router namespace + iptables + haproxy each)",
         guests.div_ceil(plan.guests_per_net)
     ));
-    let mut world = World::build(guests, plan.guests_per_net)?;
-    let outcome = run_paths(&mut world, plan, phases, results);
+    let mut paths = vec![PathKind::Ours, PathKind::Neutron, PathKind::Limit];
+    if baseline_bin.is_some() {
+        paths.push(PathKind::Baseline);
+    }
+    let mut world = World::build(guests, plan.guests_per_net, plan.url_path, baseline_bin)?;
+    let outcome = run_paths(&mut world, plan, phases, &paths, results, out);
     if outcome.is_err() && !STOP.load(Ordering::SeqCst) {
         keep_log(&world.daemon, out, "daemon-paths.log");
     }
@@ -340,16 +374,20 @@ fn run_paths(
     world: &mut World,
     plan: &Plan,
     phases: &[Phase],
+    paths: &[PathKind],
     results: &mut Results,
+    out: &std::path::Path,
 ) -> Result<()> {
     let guests = plan.world_guests();
     check_stop()?;
     progress("verify: every guest gets its own meta_data.json on every path");
-    for path in world::PathKind::ALL {
+    for &path in paths {
         world.verify(path, guests)?;
     }
     if phases.contains(&Phase::Metadata) {
-        phases::metadata(world, plan, results, &STOP)?;
+        phases::metadata(world, plan, paths, results, &STOP)?;
+        let guests = report::target_guests(results);
+        phases::receive_profiles(world, plan, guests, results, &STOP, out)?;
     }
     if phases.contains(&Phase::Storm) {
         progress("boot storm: cloud-init's first-boot fetch on every guest at once");

@@ -362,9 +362,22 @@ impl Daemon {
     /// Starts the daemon again on the same state dir, socket and bpffs dir.
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
-            bail!("the daemon is still running; kill9 it first");
+            bail!("the daemon is still running; kill9 or terminate it first");
         }
         self.spawn()
+    }
+
+    /// Stops the daemon as an operator would (SIGTERM; SIGKILL after 5 s)
+    /// and reaps it. The datapath stays pinned for the next
+    /// [`restart`](Self::restart), as in production.
+    pub fn terminate(&mut self) {
+        self.stop();
+    }
+
+    /// Runs another build of the daemon from the next
+    /// [`restart`](Self::restart) on (the same state, socket and pins).
+    pub fn set_bin(&mut self, bin: &Path) {
+        self.config.bin = bin.to_owned();
     }
 
     /// Replaces the extra `serve` arguments for the next [`restart`](Self::restart)

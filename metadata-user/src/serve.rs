@@ -14,7 +14,6 @@ use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use tokio::{
-    net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
@@ -42,7 +41,7 @@ use crate::{
         limits::ConnectionLimiter,
         neutron_agent,
         ratelimit::RateLimiter,
-        server::{FlowLookup, GuestServer, Origin},
+        server::{self, FlowLookup, GuestServer},
     },
     state::{DomainSync, PortAddRequest, PortPolicy, Registry, Source, SyncProblem},
 };
@@ -51,32 +50,6 @@ use crate::{
 /// guest's parallel tooling rarely needs more than a few. Held watches
 /// (`?wait_for_change=true`, at most 16 per port) count here too.
 const MAX_CONNECTIONS_PER_PORT: u32 = 64;
-
-/// Accept queue length asked for (the kernel caps it at net.core.somaxconn,
-/// 4096 by default). Every guest of the host connects to this one socket: in
-/// a boot storm hundreds of handshakes complete at once, and a full queue
-/// drops them, costing each guest a 1 s SYN retransmit. The default backlog
-/// of tokio's `TcpListener::bind` (mio's, 128) overflowed with 500 guests in
-/// `cargo xtask bench`.
-const LISTEN_BACKLOG: u32 = 65_535;
-
-/// The guest listener, made inside the server's namespace (a socket stays in
-/// the namespace it was created in) and served by this runtime.
-fn listen_in(
-    netns: &ServerNetns,
-    addr: std::net::Ipv4Addr,
-    port: u16,
-) -> anyhow::Result<TcpListener> {
-    let runtime = tokio::runtime::Handle::current();
-    let listener = netns.run(move || {
-        let _entered = runtime.enter();
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.set_reuseaddr(true)?;
-        socket.bind((addr, port).into())?;
-        socket.listen(LISTEN_BACKLOG)
-    })??;
-    Ok(listener)
-}
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -130,7 +103,18 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
     let counters = datapath.counters();
-    let listener = listen_in(&netns, settings.identity.server_addr, settings.server_port)
+    // One listener (and thread) per core for the guest server, made inside
+    // the server's namespace (a socket stays in the namespace it was
+    // created in).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (server_addr, server_port) = (settings.identity.server_addr, settings.server_port);
+    let runtime = tokio::runtime::Handle::current();
+    let listeners = netns
+        .run(move || {
+            let _entered = runtime.enter();
+            server::listen(server_addr, server_port, cores)
+        })
+        .and_then(|listeners| Ok(listeners?))
         .with_context(|| {
             format!(
                 "listening on {}:{} in network namespace {}",
@@ -151,6 +135,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         Some(config) => Some(start_discovery(config, &registry)?),
         None => None,
     };
+    tokio::spawn(return_freed_memory(registry.subscribe()));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let backend = match &settings.backend {
@@ -277,7 +262,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         dispatcher,
         connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
     });
-    let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
+    let guest_threads = guest_server
+        .run_threads(listeners, shutdown_rx)
+        .context("starting the guest server's threads")?;
     info!(
         server = %format!("{}:{}", settings.identity.server_addr, settings.server_port),
         netns = settings.server_netns,
@@ -295,7 +282,13 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     if let Some(discovery) = &discovery {
         discovery.stop();
     }
-    let _ = guest_task.await;
+    // Each thread drains its connections (at most DRAIN_TIMEOUT), then ends.
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in guest_threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
     admin_task.abort();
     let _ = std::fs::remove_file(&settings.admin_socket);
     if let Some(path) = &settings.neutron_agent_socket {
@@ -373,18 +366,46 @@ fn start_discovery(
     Ok(handle)
 }
 
+/// How long the registry must stay unchanged before freed memory goes back.
+const TRIM_WHEN_QUIET_FOR: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Hands memory that registry writes freed back to the kernel. Every write
+/// publishes a new snapshot and frees the one before it: a thousand
+/// `instance put`s free a thousand growing copies of the instance map, and
+/// glibc's malloc keeps what they leave behind resident wherever a live
+/// block sits above it in the heap (the density phase caught 33 MiB of such
+/// `[heap]` before any port was added, against 20 MiB in a daemon whose
+/// writes happened to interleave better). `malloc_trim` returns every free
+/// page of every arena, so RSS follows live memory once writes stop. It
+/// locks each arena while it works, so it runs once a burst of writes (a
+/// host booting its VMs) is over, never during one.
+async fn return_freed_memory(mut snapshots: watch::Receiver<Arc<crate::state::Snapshot>>) {
+    while snapshots.changed().await.is_ok() {
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(TRIM_WHEN_QUIET_FOR) => break,
+            }
+        }
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
 // The ports between layers: each trait belongs to the layer that uses it,
 // and is implemented here for the type of the layer that provides it, so
 // neither layer imports the other.
 
-/// The guest server learns who is behind a connection from the flow map.
+/// The guest server learns who is behind a connection from the identity
+/// address, and the guest's own address from the flow map.
 impl FlowLookup for FlowTable {
-    fn origin(&self, peer: std::net::SocketAddrV4) -> Option<Origin> {
+    fn slot(&self, peer: std::net::Ipv4Addr) -> Option<u32> {
+        FlowTable::slot(self, peer)
+    }
+
+    fn guest_addr(&self, peer: std::net::SocketAddrV4) -> Option<std::net::IpAddr> {
         let origin = FlowTable::origin(self, peer)?;
-        Some(Origin {
-            slot: origin.slot,
-            guest_addr: origin.flow.guest_ip(),
-        })
+        Some(origin.flow.guest_ip())
     }
 }
 

@@ -15,8 +15,11 @@ use crate::state::Port;
 pub struct Guest {
     pub port: Arc<Port>,
     /// The guest's own source address, as it sent it, of the family it
-    /// asked over (for X-Forwarded-For).
-    pub guest_addr: IpAddr,
+    /// asked over: for X-Forwarded-For in nova mode, and EC2's `local-ipv4`
+    /// of a port registered without addresses. None when no answer could
+    /// need it, so the datapath was not asked (see
+    /// [`crate::backend::Responder::needs_guest_addr`]).
+    pub guest_addr: Option<IpAddr>,
 }
 
 /// Linux's default IP TTL: how far an ordinary answer may travel.

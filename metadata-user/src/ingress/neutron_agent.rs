@@ -198,7 +198,10 @@ async fn handle(
     strip_proxy_headers(request.headers_mut());
     match identified {
         Ok((port, guest_addr)) => {
-            let guest = Guest { port, guest_addr };
+            let guest = Guest {
+                port,
+                guest_addr: Some(guest_addr),
+            };
             // No socket of ours reaches the guest (haproxy is in between),
             // so the reply's IP TTL has nothing to apply to here.
             dispatch(guest, request).await.response

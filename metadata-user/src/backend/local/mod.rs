@@ -15,7 +15,8 @@
 //! answer their trees, `watch` holds watches, `password` and `token` the
 //! two endpoints with state,
 //! `view` applies nova's defaults to the instance document, `pyjson` and
-//! `response` produce nova's exact bytes and headers.
+//! `response` produce nova's exact bytes and headers, `rendered` and
+//! `answer_cache` keep what was rendered until the document changes.
 //!
 //! Where we knowingly differ from nova (behind neutron):
 //! - Methods: only GET/HEAD, POST on `password`, PUT on the token path; any
@@ -36,12 +37,14 @@
 //!   `signature`, `pkcs7`, `rsa2048` and `/openstack/identity` (a JWT).
 //! - Added: an `ETag` on every read answer, and `?wait_for_change=true`
 //!   (`watch`: held until `instance put` changes the answer).
+mod answer_cache;
 mod ec2;
 mod identity;
 mod openstack;
 mod password;
 mod paths;
 mod pyjson;
+mod rendered;
 pub mod response;
 mod token;
 mod view;
@@ -71,6 +74,7 @@ use crate::{
     },
     state::instance::{InstanceDoc, TokenMode},
 };
+use answer_cache::AnswerCache;
 use openstack::Resource;
 use paths::Route;
 use response::{ApiError, Document};
@@ -126,6 +130,7 @@ pub struct ApiContext {
     /// itself is still served).
     identity: Option<Arc<Identity>>,
     clock: Clock,
+    answers: AnswerCache,
 }
 
 impl ApiContext {
@@ -139,6 +144,7 @@ impl ApiContext {
             passwords_set: tokio::sync::watch::Sender::new(0),
             identity: None,
             clock: Arc::new(SystemTime::now),
+            answers: AnswerCache::default(),
         }
     }
 
@@ -220,14 +226,14 @@ fn is_read(method: &Method) -> bool {
 pub async fn answer_read(
     ctx: &ApiContext,
     guest: &Guest,
-    instance: Option<&InstanceDoc>,
+    instance: Option<&Arc<InstanceDoc>>,
     parts: &Parts,
 ) -> Reply {
     let reply = match instance {
         Some(doc) => answer(ctx, guest, doc, parts, Empty::<Bytes>::new()).await,
         None => Err(ApiError::NotFound),
     };
-    finish(reply, instance, parts)
+    finish(reply, instance.map(Arc::as_ref), parts)
 }
 
 const ALLOW_READ: &str = "GET, HEAD";
@@ -237,7 +243,7 @@ const ALLOW_TOKEN: &str = "PUT";
 async fn answer<B>(
     ctx: &ApiContext,
     guest: &Guest,
-    doc: &InstanceDoc,
+    doc: &Arc<InstanceDoc>,
     parts: &Parts,
     body: B,
 ) -> Result<Reply, ApiError>
@@ -253,7 +259,7 @@ where
         }
         Route::Ec2(segments) => {
             check_session(ctx, &view, &parts.headers, view.token_mode())?;
-            let document = ec2::lookup(ctx, &view, &segments)?;
+            let document = ec2_document(ctx, &view, doc, &segments)?;
             require_read(method, ALLOW_READ)?;
             Ok(document_reply(document, method))
         }
@@ -279,7 +285,7 @@ where
 /// The OpenStack tree: documents, and the password endpoint.
 async fn answer_openstack<B>(
     ctx: &ApiContext,
-    doc: &InstanceDoc,
+    doc: &Arc<InstanceDoc>,
     view: &InstanceView<'_>,
     segments: &[String],
     parts: &Parts,
@@ -290,10 +296,18 @@ where
     B::Error: std::fmt::Display,
 {
     let method = &parts.method;
-    match openstack::lookup(view, segments, ctx.now())? {
-        Resource::Document(document) => {
+    match openstack::resolve(segments)? {
+        Resource::Versions => {
             require_read(method, ALLOW_READ)?;
-            Ok(document_reply(document, method))
+            Ok(document_reply(openstack::versions(ctx.now()), method))
+        }
+        Resource::File(version, file) => {
+            let answers = ctx.answers.for_guest(view.guest, doc);
+            let rendered = answers.openstack(version, file, || {
+                openstack::render(view, version, file, answers.user_data())
+            })?;
+            require_read(method, ALLOW_READ)?;
+            Ok(document_reply(rendered.document(), method))
         }
         Resource::Password => {
             let store = ctx.passwords.as_ref();
@@ -308,6 +322,32 @@ where
             }
             require_read(method, ALLOW_PASSWORD)?;
             Ok(document_reply(password::read(store, &doc.uuid), method))
+        }
+    }
+}
+
+/// A GET on the EC2 tree (any method: the caller checks it afterwards, as
+/// nova looks the path up first).
+fn ec2_document(
+    ctx: &ApiContext,
+    view: &InstanceView<'_>,
+    doc: &Arc<InstanceDoc>,
+    segments: &[String],
+) -> Result<Document, ApiError> {
+    match ec2::resolve(segments)? {
+        ec2::Resource::Versions => Ok(Document::text(ec2::versions_listing())),
+        ec2::Resource::Version => Ok(ec2::version_listing(view)),
+        ec2::Resource::Dynamic(version, rest) => identity::lookup(ctx, view, version, rest),
+        ec2::Resource::MetaData(version, path) => {
+            let answers = ctx.answers.for_guest(view.guest, doc);
+            let tree = answers.ec2_tree(version, || ec2::meta_data(view, version));
+            ec2::meta_data_node(tree, path)
+        }
+        ec2::Resource::UserData => {
+            let answers = ctx.answers.for_guest(view.guest, doc);
+            Ok(Document::text(
+                answers.user_data().ok_or(ApiError::NotFound)?.clone(),
+            ))
         }
     }
 }

@@ -1,7 +1,10 @@
 //! One instance as the API presents it: the document's values, and nova's
 //! defaults where the document is silent. Both trees read only through here,
 //! so the EC2 and OpenStack answers never disagree.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use super::ApiConfig;
 use crate::{
@@ -115,7 +118,9 @@ impl<'a> InstanceView<'a> {
     /// nova: the first fixed IPv4 address of the instance's network info,
     /// else the address the request came from (an IPv6 one for a guest that
     /// asked over IPv6 and has no IPv4 address). Ours: the document's, else
-    /// the port's first fixed IPv4 address, else the guest's source address.
+    /// the port's first fixed IPv4 address, else the guest's source address
+    /// (which ingress looks up for every port without addresses; 0.0.0.0 if
+    /// it could not).
     pub fn local_ipv4(&self) -> IpAddr {
         self.ec2
             .local_ipv4
@@ -126,7 +131,8 @@ impl<'a> InstanceView<'a> {
                 })
             })
             .map(IpAddr::V4)
-            .unwrap_or(self.guest.guest_addr)
+            .or(self.guest.guest_addr)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 
     /// The first floating IP in nova, empty without one.
@@ -160,12 +166,6 @@ impl<'a> InstanceView<'a> {
 
     pub fn ramdisk_id(&self) -> Option<&str> {
         self.ec2.ramdisk_id.as_deref().filter(|id| !id.is_empty())
-    }
-
-    /// Decoded user data; None when absent. The document is validated when
-    /// stored, so a decoding failure here means no usable user data.
-    pub fn user_data(&self) -> Option<Vec<u8>> {
-        self.doc.user_data_bytes()
     }
 
     /// Key name -> OpenSSH key, in name order. nova shows one keypair; we

@@ -127,7 +127,7 @@ pub fn guest(slot: u32, ifname: &str, ips: &[Ipv4Addr]) -> Guest {
             slot,
             source: Default::default(),
         }),
-        guest_addr: Ipv4Addr::new(192, 168, 50, 7).into(),
+        guest_addr: Some(Ipv4Addr::new(192, 168, 50, 7).into()),
     }
 }
 
