@@ -309,3 +309,79 @@ fn nova_forwards_an_ipv6_only_guest_with_its_ipv6_address() {
         assert_eq!(echo["forwarded_for"], source, "{base}: {reply}");
     }
 }
+
+/// IMDSv2's hop limit over IPv6: a namespace routed behind the guest (the
+/// guest forwards IPv6 inside its own namespace) gets ordinary answers but
+/// no token, since the token's answer leaves with hop limit 1 and dies in
+/// the guest's forwarding; the guest itself gets one, and with
+/// `imds.hop_limit = 2` the container too.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_namespace_behind_the_guest_gets_no_token_over_ipv6() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
+    configure_ipv6(guest.ns(), false);
+    let daemon = Daemon::start(&host).unwrap();
+    let mut instance = Instance::sample("hop6");
+    daemon.register(&guest, &instance).unwrap();
+    wait_served6(guest.ns(), &instance.uuid);
+
+    let container = Netns::new("container").unwrap();
+    let inner = mdr_harness::names::ifname("ct");
+    let g = guest.ns();
+    g.ip(&[
+        "link",
+        "add",
+        &inner,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        container.name(),
+    ])
+    .unwrap();
+    // Forwarding only inside the guest's own namespace.
+    g.exec_ok(&["busybox", "sysctl", "-w", "net.ipv6.conf.all.forwarding=1"])
+        .unwrap();
+    g.ip(&["-6", "addr", "add", "fd00:99::1/64", "dev", &inner, "nodad"])
+        .unwrap();
+    g.ip(&["link", "set", &inner, "up"]).unwrap();
+    container
+        .ip(&["-6", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    container.ip(&["link", "set", "eth0", "up"]).unwrap();
+    container
+        .ip(&["-6", "route", "add", "default", "via", "fd00:99::1"])
+        .unwrap();
+
+    // Ordinary answers cross the guest (hop limit 64)...
+    let reply = get(
+        &container,
+        &format!("{EC2_URL}/latest/meta-data/instance-id"),
+        &[],
+        Duration::from_secs(5),
+    );
+    assert_eq!(reply.status, 200, "container's GET: {reply}");
+    assert_eq!(reply.body, instance.ec2_id);
+    // ...the token's does not.
+    let reply = Request::new("PUT", &format!("{EC2_URL}/latest/api/token"))
+        .header(format!("{TTL_HEADER}: 60"))
+        .timeout(Duration::from_secs(3))
+        .send(&container)
+        .unwrap();
+    assert_eq!(reply.status, 0, "the container got a token: {reply}");
+    // The guest gets its token.
+    let own = token(g, EC2_URL);
+    assert_eq!(instance_id(g, EC2_URL, &own).body, instance.ec2_id);
+    // With imds.hop_limit = 2 the container gets one too.
+    instance.doc["imds"] = json!({"hop_limit": 2});
+    daemon.put_instance(&instance).unwrap();
+    let theirs = token(&container, EC2_URL);
+    assert_eq!(
+        instance_id(&container, EC2_URL, &theirs).body,
+        instance.ec2_id
+    );
+}
