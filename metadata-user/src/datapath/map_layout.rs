@@ -9,7 +9,9 @@
 //! as other fields. So every pin is compared with what this build's own
 //! object defines, generically for whatever maps it has:
 //!
-//! - the map type, key size, value size and capacity (`bpf_map_info`), and
+//! - the map type, key size, value size and capacity (`bpf_map_info`; the
+//!   object's are in turn held to the shared crate's types, so FLOWS's key
+//!   count follows `MAX_FLOW_TABLE_KEYS`, a key per lane of each port), and
 //! - the layout of the key and the value type, from the BTF the kernel
 //!   keeps for the pinned map against the BTF of this build's object, field
 //!   by field (name, type, bit offset): see [`super::btf`].
@@ -20,10 +22,73 @@
 //! connections (FLOWS) and the counters start over.
 use std::path::Path;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
+use metadata_ebpf::{Counters, DatapathConfig, Family, PortEntry, names};
 use tracing::{debug, warn};
 
 use super::{btf::Btf, pins::remove_pin, sys};
+
+/// Each pinned map's (name, key size, value size, max entries) as the
+/// shared crate's types and constants define it. The object's BTF says the
+/// same when it was built from this source; [`check_object_sizes`] makes
+/// sure it does, so a pin is held to both.
+fn expected_layouts() -> [(&'static str, usize, usize, u32); 4] {
+    use std::mem::size_of;
+    [
+        (
+            names::PORTS,
+            size_of::<u32>(),
+            size_of::<PortEntry>(),
+            metadata_ebpf::MAX_PORTS,
+        ),
+        // Identity address (one key per lane of each port) -> the port's
+        // flow table (each table's own layout is checked in
+        // `FlowTable::ensure`, by the stamp in its name).
+        (
+            names::FLOWS,
+            size_of::<[u8; 4]>(),
+            size_of::<u32>(),
+            metadata_ebpf::MAX_FLOW_TABLE_KEYS,
+        ),
+        (
+            names::CONFIG,
+            size_of::<u32>(),
+            size_of::<DatapathConfig>(),
+            1,
+        ),
+        (
+            names::COUNTERS,
+            size_of::<u32>(),
+            size_of::<Counters>(),
+            Family::COUNT as u32,
+        ),
+    ]
+}
+
+/// Fails when the object's definition of a pinned map has other sizes or
+/// capacity than the shared crate's types (an object built from another
+/// source than this daemon): holding pins to such an object would reuse
+/// maps the daemon's own reads and writes do not fit.
+fn check_object_sizes(object_maps: &[(String, MapShape)]) -> anyhow::Result<()> {
+    for (name, key_size, value_size, max_entries) in expected_layouts() {
+        let Some((_, shape)) = object_maps.iter().find(|(found, _)| found == name) else {
+            bail!("the eBPF object defines no map {name}");
+        };
+        let found = (
+            shape.key_size as usize,
+            shape.value_size as usize,
+            shape.max_entries,
+        );
+        let wanted = (key_size, value_size, max_entries);
+        if found != wanted {
+            bail!(
+                "the eBPF object's {name} has (key, value, entries) {found:?}, \
+                 the daemon's types {wanted:?}"
+            );
+        }
+    }
+    Ok(())
+}
 
 /// One map as this build defines it, in the terms the kernel reports a
 /// pinned map in.
@@ -144,7 +209,9 @@ pub fn pinned_shape(pin: &Path) -> anyhow::Result<MapShape> {
 /// definition of the same name (`object`: the eBPF object about to be
 /// loaded). Pins of maps this build does not define are left alone.
 pub fn replace_incompatible_pins(maps_dir: &Path, object: &[u8]) -> anyhow::Result<()> {
-    for (name, wanted) in object_maps(object)? {
+    let maps = object_maps(object)?;
+    check_object_sizes(&maps)?;
+    for (name, wanted) in maps {
         let pin = maps_dir.join(&name);
         if !pin.exists() {
             continue;
@@ -251,6 +318,20 @@ mod tests {
             fnv1a(b"struct FlowEntry/24{a@0}"),
             fnv1a(b"struct FlowEntry/24{b@0}")
         );
+    }
+
+    /// The object's sizes are the shared crate's (incl. FLOWS holding a key
+    /// per lane of every port); an object whose FLOWS has another capacity
+    /// (a build with another MAX_FLOW_TABLE_KEYS) is refused.
+    #[test]
+    fn the_object_sizes_are_held_to_the_shared_types() {
+        let mut maps = object_maps(super::super::load::EBPF_OBJECT).unwrap();
+        check_object_sizes(&maps).unwrap();
+        let flows = &mut maps.iter_mut().find(|(name, _)| name == "FLOWS").unwrap().1;
+        assert_eq!(flows.max_entries, metadata_ebpf::MAX_FLOW_TABLE_KEYS);
+        flows.max_entries = metadata_ebpf::MAX_PORTS;
+        let err = check_object_sizes(&maps).unwrap_err().to_string();
+        assert!(err.contains("FLOWS"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! present B's own IMDSv2 token, or walk paths with B's UUID in them: no
 //! answer ever carries a byte of B's data, and nothing panics.
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -55,8 +55,8 @@ impl FlowLookup for AllFromA {
         Some(1)
     }
 
-    fn guest_addr(&self, _peer: SocketAddrV4) -> Option<Ipv4Addr> {
-        Some(Ipv4Addr::new(10, 0, 0, 5))
+    fn guest_addr(&self, _peer: SocketAddrV4) -> Option<IpAddr> {
+        Some(Ipv4Addr::new(10, 0, 0, 5).into())
     }
 }
 
@@ -387,7 +387,7 @@ fn fuzz_guest_requests_over_the_wire() {
         let snapshot = registry.snapshot();
         let guest = Guest {
             port: snapshot.ports["tap-b"].clone(),
-            guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5).into()),
         };
         let request = Request::builder()
             .method(Method::PUT)

@@ -258,14 +258,14 @@ fn guest(doc: &InstanceDoc) -> Guest {
                 instance: doc.uuid,
                 port_id: None,
                 mac: Some("fa:16:3e:00:00:01".into()),
-                ips: vec![Ipv4Addr::new(10, 0, 0, 5)],
+                ips: vec![Ipv4Addr::new(10, 0, 0, 5).into()],
                 network_id: None,
                 project_id: None,
             },
             slot: 1,
             source: crate::state::Source::Manual,
         }),
-        guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5)),
+        guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5).into()),
     }
 }
 

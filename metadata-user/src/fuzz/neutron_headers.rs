@@ -30,7 +30,7 @@ fn ports() -> Vec<Arc<Port>> {
                 instance: uuid::Uuid::from_u128(slot.into()),
                 port_id: None,
                 mac: None,
-                ips: vec![Ipv4Addr::new(10, 0, 0, last)],
+                ips: vec![Ipv4Addr::new(10, 0, 0, last).into()],
                 network_id: network.map(|n| n.parse().unwrap()),
                 project_id: None,
             },

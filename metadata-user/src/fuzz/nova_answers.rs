@@ -253,14 +253,14 @@ fn guest(uuid: &str, slot: u32) -> Guest {
                 instance: uuid.parse().unwrap(),
                 port_id: None,
                 mac: None,
-                ips: vec![Ipv4Addr::new(10, 0, 0, 5)],
+                ips: vec![Ipv4Addr::new(10, 0, 0, 5).into()],
                 network_id: None,
                 project_id: Some("project".into()),
             },
             slot,
             source: crate::state::Source::Manual,
         }),
-        guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5)),
+        guest_addr: Some(Ipv4Addr::new(10, 0, 0, 5).into()),
     }
 }
 
