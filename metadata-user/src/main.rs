@@ -4,7 +4,10 @@ mod admin;
 mod backend;
 mod cli;
 mod datapath;
+mod exporter;
 mod ingress;
+mod logging;
+mod metrics;
 mod serve;
 mod state;
 

@@ -27,6 +27,7 @@ use crate::{
     },
     cli::{ServeArgs, settings::Settings},
     datapath::{self, Datapath, FlowTable, netdev, reconcile::Reconciler},
+    exporter::{self, Live, LiveFn, NovaLive},
     ingress::{
         dispatch::Dispatcher,
         limits::ConnectionLimiter,
@@ -34,6 +35,8 @@ use crate::{
         ratelimit::RateLimiter,
         server::{FlowLookup, GuestServer, Origin},
     },
+    logging,
+    metrics::{BackendLabel, Metrics},
     state::{PortPolicy, Registry},
 };
 
@@ -57,21 +60,8 @@ fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
 }
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                // The netlink crates warn, with a whole message dump, about
-                // every link event that arrives while a request handle shuts
-                // down (e.g. our own veth pair going away on exit).
-                tracing_subscriber::EnvFilter::new(
-                    "info,netlink_packet_route=error,netlink_proto=error",
-                )
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let settings = Settings::resolve(args, admin_socket)?;
+    logging::init(settings.log_format);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,15 +70,22 @@ pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
-    let policy = match settings.backend {
-        BackendConfig::Local => PortPolicy::LocalInstance,
-        BackendConfig::Nova(_) => PortPolicy::NovaProject,
+    let (policy, backend_label) = match settings.backend {
+        BackendConfig::Local => (PortPolicy::LocalInstance, BackendLabel::Local),
+        BackendConfig::Nova(_) => (PortPolicy::NovaProject, BackendLabel::Nova),
     };
+    let metrics = Arc::new(Metrics::new(backend_label));
     let registry = Registry::open_with_policy(&settings.state_dir, policy)
         .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
     // Bind the admin socket first: it refuses to start a second daemon.
     let admin_listener = admin::server::bind(&settings.admin_socket)
         .with_context(|| format!("--admin-socket {}", settings.admin_socket.display()))?;
+    // Bound before the datapath is touched: a wrong address fails the start
+    // with nothing changed.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(exporter::http::bind(addr).await?),
+        None => None,
+    };
 
     let netlink = netdev::connect()?;
     let server_link = netdev::ensure_server_link(&netlink, &settings.link).await?;
@@ -114,7 +111,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     // Subscribe to link events before listing links, so a tap created in
     // between is not missed.
     let link_events = netdev::watch_links()?;
-    let mut reconciler = Reconciler::new(datapath, netdev::current_links(&netlink).await?);
+    let mut reconciler = Reconciler::new(
+        datapath,
+        netdev::current_links(&netlink).await?,
+        metrics.clone(),
+    );
     reconciler.start(&registry.snapshot())?;
     let attached = reconciler.attached();
     let attached_at_exit = attached.clone();
@@ -131,7 +132,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             registry.secret("imds-token-key")?,
             registry.clone(),
         )),
-        BackendConfig::Nova(nova) => Backend::Nova(NovaBackend::new(nova)),
+        BackendConfig::Nova(nova) => {
+            Backend::Nova(NovaBackend::with_metrics(nova, metrics.clone()))
+        }
     };
     let responder = Arc::new(Responder {
         backend,
@@ -140,6 +143,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let dispatcher = Arc::new(Dispatcher {
         responder: responder.clone(),
         requests: RateLimiter::from_config(settings.rate_limit),
+        metrics: metrics.clone(),
     });
     if let Some(path) = &settings.neutron_agent_socket {
         tokio::spawn(neutron_agent::serve(
@@ -158,6 +162,22 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             shutdown_rx.clone(),
         ));
         info!(socket = %path.display(), "serving the neutron-metadata-agent protocol");
+    }
+
+    if let Some(listener) = metrics_listener {
+        let live = live_values(
+            counters.clone(),
+            attached.clone(),
+            registry.clone(),
+            responder.clone(),
+        );
+        info!(address = %listener.local_addr()?, "serving metrics at /metrics");
+        tokio::spawn(exporter::http::serve(
+            listener,
+            metrics.clone(),
+            live,
+            shutdown_rx.clone(),
+        ));
     }
 
     let status: admin::server::StatusFn = {
@@ -244,6 +264,41 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(bpffs = %settings.bpffs.display(), "datapath left in place for the next daemon");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the exporter reads at each scrape: the datapath's counters, the
+/// attached taps, the store's size and nova's cache.
+fn live_values(
+    counters: Arc<datapath::CounterTable>,
+    attached: watch::Receiver<std::collections::BTreeMap<String, datapath::AttachedTap>>,
+    registry: Arc<Registry>,
+    responder: Arc<Responder>,
+) -> LiveFn {
+    Arc::new(move || {
+        let snapshot = registry.snapshot();
+        Live {
+            datapath: counters
+                .totals()
+                .ok()
+                .map(|totals| totals.fields().to_vec()),
+            ports_attached: attached.borrow().len() as u64,
+            store_instances: snapshot.instances.len() as u64,
+            store_ports: snapshot.ports.len() as u64,
+            instances_with_ports: snapshot
+                .ports
+                .values()
+                .map(|port| port.spec.instance)
+                .collect(),
+            nova: responder.nova_stats().map(|stats| NovaLive {
+                upstream_requests: stats.upstream_requests,
+                cache_hits: stats.cache.hits,
+                cache_misses: stats.cache.misses,
+                cache_coalesced: stats.cache.coalesced,
+                cache_entries: stats.cache.entries as u64,
+                cache_bytes: stats.cache.bytes as u64,
+            }),
+        }
+    })
 }
 
 // The ports between layers: each trait belongs to the layer that uses it,

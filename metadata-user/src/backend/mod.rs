@@ -3,8 +3,13 @@
 //! nova-api-metadata (`nova`, forwarded the way neutron's agent does).
 //! The eBPF path and the neutron-agent socket share this.
 //!
-//! Depends on `state` only (the instance document is looked up per request).
+//! `kind` says which tree a path is in and whether it reaches a secret (for
+//! metrics and the audit log).
+//!
+//! Depends on `state` (the instance document is looked up per request) and
+//! records into `metrics` (nova's upstream latency).
 pub mod guest;
+pub mod kind;
 pub mod local;
 pub mod nova;
 
@@ -44,6 +49,14 @@ impl Responder {
                 let project = instance.as_ref().and_then(|i| i.project_id.as_deref());
                 Reply::new(nova.serve_guest(guest, project, request).await)
             }
+        }
+    }
+
+    /// nova's counters (None with the local backend).
+    pub fn nova_stats(&self) -> Option<nova::NovaStats> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Nova(nova) => Some(nova.stats()),
         }
     }
 

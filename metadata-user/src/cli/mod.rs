@@ -8,9 +8,9 @@
 //! The top layer with `serve` and `admin`: nothing below depends on it.
 pub mod settings;
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     backend::nova::config::{BackendKind, NovaOptions, Protocol},
@@ -53,6 +53,22 @@ pub enum Command {
     },
 }
 
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        <Self as ValueEnum>::from_str(text, false)
+            .map_err(|_| anyhow::anyhow!("{text:?} is not a log format (text or json)"))
+    }
+}
+
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// Where the SQLite store (instances, ports, passwords, token key) lives
@@ -66,11 +82,13 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
     /// server_addr, server_port, identity_net, domain, detach_on_exit,
-    /// tap_attach, syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, and
-    /// the nova backend's: backend, nova_metadata_host, nova_metadata_port,
-    /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
-    /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
-    /// nova_metadata_timeout, metadata_cache_expiration, neutron_agent_socket.
+    /// tap_attach, syn_rate_per_port, rate_limit_per_sec, rate_limit_burst,
+    /// metrics_listen, log_format, and the nova backend's: backend,
+    /// nova_metadata_host, nova_metadata_port, nova_metadata_protocol,
+    /// nova_metadata_insecure, nova_client_cert, nova_client_priv_key,
+    /// auth_ca_cert, metadata_proxy_shared_secret_file, nova_metadata_timeout,
+    /// metadata_cache_expiration, neutron_agent_socket. The installed
+    /// /etc/metadata-redirector/config.toml lists each with its default.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Name of the veth end the server listens behind [default: mdr-srv].
@@ -90,6 +108,16 @@ pub struct ServeArgs {
     /// about 0.1 ms per tap [default: tcx].
     #[arg(long, value_enum, value_name = "MODE")]
     pub tap_attach: Option<TapAttach>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics. Off unless
+    /// given. Name a loopback or management address: an unspecified one
+    /// (0.0.0.0, ::) or one guests reach (the server's and identity
+    /// addresses, 169.254.169.254) is refused.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log shippers [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     #[command(flatten)]
     pub nova: NovaArgs,
 }

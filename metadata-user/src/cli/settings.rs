@@ -2,14 +2,14 @@
 //! the built-in defaults. Every key is checked; an unknown one is an error
 //! (a misspelt setting must not be silently ignored).
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use super::{DEFAULT_ADMIN_SOCKET, ServeArgs};
+use super::{DEFAULT_ADMIN_SOCKET, LogFormat, ServeArgs};
 use crate::{
     backend::nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
     datapath::{IdentityPlan, TapAttach, netdev::ServerLinkPlan},
@@ -46,6 +46,10 @@ struct FileConfig {
     rate_limit_per_sec: Option<f64>,
     /// ...and in a burst.
     rate_limit_burst: Option<u32>,
+    /// "ADDR:PORT" (parsed here, so that a bad value names the key).
+    metrics_listen: Option<String>,
+    /// "text" or "json".
+    log_format: Option<String>,
     // The nova backend (see backend::nova::config; names as neutron-metadata-agent's).
     backend: Option<BackendKind>,
     nova_metadata_host: Option<String>,
@@ -101,6 +105,9 @@ pub struct Settings {
     pub backend: BackendConfig,
     /// `--neutron-agent-socket`: serve neutron-metadata-agent's protocol too.
     pub neutron_agent_socket: Option<PathBuf>,
+    /// `--metrics-listen`: where Prometheus scrapes (None: no listener).
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
 }
 
 impl Settings {
@@ -161,6 +168,21 @@ impl Settings {
             (None, Some(text)) => text.parse().context("tap_attach")?,
             (None, None) => TapAttach::default(),
         };
+        let log_format = match (args.log_format, &file.log_format) {
+            (Some(format), _) => format,
+            (None, Some(text)) => text.parse().context("log_format")?,
+            (None, None) => LogFormat::default(),
+        };
+        let metrics_listen = match (args.metrics_listen, &file.metrics_listen) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => Some(text.parse::<SocketAddr>().with_context(|| {
+                format!("metrics_listen: {text:?} is not ADDR:PORT (e.g. \"127.0.0.1:9640\")")
+            })?),
+            (None, None) => None,
+        };
+        if let Some(addr) = metrics_listen {
+            check_metrics_listen(addr, &identity).context("--metrics-listen")?;
+        }
         Ok(Self {
             state_dir: args
                 .state_dir
@@ -193,8 +215,40 @@ impl Settings {
             },
             backend,
             neutron_agent_socket,
+            metrics_listen,
+            log_format,
         })
     }
+}
+
+/// The metrics listener must be where the operator scrapes from and never
+/// where guests reach: not every address at once (that includes the server
+/// veth's), not the server's or an identity address, not the metadata
+/// address itself.
+fn check_metrics_listen(addr: SocketAddr, identity: &IdentityPlan) -> anyhow::Result<()> {
+    let ip = addr.ip();
+    if ip.is_unspecified() {
+        bail!(
+            "{addr} listens on every address, the server veth's included; name the loopback \
+             (127.0.0.1) or a management address"
+        );
+    }
+    if addr.port() == 0 {
+        bail!("{addr}: give the port Prometheus will scrape (e.g. 9640)");
+    }
+    if let IpAddr::V4(v4) = ip {
+        let guest_reachable = v4 == identity.server_addr
+            || Some(v4) == identity.next_hop()
+            || v4 == Ipv4Addr::new(169, 254, 169, 254)
+            || identity.contains(v4);
+        if guest_reachable {
+            bail!(
+                "{addr} is an address guests' requests reach (the metadata, server or identity \
+                 addresses); name the loopback (127.0.0.1) or a management address"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn rate_limit(file: &FileConfig) -> anyhow::Result<RateLimitConfig> {

@@ -81,7 +81,7 @@ impl IdentityPlan {
         u32::MAX << (32 - u32::from(self.prefix_len))
     }
 
-    fn contains(&self, addr: Ipv4Addr) -> bool {
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
         u32::from(addr) & self.mask() == u32::from(self.net)
     }
 

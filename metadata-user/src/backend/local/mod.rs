@@ -36,7 +36,7 @@ mod ec2;
 mod identity;
 mod openstack;
 mod password;
-mod paths;
+pub mod paths;
 mod pyjson;
 pub mod response;
 mod token;

@@ -1,8 +1,11 @@
 //! `NovaBackend::forward`: one guest request to nova and back, through the
 //! cache for GETs.
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -18,7 +21,7 @@ use super::{
     forward::{Answer, upstream_headers},
     sign::sign_instance_id,
 };
-use crate::backend::guest::Guest;
+use crate::{backend::guest::Guest, metrics::Metrics};
 
 /// Largest request body passed to nova. nova's only POST is the password
 /// (at most 1020 bytes); this leaves room without buffering floods.
@@ -36,6 +39,8 @@ struct Inner {
     /// None when `--metadata-cache-expiration 0`.
     cache: Option<Arc<AnswerCache>>,
     upstream_requests: AtomicU64,
+    /// Where the time nova takes is recorded.
+    metrics: Arc<Metrics>,
 }
 
 /// Counters for `status` and tests.
@@ -47,8 +52,18 @@ pub struct NovaStats {
 }
 
 impl NovaBackend {
-    /// Needs no runtime until the first request.
+    /// Needs no runtime until the first request. Records into metrics of
+    /// its own (tests); the daemon uses [`with_metrics`](Self::with_metrics).
+    #[cfg(test)]
     pub fn new(config: &NovaConfig) -> Self {
+        Self::with_metrics(
+            config,
+            Arc::new(Metrics::new(crate::metrics::BackendLabel::Nova)),
+        )
+    }
+
+    /// Records nova's latency into `metrics`.
+    pub fn with_metrics(config: &NovaConfig, metrics: Arc<Metrics>) -> Self {
         let cache = (!config.cache_expiration.is_zero())
             .then(|| AnswerCache::new(config.cache_expiration, DEFAULT_MAX_BYTES));
         Self {
@@ -57,6 +72,7 @@ impl NovaBackend {
                 secret: config.secret.clone(),
                 cache,
                 upstream_requests: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -116,7 +132,10 @@ impl NovaBackend {
                 }
             }
             inner.upstream_requests.fetch_add(1, Ordering::Relaxed);
-            Answer::from_nova(&upstream_target, inner.client.send(request).await)
+            let started = Instant::now();
+            let result = inner.client.send(request).await;
+            inner.metrics.record_upstream(started.elapsed());
+            Answer::from_nova(&upstream_target, result)
         };
 
         let cache = self.inner.cache.as_ref();

@@ -24,7 +24,7 @@ mod tests;
 
 use std::net::Ipv4Addr;
 
-pub use backend::NovaBackend;
+pub use backend::{NovaBackend, NovaStats};
 
 use crate::{
     backend::guest::Guest,
