@@ -2,12 +2,14 @@
 //! hypervisor, fed by an eBPF program on each VM tap.
 mod admin;
 mod backend;
+mod check;
 mod cli;
 mod datapath;
 mod exporter;
 mod ingress;
 mod logging;
 mod metrics;
+mod notify;
 mod serve;
 mod state;
 
@@ -19,6 +21,9 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(args, cli.admin_socket),
+        cli::Command::Check(args) => {
+            cli::settings::Settings::resolve(args, cli.admin_socket).and_then(check::run)
+        }
         command => admin::client::run(&cli.admin_socket, command),
     };
     match result {

@@ -25,6 +25,7 @@ use crate::{
         local::{ApiConfig, ApiContext, PasswordConflict, PasswordStore},
         nova::{NovaBackend, config::BackendConfig},
     },
+    check,
     cli::{ServeArgs, settings::Settings},
     datapath::{self, Datapath, FlowTable, netdev, reconcile::Reconciler},
     exporter::{self, Live, LiveFn, NovaLive},
@@ -37,6 +38,7 @@ use crate::{
     },
     logging,
     metrics::{BackendLabel, Metrics},
+    notify,
     state::{PortPolicy, Registry},
 };
 
@@ -62,6 +64,8 @@ fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(args, admin_socket)?;
     logging::init(settings.log_format);
+    // Before anything is touched, and in the words `check` uses.
+    check::kernel::require_supported()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -227,11 +231,14 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
     });
     let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
+    let server = format!("{}:{}", settings.identity.server_addr, settings.server_port);
     info!(
-        server = %format!("{}:{}", settings.identity.server_addr, settings.server_port),
+        server,
         bpffs = %settings.bpffs.display(),
         "serving metadata"
     );
+    // The datapath is loaded and attached, and the listener is up.
+    notify::ready(&format!("serving metadata at {server}"));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -239,6 +246,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
+    notify::stopping();
     let _ = shutdown_tx.send(true);
     let _ = guest_task.await;
     admin_task.abort();

@@ -39,6 +39,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: load the datapath, watch taps, serve guests and the admin API.
     Serve(ServeArgs),
+    /// Check what `serve` needs from this host (kernel, BTF, TCX, bpffs,
+    /// capabilities, routes, rp_filter, firewall, directories): one line per
+    /// item, ok or the fix. Takes serve's flags and --config, to check what
+    /// that daemon would use. Exits 1 when something needed is missing.
+    Check(ServeArgs),
     /// Create, replace, show, list or delete instance documents.
     #[command(subcommand)]
     Instance(InstanceCommand),
