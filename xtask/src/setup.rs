@@ -39,13 +39,26 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "the benchmark's other-traffic measurement"),
     ("fonts-dejavu-core", "the benchmark's plots"),
     ("linux-perf", "profiling the benchmark's misses"),
+    (
+        "systemd",
+        "systemd-analyze verify of the installed unit (nothing is started)",
+    ),
 ];
 
-/// Python packages (from PyPI, for the machine's `python3`) and why.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[(
-    "botocore",
-    "the end-to-end test of an AWS SDK's IMDSv2 client",
-)];
+/// Python packages (from PyPI, for the machine's `python3`): the name to
+/// install, the module to import, and why.
+const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "botocore",
+        "botocore",
+        "the end-to-end test of an AWS SDK's IMDSv2 client",
+    ),
+    (
+        "prometheus-client",
+        "prometheus_client",
+        "parsing the /metrics exposition in the metrics test",
+    ),
+];
 
 /// The bpf-linker release verified with LLVM 22 and rustc 1.95.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -134,8 +147,9 @@ fn installed_version(package: &str) -> Option<String> {
 /// The tests run real guest software (`harness/py/`) with the `python3` on the
 /// PATH, so that is the one whose packages are checked and installed.
 fn python_packages(report: Report) -> Result<()> {
-    for (package, why) in PYTHON_PACKAGES {
-        let version = format!("import {package}; print({package}.__version__)");
+    for (package, module, why) in PYTHON_PACKAGES {
+        let version =
+            format!("import importlib.metadata as m, {module}; print(m.version({package:?}))");
         if let Some(version) = probe(&mut command(&["python3", "-c", &version])) {
             report.ok(&format!("{package} {} (python3)", version.trim()));
             continue;

@@ -63,3 +63,24 @@ pub fn item(server_port: u16) -> Item {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The unit `cargo xtask install` puts in /etc/systemd/system.
+    const UNIT: &str = include_str!("../../../dist/metadata-redirector.service");
+
+    #[test]
+    fn the_unit_grants_exactly_what_serve_needs() {
+        let line = UNIT
+            .lines()
+            .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
+            .expect("the unit bounds its capabilities");
+        let mut granted: Vec<&str> = line.split_whitespace().collect();
+        granted.sort();
+        let mut needed: Vec<&str> = NEEDED.iter().map(|(name, _, _)| *name).collect();
+        needed.sort();
+        assert_eq!(granted, needed);
+    }
+}

@@ -450,6 +450,125 @@ mod tests {
         assert!(err.contains("tcx") && err.contains("tc"), "{err}");
     }
 
+    /// The commented config file `cargo xtask install` puts in /etc.
+    const CONFIG_TEMPLATE: &str = include_str!("../../../dist/config.toml");
+    const UNSET_MARK: &str = "# unset by default";
+
+    /// The template's `# key = value` lines: (key, line uncommented, whether
+    /// it shows the default rather than an example).
+    fn template_entries() -> Vec<(String, String, bool)> {
+        CONFIG_TEMPLATE
+            .lines()
+            .filter_map(|line| {
+                let setting = line.strip_prefix("# ")?;
+                let (key, _) = setting.split_once(" = ")?;
+                key.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+                    .then(|| {
+                        (
+                            key.to_owned(),
+                            setting.to_owned(),
+                            !setting.contains(UNSET_MARK),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Every key the file format accepts, from serde's own refusal of an
+    /// unknown one ("expected one of `a`, `b`, ...").
+    fn accepted_keys() -> Vec<String> {
+        let err = toml::from_str::<FileConfig>("no_such_key = 1")
+            .unwrap_err()
+            .to_string();
+        let list = err
+            .split("expected one of")
+            .nth(1)
+            .expect("serde lists the fields");
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_config_template_lists_every_key_once_with_its_default() {
+        let entries = template_entries();
+        let mut listed: Vec<String> = entries.iter().map(|(key, _, _)| key.clone()).collect();
+        listed.sort();
+        let mut accepted = accepted_keys();
+        accepted.sort();
+        assert!(accepted.len() > 20, "{accepted:?}");
+        assert_eq!(
+            listed, accepted,
+            "dist/config.toml must list every key exactly once"
+        );
+
+        // Uncommented, the defaults resolve to exactly the built-in defaults...
+        let defaults: String = entries
+            .iter()
+            .filter(|(_, _, is_default)| *is_default)
+            .map(|(_, line, _)| format!("{line}\n"))
+            .collect();
+        let from_template = format!("{:?}", with_file(&defaults).unwrap());
+        let built_in = format!(
+            "{:?}",
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap()
+        );
+        assert_eq!(from_template, built_in);
+        // ...and every example is a value the key takes.
+        let everything: String = entries
+            .iter()
+            .map(|(_, line, _)| format!("{line}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("all.toml");
+        std::fs::write(&path, everything).unwrap();
+        read_file(&path).unwrap();
+    }
+
+    #[test]
+    fn metrics_listen_and_log_format_from_flag_and_file() {
+        let settings =
+            with_file("metrics_listen = \"127.0.0.1:9640\"\nlog_format = \"json\"\n").unwrap();
+        assert_eq!(
+            settings.metrics_listen,
+            Some("127.0.0.1:9640".parse().unwrap())
+        );
+        assert_eq!(settings.log_format, LogFormat::Json);
+        for (bad, expected) in [
+            ("0.0.0.0:9640", "every address"),
+            ("[::]:9640", "every address"),
+            ("240.0.0.1:9640", "guests' requests reach"),
+            ("240.1.3.4:9640", "guests' requests reach"),
+            ("169.254.169.254:9640", "guests' requests reach"),
+            ("127.0.0.1:0", "give the port"),
+        ] {
+            let err = format!(
+                "{:#}",
+                with_file(&format!("metrics_listen = \"{bad}\"\n")).unwrap_err()
+            );
+            assert!(
+                err.contains("--metrics-listen") && err.contains(expected),
+                "{bad}: {err}"
+            );
+        }
+        let err = format!(
+            "{:#}",
+            with_file("metrics_listen = \"localhost\"\n").unwrap_err()
+        );
+        assert!(
+            err.contains("metrics_listen: \"localhost\" is not ADDR:PORT"),
+            "{err}"
+        );
+        let err = format!("{:#}", with_file("log_format = \"xml\"\n").unwrap_err());
+        assert!(
+            err.contains("log_format") && err.contains("text or json"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn unknown_and_bad_keys_are_named() {
         let err = with_file("bpfs = \"/x\"\n").unwrap_err().to_string();
