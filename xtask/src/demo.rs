@@ -55,6 +55,8 @@ pub fn run(serve_args: &[String]) -> Result<()> {
         bpffs: std::path::Path::new(bpffs::ROOT).join(names::global("bpffs")),
         log: dir.join("daemon.log"),
         extra_args: serve_args.to_vec(),
+        env: Vec::new(),
+        command_prefix: Vec::new(),
         own_process_group: true,
         print_log_on_drop: false,
     });
