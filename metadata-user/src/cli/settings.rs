@@ -528,6 +528,26 @@ mod tests {
         read_file(&path).unwrap();
     }
 
+    /// docs/operations.md is where an operator looks a setting up: it must
+    /// name every config key and every flag of `serve`.
+    #[test]
+    fn the_operations_guide_names_every_key_and_flag() {
+        use clap::CommandFactory as _;
+        let guide = include_str!("../../../docs/operations.md");
+        for key in accepted_keys() {
+            assert!(guide.contains(&format!("`{key}`")), "docs/operations.md lacks `{key}`");
+        }
+        let cli = crate::cli::Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve exists");
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            assert!(guide.contains(&format!("`--{long}")), "docs/operations.md lacks --{long}");
+        }
+    }
+
     #[test]
     fn metrics_listen_and_log_format_from_flag_and_file() {
         let settings =
