@@ -60,14 +60,15 @@ impl FilterTable {
                 if let (Some(name), Some(policy)) = (parts.next(), parts.next()) {
                     table.policies.insert(name.into(), policy.into());
                 }
-            } else if let Some(rule) = line.strip_prefix("-A ") {
-                if let Some((chain, spec)) = rule.split_once(' ') {
-                    table
-                        .rules
-                        .entry(chain.into())
-                        .or_default()
-                        .push(spec.into());
-                }
+            } else if let Some((chain, spec)) = line
+                .strip_prefix("-A ")
+                .and_then(|rule| rule.split_once(' '))
+            {
+                table
+                    .rules
+                    .entry(chain.into())
+                    .or_default()
+                    .push(spec.into());
             }
         }
         table

@@ -83,11 +83,11 @@ fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
 /// The routes that would take traffic for `ours` somewhere other than the
 /// server end (`server_ifindex`, if it exists yet): at least as specific,
 /// or in the local table (addresses, which win over any route).
-pub fn conflicts<'a>(
-    routes: &'a [Route],
+pub fn conflicts(
+    routes: &[Route],
     ours: (Ipv4Addr, u8),
     server_ifindex: Option<u32>,
-) -> Vec<&'a Route> {
+) -> Vec<&Route> {
     routes
         .iter()
         .filter(|route| route.oif.is_none() || route.oif != server_ifindex)

@@ -535,7 +535,10 @@ mod tests {
         use clap::CommandFactory as _;
         let guide = include_str!("../../../docs/operations.md");
         for key in accepted_keys() {
-            assert!(guide.contains(&format!("`{key}`")), "docs/operations.md lacks `{key}`");
+            assert!(
+                guide.contains(&format!("`{key}`")),
+                "docs/operations.md lacks `{key}`"
+            );
         }
         let cli = crate::cli::Cli::command();
         let serve = cli.find_subcommand("serve").expect("serve exists");
@@ -544,7 +547,10 @@ mod tests {
             if long == "help" || long == "version" {
                 continue;
             }
-            assert!(guide.contains(&format!("`--{long}")), "docs/operations.md lacks --{long}");
+            assert!(
+                guide.contains(&format!("`--{long}")),
+                "docs/operations.md lacks --{long}"
+            );
         }
     }
 
