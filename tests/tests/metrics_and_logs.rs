@@ -1,14 +1,15 @@
 //! Operating the daemon: the Prometheus endpoint moves with guest requests
 //! (parsed by prometheus_client's own parsers), the JSON log parses line by
 //! line, and the audit log records every access to a secret without ever
-//! containing one.
+//! containing one. In nova mode, nova's time and the cache are counted.
 use std::{collections::BTreeMap, time::Duration};
 
 use base64::Engine as _;
 use mdr_harness::{
-    Daemon, Guest, GuestConfig, Host, Instance, Request, TenantNet,
+    Daemon, FakeNova, FakeNovaConfig, Guest, GuestConfig, Host, Instance, Request, TenantNet,
     fixtures::{GUEST_ADDR, GUEST_MAC},
     names::random_u64,
+    nova::NovaInstance,
     python,
 };
 use serde_json::Value;
@@ -303,4 +304,80 @@ fn metrics_move_with_guest_requests_and_logs_audit_without_secrets() {
         assert!(!secret.is_empty());
         assert!(!log.contains(secret), "{what} appears in the log");
     }
+}
+
+/// In nova mode: nova's answer time, the requests sent to it and how the
+/// cache served the guest's requests.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn nova_mode_counts_upstream_time_and_the_cache() {
+    let host = Host::new().unwrap();
+    let instance = NovaInstance::new();
+    let config =
+        FakeNovaConfig::new("a secret shared with nova").project(&instance.uuid, &instance.project);
+    let nova = FakeNova::start(&host, config).unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
+    let mut args = nova.daemon_args(&nova.secret_file());
+    args.extend(["--metrics-listen".into(), METRICS.into()]);
+    let daemon = Daemon::start_with_args(&host, &args).unwrap();
+    daemon
+        .add_nova_port(guest.tap(), &instance, GUEST_MAC, GUEST_ADDR, None)
+        .unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+
+    let before = Scrape::take(&host);
+    // A path nothing asked for yet: the first GET goes to nova, the next
+    // two are answered from the cache (15 s by default).
+    for _ in 0..3 {
+        let reply = guest.http_get("/latest/meta-data/instance-id").unwrap();
+        assert_eq!(reply.status, 200, "{reply}");
+    }
+    let after = Scrape::take(&host);
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    assert_eq!(
+        delta(
+            "metadata_redirector_nova_cache_lookups_total",
+            &[("result", "miss")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "metadata_redirector_nova_cache_lookups_total",
+            &[("result", "hit")]
+        ),
+        2.0
+    );
+    assert_eq!(delta("metadata_redirector_nova_requests_total", &[]), 1.0);
+    assert_eq!(
+        delta(
+            "metadata_redirector_nova_request_duration_seconds_count",
+            &[]
+        ),
+        1.0
+    );
+    assert_eq!(
+        after
+            .types
+            .get("metadata_redirector_nova_request_duration_seconds")
+            .map(String::as_str),
+        Some("histogram")
+    );
+    assert_eq!(
+        delta(
+            "metadata_redirector_requests_total",
+            &[("tree", "ec2"), ("code", "200"), ("backend", "nova")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        delta(
+            "metadata_redirector_ec2_tokenless_requests_total",
+            &[("instance", &instance.uuid)]
+        ),
+        3.0
+    );
+    assert!(after.get("metadata_redirector_nova_cache_entries", &[]) >= 1.0);
 }
