@@ -39,10 +39,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: load the datapath, watch taps, serve guests and the admin API.
     Serve(ServeArgs),
-    /// Check what `serve` needs from this host (kernel, BTF, TCX, bpffs,
-    /// capabilities, routes, rp_filter, firewall, directories): one line per
-    /// item, ok or the fix. Takes serve's flags and --config, to check what
-    /// that daemon would use. Exits 1 when something needed is missing.
+    /// Check what `serve` needs from this host: one line per item, ok or the fix.
+    ///
+    /// The items: kernel version, BTF, TCX, bpffs, capabilities, the routes
+    /// of the identity range and server address, rp_filter and the firewall
+    /// where the server end lives, the admin socket's and the state
+    /// directories. Takes serve's flags and --config, to check what that
+    /// daemon would use. Exits 1 when something needed is missing.
     Check(ServeArgs),
     /// Create, replace, show, list or delete instance documents.
     #[command(subcommand)]
