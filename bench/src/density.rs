@@ -178,6 +178,17 @@ fn bpf_maps(dir: &Path) -> Result<Vec<BpfMap>> {
             max_entries: info["max_entries"].as_u64().unwrap_or(0),
             memlock_bytes: info["bytes_memlock"].as_u64().unwrap_or(0),
         });
+        // FLOWS holds one flow table per attached port (not pinned on
+        // their own): their memory grows with the ports.
+        if path.file_name().is_some_and(|name| name == "FLOWS") {
+            let tables = mdr_harness::flows::tables(&path)?;
+            maps.push(BpfMap {
+                name: format!("FLOWS tables ({})", tables.len()),
+                kind: "lru_hash".to_owned(),
+                max_entries: tables.iter().map(|t| t.max_entries).sum(),
+                memlock_bytes: tables.iter().map(|t| t.memlock_bytes).sum(),
+            });
+        }
     }
     Ok(maps)
 }

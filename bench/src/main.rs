@@ -82,6 +82,7 @@ pub enum Phase {
     Metadata,
     Storm,
     Iperf,
+    Flood,
     Density,
 }
 
@@ -139,9 +140,15 @@ fn run(args: Args) -> Result<()> {
     if let Some(seconds) = args.seconds {
         plan.measure = std::time::Duration::from_secs_f64(seconds);
     }
-    let phases = args
-        .phases
-        .unwrap_or_else(|| vec![Phase::Metadata, Phase::Storm, Phase::Iperf, Phase::Density]);
+    let phases = args.phases.unwrap_or_else(|| {
+        vec![
+            Phase::Metadata,
+            Phase::Storm,
+            Phase::Iperf,
+            Phase::Flood,
+            Phase::Density,
+        ]
+    });
     let out = args.out.unwrap_or_else(|| {
         // A smoke run never overwrites the last full run's report.
         let bench = mdr_harness::env::target_dir().join("bench");
@@ -173,6 +180,7 @@ fn run(args: Args) -> Result<()> {
         daemon_after_load: Default::default(),
         density_ours: Vec::new(),
         density_neutron: None,
+        flood: None,
         duration_s: 0.0,
         failures: Vec::new(),
         histograms: BTreeMap::new(),
@@ -181,7 +189,7 @@ fn run(args: Args) -> Result<()> {
     // always leaves a report; the exit status says it failed.
     if phases.iter().any(|p| *p != Phase::Density) {
         let outcome = measure_paths(&plan, &phases, &mut results, &out);
-        record("metadata/storm/iperf", outcome, &mut results)?;
+        record("metadata/storm/iperf/flood", outcome, &mut results)?;
     }
     if phases.contains(&Phase::Density) {
         let outcome = density(&plan, &mut results, &out);
@@ -311,6 +319,10 @@ fn run_paths(
     if phases.contains(&Phase::Iperf) {
         progress("other traffic: iperf3 with and without the program");
         phases::other_traffic(world, plan, results)?;
+    }
+    if phases.contains(&Phase::Flood) {
+        progress("flood: guests flooding SYNs, a quiet guest timed");
+        phases::flood(world, plan, results, &STOP)?;
     }
     phases::daemon_after_load(world, results)
 }

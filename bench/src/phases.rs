@@ -6,7 +6,7 @@ use anyhow::{Result, ensure};
 use crate::http1::ConnMode;
 use crate::load::{self, Window};
 use crate::plan::Plan;
-use crate::results::{DaemonAfterLoad, LoadRun, Results, StormRun, quantile_ms};
+use crate::results::{DaemonAfterLoad, FloodRun, LoadRun, Results, StormRun, quantile_ms};
 use crate::storm::{self, StormClient};
 use crate::world::{PathKind, World};
 use crate::{bpfstats, drops};
@@ -187,6 +187,121 @@ pub fn other_traffic(world: &mut World, plan: &Plan, results: &mut Results) -> R
         }
     }
     world.set_guest_registered(0, false)?;
+    Ok(())
+}
+
+/// 4. Guests 1..=N flood SYNs they never complete (from raw sockets, at a
+///    fixed rate, niced by the script: a flooding guest burns its own
+///    vCPUs) while guest 0
+///    keeps a keep-alive connection idle and is timed making new
+///    connections, first without the flood, then amid it.
+pub fn flood(
+    world: &mut World,
+    plan: &Plan,
+    results: &mut Results,
+    stop: &AtomicBool,
+) -> Result<()> {
+    use std::process::Stdio;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    world.prepare(PathKind::Ours)?;
+    let window = Window {
+        warmup: plan.warmup,
+        measure: plan.measure,
+    };
+    let quiet = world.clients(1, PathKind::Ours, ConnMode::Close, plan.url_path);
+    check_stop()?;
+    // Once unmeasured: the first window after (re)registering the taps is
+    // slower (attaching, neighbour entries, the server's first connections).
+    load::run(&quiet, ConnMode::Close, window, stop)?;
+    let calm = load::run(&quiet, ConnMode::Close, window, stop)?;
+    let drops_before = world.drop_counters()?;
+
+    // The flooders prepare their packets, then all start at `start`.
+    let preparation = Duration::from_secs(5);
+    let start = SystemTime::now().duration_since(UNIX_EPOCH)? + preparation;
+    let script = mdr_harness::python::script("syn_flood.py");
+    let (script, rate) = (script.to_string_lossy(), plan.flood_rate.to_string());
+    let seconds = format!("{:.1}", plan.flood.as_secs_f64());
+    let start_at = format!("{:.3}", start.as_secs_f64());
+    let limit = format!("{:.0}", (preparation + plan.flood).as_secs_f64() + 30.0);
+    let mut floods = Vec::new();
+    for guest in &world.guests[1..=plan.flood_guests] {
+        let args = [
+            "timeout", "-s", "KILL", &limit, "python3", "-B", &script, &rate, &seconds, &start_at,
+            "", "19",
+        ];
+        floods.push(
+            guest
+                .guest
+                .ns()
+                .spawn(&args, Stdio::piped(), Stdio::piped())?,
+        );
+    }
+    std::thread::sleep(preparation + Duration::from_millis(500));
+    // Idle through most of the flood, answered before it ends.
+    let idle = plan
+        .flood
+        .saturating_sub(Duration::from_secs(3))
+        .min(Duration::from_secs(8));
+    let keepalive = mdr_harness::python::spawn(
+        world.guests[0].guest.ns(),
+        "idle_keepalive.py",
+        &[plan.url_path, &format!("{:.1}", idle.as_secs_f64())],
+        plan.flood + Duration::from_secs(30),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = load::run(&quiet, ConnMode::Close, window, stop)?;
+    let keepalive = mdr_harness::python::wait("idle_keepalive.py", keepalive)?;
+    let mut syns_sent = 0;
+    for flood in floods {
+        let out = flood.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or_default();
+        let report: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("syn_flood.py printed {text:?}: {e}"))?;
+        syns_sent += report["sent"].as_u64().unwrap_or(0);
+    }
+    let drops = drops::grown(&drops_before, &world.drop_counters()?);
+    let tables = mdr_harness::flows::tables(&world.daemon.pinned_map("FLOWS"))?;
+    let run = FloodRun {
+        flooders: plan.flood_guests,
+        rate_per_guest: plan.flood_rate,
+        seconds: plan.flood.as_secs_f64(),
+        syns_sent,
+        keepalive_idle_s: idle.as_secs_f64(),
+        keepalive_answered: keepalive["statuses"] == serde_json::json!([200, 200]),
+        calm_rps: calm.rps(),
+        calm_p99_ms: quantile_ms(&calm.latency_us, 0.99),
+        flood_rps: busy.rps(),
+        flood_p99_ms: quantile_ms(&busy.latency_us, 0.99),
+        errors: calm.errors + busy.errors,
+        flows_per_port: tables
+            .iter()
+            .map(|t| (t.identity.to_string(), t.entries))
+            .collect(),
+        drops,
+    };
+    progress(&format!(
+        "flood: {} guests x {} SYN/s for {:.0} s ({} SYNs): keep-alive idle {:.0} s {}; quiet guest \
+         new connections {:.0} req/s p99 {:.2} ms without, {:.0} req/s p99 {:.2} ms amid it; errors {}",
+        run.flooders,
+        run.rate_per_guest,
+        run.seconds,
+        run.syns_sent,
+        run.keepalive_idle_s,
+        if run.keepalive_answered {
+            "answered"
+        } else {
+            "LOST"
+        },
+        run.calm_rps,
+        run.calm_p99_ms,
+        run.flood_rps,
+        run.flood_p99_ms,
+        run.errors
+    ));
+    results.flood = Some(run);
     Ok(())
 }
 

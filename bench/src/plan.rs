@@ -23,6 +23,12 @@ pub struct Plan {
     pub iperf_seconds: u32,
     pub density_taps: usize,
     pub density_networks: usize,
+    /// Guests flooding SYNs in the flood phase (a quiet guest is timed).
+    pub flood_guests: usize,
+    /// SYNs per second each flooding guest sends.
+    pub flood_rate: u32,
+    #[serde(serialize_with = "secs")]
+    pub flood: Duration,
 }
 
 fn secs<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -48,6 +54,9 @@ impl Plan {
                 iperf_seconds: 1,
                 density_taps: 10,
                 density_networks: 2,
+                flood_guests: 2,
+                flood_rate: 1000,
+                flood: Duration::from_secs(6),
             }
         } else {
             Self {
@@ -62,6 +71,9 @@ impl Plan {
                 iperf_seconds: 5,
                 density_taps: 1000,
                 density_networks: 100,
+                flood_guests: 5,
+                flood_rate: 6000,
+                flood: Duration::from_secs(20),
             }
         })
     }
@@ -70,6 +82,6 @@ impl Plan {
     pub fn world_guests(&self) -> usize {
         let load = self.load_guests.iter().max().copied().unwrap_or(1);
         let storm = self.storm_guests.iter().max().copied().unwrap_or(1);
-        load.max(storm)
+        load.max(storm).max(self.flood_guests + 1)
     }
 }

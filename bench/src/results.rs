@@ -50,6 +50,30 @@ pub struct LoadSummary {
     pub errors: u64,
 }
 
+/// The flood phase: guests flooding SYNs they never complete (each port's
+/// own flow table must keep the quiet guest's flows) while a quiet guest
+/// keeps a keep-alive connection idle and makes new connections.
+#[derive(Clone, Debug, Serialize)]
+pub struct FloodRun {
+    pub flooders: usize,
+    pub rate_per_guest: u32,
+    pub seconds: f64,
+    pub syns_sent: u64,
+    /// The quiet guest's keep-alive connection, idle for most of the flood,
+    /// still answered afterwards.
+    pub keepalive_idle_s: f64,
+    pub keepalive_answered: bool,
+    /// The quiet guest's new connections (one request each, closed loop).
+    pub calm_rps: f64,
+    pub calm_p99_ms: f64,
+    pub flood_rps: f64,
+    pub flood_p99_ms: f64,
+    pub errors: u64,
+    /// Flows each port's table held after the flood: (identity, entries).
+    pub flows_per_port: Vec<(String, usize)>,
+    pub drops: crate::drops::Counters,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct StormRun {
     pub path: PathKind,
@@ -113,6 +137,7 @@ pub struct Results {
     /// One per `--tap-attach` mode measured (tcx first).
     pub density_ours: Vec<OursDensity>,
     pub density_neutron: Option<NeutronDensity>,
+    pub flood: Option<FloodRun>,
     pub duration_s: f64,
     /// Phases that failed, with why (the report shows what the others measured).
     pub failures: Vec<String>,

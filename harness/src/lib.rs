@@ -25,6 +25,7 @@ pub mod cmd;
 pub mod daemon;
 pub mod env;
 pub mod fixtures;
+pub mod flows;
 pub mod guest;
 pub mod haproxy;
 pub mod host;

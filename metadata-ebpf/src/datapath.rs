@@ -1,114 +1,62 @@
+use core::mem::{offset_of, size_of};
+
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
     helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use metadata_ebpf::{
-    Counters, DatapathConfig, FlowEntry, FlowKey, MAX_FLOWS, MAX_PORTS, METADATA_ADDR,
-    METADATA_MAC, METADATA_PORT, PortEntry,
+    Counter, Counters, DatapathConfig, FlowEntry, FlowKey, GuestStep, MAX_FLOWS_PER_PORT,
+    MAX_PORTS, METADATA_ADDR, METADATA_MAC, METADATA_PORT, PortEntry, ServerStep, guest_step,
+    server_step, tcp_flags::SYN,
 };
 
-// How a flow ends (FLOWS holds a connection from the guest's SYN until it is
-// over, so the LRU only has to evict when more connections are open at once
-// than it holds, not merely made recently):
-//
-// * Tap ingress looks the flow up only on FIN or RST segments, so the
-//   common path (data, ACKs) does no extra map work. A guest FIN sets
-//   `guest_fin`; a guest RST removes the flow (the server does not answer a
-//   RST, so no reply will need it).
-// * Server egress already looks the flow up for every reply. A server FIN
-//   sets `server_fin`; once both are set the flow is removed after the
-//   redirect data has been copied out, so the segment that completes the
-//   close still reaches the guest. That segment is the server's last one in
-//   either order: server closes first (Connection: close) -> its ACK of the
-//   guest's FIN; guest closes first (keep-alive client hanging up) -> the
-//   server's FIN (the guest's final ACK needs no flow: ingress rewrites from
-//   PORTS alone). Simultaneous close works out the same way, since the
-//   server always ACKs the guest's FIN after ingress has marked it. A server
-//   RST removes the flow too.
-// * Each mark is a byte of its own written by one program only, so the two
-//   programs never race on a read-modify-write.
-//
-// Edge cases, and why they are acceptable:
-// * A segment the server sends after removal finds no flow and is dropped.
-//   Without data or SYN (the ACK that the server, in TIME_WAIT, sends for a
-//   retransmitted guest FIN after its first ACK was lost; a late RST) it is
-//   counted as `dropped_no_flow_late`: the guest has already closed, its
-//   kernel retries the FIN and then gives up, and no application waits.
-//   With data (a retransmission of a reply segment lost between the tap and
-//   the guest after both FINs were seen, which needs a loss on the
-//   veth/redirect/tap path) it is `dropped_no_flow`, as an eviction was.
-// * The guest reusing a source port: its new SYN overwrites the entry with
-//   both marks cleared, so an old connection's marks never close the new
-//   one early.
-// * Userspace resolves the peer at accept time (`FlowTable::origin`). A
-//   fast guest may have sent its FIN already (a half-close after the
-//   request); that only sets `guest_fin`, and the flow stays until the
-//   server's FIN, which cannot come before the server has accepted and
-//   answered. Only a guest RST before accept removes it, and then the
-//   connection is dead anyway.
-// * Keep-alive connections keep their flow as long as they are open; the
-//   server's idle timeout (or the guest hanging up) closes them like any
-//   other, and an idle one is no more exposed to LRU eviction than before.
-// * A stray RST from the guest (outside the window, which the server would
-//   ignore) still removes the flow: it can only break the guest's own
-//   connection, as the key is the guest's own tap identity.
-// * A guest FIN or RST for a flow already gone (retransmission, daemon
-//   restart with recreated maps) finds nothing and changes nothing; the
-//   segment is still redirected.
+// The close rules (when a flow is created, marked and removed) are
+// `guest_step` and `server_step` in the shared crate, unit-tested on the
+// host; the programs below only carry them out.
+
+// Flows are kept per port: FLOWS maps a port's identity address to a flow
+// table of its own (an LRU of MAX_FLOWS_PER_PORT entries) that the daemon
+// creates when it attaches the port and drops when it detaches it. Tap
+// ingress only ever writes the table of the identity PORTS gives for the
+// tap the packet came in on, so a guest's SYNs can evict that guest's own
+// flows and nobody else's: whatever a guest sends, other guests' open
+// connections keep their flows. Server egress finds the table from the
+// reply's destination (the identity address). The daemon pins FLOWS, and
+// the tables live as long as FLOWS refers to them, so flows survive a
+// daemon restart like every other map. (The shared crate documents the
+// memory this takes.)
+
+/// One port's flow table.
+type FlowTable = LruHashMap<FlowKey, FlowEntry, { MAX_FLOWS_PER_PORT as usize }>;
 
 #[btf_map]
 static PORTS: HashMap<u32, PortEntry, { MAX_PORTS as usize }> = HashMap::new();
 #[btf_map]
-static FLOWS: LruHashMap<FlowKey, FlowEntry, { MAX_FLOWS as usize }> = LruHashMap::new();
+static FLOWS: HashOfMaps<[u8; 4], FlowTable, { MAX_PORTS as usize }> = HashOfMaps::new();
 #[btf_map]
 static CONFIG: Array<DatapathConfig, 1> = Array::new();
 #[btf_map]
 static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
-/// "Not ours": let the rest of the TC chain (or the stack) decide, so we
-/// compose with other tcx programs on the same device.
-const TC_ACT_UNSPEC: i32 = -1;
-
-const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
+/// 802.1Q VLAN tag.
+const ETH_P_8021Q: u16 = 0x8100;
+/// 802.1ad (QinQ) service VLAN tag.
+const ETH_P_8021AD: u16 = 0x88a8;
+/// ARP hardware type for Ethernet (`ARPHRD_ETHER`).
+const ARPHRD_ETHER: u16 = 1;
 const IPPROTO_TCP: u8 = 6;
-
-// Offsets inside the IPv4 header.
-const IP_CHECK: usize = 10;
-const IP_SADDR: usize = 12;
-const IP_DADDR: usize = 16;
-const IP_MIN_LEN: usize = 20;
-// Offsets inside the TCP header.
-const TCP_SPORT: usize = 0;
-const TCP_DPORT: usize = 2;
-const TCP_FLAGS: usize = 13;
-const TCP_CHECK: usize = 16;
-const TCP_DOFF: usize = 12;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+/// `frag_off` bits that make a packet a fragment: MF (0x2000) and the
+/// 13-bit offset. DF (0x4000) is not one of them.
+const IP_FRAGMENT_MASK: u16 = 0x3fff;
 const NSEC_PER_SEC: u64 = 1_000_000_000;
-const TCP_MIN_LEN: usize = 20;
 // ARP for IPv4 over Ethernet.
 const ARP_OP_REQUEST: u16 = 1;
 const ARP_OP_REPLY: u16 = 2;
-/// Bytes the parser wants in the linear part of the skb: Ethernet, IPv4 with
-/// no options and TCP with no options (options are read with skb loads).
-const PARSE_LEN: usize = ETH_HLEN + IP_MIN_LEN + TCP_MIN_LEN;
-
-macro_rules! count {
-    ($field:ident) => {
-        if let Some(c) = COUNTERS.get_ptr_mut(0) {
-            // SAFETY: per-CPU slot, only this CPU writes it while we run.
-            unsafe { (*c).$field += 1 };
-        }
-    };
-}
 
 #[repr(C)]
 struct EthHdr {
@@ -131,6 +79,22 @@ struct Ipv4Hdr {
     daddr: [u8; 4],
 }
 
+/// The TCP header without options (ports stay in network byte order; the
+/// flags byte is the one after data offset).
+#[repr(C)]
+struct TcpHdr {
+    source_be: u16,
+    dest_be: u16,
+    seq_be: u32,
+    ack_seq_be: u32,
+    /// Data offset in the high nibble, in 32-bit words.
+    doff_res: u8,
+    flags: u8,
+    window_be: u16,
+    check: u16,
+    urg_ptr_be: u16,
+}
+
 #[repr(C)]
 struct ArpHdr {
     htype_be: u16,
@@ -144,12 +108,79 @@ struct ArpHdr {
     tpa: [u8; 4],
 }
 
+const ETH_HLEN: usize = size_of::<EthHdr>();
+/// An IPv4 header without options (IHL 5).
+const IP_MIN_LEN: usize = size_of::<Ipv4Hdr>();
+const TCP_MIN_LEN: usize = size_of::<TcpHdr>();
+const IP_CHECK: usize = offset_of!(Ipv4Hdr, check);
+const IP_SADDR: usize = offset_of!(Ipv4Hdr, saddr);
+const IP_DADDR: usize = offset_of!(Ipv4Hdr, daddr);
+const TCP_SPORT: usize = offset_of!(TcpHdr, source_be);
+const TCP_DPORT: usize = offset_of!(TcpHdr, dest_be);
+const TCP_DOFF: usize = offset_of!(TcpHdr, doff_res);
+const TCP_FLAGS: usize = offset_of!(TcpHdr, flags);
+const TCP_CHECK: usize = offset_of!(TcpHdr, check);
+const ETH_DST: usize = offset_of!(EthHdr, dst);
+const ETH_SRC: usize = offset_of!(EthHdr, src);
+// The layouts the offsets above rely on (the wire formats).
+const _: () = assert!(ETH_HLEN == 14 && IP_MIN_LEN == 20 && TCP_MIN_LEN == 20);
+const _: () = assert!(size_of::<ArpHdr>() == 28);
+/// Bytes the parser wants in the linear part of the skb: Ethernet, IPv4 with
+/// no options and TCP with no options (options are read with skb loads).
+const PARSE_LEN: usize = ETH_HLEN + IP_MIN_LEN + TCP_MIN_LEN;
+
+/// What a program does with a packet, and the counter that records why.
+/// Each program decides in one function and counts in its entry point, so
+/// every run counts exactly one verdict counter.
+#[derive(Clone, Copy)]
+enum Verdict {
+    /// Not ours: let the rest of the TC chain (or the stack) decide
+    /// (`TC_ACT_UNSPEC`), so we compose with other programs on the device.
+    Pass(Counter),
+    Drop(Counter),
+    /// Rewritten; send it out of this ifindex.
+    Redirect(Counter, u32),
+}
+
+/// Bumps one counter in this CPU's copy.
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(0) {
+        let index = counter as usize;
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        let slots = unsafe { (*counters).as_array_mut() };
+        if index < slots.len() {
+            slots[index] += 1;
+        }
+    }
+}
+
+/// Counts the verdict and turns it into the TC action.
+#[inline(always)]
+fn finish(verdict: Verdict) -> i32 {
+    match verdict {
+        Verdict::Pass(counter) => {
+            count(counter);
+            TC_ACT_UNSPEC
+        }
+        Verdict::Drop(counter) => {
+            count(counter);
+            TC_ACT_SHOT
+        }
+        Verdict::Redirect(counter, ifindex) => {
+            count(counter);
+            // SAFETY: plain helper call.
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+    }
+}
+
 /// A bounds-checked pointer into the linear packet data, or None.
 #[inline(always)]
 fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
+    if start + offset + size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *const T)
@@ -165,6 +196,12 @@ fn pull_headers(ctx: &TcContext) {
     }
 }
 
+/// Whether the packet holds a whole TCP header (without options) at `tcp`.
+#[inline(always)]
+fn has_tcp_header(ctx: &TcContext, tcp: usize) -> bool {
+    ctx.load::<u16>(tcp + TCP_MIN_LEN - 2).is_ok()
+}
+
 #[inline(always)]
 fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's lifetime.
@@ -173,28 +210,45 @@ fn ifindex(ctx: &TcContext) -> u32 {
 
 #[classifier]
 pub fn tap_ingress(ctx: TcContext) -> i32 {
-    pull_headers(&ctx);
-    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
-        count!(passed);
-        return TC_ACT_UNSPEC;
+    finish(tap_verdict(&ctx))
+}
+
+#[inline(always)]
+fn tap_verdict(ctx: &TcContext) -> Verdict {
+    pull_headers(ctx);
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Verdict::Pass(Counter::Passed);
     };
     // SAFETY: bounds checked by ptr_at.
-    match u16::from_be(unsafe { (*eth).proto_be }) {
-        ETH_P_IP => tap_ipv4(&ctx),
-        ETH_P_ARP => tap_arp(&ctx),
-        _ => {
-            count!(passed);
-            TC_ACT_UNSPEC
-        }
+    let proto = u16::from_be(unsafe { (*eth).proto_be });
+    // A VLAN-tagged frame (a trunk's subport) is not ours, whatever it
+    // carries. The kernel has usually moved the outer tag into the skb's
+    // metadata before TC runs, leaving the inner ethertype in the frame;
+    // a second tag (QinQ), or a tag the kernel left in place, shows in
+    // the frame.
+    if vlan_present(ctx) || proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        return Verdict::Pass(Counter::PassedVlan);
     }
+    match proto {
+        ETH_P_IP => tap_ipv4(ctx),
+        ETH_P_ARP => tap_arp(ctx),
+        _ => Verdict::Pass(Counter::Passed),
+    }
+}
+
+/// Whether the skb carries a VLAN tag in its metadata (taken off the
+/// frame by the kernel on receive).
+#[inline(always)]
+fn vlan_present(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the program's lifetime.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
 }
 
 /// TCP to 169.254.169.254:80 from a registered tap: rewrite towards the server.
 #[inline(always)]
-fn tap_ipv4(ctx: &TcContext) -> i32 {
+fn tap_ipv4(ctx: &TcContext) -> Verdict {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        count!(passed);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::Passed);
     };
     // SAFETY: bounds checked by ptr_at.
     let (daddr, protocol, version_ihl, frag_off, saddr) = unsafe {
@@ -207,94 +261,96 @@ fn tap_ipv4(ctx: &TcContext) -> i32 {
         )
     };
     if daddr != METADATA_ADDR || protocol != IPPROTO_TCP {
-        count!(passed);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::Passed);
     }
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if version_ihl >> 4 != 4 || ihl < IP_MIN_LEN {
-        count!(dropped_malformed);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedMalformed);
     }
     // MF set or a non-zero offset: the TCP ports may be missing, and guests
     // never fragment TCP to the metadata service (they send DF).
-    if frag_off & 0x3fff != 0 {
-        count!(dropped_fragment);
-        return TC_ACT_SHOT;
+    if frag_off & IP_FRAGMENT_MASK != 0 {
+        return Verdict::Drop(Counter::DroppedFragment);
     }
     let tcp = ETH_HLEN + ihl;
     let Ok(dport_be) = ctx.load::<u16>(tcp + TCP_DPORT) else {
-        count!(dropped_malformed);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedMalformed);
     };
     if u16::from_be(dport_be) != METADATA_PORT {
-        count!(passed);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::Passed);
     }
     // The identity comes from the tap the packet arrived on, nothing else.
     let tap = ifindex(ctx);
     let Some(port) = PORTS.get_ptr_mut(tap) else {
-        count!(passed_unregistered);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::PassedUnregistered);
     };
     // SAFETY: a valid map value pointer; fields are plain integers.
     let (slot_identity, config) = (unsafe { (*port).identity_addr }, CONFIG.get(0).copied());
     let Some(config) = config else {
-        count!(dropped_not_ready);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedNotReady);
     };
     if config.ready == 0 {
-        count!(dropped_not_ready);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedNotReady);
     }
-    let (Ok(sport_be), Ok(flags)) = (
+    // Guests never send IP options to the metadata service; served, a
+    // Record Route would collect the server's own address on the way back.
+    if ihl > IP_MIN_LEN {
+        return Verdict::Drop(Counter::DroppedIpOptions);
+    }
+    // The whole fixed TCP header must be there (the rewrite updates its
+    // checksum), before anything is remembered or counted against a budget.
+    let (Ok(sport_be), Ok(flags), true) = (
         ctx.load::<u16>(tcp + TCP_SPORT),
         ctx.load::<u8>(tcp + TCP_FLAGS),
+        has_tcp_header(ctx, tcp),
     ) else {
-        count!(dropped_malformed);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedMalformed);
     };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        count!(dropped_malformed);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedMalformed);
     };
     // SAFETY: bounds checked by ptr_at.
     let (guest_mac, gateway_mac) = unsafe { ((*eth).src, (*eth).dst) };
 
-    // Only a connection's SYN writes the flow table: later segments of the
-    // connection find their entry, so the common path does no map update.
-    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        // SAFETY: as above.
-        if !unsafe { take_syn_budget(port, config.syn_rate_per_port) } {
-            count!(dropped_syn_budget);
-            return TC_ACT_SHOT;
-        }
-        // Overwrites an entry left by an earlier connection from the same
-        // source port, marks and all.
-        let _ = FLOWS.insert(
-            FlowKey {
-                identity_addr: slot_identity,
-                guest_port_be: sport_be,
-                _pad: 0,
-            },
-            FlowEntry::new(saddr, tap, guest_mac, gateway_mac),
-            0,
-        );
-    } else if flags & (TCP_FIN | TCP_RST) != 0 {
-        let key = FlowKey {
-            identity_addr: slot_identity,
-            guest_port_be: sport_be,
-            _pad: 0,
-        };
-        if flags & TCP_RST != 0 {
-            // The server will not answer a RST: nothing needs the flow now.
-            if FLOWS.remove(key).is_ok() {
-                count!(flows_reset);
+    let key = FlowKey {
+        identity_addr: slot_identity,
+        guest_port_be: sport_be,
+        _pad: 0,
+    };
+    // The port's own flow table: the only one this packet may touch.
+    // SAFETY: FLOWS is a map of maps; the table is only used through helpers.
+    let table = unsafe { FLOWS.get(&slot_identity) };
+    match guest_step(flags) {
+        GuestStep::Open => {
+            // SAFETY: as above.
+            if !unsafe { take_syn_budget(port, config.syn_rate_per_port) } {
+                return Verdict::Drop(Counter::DroppedSynBudget);
             }
-        } else if let Some(flow) = FLOWS.get_ptr_mut(key) {
-            // SAFETY: a valid map value pointer; a single byte only this
-            // program writes.
-            unsafe { (*flow).guest_fin = 1 };
+            // Without a flow the server could not tell who is asking, so the
+            // SYN goes no further: the guest's TCP retries it.
+            let Some(table) = table else {
+                return Verdict::Drop(Counter::DroppedFlowTable);
+            };
+            let flow = FlowEntry::new(saddr, tap, guest_mac, gateway_mac);
+            if table.insert(key, flow, 0).is_err() {
+                return Verdict::Drop(Counter::DroppedFlowTable);
+            }
         }
+        GuestStep::Reset => {
+            if let Some(table) = table
+                && table.remove(key).is_ok()
+            {
+                count(Counter::FlowsReset);
+            }
+        }
+        GuestStep::MarkFin => {
+            if let Some(flow) = table.and_then(|table| table.get_ptr_mut(key)) {
+                // SAFETY: a valid map value pointer; a single byte only this
+                // program writes.
+                unsafe { (*flow).guest_fin = 1 };
+            }
+        }
+        GuestStep::Nothing => {}
     }
 
     let rewritten = rewrite(
@@ -310,12 +366,9 @@ fn tap_ipv4(ctx: &TcContext) -> i32 {
         },
     );
     if rewritten.is_err() {
-        count!(dropped_rewrite);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedRewrite);
     }
-    count!(caught);
-    // SAFETY: plain helper call.
-    unsafe { bpf_redirect(config.redirect_ifindex, 0) as i32 }
+    Verdict::Redirect(Counter::Caught, config.redirect_ifindex)
 }
 
 /// Counts one SYN against the port's budget for the current second.
@@ -344,10 +397,9 @@ unsafe fn take_syn_budget(port: *mut PortEntry, per_second: u32) -> bool {
 /// An ARP request for 169.254.169.254 from a registered tap: turn it into the
 /// reply in place and send it back out of the same tap.
 #[inline(always)]
-fn tap_arp(ctx: &TcContext) -> i32 {
+fn tap_arp(ctx: &TcContext) -> Verdict {
     let Some(arp) = ptr_at::<ArpHdr>(ctx, ETH_HLEN) else {
-        count!(passed);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::Passed);
     };
     // SAFETY: bounds checked by ptr_at.
     let (htype, ptype, hlen, plen, op, sha, spa, tpa) = unsafe {
@@ -362,24 +414,22 @@ fn tap_arp(ctx: &TcContext) -> i32 {
             (*arp).tpa,
         )
     };
-    if htype != 1
+    if htype != ARPHRD_ETHER
         || ptype != ETH_P_IP
         || hlen != 6
         || plen != 4
         || op != ARP_OP_REQUEST
         || tpa != METADATA_ADDR
     {
-        count!(passed);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::Passed);
     }
     let tap = ifindex(ctx);
     // SAFETY: only checks presence.
     if unsafe { PORTS.get(tap) }.is_none() {
-        count!(passed_unregistered);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::PassedUnregistered);
     }
     let reply = ArpHdr {
-        htype_be: 1u16.to_be(),
+        htype_be: ARPHRD_ETHER.to_be(),
         ptype_be: ETH_P_IP.to_be(),
         hlen: 6,
         plen: 4,
@@ -395,22 +445,22 @@ fn tap_arp(ctx: &TcContext) -> i32 {
         proto_be: ETH_P_ARP.to_be(),
     };
     if ctx.store(0, &eth, 0).is_err() || ctx.store(ETH_HLEN, &reply, 0).is_err() {
-        count!(dropped_rewrite);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedRewrite);
     }
-    count!(arp_answered);
     // Out of the same tap: back to the guest that asked.
-    // SAFETY: plain helper call.
-    unsafe { bpf_redirect(tap, 0) as i32 }
+    Verdict::Redirect(Counter::ArpAnswered, tap)
 }
 
 #[classifier]
 pub fn server_egress(ctx: TcContext) -> i32 {
-    pull_headers(&ctx);
-    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(&ctx, 0), ptr_at::<Ipv4Hdr>(&ctx, ETH_HLEN))
-    else {
-        count!(egress_passed);
-        return TC_ACT_UNSPEC;
+    finish(server_verdict(&ctx))
+}
+
+#[inline(always)]
+fn server_verdict(ctx: &TcContext) -> Verdict {
+    pull_headers(ctx);
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)) else {
+        return Verdict::Pass(Counter::EgressPassed);
     };
     // SAFETY: bounds checked by ptr_at.
     let (proto, saddr, daddr, protocol, version_ihl, tot_len) = unsafe {
@@ -424,74 +474,73 @@ pub fn server_egress(ctx: TcContext) -> i32 {
         )
     };
     let Some(config) = CONFIG.get(0).copied() else {
-        count!(egress_passed);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::EgressPassed);
     };
     if proto != ETH_P_IP || protocol != IPPROTO_TCP || saddr != config.server_addr {
-        count!(egress_passed);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::EgressPassed);
     }
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if ihl < IP_MIN_LEN {
-        count!(dropped_malformed);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedMalformed);
     }
     let tcp = ETH_HLEN + ihl;
-    let (Ok(sport_be), Ok(dport_be), Ok(flags)) = (
+    let (Ok(sport_be), Ok(dport_be), Ok(flags), true) = (
         ctx.load::<u16>(tcp + TCP_SPORT),
         ctx.load::<u16>(tcp + TCP_DPORT),
         ctx.load::<u8>(tcp + TCP_FLAGS),
+        has_tcp_header(ctx, tcp),
     ) else {
-        count!(dropped_malformed);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedMalformed);
     };
     if sport_be != config.server_port_be {
-        count!(egress_passed);
-        return TC_ACT_UNSPEC;
+        return Verdict::Pass(Counter::EgressPassed);
     }
     let key = FlowKey {
         identity_addr: daddr,
         guest_port_be: dport_be,
         _pad: 0,
     };
-    let Some(entry) = FLOWS.get_ptr_mut(key) else {
+    // The table of the port the reply is for; none (a port detached, or an
+    // address that is no port's) is the same as no flow.
+    // SAFETY: FLOWS is a map of maps; the table is only used through helpers.
+    let table = unsafe { FLOWS.get(&daddr) };
+    let Some((table, entry)) = table.and_then(|table| Some((table, table.get_ptr_mut(key)?)))
+    else {
         // Tell the harmless tail of a closed connection (no data, no SYN)
         // from a segment the guest is waiting for.
         let doff = match ctx.load::<u8>(tcp + TCP_DOFF) {
             Ok(byte) => ((byte >> 4) as usize) * 4,
             Err(_) => 0,
         };
-        if flags & TCP_SYN == 0 && (tot_len as usize) <= ihl + doff {
-            count!(dropped_no_flow_late);
+        return if flags & SYN == 0 && (tot_len as usize) <= ihl + doff {
+            Verdict::Drop(Counter::DroppedNoFlowLate)
         } else {
-            count!(dropped_no_flow);
-        }
-        return TC_ACT_SHOT;
+            Verdict::Drop(Counter::DroppedNoFlow)
+        };
     };
     // SAFETY: a valid map value pointer. A plain-old-data copy: the redirect
     // below uses only the copy, so removing the entry cannot affect it.
     let flow = unsafe { *entry };
-    if flags & TCP_RST != 0 {
-        if FLOWS.remove(key).is_ok() {
-            count!(flows_reset);
-        }
-    } else if flags & TCP_FIN != 0 || flow.guest_fin != 0 {
-        // The server's FIN, or a segment after the guest's FIN: the close
-        // may be complete with this segment. (A guest FIN marked just after
-        // the copy is seen on the server's ACK of it, which always follows.)
-        let server_fin = flow.server_fin != 0 || flags & TCP_FIN != 0;
-        if flow.guest_fin != 0 && server_fin {
-            if FLOWS.remove(key).is_ok() {
-                count!(flows_closed);
+    match server_step(flags, flow.guest_fin != 0, flow.server_fin != 0) {
+        ServerStep::Reset => {
+            if table.remove(key).is_ok() {
+                count(Counter::FlowsReset);
             }
-        } else if flow.server_fin == 0 && flags & TCP_FIN != 0 {
+        }
+        ServerStep::Close => {
+            if table.remove(key).is_ok() {
+                count(Counter::FlowsClosed);
+            }
+        }
+        ServerStep::MarkFin => {
             // SAFETY: as above, before any removal; a single byte only this
             // program writes.
             unsafe { (*entry).server_fin = 1 };
         }
+        ServerStep::Keep => {}
     }
     let rewritten = rewrite(
-        &ctx,
+        ctx,
         tcp,
         Rewrite {
             saddr: (config.server_addr, METADATA_ADDR),
@@ -503,12 +552,9 @@ pub fn server_egress(ctx: TcContext) -> i32 {
         },
     );
     if rewritten.is_err() {
-        count!(dropped_rewrite);
-        return TC_ACT_SHOT;
+        return Verdict::Drop(Counter::DroppedRewrite);
     }
-    count!(replied);
-    // SAFETY: plain helper call.
-    unsafe { bpf_redirect(flow.tap_ifindex, 0) as i32 }
+    Verdict::Redirect(Counter::Replied, flow.tap_ifindex)
 }
 
 /// One NAT step: (old, new) pairs for the IPv4 addresses and one TCP port,
@@ -547,7 +593,7 @@ fn rewrite(ctx: &TcContext, tcp: usize, rw: Rewrite) -> Result<(), i64> {
         ctx.l4_csum_replace(tcp_check, old as u64, new as u64, 2)?;
         ctx.store(tcp + rw.port_offset, &new, 0)?;
     }
-    ctx.store(0, &rw.eth_dst, 0)?;
-    ctx.store(6, &rw.eth_src, 0)?;
+    ctx.store(ETH_DST, &rw.eth_dst, 0)?;
+    ctx.store(ETH_SRC, &rw.eth_src, 0)?;
     Ok(())
 }

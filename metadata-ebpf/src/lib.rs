@@ -18,9 +18,26 @@ pub const METADATA_MAC: [u8; 6] = [0x0a, 0x58, 0xa9, 0xfe, 0xa9, 0xfe];
 
 /// Capacity of the `PORTS` map (registered taps on one host).
 pub const MAX_PORTS: u32 = 65_536;
-/// Capacity of the `FLOWS` LRU map (guest connections remembered for the
-/// return path; an evicted entry only matters for a connection still open).
-pub const MAX_FLOWS: u32 = 131_072;
+/// Capacity of each port's own flow table (an LRU of the guest connections
+/// remembered for the return path), the inner maps of `FLOWS`.
+///
+/// Each registered port has a table of its own, so a port's new connections
+/// can only ever evict that port's own flows: whatever one guest sends (a
+/// flood of SYNs it never completes, included), another guest's flows stay.
+/// A half-open flow needs no expiry for that: it only takes room in its own
+/// guest's table, and that guest's next connections push it out.
+///
+/// 128 is twice what the server lets one port hold open
+/// (`MAX_CONNECTIONS_PER_PORT`, 64), so a guest within the server's limit
+/// does not evict its own live flows either: the kernel's LRU can start
+/// evicting before a table is full (it hands free entries to the CPUs in
+/// batches), hence the room to spare.
+///
+/// Kernel memory: a table is preallocated, 13,184 bytes as the kernel
+/// accounts it (`bpftool map show`: memlock), created when a port is
+/// attached and freed when it is detached: 132 MB for 10,000 ports, 13 MB
+/// for 1,000.
+pub const MAX_FLOWS_PER_PORT: u32 = 128;
 /// Default cap on new connections (SYNs) per port per second. It bounds how
 /// fast one guest can churn the shared FLOWS table and the server's SYN
 /// queue; cloud-init's whole first boot is ~35 connections.
@@ -68,7 +85,9 @@ impl PortEntry {
     }
 }
 
-/// `FLOWS` key: one guest TCP connection as the server sees it.
+/// `FLOWS[identity address]` is the port's own flow table (an LRU hash map
+/// of [`MAX_FLOWS_PER_PORT`] entries, created by the daemon when it attaches
+/// the port); this is its key: one guest TCP connection as the server sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -83,8 +102,8 @@ pub struct FlowKey {
 ///
 /// A flow lives from the guest's SYN until the connection is over: both FINs
 /// seen (removed by the server-end program on the server's last segment) or
-/// a RST from either side. See `datapath.rs` in the eBPF crate for the close
-/// rules and their edge cases.
+/// a RST from either side. See [`guest_step`] and [`server_step`] for the
+/// close rules and the comment above them for their edge cases.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowEntry {
@@ -125,6 +144,128 @@ impl FlowEntry {
             server_fin: 0,
             _pad: [0; 2],
         }
+    }
+}
+
+/// The TCP flags the datapath looks at (byte 13 of the TCP header).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+// How a flow ends: a flow lives from the guest's SYN until its connection
+// is over, so a port's flow table holds the connections open now, not every
+// connection made lately. The two functions below are the whole rule set;
+// the programs only carry out what they return.
+//
+// * Tap ingress looks the flow up only on FIN or RST segments, so the
+//   common path (data, ACKs) does no extra map work. A guest FIN sets
+//   `guest_fin`; a guest RST removes the flow (the server does not answer a
+//   RST, so no reply will need it).
+// * Server egress already looks the flow up for every reply. A server FIN
+//   sets `server_fin`; once both are set the flow is removed after the
+//   redirect data has been copied out, so the segment that completes the
+//   close still reaches the guest. That segment is the server's last one in
+//   either order: server closes first (Connection: close) -> its ACK of the
+//   guest's FIN; guest closes first (keep-alive client hanging up) -> the
+//   server's FIN (the guest's final ACK needs no flow: ingress rewrites from
+//   PORTS alone). Simultaneous close works out the same way, since the
+//   server always ACKs the guest's FIN after ingress has marked it. A server
+//   RST removes the flow too.
+// * Each mark is a byte of its own written by one program only, so the two
+//   programs never race on a read-modify-write.
+//
+// Edge cases, and why they are acceptable:
+// * A segment the server sends after removal finds no flow and is dropped.
+//   Without data or SYN (the ACK that the server, in TIME_WAIT, sends for a
+//   retransmitted guest FIN after its first ACK was lost; a late RST) it is
+//   counted as `dropped_no_flow_late`: the guest has already closed, its
+//   kernel retries the FIN and then gives up, and no application waits.
+//   With data (a retransmission of a reply segment lost between the tap and
+//   the guest after both FINs were seen, which needs a loss on the
+//   veth/redirect/tap path) it is `dropped_no_flow`, as an eviction was.
+// * The guest reusing a source port: its new SYN overwrites the entry with
+//   both marks cleared, so an old connection's marks never close the new
+//   one early.
+// * Userspace resolves the peer at accept time (`FlowTable::origin`). A
+//   fast guest may have sent its FIN already (a half-close after the
+//   request); that only sets `guest_fin`, and the flow stays until the
+//   server's FIN, which cannot come before the server has accepted and
+//   answered. Only a guest RST before accept removes it, and then the
+//   connection is dead anyway.
+// * Keep-alive connections keep their flow as long as they are open; the
+//   server's idle timeout (or the guest hanging up) closes them like any
+//   other.
+// * A stray RST from the guest (outside the window, which the server would
+//   ignore) still removes the flow: it can only break the guest's own
+//   connection, as the key is the guest's own tap identity.
+// * A guest FIN or RST for a flow already gone (retransmission, daemon
+//   restart with recreated maps) finds nothing and changes nothing; the
+//   segment is still redirected.
+
+/// What tap ingress does with the guest's flow for a segment the guest sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestStep {
+    /// A connection's first SYN (SYN without ACK): remember the flow,
+    /// overwriting an entry an earlier connection from the same source port
+    /// left, marks and all. Only this step writes a new entry, so the common
+    /// path (data, ACKs) does no map update.
+    Open,
+    /// A RST: remove the flow (counted as `flows_reset` if there was one).
+    Reset,
+    /// A FIN: mark `guest_fin` on the flow, if there is one.
+    MarkFin,
+    /// Anything else: the flow table is not touched (not even looked up).
+    Nothing,
+}
+
+/// The close rules for a guest's segment with TCP `flags`.
+pub const fn guest_step(flags: u8) -> GuestStep {
+    use tcp_flags::*;
+    if flags & (SYN | ACK) == SYN {
+        GuestStep::Open
+    } else if flags & RST != 0 {
+        GuestStep::Reset
+    } else if flags & FIN != 0 {
+        GuestStep::MarkFin
+    } else {
+        GuestStep::Nothing
+    }
+}
+
+/// What server egress does with a flow it found, for a segment the server
+/// sent. The segment is redirected to the guest whichever it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerStep {
+    /// A RST: remove the flow (`flows_reset`).
+    Reset,
+    /// Both FINs have now been seen: remove the flow (`flows_closed`). This
+    /// segment is the server's last of the connection.
+    Close,
+    /// The server's first FIN, the guest's not seen yet: mark `server_fin`.
+    MarkFin,
+    /// Nothing to change.
+    Keep,
+}
+
+/// The close rules for a server segment with TCP `flags` on a flow whose
+/// marks are `guest_fin` and `server_fin`.
+pub const fn server_step(flags: u8, guest_fin: bool, server_fin: bool) -> ServerStep {
+    use tcp_flags::*;
+    let fin = flags & FIN != 0;
+    if flags & RST != 0 {
+        ServerStep::Reset
+    } else if guest_fin && (server_fin || fin) {
+        // The server's FIN (now or before) and the guest's: this segment
+        // completes the close. (A guest FIN marked just after egress read the
+        // marks is seen on the server's ACK of it, which always follows.)
+        ServerStep::Close
+    } else if fin && !server_fin {
+        ServerStep::MarkFin
+    } else {
+        ServerStep::Keep
     }
 }
 
@@ -187,48 +328,139 @@ pub struct Counters {
     pub flows_closed: u64,
     /// Either direction: a flow removed because of a RST from the guest or the server.
     pub flows_reset: u64,
+    /// Tap ingress: a VLAN-tagged frame (802.1Q or 802.1ad, the tag in the
+    /// frame or already taken into the skb's metadata by the kernel), passed
+    /// untouched. A trunk's subport traffic is not ours to catch.
+    pub passed_vlan: u64,
+    /// Tap ingress: TCP to 169.254.169.254:80 from a registered tap carrying
+    /// IPv4 options (IHL > 5), dropped. Guests never send them; served, a
+    /// Record Route would collect the server's address.
+    pub dropped_ip_options: u64,
+    /// Tap ingress: a SYN from a registered port whose flow table is missing
+    /// (the daemon is attaching the port) or refused the entry, dropped; the
+    /// guest's TCP retries.
+    pub dropped_flow_table: u64,
 }
 
+/// One counter of [`Counters`]: what a program decided for a packet (a
+/// verdict), or something that happened to a flow on the way (an event).
+/// The discriminant is the field's position in `Counters`, so the programs
+/// count with an index into the struct seen as an array, in one place.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Caught = 0,
+    ArpAnswered,
+    Passed,
+    PassedUnregistered,
+    DroppedFragment,
+    DroppedMalformed,
+    DroppedNotReady,
+    DroppedSynBudget,
+    DroppedRewrite,
+    Replied,
+    DroppedNoFlow,
+    EgressPassed,
+    DroppedNoFlowLate,
+    FlowsClosed,
+    FlowsReset,
+    PassedVlan,
+    DroppedIpOptions,
+    DroppedFlowTable,
+}
+
+impl Counter {
+    /// How many counters there are (fields of `Counters`).
+    pub const COUNT: usize = 18;
+
+    /// Every counter, in field order.
+    pub const ALL: [Counter; Counter::COUNT] = [
+        Counter::Caught,
+        Counter::ArpAnswered,
+        Counter::Passed,
+        Counter::PassedUnregistered,
+        Counter::DroppedFragment,
+        Counter::DroppedMalformed,
+        Counter::DroppedNotReady,
+        Counter::DroppedSynBudget,
+        Counter::DroppedRewrite,
+        Counter::Replied,
+        Counter::DroppedNoFlow,
+        Counter::EgressPassed,
+        Counter::DroppedNoFlowLate,
+        Counter::FlowsClosed,
+        Counter::FlowsReset,
+        Counter::PassedVlan,
+        Counter::DroppedIpOptions,
+        Counter::DroppedFlowTable,
+    ];
+
+    /// The field's name, as `status` and bpftool show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Caught => "caught",
+            Counter::ArpAnswered => "arp_answered",
+            Counter::Passed => "passed",
+            Counter::PassedUnregistered => "passed_unregistered",
+            Counter::DroppedFragment => "dropped_fragment",
+            Counter::DroppedMalformed => "dropped_malformed",
+            Counter::DroppedNotReady => "dropped_not_ready",
+            Counter::DroppedSynBudget => "dropped_syn_budget",
+            Counter::DroppedRewrite => "dropped_rewrite",
+            Counter::Replied => "replied",
+            Counter::DroppedNoFlow => "dropped_no_flow",
+            Counter::EgressPassed => "egress_passed",
+            Counter::DroppedNoFlowLate => "dropped_no_flow_late",
+            Counter::FlowsClosed => "flows_closed",
+            Counter::FlowsReset => "flows_reset",
+            Counter::PassedVlan => "passed_vlan",
+            Counter::DroppedIpOptions => "dropped_ip_options",
+            Counter::DroppedFlowTable => "dropped_flow_table",
+        }
+    }
+
+    /// True for the counters that record a packet's verdict: every run of
+    /// either program counts exactly one of them. The others count events on
+    /// flows, next to a verdict.
+    pub const fn is_verdict(self) -> bool {
+        !matches!(self, Counter::FlowsClosed | Counter::FlowsReset)
+    }
+}
+
+// `Counters` is exactly `Counter::COUNT` u64s, so it can be seen as an array.
+const _: () = assert!(core::mem::size_of::<Counters>() == Counter::COUNT * 8);
+const _: () = assert!(core::mem::align_of::<Counters>() == core::mem::align_of::<u64>());
+
 impl Counters {
-    /// Each counter with its name, in declaration order (for status output
-    /// and for summing the per-CPU copies).
-    pub fn fields(&self) -> [(&'static str, u64); 15] {
-        [
-            ("caught", self.caught),
-            ("arp_answered", self.arp_answered),
-            ("passed", self.passed),
-            ("passed_unregistered", self.passed_unregistered),
-            ("dropped_fragment", self.dropped_fragment),
-            ("dropped_malformed", self.dropped_malformed),
-            ("dropped_not_ready", self.dropped_not_ready),
-            ("dropped_syn_budget", self.dropped_syn_budget),
-            ("dropped_rewrite", self.dropped_rewrite),
-            ("replied", self.replied),
-            ("dropped_no_flow", self.dropped_no_flow),
-            ("egress_passed", self.egress_passed),
-            ("dropped_no_flow_late", self.dropped_no_flow_late),
-            ("flows_closed", self.flows_closed),
-            ("flows_reset", self.flows_reset),
-        ]
+    /// The counters as an array, indexed by `Counter as usize`.
+    pub fn as_array(&self) -> &[u64; Counter::COUNT] {
+        // SAFETY: #[repr(C)] struct of exactly Counter::COUNT u64 fields and
+        // nothing else (asserted above), so it has the array's layout.
+        unsafe { &*(self as *const Counters as *const [u64; Counter::COUNT]) }
+    }
+
+    /// Mutable counterpart of [`Counters::as_array`].
+    pub fn as_array_mut(&mut self) -> &mut [u64; Counter::COUNT] {
+        // SAFETY: as in `as_array`.
+        unsafe { &mut *(self as *mut Counters as *mut [u64; Counter::COUNT]) }
+    }
+
+    /// One counter's value.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.as_array()[counter as usize]
+    }
+
+    /// Each counter with its name, in declaration order (for status output).
+    pub fn fields(&self) -> [(&'static str, u64); Counter::COUNT] {
+        let values = self.as_array();
+        Counter::ALL.map(|counter| (counter.name(), values[counter as usize]))
     }
 
     /// Adds another CPU's copy into this one.
     pub fn accumulate(&mut self, other: &Counters) {
-        self.caught += other.caught;
-        self.arp_answered += other.arp_answered;
-        self.passed += other.passed;
-        self.passed_unregistered += other.passed_unregistered;
-        self.dropped_fragment += other.dropped_fragment;
-        self.dropped_malformed += other.dropped_malformed;
-        self.dropped_not_ready += other.dropped_not_ready;
-        self.dropped_syn_budget += other.dropped_syn_budget;
-        self.dropped_rewrite += other.dropped_rewrite;
-        self.replied += other.replied;
-        self.dropped_no_flow += other.dropped_no_flow;
-        self.egress_passed += other.egress_passed;
-        self.dropped_no_flow_late += other.dropped_no_flow_late;
-        self.flows_closed += other.flows_closed;
-        self.flows_reset += other.flows_reset;
+        for (mine, theirs) in self.as_array_mut().iter_mut().zip(other.as_array()) {
+            *mine += theirs;
+        }
     }
 }
 
@@ -281,8 +513,203 @@ mod tests {
             );
         }
         let mut names: std::vec::Vec<&str> = one.fields().iter().map(|(name, _)| *name).collect();
+        assert_eq!(names.len(), Counter::ALL.len());
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n, "duplicate counter names");
+    }
+
+    #[test]
+    fn each_counter_indexes_its_own_field() {
+        use core::mem::offset_of;
+        let offsets = [
+            (Counter::Caught, offset_of!(Counters, caught)),
+            (Counter::ArpAnswered, offset_of!(Counters, arp_answered)),
+            (Counter::Passed, offset_of!(Counters, passed)),
+            (
+                Counter::PassedUnregistered,
+                offset_of!(Counters, passed_unregistered),
+            ),
+            (
+                Counter::DroppedFragment,
+                offset_of!(Counters, dropped_fragment),
+            ),
+            (
+                Counter::DroppedMalformed,
+                offset_of!(Counters, dropped_malformed),
+            ),
+            (
+                Counter::DroppedNotReady,
+                offset_of!(Counters, dropped_not_ready),
+            ),
+            (
+                Counter::DroppedSynBudget,
+                offset_of!(Counters, dropped_syn_budget),
+            ),
+            (
+                Counter::DroppedRewrite,
+                offset_of!(Counters, dropped_rewrite),
+            ),
+            (Counter::Replied, offset_of!(Counters, replied)),
+            (
+                Counter::DroppedNoFlow,
+                offset_of!(Counters, dropped_no_flow),
+            ),
+            (Counter::EgressPassed, offset_of!(Counters, egress_passed)),
+            (
+                Counter::DroppedNoFlowLate,
+                offset_of!(Counters, dropped_no_flow_late),
+            ),
+            (Counter::FlowsClosed, offset_of!(Counters, flows_closed)),
+            (Counter::FlowsReset, offset_of!(Counters, flows_reset)),
+            (Counter::PassedVlan, offset_of!(Counters, passed_vlan)),
+            (
+                Counter::DroppedIpOptions,
+                offset_of!(Counters, dropped_ip_options),
+            ),
+            (
+                Counter::DroppedFlowTable,
+                offset_of!(Counters, dropped_flow_table),
+            ),
+        ];
+        assert_eq!(offsets.len(), Counter::COUNT);
+        for (i, (counter, offset)) in offsets.into_iter().enumerate() {
+            assert_eq!(Counter::ALL[i], counter, "ALL out of order at {i}");
+            assert_eq!(counter as usize * 8, offset, "{counter:?}");
+            let mut counters = Counters::default();
+            counters.as_array_mut()[counter as usize] = 7;
+            assert_eq!(counters.get(counter), 7);
+            // The name is the field's own (Rust's names, as in the struct).
+            let field = counters.fields()[i];
+            assert_eq!(field, (counter.name(), 7));
+        }
+    }
+
+    #[test]
+    fn guest_segments_open_mark_or_reset_their_flow() {
+        use tcp_flags::*;
+        let cases = [
+            (SYN, GuestStep::Open),
+            // SYN without ACK opens whatever else is set.
+            (SYN | FIN, GuestStep::Open),
+            (SYN | RST, GuestStep::Open),
+            (SYN | ACK, GuestStep::Nothing),
+            (ACK, GuestStep::Nothing),
+            (0, GuestStep::Nothing),
+            (ACK | 0x08, GuestStep::Nothing),
+            (FIN, GuestStep::MarkFin),
+            (FIN | ACK, GuestStep::MarkFin),
+            (RST, GuestStep::Reset),
+            (RST | ACK, GuestStep::Reset),
+            (RST | FIN | ACK, GuestStep::Reset),
+            (SYN | ACK | RST, GuestStep::Reset),
+            (SYN | ACK | FIN, GuestStep::MarkFin),
+        ];
+        for (flags, step) in cases {
+            assert_eq!(guest_step(flags), step, "flags {flags:#04x}");
+        }
+    }
+
+    #[test]
+    fn server_segments_mark_close_or_reset_their_flow() {
+        use tcp_flags::*;
+        // (flags, guest_fin, server_fin) -> step
+        let cases = [
+            (ACK, false, false, ServerStep::Keep),
+            (SYN | ACK, false, false, ServerStep::Keep),
+            (FIN | ACK, false, false, ServerStep::MarkFin),
+            (FIN | ACK, false, true, ServerStep::Keep),
+            (ACK, false, true, ServerStep::Keep),
+            // The guest's FIN seen: the server's ACK of it closes only once
+            // the server's FIN has passed too.
+            (ACK, true, false, ServerStep::Keep),
+            (ACK, true, true, ServerStep::Close),
+            (FIN | ACK, true, false, ServerStep::Close),
+            (FIN | ACK, true, true, ServerStep::Close),
+            (RST, false, false, ServerStep::Reset),
+            (RST | ACK, true, true, ServerStep::Reset),
+            (RST | FIN, true, false, ServerStep::Reset),
+        ];
+        for (flags, guest_fin, server_fin, step) in cases {
+            assert_eq!(
+                server_step(flags, guest_fin, server_fin),
+                step,
+                "flags {flags:#04x} guest_fin {guest_fin} server_fin {server_fin}"
+            );
+        }
+    }
+
+    /// A flow's life through both programs' rules, one segment at a time:
+    /// (from the guest?, flags) -> whether the flow exists afterwards.
+    fn replay(segments: &[(bool, u8)]) -> std::vec::Vec<bool> {
+        let mut flow: Option<(bool, bool)> = None;
+        let mut alive = std::vec::Vec::new();
+        for &(guest, flags) in segments {
+            if guest {
+                match guest_step(flags) {
+                    GuestStep::Open => flow = Some((false, false)),
+                    GuestStep::Reset => flow = None,
+                    GuestStep::MarkFin => {
+                        if let Some(marks) = flow.as_mut() {
+                            marks.0 = true;
+                        }
+                    }
+                    GuestStep::Nothing => {}
+                }
+            } else if let Some((guest_fin, server_fin)) = flow {
+                match server_step(flags, guest_fin, server_fin) {
+                    ServerStep::Reset | ServerStep::Close => flow = None,
+                    ServerStep::MarkFin => flow = Some((guest_fin, true)),
+                    ServerStep::Keep => {}
+                }
+            }
+            alive.push(flow.is_some());
+        }
+        alive
+    }
+
+    #[test]
+    fn connections_end_with_their_flow_removed_by_the_last_segment() {
+        use tcp_flags::*;
+        const G: bool = true;
+        const S: bool = false;
+        let handshake = [(G, SYN), (S, SYN | ACK), (G, ACK), (G, ACK), (S, ACK)];
+        // The server closes first (Connection: close): its ACK of the
+        // guest's FIN is the last segment that needs the flow.
+        let server_first = [(S, FIN | ACK), (G, ACK), (G, FIN | ACK), (S, ACK)];
+        // The guest closes first (keep-alive client hanging up): the
+        // server's FIN is the last.
+        let guest_first = [(G, FIN | ACK), (S, ACK), (S, FIN | ACK), (G, ACK)];
+        // Both at once: each FIN crosses the other.
+        let simultaneous = [(G, FIN | ACK), (S, FIN | ACK), (S, ACK), (G, ACK)];
+        for (name, close, removed_at) in [
+            ("server first", &server_first, 3),
+            ("guest first", &guest_first, 2),
+            ("simultaneous", &simultaneous, 1),
+        ] {
+            let segments = [&handshake[..], &close[..]].concat();
+            let alive = replay(&segments);
+            for (i, alive) in alive.iter().enumerate() {
+                let expected = i < handshake.len() + removed_at;
+                assert_eq!(*alive, expected, "{name}: after segment {i}");
+            }
+        }
+        // A RST from either side removes the flow at once.
+        for rst in [(G, RST), (S, RST | ACK)] {
+            let segments = [&handshake[..], &[rst][..]].concat();
+            assert_eq!(replay(&segments).last(), Some(&false), "{rst:?}");
+        }
+        // A new SYN from the same port clears an old connection's marks: the
+        // server's FIN on the new connection does not close it.
+        let reuse = [
+            (G, SYN),
+            (G, FIN | ACK),
+            (G, SYN),
+            (S, SYN | ACK),
+            (S, FIN | ACK),
+        ];
+        assert_eq!(replay(&reuse).last(), Some(&true));
+        // Segments for a flow already gone change nothing.
+        assert_eq!(replay(&[(G, FIN | ACK), (S, ACK), (G, RST)]), [false; 3]);
     }
 }

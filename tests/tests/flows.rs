@@ -1,14 +1,13 @@
-//! The datapath forgets a connection once it is over: FLOWS holds open
-//! connections, not every connection made lately, so a busy host does not
-//! push live flows out of the LRU.
+//! The datapath forgets a connection once it is over: a port's flow table
+//! holds its open connections, not every connection made lately, so a busy
+//! guest does not push its own live flows out of the LRU.
 
 use std::time::Duration;
 
 use mdr_harness::fixtures::{GUEST_ADDR, GUEST_MAC};
+use mdr_harness::python;
 use mdr_harness::wait::{self, Poll};
 use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet};
-use mdr_harness::{cmd, python};
-use serde_json::Value;
 
 /// Per-port request limits raised so that a few hundred requests in a row
 /// are all answered.
@@ -17,20 +16,9 @@ const UNLIMITED: &str = "rate_limit_per_sec = 1000000.0\nrate_limit_burst = 1000
 /// Connections per way of closing.
 const CONNECTIONS: usize = 150;
 
-/// Entries in the pinned FLOWS map, read with bpftool.
+/// Flows in the port flow tables of the pinned FLOWS map, read with bpftool.
 fn flow_count(daemon: &Daemon) -> usize {
-    let map = daemon.pinned_map("FLOWS");
-    let dump = cmd::run(&[
-        "bpftool",
-        "-j",
-        "map",
-        "dump",
-        "pinned",
-        &map.to_string_lossy(),
-    ])
-    .unwrap();
-    let entries: Value = serde_json::from_str(&dump).unwrap();
-    entries.as_array().map_or(0, Vec::len)
+    mdr_harness::flows::count(&daemon.pinned_map("FLOWS")).unwrap()
 }
 
 fn counter(daemon: &Daemon, name: &str) -> u64 {

@@ -1,7 +1,12 @@
 //! Loading: the programs from the object build.rs made, verified and
 //! pinned, with the maps a previous daemon pinned reused; then the
 //! datapath's configuration and the return path on the server end.
-use std::{collections::BTreeMap, fs, path::Path, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -87,7 +92,10 @@ impl Datapath {
         let mut datapath = Self {
             ports: take_map(&mut ebpf, names::PORTS)?,
             flows: Arc::new(FlowTable {
-                map: take_map(&mut ebpf, names::FLOWS)?,
+                tables: Mutex::new(take_map(&mut ebpf, names::FLOWS)?),
+                lookup: MapData::from_pin(maps_dir.join(names::FLOWS))
+                    .context("opening the pinned FLOWS")?,
+                open: Mutex::default(),
                 identity,
             }),
             counters: Arc::new(CounterTable {

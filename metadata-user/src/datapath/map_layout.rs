@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use aya::maps::MapData;
-use metadata_ebpf::{Counters, DatapathConfig, FlowEntry, FlowKey, PortEntry, names};
+use metadata_ebpf::{Counters, DatapathConfig, PortEntry, names};
 use tracing::warn;
 
 use super::pins::remove_pin;
@@ -19,11 +19,13 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 4] {
             size_of::<PortEntry>(),
             metadata_ebpf::MAX_PORTS,
         ),
+        // Identity address -> the port's flow table (each table's own
+        // layout is checked in `FlowTable::ensure`).
         (
             names::FLOWS,
-            size_of::<FlowKey>(),
-            size_of::<FlowEntry>(),
-            metadata_ebpf::MAX_FLOWS,
+            size_of::<[u8; 4]>(),
+            size_of::<u32>(),
+            metadata_ebpf::MAX_PORTS,
         ),
         (
             names::CONFIG,

@@ -7,11 +7,12 @@
 //! - `pins`: the names of the pins, and their removal.
 //! - `taps`: attaching to and detaching from registered taps, pruning.
 //! - `attach_mode`: `--tap-attach`; `tcx` and `tc_attach` do each mode.
-//! - `tables`: the read side of the flow and counter maps.
+//! - `tables`: each port's flow table (created with the port; who is behind
+//!   a connection) and the counters.
 //! - `identity`: the identity addresses that encode a port's slot.
 //! - `netdev`: the server's veth pair and the link events of taps.
 //! - `reconcile`: keeps the attached taps equal to the registered ones.
-//! - `sys`: the one bpf(2) command aya does not offer.
+//! - `sys`: the bpf(2) commands aya does not offer.
 //!
 //! Depends on `state` only (the reconciler follows the registry's
 //! snapshots); the guest server reads the flow table through a port of its
@@ -19,7 +20,8 @@
 //!
 //! Layout under `--bpffs DIR`:
 //! ```text
-//! DIR/maps/{PORTS,FLOWS,CONFIG,COUNTERS}   reused across restarts (flows survive)
+//! DIR/maps/{PORTS,FLOWS,CONFIG,COUNTERS}   reused across restarts (flows survive;
+//!                                          FLOWS holds each port's flow table)
 //! DIR/progs/{tap_ingress,server_egress}    the programs of the running daemon
 //! DIR/links/server-egress                  TCX egress link on the server end
 //! DIR/links/tap-<ifname>                   TCX ingress link on each registered tap ('.' as %2e)

@@ -1,16 +1,55 @@
-//! The one bpf(2) command aya 0.14 does not expose: detaching a link right
-//! away. Dropping the last reference to a link only schedules its release,
+//! The bpf(2) commands aya 0.14 does not expose: detaching a link right
+//! away (dropping the last reference to a link only schedules its release,
 //! and until that runs the same program cannot be attached to the same hook
-//! again (EEXIST).
+//! again: EEXIST), creating an LRU hash map of our own (a port's flow
+//! table, an inner map of FLOWS), and reading the id of a map in a map of
+//! maps without opening it (aya's lookup opens it, two more syscalls).
 use std::{
     ffi::CString,
     io,
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_DETACH: libc::c_long = 34;
+
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_OBJ_NAME_LEN: usize = 16;
+
+/// `union bpf_attr` as BPF_MAP_CREATE reads it (the fields up to
+/// `map_extra`; the kernel takes the rest as zero).
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; BPF_OBJ_NAME_LEN],
+    map_ifindex: u32,
+    btf_fd: u32,
+    btf_key_type_id: u32,
+    btf_value_type_id: u32,
+    btf_vmlinux_value_type_id: u32,
+    map_extra: u64,
+}
+
+/// `union bpf_attr` as BPF_MAP_LOOKUP_ELEM reads it.
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
 
 /// `union bpf_attr` as BPF_OBJ_GET reads it.
 #[repr(C)]
@@ -64,4 +103,49 @@ pub fn detach_pinned_link(pin: &Path) -> io::Result<()> {
     };
     bpf(BPF_LINK_DETACH, &mut detach)?;
     Ok(())
+}
+
+/// Creates a BPF LRU hash map named `name` (at most 15 bytes of
+/// `[A-Za-z0-9_.]`) with these sizes; its fd.
+pub fn create_lru_hash(
+    name: &str,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size,
+        value_size,
+        max_entries,
+        ..Default::default()
+    };
+    let bytes = name.as_bytes();
+    if bytes.len() >= BPF_OBJ_NAME_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("map name {name:?} is too long"),
+        ));
+    }
+    attr.map_name[..bytes.len()].copy_from_slice(bytes);
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The id of the map stored under `key` in the map of maps `map`, or None
+/// when there is no such key.
+pub fn inner_map_id(map: BorrowedFd<'_>, key: &[u8; 4]) -> io::Result<Option<u32>> {
+    let mut id = 0u32;
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: &mut id as *mut u32 as u64,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(id)),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(err) => Err(err),
+    }
 }

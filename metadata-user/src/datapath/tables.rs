@@ -1,19 +1,43 @@
-//! The read side of the datapath's maps: who is behind a connection to the
-//! server (FLOWS), and what the programs counted (COUNTERS).
-use std::net::SocketAddrV4;
+//! The datapath's tables: each port's flow table in FLOWS (created and
+//! dropped with the port; who is behind a connection to the server), and
+//! what the programs counted (COUNTERS).
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsFd as _,
+    sync::Mutex,
+};
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray};
 use metadata_ebpf::{Counters, FlowEntry, FlowKey};
-use tracing::warn;
+use tracing::{debug, warn};
 
-use super::IdentityPlan;
+use super::{IdentityPlan, sys};
 
-/// Read side of the FLOWS map: who is behind a connection to the server.
+/// FLOWS: each registered port's own flow table, by identity address (see
+/// the eBPF crate's `datapath.rs`: a guest's traffic can only evict its own
+/// port's flows). The daemon creates a port's table when it attaches the
+/// port and removes it when it detaches it; the tables live as long as the
+/// pinned FLOWS refers to them, so open connections keep their flows across
+/// restarts. The read side tells who is behind a connection to the server.
 pub struct FlowTable {
-    pub(super) map: HashMap<MapData, FlowKey, FlowEntry>,
+    pub(super) tables: Mutex<HashOfMaps<MapData, [u8; 4], MapData>>,
+    /// FLOWS again, for `origin`'s raw lookups of a table's id.
+    pub(super) lookup: MapData,
+    /// Tables `origin` has opened, by identity, with the id they had: a
+    /// connection then costs two lookups (the table's id, the flow) instead
+    /// of opening the table each time. A table replaced or removed has
+    /// another id or none, so a stale one is never used; at most
+    /// `OPEN_TABLES` are kept (each holds an fd).
+    pub(super) open: Mutex<OpenTables>,
     pub(super) identity: IdentityPlan,
 }
+
+type OpenTables = std::collections::HashMap<[u8; 4], (u32, PortFlows)>;
+
+/// How many flow tables `FlowTable::origin` keeps open.
+const OPEN_TABLES: usize = 256;
 
 /// A connection's peer, resolved through the datapath's maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +46,96 @@ pub struct FlowOrigin {
     pub flow: FlowEntry,
 }
 
+/// One port's flow table as aya reads it.
+type PortFlows = HashMap<MapData, FlowKey, FlowEntry>;
+
+fn port_flows(table: MapData) -> Result<PortFlows, MapError> {
+    PortFlows::try_from(Map::from_map_data(table)?)
+}
+
 impl FlowTable {
+    fn tables(&self) -> std::sync::MutexGuard<'_, HashOfMaps<MapData, [u8; 4], MapData>> {
+        // A panic while holding the lock leaves the map itself consistent.
+        self.tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn open_tables(&self) -> std::sync::MutexGuard<'_, OpenTables> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes sure the port with `identity` (slot `slot`) has a flow table:
+    /// the one a previous daemon or an earlier attach left (so its open
+    /// connections keep their flows), or a new one.
+    pub(super) fn ensure(&self, identity: Ipv4Addr, slot: u32) -> anyhow::Result<()> {
+        let mut tables = self.tables();
+        match tables.get(&identity.octets(), 0) {
+            Ok(table) => {
+                let layout = table.info().map(|info| {
+                    (
+                        info.map_type().ok(),
+                        info.key_size() as usize,
+                        info.value_size() as usize,
+                        info.max_entries(),
+                    )
+                });
+                let wanted = (
+                    Some(aya::maps::MapType::LruHash),
+                    std::mem::size_of::<FlowKey>(),
+                    std::mem::size_of::<FlowEntry>(),
+                    metadata_ebpf::MAX_FLOWS_PER_PORT,
+                );
+                match layout {
+                    Ok(found) if found == wanted => return Ok(()),
+                    found => warn!(%identity, ?found, "flow table of another layout; replacing it"),
+                }
+            }
+            Err(MapError::KeyNotFound) => {}
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("looking up the flow table of {identity}"));
+            }
+        }
+        let fd = sys::create_lru_hash(
+            &format!("flows_{slot}"),
+            std::mem::size_of::<FlowKey>() as u32,
+            std::mem::size_of::<FlowEntry>() as u32,
+            metadata_ebpf::MAX_FLOWS_PER_PORT,
+        )
+        .with_context(|| format!("creating the flow table of {identity}"))?;
+        let table = MapData::from_fd(fd)?;
+        tables
+            .insert(identity.octets(), &table, 0)
+            .with_context(|| format!("adding the flow table of {identity}"))?;
+        Ok(())
+    }
+
+    /// Drops the flow table of `identity`, if there is one.
+    pub(super) fn remove(&self, identity: Ipv4Addr) {
+        self.open_tables().remove(&identity.octets());
+        match self.tables().remove(&identity.octets()) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(err) => warn!(%identity, %err, "removing a flow table"),
+        }
+    }
+
+    /// Drops every flow table but those of `identities`.
+    pub(super) fn retain(&self, identities: &HashSet<Ipv4Addr>) {
+        let mut tables = self.tables();
+        let stale: Vec<[u8; 4]> = tables
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !identities.contains(&Ipv4Addr::from(*key)))
+            .collect();
+        for key in stale {
+            debug!(identity = %Ipv4Addr::from(key), "removing stale flow table");
+            let _ = tables.remove(&key);
+        }
+    }
+
     /// Resolves the peer of an accepted connection. None when the peer is not
     /// an identity address or the datapath has no flow for it (the connection
     /// did not come through a tap).
@@ -33,7 +146,36 @@ impl FlowTable {
             guest_port_be: peer.port().to_be(),
             _pad: 0,
         };
-        match self.map.get(&key, 0) {
+        let identity = key.identity_addr;
+        let id = match sys::inner_map_id(self.lookup.fd().as_fd(), &identity) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                warn!(%peer, "no flow table for the connection's port");
+                return None;
+            }
+            Err(err) => {
+                warn!(%peer, %err, "looking up the flow table of a connection");
+                return None;
+            }
+        };
+        let mut open = self.open_tables();
+        if open
+            .get(&identity)
+            .is_none_or(|(open_id, _)| *open_id != id)
+        {
+            if open.len() >= OPEN_TABLES {
+                open.clear();
+            }
+            match MapData::from_id(id).and_then(port_flows) {
+                Ok(table) => open.insert(identity, (id, table)),
+                Err(err) => {
+                    warn!(%peer, %err, "opening the flow table of a connection");
+                    return None;
+                }
+            };
+        }
+        let (_, table) = &open[&identity];
+        match table.get(&key, 0) {
             Ok(flow) => Some(FlowOrigin { slot, flow }),
             Err(err) => {
                 warn!(%peer, %err, "no datapath flow for connection");

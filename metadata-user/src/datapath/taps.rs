@@ -24,11 +24,15 @@ impl Datapath {
         match self.attached.get(ifname) {
             Some(current) if *current == wanted => return Ok(()),
             Some(current) if current.ifindex == ifindex => {
-                // Same tap, another slot: the link stays, only the port entry changes.
-                let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
+                // Same tap, another slot: the link stays, the port entry and
+                // the flow table change.
+                let identity = self.identity.address_of(slot)?;
+                self.flows.ensure(identity, slot)?;
+                let entry = PortEntry::new(slot, identity.octets());
                 self.ports
                     .insert(ifindex, entry, 0)
                     .with_context(|| format!("updating {ifname} in the port map"))?;
+                self.flows.remove(self.identity.address_of(current.slot)?);
                 self.attached.insert(ifname.to_string(), wanted);
                 return Ok(());
             }
@@ -36,14 +40,18 @@ impl Datapath {
             Some(_) => self.detach_tap(ifname)?,
             None => {}
         }
-        let entry = PortEntry::new(slot, self.identity.address_of(slot)?.octets());
-        // The map entry first: the program passes traffic from taps it does
-        // not know, so there is no window where a guest is served wrongly.
+        let identity = self.identity.address_of(slot)?;
+        // The port's flow table, then its map entry, then the program: the
+        // program passes traffic from taps it does not know, so there is no
+        // window where a guest is served wrongly.
+        self.flows.ensure(identity, slot)?;
+        let entry = PortEntry::new(slot, identity.octets());
         self.ports
             .insert(ifindex, entry, 0)
             .with_context(|| format!("registering {ifname} in the port map"))?;
         if let Err(err) = self.attach_tap_program(ifname, ifindex) {
             let _ = self.ports.remove(&ifindex);
+            self.flows.remove(identity);
             return Err(err.context(format!("attaching to {ifname}")));
         }
         info!(
@@ -64,6 +72,11 @@ impl Datapath {
             return Ok(());
         };
         let _ = self.ports.remove(&old.ifindex);
+        // Its open connections cannot get replies any more (the tap is gone,
+        // or no longer ours): the flow table goes too.
+        if let Ok(identity) = self.identity.address_of(old.slot) {
+            self.flows.remove(identity);
+        }
         // Both modes' attachments, whichever this daemon uses: cheap when
         // absent, and a tap never keeps a program we no longer account for.
         remove_tc_filter(old.ifindex);
@@ -97,9 +110,15 @@ impl Datapath {
         Ok(())
     }
 
-    /// Forgets port entries and link pins that no attached tap accounts for:
-    /// what a previous daemon left for ports that are gone now.
+    /// Forgets port entries, flow tables and link pins that no attached tap
+    /// accounts for: what a previous daemon left for ports that are gone now.
     pub fn prune(&mut self) -> anyhow::Result<()> {
+        let identities: std::collections::HashSet<std::net::Ipv4Addr> = self
+            .attached
+            .values()
+            .filter_map(|tap| self.identity.address_of(tap.slot).ok())
+            .collect();
+        self.flows.retain(&identities);
         let live: std::collections::HashSet<u32> =
             self.attached.values().map(|tap| tap.ifindex).collect();
         let stale: Vec<u32> = self
