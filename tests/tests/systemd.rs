@@ -92,8 +92,8 @@ fn ready_once_serving_stopping_on_sigterm_with_the_units_capabilities_only() {
         .to_owned();
     assert_eq!(
         bounding.split_whitespace().nth(1),
-        Some("0000008000001400"),
-        "exactly CAP_BPF, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE"
+        Some("000000c000201400"),
+        "exactly CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE"
     );
 
     // SIGTERM: STOPPING=1 before the exit.

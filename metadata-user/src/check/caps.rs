@@ -10,6 +10,18 @@ use super::Item;
 pub const NEEDED: &[(&str, u32, &str)] = &[
     ("CAP_BPF", 39, "load the programs and create the maps"),
     (
+        "CAP_PERFMON",
+        38,
+        "the verifier's pointer arithmetic on the counters (indexed per path); \
+         without it, Spectre v1 hardening refuses tap_ingress",
+    ),
+    (
+        "CAP_SYS_ADMIN",
+        21,
+        "open a port's flow table by its map id (BPF_MAP_GET_FD_BY_ID) when the \
+         server identifies a connection: the kernel allows that to CAP_SYS_ADMIN only",
+    ),
+    (
         "CAP_NET_ADMIN",
         12,
         "attach to taps, create the veth pair, set its address and route",
