@@ -179,6 +179,14 @@ fn decide(state: &State, parts: &Parts, body: &[u8], seq: u64) -> Answer {
             _ => Answer::text(400, "GET and POST only are supported."),
         };
     }
+    if let Some(file) = &state.user_data_file
+        && (path.ends_with("/user_data") || path.ends_with("/user-data"))
+    {
+        return match std::fs::read_to_string(file) {
+            Ok(text) => Answer::text(200, text),
+            Err(_) => Answer::text(404, "Not Found"),
+        };
+    }
     let forwarded_for = single(parts, "x-forwarded-for")
         .ok()
         .flatten()

@@ -49,6 +49,11 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Called with every request after it was answered (the binary prints it).
     pub on_request: Option<RequestHook>,
+    /// User data read from this file at every request (`.../user_data`,
+    /// `.../user-data`): a test changes nova's answer by rewriting it, and
+    /// makes it 404 by removing it. Without it user data is echoed like
+    /// any other path.
+    pub user_data_file: Option<std::path::PathBuf>,
 }
 
 /// PEM text for an HTTPS fake nova.
@@ -75,6 +80,7 @@ struct Behaviour {
 
 struct State {
     secret: Vec<u8>,
+    user_data_file: Option<std::path::PathBuf>,
     on_request: Option<RequestHook>,
     behaviour: Mutex<Behaviour>,
     log: Mutex<Vec<RecordedRequest>>,
@@ -110,6 +116,7 @@ impl FakeNova {
         };
         let state = Arc::new(State {
             secret: config.secret,
+            user_data_file: config.user_data_file,
             on_request: config.on_request,
             behaviour: Mutex::default(),
             log: Mutex::default(),

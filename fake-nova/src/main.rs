@@ -28,6 +28,10 @@ struct Args {
     /// INSTANCE=PROJECT: requests for INSTANCE with another X-Tenant-ID get 404 (repeatable).
     #[arg(long = "project", value_name = "INSTANCE=PROJECT")]
     projects: Vec<String>,
+    /// Answer user data (`.../user_data`, `.../user-data`) with this file's
+    /// content at each request (404 while it does not exist).
+    #[arg(long, value_name = "FILE")]
+    user_data_file: Option<PathBuf>,
     /// Wait this many milliseconds before each answer.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     delay_ms: u64,
@@ -86,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
         on_request: Some(Arc::new(move |request| {
             print(serde_json::to_string(request).expect("requests serialize"));
         })),
+        user_data_file: args.user_data_file.clone(),
     };
     let nova = FakeNova::start(args.listen, config)
         .await

@@ -101,6 +101,9 @@ pub struct FakeNovaConfig {
     pub projects: Vec<(String, String)>,
     /// Wait this long before each answer.
     pub delay: Duration,
+    /// User data answered from this file at each request (see
+    /// `fake-nova --user-data-file`).
+    pub user_data_file: Option<PathBuf>,
 }
 
 impl FakeNovaConfig {
@@ -113,7 +116,13 @@ impl FakeNovaConfig {
             client_ca: None,
             projects: Vec::new(),
             delay: Duration::ZERO,
+            user_data_file: None,
         }
+    }
+
+    pub fn user_data_file(mut self, file: &Path) -> Self {
+        self.user_data_file = Some(file.to_owned());
+        self
     }
 
     pub fn https(mut self, pki: &TestPki) -> Self {
@@ -196,6 +205,9 @@ impl FakeNova {
         }
         if let Some(ca) = &config.client_ca {
             args.extend(["--client-ca".into(), path_arg(ca)]);
+        }
+        if let Some(file) = &config.user_data_file {
+            args.extend(["--user-data-file".into(), path_arg(file)]);
         }
         for (instance, project) in &config.projects {
             args.extend(["--project".into(), format!("{instance}={project}")]);

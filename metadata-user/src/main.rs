@@ -20,10 +20,11 @@ use clap::Parser as _;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        cli::Command::Serve(args) => serve::run(args, cli.admin_socket),
+        cli::Command::Serve(args) => serve::run(*args, cli.admin_socket),
         cli::Command::Check(args) => {
-            cli::settings::Settings::resolve(args, cli.admin_socket).and_then(check::run)
+            cli::settings::Settings::resolve(*args, cli.admin_socket).and_then(check::run)
         }
+        cli::Command::Identity(command) => cli::identity::run(command),
         command => admin::client::run(&cli.admin_socket, command),
     };
     match result {

@@ -24,6 +24,7 @@ use crate::{
         Backend, Responder,
         local::{ApiConfig, ApiContext, PasswordConflict, PasswordStore},
         nova::{NovaBackend, config::BackendConfig},
+        watch::{MAX_WATCHES_PER_PORT, WatchLimiter},
     },
     check,
     cli::{ServeArgs, settings::Settings},
@@ -43,7 +44,8 @@ use crate::{
 };
 
 /// Open connections one port may hold. cloud-init uses one at a time; a
-/// guest's parallel tooling rarely needs more than a few.
+/// guest's parallel tooling rarely needs more than a few. Held watches
+/// (`?wait_for_change=true`, at most 16 per port) count here too.
 const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 
 /// Accept queue length asked for (the kernel caps it at net.core.somaxconn,
@@ -128,21 +130,35 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let backend = match &settings.backend {
-        BackendConfig::Local => Backend::Local(ApiContext::new(
-            ApiConfig {
-                domain: settings.domain.clone(),
-                ..ApiConfig::default()
-            },
-            registry.secret("imds-token-key")?,
-            registry.clone(),
-        )),
-        BackendConfig::Nova(nova) => {
-            Backend::Nova(NovaBackend::with_metrics(nova, metrics.clone()))
-        }
+        BackendConfig::Local => Backend::Local(
+            ApiContext::new(
+                ApiConfig {
+                    domain: settings.domain.clone(),
+                    ..ApiConfig::default()
+                },
+                registry.secret("imds-token-key")?,
+                registry.clone(),
+            )
+            .with_identity(settings.signed_identity.clone()),
+        ),
+        BackendConfig::Nova(nova) => Backend::Nova(
+            NovaBackend::with_identity(nova, settings.signed_identity.clone())
+                .with_metrics(metrics.clone()),
+        ),
     };
+    if let Some(identity) = &settings.signed_identity {
+        info!(
+            kid = identity.key.kid(),
+            alg = identity.key.kind().jws_alg(),
+            issuer = %identity.issuer.name,
+            "signing instance identities"
+        );
+    }
     let responder = Arc::new(Responder {
         backend,
         registry: registry.clone(),
+        watches: WatchLimiter::new(MAX_WATCHES_PER_PORT),
+        shutdown: shutdown_rx.clone(),
     });
     let dispatcher = Arc::new(Dispatcher {
         responder: responder.clone(),

@@ -43,10 +43,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "systemd",
         "systemd-analyze verify of the installed unit (nothing is started)",
     ),
+    (
+        "libssl-dev",
+        "the daemon's signed identity (the openssl crate links the system's libssl)",
+    ),
+    ("pkg-config", "finding libssl for the openssl crate"),
+    (
+        "openssl",
+        "the identity test verifies signatures with AWS's published openssl commands",
+    ),
 ];
 
-/// Python packages (from PyPI, for the machine's `python3`): the name to
-/// install, the module to import, and why.
+/// Python packages (from PyPI, for the machine's `python3`): the name pip
+/// installs, the module Python imports, and why.
 const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
     (
         "botocore",
@@ -58,6 +67,12 @@ const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
         "prometheus_client",
         "parsing the /metrics exposition in the metrics test",
     ),
+    (
+        "PyJWT",
+        "jwt",
+        "verifying the daemon's identity tokens against its JWKS",
+    ),
+    ("cryptography", "cryptography", "PyJWT's RS256 and ES256"),
 ];
 
 /// The bpf-linker release verified with LLVM 22 and rustc 1.95.

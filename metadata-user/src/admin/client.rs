@@ -48,7 +48,9 @@ pub fn run(admin_socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
 fn execute(admin_socket: &Path, command: Command) -> anyhow::Result<String> {
     let admin = Admin::new(admin_socket)?;
     match command {
-        Command::Serve(_) | Command::Check(_) => bail!("serve and check are not admin commands"),
+        Command::Serve(_) | Command::Check(_) | Command::Identity(_) => {
+            bail!("serve, check and identity are not admin commands")
+        }
         Command::Instance(InstanceCommand::Put { file }) => {
             let doc: InstanceDoc =
                 admin.call(Method::PUT, "/v1/instances", Some(read_input(&file)?))?;

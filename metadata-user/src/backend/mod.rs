@@ -4,22 +4,31 @@
 //! The eBPF path and the neutron-agent socket share this.
 //!
 //! `kind` says which tree a path is in and whether it reaches a secret (for
-//! metrics and the audit log).
+//! metrics and the audit log). `watch` (held `?wait_for_change=true`
+//! requests) and `identity` (signed instance identity) serve both backends.
 //!
 //! Depends on `state` (the instance document is looked up per request) and
 //! records into `metrics` (nova's upstream latency).
 pub mod guest;
+pub mod identity;
 pub mod kind;
 pub mod local;
 pub mod nova;
+pub mod watch;
 
 use std::sync::Arc;
 
-use hyper::{Request, body::Incoming};
+use hyper::{Method, Request, body::Incoming};
+use tokio::sync::watch as signal;
 
 pub use guest::{Guest, Reply};
-use local::ApiContext;
+use local::{
+    ApiContext,
+    response::{ApiError, too_many_requests},
+    watch::LocalWatch,
+};
 use nova::NovaBackend;
+use watch::{WatchLimiter, WatchQuery};
 
 use crate::state::Registry;
 
@@ -32,10 +41,30 @@ pub enum Backend {
 pub struct Responder {
     pub backend: Backend,
     pub registry: Arc<Registry>,
+    /// Held watches per port (`?wait_for_change=true`).
+    pub watches: Arc<WatchLimiter>,
+    /// Flips to true at shutdown: held watches answer at once.
+    pub shutdown: signal::Receiver<bool>,
 }
 
 impl Responder {
     pub async fn respond(&self, guest: &Guest, request: Request<Incoming>) -> Reply {
+        // Only a request with a query string pays for this. GETs only: in
+        // nova mode a watch's answer is cached, and a HEAD's has no body.
+        let watch = match WatchQuery::parse(request.uri().query()) {
+            Ok(watch) => watch.filter(|_| request.method() == Method::GET),
+            Err(err) => {
+                return Reply::new(
+                    ApiError::BadRequest {
+                        explanation: Some(err.explanation()),
+                    }
+                    .into_response(request.method(), request.headers()),
+                );
+            }
+        };
+        if let Some(watch) = watch {
+            return self.watch(guest, request, &watch).await;
+        }
         // Looked up per request: `instance put` and `instance del` take
         // effect on the next request, even on an open connection.
         let instance = self
@@ -52,6 +81,39 @@ impl Responder {
         }
     }
 
+    /// A watch: one of the port's [`watch::MAX_WATCHES_PER_PORT`] places
+    /// (429 beyond), held until the backend says the answer changed.
+    async fn watch(&self, guest: &Guest, request: Request<Incoming>, query: &WatchQuery) -> Reply {
+        let Some(_permit) = self.watches.acquire(guest.port.slot) else {
+            return Reply::new(too_many_requests(request.method(), request.headers()));
+        };
+        match &self.backend {
+            Backend::Local(api) => {
+                // Subscribed before the first look, so no change is missed.
+                let watch = LocalWatch {
+                    ctx: api,
+                    guest,
+                    snapshots: self.registry.subscribe(),
+                    shutdown: self.shutdown.clone(),
+                };
+                let (parts, _body) = request.into_parts();
+                watch.run(&parts, query).await
+            }
+            Backend::Nova(nova) => {
+                let instance = self
+                    .registry
+                    .snapshot()
+                    .instance(&guest.port.spec.instance)
+                    .cloned();
+                let project = instance.as_ref().and_then(|i| i.project_id.as_deref());
+                Reply::new(
+                    nova.watch_guest(guest, project, request, query, self.shutdown.clone())
+                        .await,
+                )
+            }
+        }
+    }
+
     /// nova's counters (None with the local backend).
     pub fn nova_stats(&self) -> Option<nova::NovaStats> {
         match &self.backend {
@@ -62,10 +124,12 @@ impl Responder {
 
     /// What the status command shows about the backend.
     pub fn status(&self) -> serde_json::Value {
+        let watches = self.watches.held();
         match &self.backend {
-            Backend::Local(_) => serde_json::json!({ "kind": "local" }),
+            Backend::Local(_) => serde_json::json!({ "kind": "local", "watches": watches }),
             Backend::Nova(nova) => serde_json::json!({
                 "kind": "nova",
+                "watches": watches,
                 "stats": serde_json::to_value(nova.stats()).unwrap_or_default(),
             }),
         }

@@ -6,6 +6,7 @@
 //! `serve`'s flags, its `--config` file and the defaults into `Settings`.
 //!
 //! The top layer with `serve` and `admin`: nothing below depends on it.
+pub mod identity;
 pub mod settings;
 
 use std::{net::SocketAddr, path::PathBuf};
@@ -38,7 +39,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: load the datapath, watch taps, serve guests and the admin API.
-    Serve(ServeArgs),
+    // Boxed: serve has many options, the other commands few.
+    Serve(Box<ServeArgs>),
     /// Check what `serve` needs from this host: one line per item, ok or the fix.
     ///
     /// The items: kernel version, BTF, TCX, bpffs, capabilities, the routes
@@ -46,7 +48,7 @@ pub enum Command {
     /// where the server end lives, the admin socket's and the state
     /// directories. Takes serve's flags and --config, to check what that
     /// daemon would use. Exits 1 when something needed is missing.
-    Check(ServeArgs),
+    Check(Box<ServeArgs>),
     /// Create, replace, show, list or delete instance documents.
     #[command(subcommand)]
     Instance(InstanceCommand),
@@ -59,6 +61,45 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The signed identity: what verifiers of guests' tokens need (runs
+    /// without the daemon).
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Print the JWK Set (JSON) that verifies `/openstack/identity` tokens:
+    /// the public key of --identity-cert, with the `kid` the tokens carry.
+    Jwks(IdentityJwksArgs),
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct IdentityJwksArgs {
+    /// The serve configuration file to take identity_key and identity_cert
+    /// from (flags win).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// The signed identity's key (both backends).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Signed identity")]
+pub struct IdentityArgs {
+    /// PEM private key (RSA of at least 2048 bits, or EC P-256) that signs
+    /// the instance identity document (`signature`, `pkcs7`, `rsa2048`) and
+    /// `/openstack/identity` tokens. Without it those paths are 404.
+    #[arg(long, value_name = "FILE")]
+    pub identity_key: Option<PathBuf>,
+    /// PEM certificate of --identity-key: what verifiers check against
+    /// (`openssl smime -verify -certfile`, and the JWKS).
+    #[arg(long, value_name = "FILE")]
+    pub identity_cert: Option<PathBuf>,
+    /// The tokens' `iss` claim [default: metadata-redirector].
+    #[arg(long, value_name = "NAME")]
+    pub identity_issuer: Option<String>,
 }
 
 /// `--log-format`.
@@ -95,8 +136,10 @@ pub struct ServeArgs {
     /// nova_metadata_host, nova_metadata_port, nova_metadata_protocol,
     /// nova_metadata_insecure, nova_client_cert, nova_client_priv_key,
     /// auth_ca_cert, metadata_proxy_shared_secret_file, nova_metadata_timeout,
-    /// metadata_cache_expiration, neutron_agent_socket. The installed
-    /// /etc/metadata-redirector/config.toml lists each with its default.
+    /// metadata_cache_expiration, stale_if_error, neutron_agent_socket; the
+    /// signed identity's: identity_key, identity_cert, identity_issuer. The
+    /// installed /etc/metadata-redirector/config.toml lists each with its
+    /// default.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Name of the veth end the server listens behind [default: mdr-srv].
@@ -105,6 +148,8 @@ pub struct ServeArgs {
     /// Name of the veth end caught requests are sent into [default: mdr-in].
     #[arg(long, value_name = "NAME")]
     pub entry_ifname: Option<String>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// On SIGTERM/SIGINT, also detach from every tap and remove the pinned
     /// maps and the veth pair. Without it the datapath stays in place, so a
     /// restarted daemon resumes with every tap and open flow intact.
@@ -168,9 +213,15 @@ pub struct NovaArgs {
     /// [default: 10].
     #[arg(long, value_name = "SECONDS")]
     pub nova_metadata_timeout: Option<f64>,
-    /// Seconds a GET answer from nova is reused; 0 disables the cache [default: 15].
+    /// Seconds a GET answer from nova is reused; 0 disables the cache
+    /// [default: 15]. Also how often paths that guests watch are asked again.
     #[arg(long, value_name = "SECONDS")]
     pub metadata_cache_expiration: Option<u64>,
+    /// While nova is unreachable, too slow or answers 5xx, answer a GET from
+    /// the last good answer for that instance and path if it is younger than
+    /// this many seconds (with an `Age` header); 0 turns it off [default: 0].
+    #[arg(long, value_name = "SECONDS")]
+    pub stale_if_error: Option<u64>,
     /// Also serve neutron-metadata-agent's protocol on this unix socket, for
     /// haproxy proxies in router or DHCP namespaces (either backend).
     #[arg(long, value_name = "PATH")]
@@ -192,6 +243,7 @@ impl NovaArgs {
             metadata_proxy_shared_secret_file: self.metadata_proxy_shared_secret_file.clone(),
             nova_metadata_timeout: self.nova_metadata_timeout,
             metadata_cache_expiration: self.metadata_cache_expiration,
+            stale_if_error: self.stale_if_error,
         }
     }
 }

@@ -4,14 +4,21 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use super::{DEFAULT_ADMIN_SOCKET, LogFormat, ServeArgs};
+use super::{DEFAULT_ADMIN_SOCKET, IdentityArgs, LogFormat, ServeArgs};
 use crate::{
-    backend::nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
+    backend::{
+        identity::{
+            Identity, IdentityFiles, IdentityKey,
+            jwt::{self, DEFAULT_ISSUER, Issuer},
+        },
+        nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
+    },
     datapath::{IdentityPlan, TapAttach, netdev::ServerLinkPlan},
     ingress::ratelimit::RateLimitConfig,
 };
@@ -63,7 +70,12 @@ struct FileConfig {
     /// Seconds (an integer or a fraction).
     nova_metadata_timeout: Option<f64>,
     metadata_cache_expiration: Option<u64>,
+    stale_if_error: Option<u64>,
     neutron_agent_socket: Option<PathBuf>,
+    // The signed identity (both backends).
+    identity_key: Option<PathBuf>,
+    identity_cert: Option<PathBuf>,
+    identity_issuer: Option<String>,
 }
 
 impl FileConfig {
@@ -81,8 +93,47 @@ impl FileConfig {
             metadata_proxy_shared_secret_file: self.metadata_proxy_shared_secret_file.take(),
             nova_metadata_timeout: self.nova_metadata_timeout.take(),
             metadata_cache_expiration: self.metadata_cache_expiration.take(),
+            stale_if_error: self.stale_if_error.take(),
         }
     }
+}
+
+/// The identity key and issuer: flags, then the file's keys, then none.
+/// The key is loaded (and checked against the certificate) here, so a bad
+/// file stops `serve` before anything else starts.
+pub fn resolve_identity(
+    flags: &IdentityArgs,
+    config: Option<&Path>,
+) -> anyhow::Result<Option<Arc<Identity>>> {
+    let file = match config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    identity_from(flags, file)
+}
+
+fn identity_from(flags: &IdentityArgs, file: FileConfig) -> anyhow::Result<Option<Arc<Identity>>> {
+    let files = IdentityFiles {
+        key: flags.identity_key.clone().or(file.identity_key),
+        cert: flags.identity_cert.clone().or(file.identity_cert),
+    };
+    let issuer = flags.identity_issuer.clone().or(file.identity_issuer);
+    if issuer.as_deref().is_some_and(|name| name.trim().is_empty()) {
+        bail!("--identity-issuer must not be empty");
+    }
+    let Some(key) = IdentityKey::load(&files)? else {
+        if issuer.is_some() {
+            bail!("--identity-issuer needs --identity-key and --identity-cert");
+        }
+        return Ok(None);
+    };
+    Ok(Some(Arc::new(Identity {
+        key,
+        issuer: Issuer {
+            name: issuer.unwrap_or_else(|| DEFAULT_ISSUER.to_owned()),
+            host: jwt::hostname(),
+        },
+    })))
 }
 
 /// Resolved settings for one daemon.
@@ -108,6 +159,8 @@ pub struct Settings {
     /// `--metrics-listen`: where Prometheus scrapes (None: no listener).
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
+    /// The signed identity's key (`--identity-key`); None: its paths 404.
+    pub signed_identity: Option<Arc<Identity>>,
 }
 
 impl Settings {
@@ -128,6 +181,15 @@ impl Settings {
             .nova
             .neutron_agent_socket
             .or(file.neutron_agent_socket.take());
+        let signed_identity = identity_from(
+            &args.identity,
+            FileConfig {
+                identity_key: file.identity_key.take(),
+                identity_cert: file.identity_cert.take(),
+                identity_issuer: file.identity_issuer.take(),
+                ..FileConfig::default()
+            },
+        )?;
         let mut identity = IdentityPlan::default();
         if let Some(addr) = file.server_addr {
             identity.server_addr = addr;
@@ -217,6 +279,7 @@ impl Settings {
             neutron_agent_socket,
             metrics_listen,
             log_format,
+            signed_identity,
         })
     }
 }
@@ -392,6 +455,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown variant `neutron`"), "{err}");
+    }
+
+    #[test]
+    fn stale_if_error_and_identity_keys_from_the_file() {
+        use crate::backend::nova::config::NovaConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let settings = with_file(&format!(
+            "backend = \"nova\"\nnova_metadata_host = \"nova\"\n\
+             metadata_proxy_shared_secret_file = {secret:?}\nstale_if_error = 30\n"
+        ))
+        .unwrap();
+        let BackendConfig::Nova(NovaConfig { stale_if_error, .. }) = settings.backend else {
+            panic!("expected the nova backend");
+        };
+        assert_eq!(stale_if_error, std::time::Duration::from_secs(30));
+        assert!(settings.signed_identity.is_none(), "no key, no identity");
+
+        let err = format!(
+            "{:#}",
+            with_file("identity_issuer = \"https://x\"\n").unwrap_err()
+        );
+        assert!(
+            err.starts_with("--identity-issuer needs --identity-key"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            with_file("identity_key = \"/nonexistent/key.pem\"\n").unwrap_err()
+        );
+        assert_eq!(err, "--identity-key needs --identity-cert");
+        let err = format!(
+            "{:#}",
+            with_file(
+                "identity_key = \"/nonexistent/key.pem\"\nidentity_cert = \"/nonexistent/c.pem\"\n"
+            )
+            .unwrap_err()
+        );
+        assert!(
+            err.starts_with("--identity-key /nonexistent/key.pem"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -473,6 +473,7 @@ mod socket_tests {
             secret: SharedSecret(Arc::from(SECRET)),
             timeout: Duration::from_secs(5),
             cache_expiration: Duration::from_secs(15),
+            stale_if_error: Duration::ZERO,
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::{
-    identity,
+    ApiContext, identity,
     paths::{EC2_VERSIONS, Ec2Version},
     response::{ApiError, Document},
     view::InstanceView,
@@ -86,13 +86,17 @@ impl Node {
 }
 
 /// Answers a GET for the EC2 segments after the optional `ec2` prefix.
-pub fn lookup(view: &InstanceView<'_>, segments: &[String]) -> Result<Document, ApiError> {
+pub fn lookup(
+    ctx: &ApiContext,
+    view: &InstanceView<'_>,
+    segments: &[String],
+) -> Result<Document, ApiError> {
     let Some((version_name, rest)) = segments.split_first() else {
         return Ok(Document::text(versions_listing()));
     };
     let version = Ec2Version::parse(version_name).ok_or(ApiError::NotFound)?;
     if rest.first().map(String::as_str) == Some("dynamic") {
-        return identity::lookup(view, version, &rest[1..]);
+        return identity::lookup(ctx, view, version, &rest[1..]);
     }
     // `get_ec2_metadata(version)` is {"meta-data": {...}, "user-data": raw}
     // (the latter only when present); each branch is built only when the

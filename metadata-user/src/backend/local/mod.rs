@@ -12,7 +12,8 @@
 //! any effect is `X-Forwarded-For`, which makes a token request 403 as on AWS.
 //!
 //! Layout: `paths` routes a request path, `ec2`/`identity` and `openstack`
-//! answer their trees, `password` and `token` the two endpoints with state,
+//! answer their trees, `watch` holds watches, `password` and `token` the
+//! two endpoints with state,
 //! `view` applies nova's defaults to the instance document, `pyjson` and
 //! `response` produce nova's exact bytes and headers.
 //!
@@ -31,7 +32,10 @@
 //! - Several public keys are all shown (nova shows the one keypair).
 //! - Added: `PUT /latest/api/token` and `/<2009-04-04|latest>/dynamic/
 //!   instance-identity/document`, not listed in `/latest/` (as in nova's
-//!   listing, which has neither).
+//!   listing, which has neither); with an identity key, the document's
+//!   `signature`, `pkcs7`, `rsa2048` and `/openstack/identity` (a JWT).
+//! - Added: an `ETag` on every read answer, and `?wait_for_change=true`
+//!   (`watch`: held until `instance put` changes the answer).
 mod ec2;
 mod identity;
 mod openstack;
@@ -41,6 +45,7 @@ mod pyjson;
 pub mod response;
 mod token;
 mod view;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -52,7 +57,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt as _;
+use http_body_util::{BodyExt as _, Empty};
 use hyper::{
     HeaderMap, Method, Request,
     header::{self, HeaderValue},
@@ -60,7 +65,10 @@ use hyper::{
 };
 
 use crate::{
-    backend::guest::{Guest, Reply},
+    backend::{
+        guest::{Guest, Reply},
+        identity::Identity,
+    },
     state::instance::{InstanceDoc, TokenMode},
 };
 use openstack::Resource;
@@ -112,6 +120,11 @@ pub struct ApiContext {
     config: ApiConfig,
     token_key: TokenKey,
     passwords: Arc<dyn PasswordStore>,
+    /// Counts passwords set, so that watches of `password` wake.
+    passwords_set: tokio::sync::watch::Sender<u64>,
+    /// The signed identity's key; None: its paths are 404 (the document
+    /// itself is still served).
+    identity: Option<Arc<Identity>>,
     clock: Clock,
 }
 
@@ -123,8 +136,16 @@ impl ApiContext {
             config,
             token_key: TokenKey::new(token_key),
             passwords,
+            passwords_set: tokio::sync::watch::Sender::new(0),
+            identity: None,
             clock: Arc::new(SystemTime::now),
         }
+    }
+
+    /// Signs identities with this key (`--identity-key`).
+    pub fn with_identity(mut self, identity: Option<Arc<Identity>>) -> Self {
+        self.identity = identity;
+        self
     }
 
     /// Replaces the wall clock (tests).
@@ -168,9 +189,33 @@ where
     reply.unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)))
 }
 
-/// A document answer, which travels as far as any other packet.
+/// A document answer, which travels as far as any other packet. Reads
+/// carry the document's ETag.
 fn document_reply(document: Document, method: &Method) -> Reply {
-    Reply::new(document.into_response(method))
+    if is_read(method) {
+        Reply::new(document.into_read_response(method))
+    } else {
+        Reply::new(document.into_response(method))
+    }
+}
+
+fn is_read(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}
+
+/// Answers a GET or HEAD from its request head alone: what a watch renders
+/// again when the instance changes.
+pub async fn answer_read(
+    ctx: &ApiContext,
+    guest: &Guest,
+    instance: Option<&InstanceDoc>,
+    parts: &Parts,
+) -> Reply {
+    let reply = match instance {
+        Some(doc) => answer(ctx, guest, doc, parts, Empty::<Bytes>::new()).await,
+        None => Err(ApiError::NotFound),
+    };
+    reply.unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)))
 }
 
 const ALLOW_READ: &str = "GET, HEAD";
@@ -196,8 +241,15 @@ where
         }
         Route::Ec2(segments) => {
             check_session(ctx, &view, &parts.headers)?;
-            let document = ec2::lookup(&view, &segments)?;
+            let document = ec2::lookup(ctx, &view, &segments)?;
             require_read(method, ALLOW_READ)?;
+            Ok(document_reply(document, method))
+        }
+        Route::OpenStack(segments) if segments == ["identity"] => {
+            // A credential like the EC2 tree's: the same IMDSv2 rules.
+            check_session(ctx, &view, &parts.headers)?;
+            require_read(method, ALLOW_READ)?;
+            let document = identity::jwt(ctx, &view, parts.uri.query())?;
             Ok(document_reply(document, method))
         }
         Route::OpenStack(segments) => match openstack::lookup(&view, &segments, ctx.now())? {
@@ -211,6 +263,9 @@ where
                     password::check_unset(store, &doc.uuid)?;
                     let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
                     let document = password::write(store, &doc.uuid, &body)?;
+                    // Wakes watchers of the password (the registry publishes
+                    // no snapshot for it).
+                    ctx.passwords_set.send_modify(|count| *count += 1);
                     return Ok(document_reply(document, method));
                 }
                 require_read(method, ALLOW_PASSWORD)?;
@@ -221,7 +276,7 @@ where
 }
 
 fn require_read(method: &Method, allow: &'static str) -> Result<(), ApiError> {
-    if *method == Method::GET || *method == Method::HEAD {
+    if is_read(method) {
         Ok(())
     } else {
         Err(ApiError::MethodNotAllowed { allow })
@@ -255,11 +310,7 @@ fn issue_token(
     let token = ctx
         .token_key
         .mint(binding(view), ctx.now_unix().saturating_add(ttl));
-    let mut response = Document {
-        body: Bytes::from(token),
-        content_type: response::AWS_TEXT_PLAIN,
-    }
-    .into_response(method);
+    let mut response = Document::new(token, response::AWS_TEXT_PLAIN).into_response(method);
     response
         .headers_mut()
         .insert(token::TTL_HEADER, HeaderValue::from(ttl));

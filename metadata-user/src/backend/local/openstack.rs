@@ -40,7 +40,7 @@ pub fn lookup(
     };
     let document = match path.as_str() {
         "version" => Document::text(version_listing(view, version)),
-        "meta_data.json" => Document::json(meta_data_json(view, version)),
+        "meta_data.json" => meta_data_json(view, version),
         "user_data" => Document::text(view.user_data().ok_or(ApiError::NotFound)?),
         "password" if version >= OpenStackVersion::GRIZZLY => return Ok(Resource::Password),
         "vendor_data.json" if version >= OpenStackVersion::HAVANA => {
@@ -53,8 +53,9 @@ pub fn lookup(
             Document::json(pyjson::dumps(&object))
         }
         // `_network_data` has no version check: listed from LIBERTY on, but
-        // served at every version.
-        "network_data.json" => Document::json(pyjson::dumps(
+        // served at every version. nova never sets a mimetype for it (unlike
+        // meta_data.json and vendor_data*.json), so webob's text/plain it is.
+        "network_data.json" => Document::text(pyjson::dumps(
             view.doc.network_data.as_ref().unwrap_or(&Map::new()),
         )),
         _ => return Err(ApiError::NotFound),
@@ -103,7 +104,7 @@ fn vendor_data<'a>(view: &'a InstanceView<'_>) -> &'a Map<String, Value> {
 
 /// `_metadata_as_json`, keys in nova's insertion order. (`files`,
 /// `admin_pass` and `network_config` only exist on config drives.)
-fn meta_data_json(view: &InstanceView<'_>, version: OpenStackVersion) -> Vec<u8> {
+fn meta_data_json(view: &InstanceView<'_>, version: OpenStackVersion) -> Document {
     let doc = view.doc;
     let mut md = pyjson::Object::new();
     md.insert("uuid", doc.uuid.hyphenated().to_string());
@@ -129,8 +130,10 @@ fn meta_data_json(view: &InstanceView<'_>, version: OpenStackVersion) -> Vec<u8>
     md.insert("name", doc.name.clone());
     md.insert("launch_index", view.launch_index());
     md.insert("availability_zone", view.availability_zone());
-    if version >= OpenStackVersion::GRIZZLY {
-        md.insert("random_seed", random_seed());
+    // New in every answer: left out of the ETag (see `Document::volatile`).
+    let seed = (version >= OpenStackVersion::GRIZZLY).then(random_seed);
+    if let Some(seed) = &seed {
+        md.insert("random_seed", seed.clone());
     }
     if version >= OpenStackVersion::LIBERTY {
         md.insert(
@@ -146,7 +149,11 @@ fn meta_data_json(view: &InstanceView<'_>, version: OpenStackVersion) -> Vec<u8>
         cpus.sort_unstable();
         md.insert("dedicated_cpus", cpus);
     }
-    pyjson::dumps(&md)
+    let document = Document::json(pyjson::dumps(&md));
+    match seed {
+        Some(seed) => document.with_volatile(seed.as_bytes()),
+        None => document,
+    }
 }
 
 /// 512 random bytes, base64, new for every response (`os.urandom(512)`).

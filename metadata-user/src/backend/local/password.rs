@@ -13,10 +13,7 @@ use crate::state::instance::MAX_PASSWORD_BYTES;
 /// GET: the stored password, or an empty 200 when none was set. nova returns
 /// the string straight to webob, so the type is webob's default HTML.
 pub fn read(store: &dyn PasswordStore, uuid: &uuid::Uuid) -> Document {
-    Document {
-        body: Bytes::from(store.password(uuid).unwrap_or_default()),
-        content_type: TEXT_HTML,
-    }
+    Document::new(store.password(uuid).unwrap_or_default(), TEXT_HTML)
 }
 
 /// The first check nova makes on a POST, before it looks at the body: a
@@ -50,8 +47,5 @@ pub fn write(
             .set_password(uuid, password)
             .map_err(|_| ApiError::Conflict)?;
     }
-    Ok(Document {
-        body: Bytes::new(),
-        content_type: TEXT_HTML,
-    })
+    Ok(Document::new(Bytes::new(), TEXT_HTML))
 }

@@ -9,6 +9,8 @@
 //! Errors: nova raises `webob.exc.HTTPNotFound()` and friends, and the guest
 //! sees webob's generated page, in HTML, JSON or plain text depending on its
 //! `Accept` header (`WSGIHTTPException.generate_response`).
+use std::ops::Range;
+
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
@@ -17,6 +19,7 @@ use hyper::{
 };
 
 use super::pyjson;
+use crate::backend::watch::ETag;
 
 pub const TEXT_PLAIN: &str = "text/plain; charset=UTF-8";
 pub const APPLICATION_JSON: &str = "application/json";
@@ -32,26 +35,54 @@ pub type HttpResponse = Response<Full<Bytes>>;
 pub struct Document {
     pub body: Bytes,
     pub content_type: &'static str,
+    /// A span of `body` that is new in every answer (meta_data.json's
+    /// random_seed), left out of the ETag.
+    pub volatile: Option<Range<usize>>,
 }
 
 impl Document {
-    pub fn text(body: impl Into<Bytes>) -> Self {
+    pub fn new(body: impl Into<Bytes>, content_type: &'static str) -> Self {
         Self {
             body: body.into(),
-            content_type: TEXT_PLAIN,
+            content_type,
+            volatile: None,
         }
     }
 
+    pub fn text(body: impl Into<Bytes>) -> Self {
+        Self::new(body, TEXT_PLAIN)
+    }
+
     pub fn json(body: impl Into<Bytes>) -> Self {
-        Self {
-            body: body.into(),
-            content_type: APPLICATION_JSON,
-        }
+        Self::new(body, APPLICATION_JSON)
+    }
+
+    /// Marks the span where `value` sits in the body as volatile. `value`
+    /// must be unique in the body (a fresh random seed is).
+    pub fn with_volatile(mut self, value: &[u8]) -> Self {
+        self.volatile = crate::backend::watch::etag::find(&self.body, value);
+        self
+    }
+
+    /// Derived from the bytes (volatile span excluded): a render cache can
+    /// keep it next to them.
+    pub fn etag(&self) -> ETag {
+        ETag::of(self.content_type, &self.body, self.volatile.clone())
     }
 
     pub fn into_response(self, method: &Method) -> HttpResponse {
         let mut response = body_response(StatusCode::OK, self.body, method);
         set_content_type(&mut response, self.content_type);
+        response
+    }
+
+    /// A read (GET/HEAD) answer: the response with its ETag.
+    pub fn into_read_response(self, method: &Method) -> HttpResponse {
+        let etag = self.etag();
+        let mut response = self.into_response(method);
+        response
+            .headers_mut()
+            .insert(header::ETAG, etag.header_value());
         response
     }
 }
@@ -72,6 +103,8 @@ pub enum ApiError {
     Forbidden,
     Conflict,
     PayloadTooLarge,
+    /// Something of ours failed (signing); the log says what.
+    Internal,
 }
 
 impl ApiError {
@@ -84,6 +117,7 @@ impl ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Conflict => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -122,6 +156,9 @@ fn default_explanation(status: StatusCode) -> &'static str {
         StatusCode::PAYLOAD_TOO_LARGE => "The body of your request was too large for this server.",
         StatusCode::TOO_MANY_REQUESTS => {
             "The client has sent too many requests in a given amount of time"
+        }
+        StatusCode::INTERNAL_SERVER_ERROR => {
+            "The server has either erred or is incapable of performing the requested operation."
         }
         _ => "",
     }

@@ -5,23 +5,32 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
-use hyper::{Method, Request, Response, StatusCode, http::uri::PathAndQuery};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, http::uri::PathAndQuery};
+use tokio::sync::watch;
 use tracing::warn;
 
 use super::{
     ForwardTarget,
-    cache::{AnswerCache, CacheKey, CacheStats, DEFAULT_MAX_BYTES},
+    cache::{AnswerCache, CacheKey, CachePolicy, CacheStats, DEFAULT_MAX_BYTES},
     client::NovaClient,
-    config::{NovaConfig, SharedSecret},
+    config::{DEFAULT_METADATA_CACHE_EXPIRATION, NovaConfig, SharedSecret},
     forward::{Answer, upstream_headers},
     sign::sign_instance_id,
+    watch::{Polls, Refetch},
 };
-use crate::{backend::guest::Guest, metrics::Metrics};
+use crate::{
+    backend::{
+        guest::Guest,
+        identity::{Identity, IdentityRoute},
+        watch::{WatchQuery, query},
+    },
+    metrics::{BackendLabel, Metrics},
+};
 
 /// Largest request body passed to nova. nova's only POST is the password
 /// (at most 1020 bytes); this leaves room without buffering floods.
@@ -36,8 +45,14 @@ pub struct NovaBackend {
 struct Inner {
     client: NovaClient,
     secret: SharedSecret,
-    /// None when `--metadata-cache-expiration 0`.
+    /// None when both `--metadata-cache-expiration` and `--stale-if-error`
+    /// are 0.
     cache: Option<Arc<AnswerCache>>,
+    /// How often watched paths are asked again.
+    poll_interval: Duration,
+    polls: Arc<Polls>,
+    /// The signed identity's key; None: identity paths go to nova (404).
+    identity: Option<Arc<Identity>>,
     upstream_requests: AtomicU64,
     /// Where the time nova takes is recorded.
     metrics: Arc<Metrics>,
@@ -48,32 +63,64 @@ struct Inner {
 pub struct NovaStats {
     /// Requests sent to nova (including ones that got no answer).
     pub upstream_requests: u64,
+    /// Paths being polled for watchers now.
+    pub watched_paths: usize,
     pub cache: CacheStats,
 }
 
-impl NovaBackend {
-    /// Needs no runtime until the first request. Records into metrics of
-    /// its own (tests); the daemon uses [`with_metrics`](Self::with_metrics).
-    #[cfg(test)]
-    pub fn new(config: &NovaConfig) -> Self {
-        Self::with_metrics(
-            config,
-            Arc::new(Metrics::new(crate::metrics::BackendLabel::Nova)),
-        )
-    }
+/// A request to forward, taken apart: what the exchange with nova needs,
+/// as often as it is made (a watch's polls make it again).
+pub(super) struct Upstream {
+    pub(super) method: Method,
+    pub(super) headers: HeaderMap,
+    pub(super) path_and_query: PathAndQuery,
+    pub(super) body: Bytes,
+}
 
-    /// Records nova's latency into `metrics`.
-    pub fn with_metrics(config: &NovaConfig, metrics: Arc<Metrics>) -> Self {
-        let cache = (!config.cache_expiration.is_zero())
-            .then(|| AnswerCache::new(config.cache_expiration, DEFAULT_MAX_BYTES));
+impl NovaBackend {
+    /// Needs no runtime until the first request.
+    pub fn new(config: &NovaConfig) -> Self {
+        let policy = CachePolicy {
+            ttl: config.cache_expiration,
+            stale_if_error: config.stale_if_error,
+            max_bytes: DEFAULT_MAX_BYTES,
+        };
+        let cache = (!policy.ttl.is_zero() || !policy.stale_if_error.is_zero())
+            .then(|| AnswerCache::with_policy(policy));
+        let poll_interval = if config.cache_expiration.is_zero() {
+            Duration::from_secs(DEFAULT_METADATA_CACHE_EXPIRATION)
+        } else {
+            config.cache_expiration
+        };
         Self {
             inner: Arc::new(Inner {
                 client: NovaClient::new(config),
                 secret: config.secret.clone(),
                 cache,
+                poll_interval,
+                polls: Arc::default(),
+                identity: None,
                 upstream_requests: AtomicU64::new(0),
-                metrics,
+                // Metrics of its own until the daemon hands in the shared ones.
+                metrics: Arc::new(Metrics::new(BackendLabel::Nova)),
             }),
+        }
+    }
+
+    /// Answers the identity paths with this key (`--identity-key`).
+    pub fn with_identity(config: &NovaConfig, identity: Option<Arc<Identity>>) -> Self {
+        let backend = Self::new(config);
+        let inner = Arc::into_inner(backend.inner).expect("just made");
+        Self {
+            inner: Arc::new(Inner { identity, ..inner }),
+        }
+    }
+
+    /// Records nova's answer times into `metrics` (the daemon's).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        let inner = Arc::into_inner(self.inner).expect("not shared yet");
+        Self {
+            inner: Arc::new(Inner { metrics, ..inner }),
         }
     }
 
@@ -89,73 +136,116 @@ impl NovaBackend {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        match Self::take_apart(request, None).await {
+            Ok(upstream) => self.exchange_cached(target, upstream).await.into_response(),
+            Err(refusal) => refusal.into_response(),
+        }
+    }
+
+    /// The request's parts and whole body (413 over [`MAX_REQUEST_BODY`]);
+    /// `path_and_query` replaces the request's own when given.
+    async fn take_apart<B>(
+        request: Request<B>,
+        path_and_query: Option<PathAndQuery>,
+    ) -> Result<Upstream, Answer>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (parts, body) = request.into_parts();
         let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-                return Answer::local(StatusCode::PAYLOAD_TOO_LARGE, "Request is too large.")
-                    .into_response();
+                return Err(Answer::local(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Request is too large.",
+                ));
             }
             Err(_) => {
-                return Answer::local(
+                return Err(Answer::local(
                     StatusCode::BAD_REQUEST,
                     "The request body could not be read.",
-                )
-                .into_response();
+                ));
             }
         };
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let method = parts.method.clone();
-        let cache_key = CacheKey {
+        let path_and_query = path_and_query.unwrap_or_else(|| {
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"))
+        });
+        Ok(Upstream {
+            method: parts.method,
+            headers: parts.headers,
+            path_and_query,
+            body,
+        })
+    }
+
+    fn cache_key(target: &ForwardTarget, path_and_query: &PathAndQuery) -> CacheKey {
+        CacheKey {
             instance: target.instance_id,
             project: target.project_id.clone(),
             path_and_query: path_and_query.as_str().to_owned(),
-        };
-        let body_is_empty = body.is_empty();
-        let inner = self.inner.clone();
-        let upstream_target = target.clone();
-        let exchange = move || async move {
-            let signature =
-                sign_instance_id(&inner.secret.0, &upstream_target.instance_id.to_string());
-            let mut request = Request::new(Full::new(body));
-            *request.method_mut() = parts.method;
-            *request.headers_mut() = upstream_headers(&parts.headers, &upstream_target, &signature);
-            match inner.client.uri(&path_and_query) {
-                Ok(uri) => *request.uri_mut() = uri,
-                Err(err) => {
-                    warn!(path = %path_and_query, "cannot build the nova URI: {err}");
-                    return Answer::local(StatusCode::BAD_REQUEST, "Bad request path.");
-                }
-            }
-            inner.upstream_requests.fetch_add(1, Ordering::Relaxed);
-            let started = Instant::now();
-            let result = inner.client.send(request).await;
-            inner.metrics.record_upstream(started.elapsed());
-            Answer::from_nova(&upstream_target, result)
-        };
+        }
+    }
 
+    /// One exchange with nova, made again each time the returned closure
+    /// is called.
+    fn refetch(&self, target: &ForwardTarget, upstream: Upstream) -> Refetch {
+        let inner = self.inner.clone();
+        let target = target.clone();
+        let upstream = Arc::new(upstream);
+        Arc::new(move || {
+            let inner = inner.clone();
+            let target = target.clone();
+            let upstream = upstream.clone();
+            Box::pin(async move {
+                let signature = sign_instance_id(&inner.secret.0, &target.instance_id.to_string());
+                let mut request = Request::new(Full::new(upstream.body.clone()));
+                *request.method_mut() = upstream.method.clone();
+                *request.headers_mut() = upstream_headers(&upstream.headers, &target, &signature);
+                match inner.client.uri(&upstream.path_and_query) {
+                    Ok(uri) => *request.uri_mut() = uri,
+                    Err(err) => {
+                        warn!(path = %upstream.path_and_query, "cannot build the nova URI: {err}");
+                        return Answer::local(StatusCode::BAD_REQUEST, "Bad request path.");
+                    }
+                }
+                inner.upstream_requests.fetch_add(1, Ordering::Relaxed);
+                let started = std::time::Instant::now();
+                let result = inner.client.send(request).await;
+                inner.metrics.record_upstream(started.elapsed());
+                Answer::from_nova(&target, result)
+            })
+        })
+    }
+
+    /// GETs through the cache, anything else straight to nova.
+    pub(super) async fn exchange_cached(
+        &self,
+        target: &ForwardTarget,
+        upstream: Upstream,
+    ) -> Answer {
+        let method = upstream.method.clone();
+        let cacheable = method == Method::GET && upstream.body.is_empty();
+        let key = Self::cache_key(target, &upstream.path_and_query);
+        let refetch = self.refetch(target, upstream);
         let cache = self.inner.cache.as_ref();
         if let Some(cache) = cache
-            && method == Method::GET
-            && body_is_empty
+            && cacheable
         {
-            return cache
-                .get_or_fetch(cache_key, exchange)
-                .await
-                .into_response();
+            return cache.get_or_fetch(key, || refetch()).await;
         }
-        let answer = exchange().await;
+        let answer = refetch().await;
         if method == Method::POST
             && let Some(cache) = cache
         {
             // Whatever nova made of it, the next GET must ask nova again.
             cache.invalidate_password(&target.instance_id);
         }
-        answer.into_response()
+        answer
     }
 
     /// For the guest server: forwards a request from a guest identified by
@@ -171,22 +261,119 @@ impl NovaBackend {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match ForwardTarget::for_guest(guest, instance_project) {
-            Ok(target) => self.forward(&target, request).await,
-            Err(err) => {
-                warn!(port = %guest.port.spec.ifname, "cannot forward to nova: {err}");
-                Answer::local(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "This port has no project; see the daemon's log.",
-                )
-                .into_response()
+        let target = match Self::target_for(guest, instance_project) {
+            Ok(target) => target,
+            Err(refusal) => return refusal.into_response(),
+        };
+        if let Some(identity) = &self.inner.identity
+            && let Some(route) = IdentityRoute::from_path(request.uri().path())
+        {
+            if request.method() != Method::GET && request.method() != Method::HEAD {
+                return Answer::local(StatusCode::METHOD_NOT_ALLOWED, "GET only.").into_response();
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            return self
+                .identity_answer(identity, &target, route, request.uri().query(), now)
+                .await
+                .into_response();
+        }
+        self.forward(&target, request).await
+    }
+
+    fn target_for(guest: &Guest, instance_project: Option<&str>) -> Result<ForwardTarget, Answer> {
+        ForwardTarget::for_guest(guest, instance_project).map_err(|err| {
+            warn!(port = %guest.port.spec.ifname, "cannot forward to nova: {err}");
+            Answer::local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "This port has no project; see the daemon's log.",
+            )
+        })
+    }
+
+    /// A GET with `?wait_for_change=true`: nova is asked without the watch
+    /// parameters (so every watcher of a path shares one cache entry and
+    /// one poll); the guest is answered at once unless it already has the
+    /// current answer, else when a poll finds another, at its timeout, or
+    /// at shutdown.
+    pub async fn watch_guest<B>(
+        &self,
+        guest: &Guest,
+        instance_project: Option<&str>,
+        request: Request<B>,
+        query: &WatchQuery,
+        shutdown: watch::Receiver<bool>,
+    ) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match Self::target_for(guest, instance_project) {
+            Ok(target) => self.watch(&target, request, query, shutdown).await,
+            Err(refusal) => refusal.into_response(),
+        }
+    }
+
+    /// [`watch_guest`](Self::watch_guest) for a resolved target.
+    pub async fn watch<B>(
+        &self,
+        target: &ForwardTarget,
+        request: Request<B>,
+        query: &WatchQuery,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path_and_query = without_watch_query(request.uri());
+        let upstream = match Self::take_apart(request, Some(path_and_query)).await {
+            Ok(upstream) => upstream,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let key = Self::cache_key(target, &upstream.path_and_query);
+        let refetch = self.refetch(target, upstream);
+        let current = match &self.inner.cache {
+            Some(cache) => cache.get_or_fetch(key.clone(), || refetch()).await,
+            None => refetch().await,
+        };
+        if current.status != StatusCode::OK
+            || !query.has(current.etag.as_ref().map(|etag| etag.as_str()))
+        {
+            return current.into_response();
+        }
+        let mut watching = self.inner.polls.join(
+            key,
+            current.clone(),
+            self.inner.poll_interval,
+            self.inner.cache.clone(),
+            refetch,
+        );
+        let deadline = tokio::time::Instant::now() + query.timeout;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.wait_for(|down| *down) => break,
+                changed = watching.latest.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let latest = watching.latest.borrow_and_update().clone();
+                    if latest.status != current.status || latest.etag != current.etag {
+                        return latest.into_response();
+                    }
+                }
             }
         }
+        let latest = watching.latest.borrow().clone();
+        latest.into_response()
     }
 
     pub fn stats(&self) -> NovaStats {
         NovaStats {
             upstream_requests: self.inner.upstream_requests.load(Ordering::Relaxed),
+            watched_paths: self.inner.polls.polled(),
             cache: self
                 .inner
                 .cache
@@ -195,4 +382,15 @@ impl NovaBackend {
                 .unwrap_or_default(),
         }
     }
+}
+
+/// The request's path and query without the watch parameters.
+fn without_watch_query(uri: &hyper::Uri) -> PathAndQuery {
+    let path = uri.path();
+    let text = match uri.query().and_then(query::without_watch_params) {
+        Some(rest) => format!("{path}?{rest}"),
+        None => path.to_owned(),
+    };
+    text.parse()
+        .unwrap_or_else(|_| PathAndQuery::from_static("/"))
 }

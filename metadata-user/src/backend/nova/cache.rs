@@ -8,8 +8,13 @@
 //!   guest's address is not: nova caches its metadata per instance too, so
 //!   X-Forwarded-For does not change the answer (the first request's address
 //!   is the one nova sees for a shared request).
-//! - Kept: 200 and 404 answers (see `Answer::is_cacheable`), for the
+//! - Kept: 200 and 404 answers (see `Answer::is_cacheable`), fresh for the
 //!   expiration time counted from when the answer arrived.
+//! - Stale if error (`--stale-if-error`): a kept answer stays in memory up
+//!   to that limit; when the upstream request for its key fails (nova
+//!   unreachable, too slow, or a 5xx) the guest gets it, with `Age`. Only
+//!   GETs come here, and the key holds the instance: never for a POST, never
+//!   another instance's answer.
 //! - Shared but not kept: everything else. Requests that arrived while the
 //!   one upstream request was in flight all get its answer, errors included.
 //! - Invalidated: an instance's password entries, after it POSTs one.
@@ -21,7 +26,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -31,6 +36,7 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 use hyper::StatusCode;
+use tracing::{info, warn};
 
 use super::forward::Answer;
 
@@ -44,7 +50,7 @@ const ENTRY_OVERHEAD: usize = 256;
 pub struct CacheKey {
     pub instance: uuid::Uuid,
     pub project: String,
-    /// Path and query, as the guest sent them.
+    /// Path and query, as the guest sent them (less the watch parameters).
     pub path_and_query: String,
 }
 
@@ -62,16 +68,37 @@ impl CacheKey {
 
 type SharedAnswer = Shared<BoxFuture<'static, Answer>>;
 
+/// A kept answer and when it arrived.
+struct Kept {
+    answer: Answer,
+    fetched_at: Instant,
+    size: usize,
+}
+
 enum Slot {
-    Ready {
-        answer: Answer,
-        expires_at: Instant,
-        size: usize,
-    },
+    Ready(Kept),
     /// One upstream request in flight; `flight` tells it apart from a later
     /// one for the same key, so a result that was invalidated while in
-    /// flight is not stored.
-    Pending { flight: u64, answer: SharedAnswer },
+    /// flight is not stored. `previous` is the answer it replaces, kept for
+    /// stale-if-error.
+    Pending {
+        flight: u64,
+        answer: SharedAnswer,
+        previous: Option<Kept>,
+    },
+}
+
+impl Slot {
+    fn kept_size(&self) -> usize {
+        match self {
+            Slot::Ready(kept)
+            | Slot::Pending {
+                previous: Some(kept),
+                ..
+            } => kept.size,
+            Slot::Pending { previous: None, .. } => 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -83,19 +110,18 @@ struct Entries {
 }
 
 impl Entries {
-    fn remove(&mut self, key: &CacheKey) {
-        if let Some(Slot::Ready { size, .. }) = self.slots.remove(key) {
-            self.bytes -= size;
-        }
+    fn remove(&mut self, key: &CacheKey) -> Option<Slot> {
+        let slot = self.slots.remove(key)?;
+        self.bytes -= slot.kept_size();
+        Some(slot)
     }
 
-    fn sweep(&mut self, now: Instant) {
+    /// Drops kept answers older than `keep`.
+    fn sweep(&mut self, now: Instant, keep: Duration) {
         let mut freed = 0;
         self.slots.retain(|_, slot| match slot {
-            Slot::Ready {
-                expires_at, size, ..
-            } if *expires_at <= now => {
-                freed += *size;
+            Slot::Ready(kept) if now.duration_since(kept.fetched_at) >= keep => {
+                freed += kept.size;
                 false
             }
             _ => true,
@@ -104,7 +130,8 @@ impl Entries {
     }
 }
 
-/// Counters for `status` and tests.
+/// Counters for `status` and tests (and the metrics hook: the `ops`
+/// branch's Prometheus exporter reads these same fields).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStats {
     /// Answered from a kept answer.
@@ -113,28 +140,60 @@ pub struct CacheStats {
     pub coalesced: u64,
     /// Started an upstream request.
     pub misses: u64,
+    /// Answered from a kept answer past its freshness because nova failed
+    /// (`--stale-if-error`).
+    pub stale_served: u64,
     pub entries: usize,
     pub bytes: usize,
 }
 
+/// How long answers are fresh, and how long they may serve when nova fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Fresh for this long (`--metadata-cache-expiration`); zero: never.
+    pub ttl: Duration,
+    /// Served while nova fails, up to this age (`--stale-if-error`); zero: never.
+    pub stale_if_error: Duration,
+    pub max_bytes: usize,
+}
+
+impl CachePolicy {
+    /// How long a kept answer is of any use.
+    fn keep(&self) -> Duration {
+        self.ttl.max(self.stale_if_error)
+    }
+}
+
 pub struct AnswerCache {
-    ttl: Duration,
-    max_bytes: usize,
+    policy: CachePolicy,
     entries: Mutex<Entries>,
     hits: AtomicU64,
     coalesced: AtomicU64,
     misses: AtomicU64,
+    stale_served: AtomicU64,
+    /// Set while stale answers are being served: logged once per outage.
+    in_outage: AtomicBool,
 }
 
 impl AnswerCache {
+    #[cfg(test)]
     pub fn new(ttl: Duration, max_bytes: usize) -> Arc<Self> {
-        Arc::new(Self {
+        Self::with_policy(CachePolicy {
             ttl,
+            stale_if_error: Duration::ZERO,
             max_bytes,
+        })
+    }
+
+    pub fn with_policy(policy: CachePolicy) -> Arc<Self> {
+        Arc::new(Self {
+            policy,
             entries: Mutex::default(),
             hits: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            stale_served: AtomicU64::new(0),
+            in_outage: AtomicBool::new(false),
         })
     }
 
@@ -148,14 +207,33 @@ impl AnswerCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Answer> + Send + 'static,
     {
+        self.lookup(key, fetch, false).await
+    }
+
+    /// Asks nova again for `key` even if a fresh answer is kept (joining a
+    /// request already in flight), and keeps what it answers: a watch's
+    /// poll, one per key per interval however many guests watch.
+    pub async fn refresh<F, Fut>(self: &Arc<Self>, key: CacheKey, fetch: F) -> Answer
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Answer> + Send + 'static,
+    {
+        self.lookup(key, fetch, true).await
+    }
+
+    async fn lookup<F, Fut>(self: &Arc<Self>, key: CacheKey, fetch: F, force: bool) -> Answer
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Answer> + Send + 'static,
+    {
         let in_flight = {
             let mut entries = self.entries.lock().unwrap();
             match entries.slots.get(&key) {
-                Some(Slot::Ready {
-                    answer, expires_at, ..
-                }) if *expires_at > Instant::now() => {
+                Some(Slot::Ready(kept))
+                    if !force && kept.fetched_at.elapsed() < self.policy.ttl =>
+                {
                     self.hits.fetch_add(1, Ordering::Relaxed);
-                    return answer.clone();
+                    return kept.answer.clone();
                 }
                 Some(Slot::Pending { answer, .. }) => {
                     self.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +241,17 @@ impl AnswerCache {
                 }
                 _ => {
                     self.misses.fetch_add(1, Ordering::Relaxed);
-                    entries.remove(&key);
+                    let previous = match entries.remove(&key) {
+                        Some(Slot::Ready(kept))
+                            if kept.fetched_at.elapsed() < self.policy.stale_if_error =>
+                        {
+                            Some(kept)
+                        }
+                        _ => None,
+                    };
+                    if let Some(kept) = &previous {
+                        entries.bytes += kept.size;
+                    }
                     let flight = entries.next_flight;
                     entries.next_flight += 1;
                     let cache = self.clone();
@@ -173,8 +261,7 @@ impl AnswerCache {
                     // finish before its Pending slot is in place.
                     let task = tokio::spawn(async move {
                         let answer = upstream.await;
-                        cache.complete(&task_key, flight, &answer);
-                        answer
+                        cache.complete(&task_key, flight, answer)
                     });
                     let answer = async move {
                         task.await.unwrap_or_else(|_| {
@@ -191,48 +278,88 @@ impl AnswerCache {
                         Slot::Pending {
                             flight,
                             answer: answer.clone(),
+                            previous,
                         },
                     );
                     answer
                 }
             }
         };
-        in_flight.await
+        let answer = in_flight.await;
+        if answer.age.is_some() {
+            self.stale_served.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
     }
 
-    /// Stores the answer of flight `flight` if it is still the one wanted.
-    fn complete(&self, key: &CacheKey, flight: u64, answer: &Answer) {
+    /// Ends flight `flight`: keeps its answer if it is still the one wanted,
+    /// or, when nova failed, answers with the previous one if it is young
+    /// enough (and keeps that for the next failure).
+    fn complete(&self, key: &CacheKey, flight: u64, answer: Answer) -> Answer {
         let mut entries = self.entries.lock().unwrap();
         match entries.slots.get(key) {
             Some(Slot::Pending {
                 flight: current, ..
             }) if *current == flight => {}
             // Invalidated (or replaced) while in flight: leave it alone.
-            _ => return,
+            _ => return answer,
         }
-        entries.slots.remove(key);
-        if !answer.is_cacheable() || self.ttl.is_zero() {
-            return;
-        }
+        let previous = match entries.remove(key) {
+            Some(Slot::Pending { previous, .. }) => previous,
+            _ => None,
+        };
         let now = Instant::now();
-        let size = key.size(answer);
-        let sweep_due = entries.next_sweep.is_none_or(|at| now >= at);
-        if sweep_due || entries.bytes + size > self.max_bytes {
-            entries.sweep(now);
-            entries.next_sweep = Some(now + self.ttl);
+        if answer.is_upstream_failure() {
+            if let Some(kept) = previous
+                && now.duration_since(kept.fetched_at) < self.policy.stale_if_error
+            {
+                let age = now.duration_since(kept.fetched_at).as_secs();
+                let stale = kept.answer.clone().aged(age);
+                self.log_outage_start();
+                entries.bytes += kept.size;
+                entries.slots.insert(key.clone(), Slot::Ready(kept));
+                return stale;
+            }
+            return answer;
         }
-        if entries.bytes + size > self.max_bytes {
-            return;
+        self.log_outage_end();
+        if !answer.is_cacheable() || self.policy.keep().is_zero() {
+            return answer;
+        }
+        let size = key.size(&answer);
+        let sweep_due = entries.next_sweep.is_none_or(|at| now >= at);
+        if sweep_due || entries.bytes + size > self.policy.max_bytes {
+            entries.sweep(now, self.policy.keep());
+            entries.next_sweep = Some(now + self.policy.keep());
+        }
+        if entries.bytes + size > self.policy.max_bytes {
+            return answer;
         }
         entries.bytes += size;
         entries.slots.insert(
             key.clone(),
-            Slot::Ready {
+            Slot::Ready(Kept {
                 answer: answer.clone(),
-                expires_at: now + self.ttl,
+                fetched_at: now,
                 size,
-            },
+            }),
         );
+        answer
+    }
+
+    fn log_outage_start(&self) {
+        if !self.in_outage.swap(true, Ordering::Relaxed) {
+            warn!(
+                limit_secs = self.policy.stale_if_error.as_secs(),
+                "nova metadata is failing: answering GETs from kept answers younger than the --stale-if-error limit, marked with Age"
+            );
+        }
+    }
+
+    fn log_outage_end(&self) {
+        if self.in_outage.swap(false, Ordering::Relaxed) {
+            info!("nova metadata answers again: stale answers stopped");
+        }
     }
 
     /// Forgets `instance`'s password answers (kept or in flight), after it
@@ -244,9 +371,7 @@ impl AnswerCache {
             if key.instance != *instance || !key.is_password() {
                 return true;
             }
-            if let Slot::Ready { size, .. } = slot {
-                freed += *size;
-            }
+            freed += slot.kept_size();
             false
         });
         entries.bytes -= freed;
@@ -258,6 +383,7 @@ impl AnswerCache {
             hits: self.hits.load(Ordering::Relaxed),
             coalesced: self.coalesced.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            stale_served: self.stale_served.load(Ordering::Relaxed),
             entries: entries.slots.len(),
             bytes: entries.bytes,
         }
@@ -281,11 +407,7 @@ mod tests {
     }
 
     fn answer(status: StatusCode, body: &'static str) -> Answer {
-        Answer {
-            status,
-            content_type: None,
-            body: Bytes::from_static(body.as_bytes()),
-        }
+        Answer::new(status, None, Bytes::from_static(body.as_bytes()))
     }
 
     /// A fetch that counts its calls and answers after `delay`.

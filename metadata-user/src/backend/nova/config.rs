@@ -25,6 +25,9 @@ pub const DEFAULT_NOVA_METADATA_TIMEOUT: f64 = 10.0;
 /// Seconds; nova's own `metadata_cache_expiration` default.
 pub const DEFAULT_METADATA_CACHE_EXPIRATION: u64 = 15;
 pub const SECRET_ENV: &str = "METADATA_PROXY_SHARED_SECRET";
+/// The longest `--stale-if-error`: an answer a day old is as stale as an
+/// operator can mean.
+pub const MAX_STALE_IF_ERROR: u64 = 86_400;
 
 /// Where guests' requests are answered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -62,6 +65,8 @@ pub struct NovaOptions {
     pub nova_metadata_timeout: Option<f64>,
     /// Seconds; 0 disables the cache.
     pub metadata_cache_expiration: Option<u64>,
+    /// Seconds a kept answer may serve while nova fails; 0 turns it off.
+    pub stale_if_error: Option<u64>,
 }
 
 impl NovaOptions {
@@ -89,6 +94,7 @@ impl NovaOptions {
             metadata_cache_expiration: self
                 .metadata_cache_expiration
                 .or(fallback.metadata_cache_expiration),
+            stale_if_error: self.stale_if_error.or(fallback.stale_if_error),
         }
     }
 
@@ -119,6 +125,12 @@ impl NovaOptions {
         if !(timeout_secs.is_finite() && timeout_secs > 0.0 && timeout_secs <= 3600.0) {
             bail!(
                 "--nova-metadata-timeout {timeout_secs}: expected seconds, more than 0 and at most 3600"
+            );
+        }
+        let stale_if_error = self.stale_if_error.unwrap_or(0);
+        if stale_if_error > MAX_STALE_IF_ERROR {
+            bail!(
+                "--stale-if-error {stale_if_error}: at most {MAX_STALE_IF_ERROR} seconds (a day); 0 turns it off"
             );
         }
         let secret = read_secret(
@@ -156,6 +168,7 @@ impl NovaOptions {
                 self.metadata_cache_expiration
                     .unwrap_or(DEFAULT_METADATA_CACHE_EXPIRATION),
             ),
+            stale_if_error: Duration::from_secs(stale_if_error),
         }))
     }
 }
@@ -209,6 +222,9 @@ pub struct NovaConfig {
     pub timeout: Duration,
     /// How long a GET answer is reused; zero disables the cache.
     pub cache_expiration: Duration,
+    /// How old a kept answer may be and still serve while nova fails
+    /// (unreachable, too slow, 5xx); zero: never.
+    pub stale_if_error: Duration,
 }
 
 /// The metadata proxy shared secret. Its Debug output never shows it.
@@ -266,6 +282,7 @@ mod tests {
         assert_eq!(&*config.secret.0, b"s3cret");
         assert_eq!(config.timeout, Duration::from_secs(10));
         assert_eq!(config.cache_expiration, Duration::from_secs(15));
+        assert_eq!(config.stale_if_error, Duration::ZERO, "off by default");
         assert!(
             !format!("{config:?}").contains("s3cret"),
             "the secret must not be printed"
@@ -347,6 +364,13 @@ mod tests {
                 "--nova-metadata-timeout",
             ),
             (nova("http://nova:8775/"), "--nova-metadata-host"),
+            (
+                NovaOptions {
+                    stale_if_error: Some(86_401),
+                    ..nova("nova")
+                },
+                "--stale-if-error",
+            ),
             (
                 NovaOptions {
                     nova_client_cert: Some("c.pem".into()),

@@ -10,6 +10,7 @@ use hyper::{
 use tracing::warn;
 
 use super::{ForwardTarget, client::UpstreamError};
+use crate::backend::watch::{ETag, etag::find};
 
 pub const X_INSTANCE_ID: HeaderName = HeaderName::from_static("x-instance-id");
 pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
@@ -112,6 +113,12 @@ pub struct Answer {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
     pub body: Bytes,
+    /// 200 answers: derived from the content (computed once, when nova's
+    /// answer arrives, and kept with it in the cache).
+    pub etag: Option<ETag>,
+    /// A kept answer served because nova failed (`--stale-if-error`): its
+    /// age in seconds, sent as `Age`.
+    pub age: Option<u64>,
 }
 
 /// What nova may answer that reaches the guest as it is (neutron's agent
@@ -119,6 +126,18 @@ pub struct Answer {
 const PASSED_STATUSES: [u16; 9] = [200, 400, 403, 404, 409, 500, 502, 503, 504];
 
 impl Answer {
+    /// An answer with this status and content; 200s get their ETag.
+    pub fn new(status: StatusCode, content_type: Option<HeaderValue>, body: Bytes) -> Self {
+        let etag = (status == StatusCode::OK).then(|| nova_etag(content_type.as_ref(), &body));
+        Self {
+            status,
+            content_type,
+            body,
+            etag,
+            age: None,
+        }
+    }
+
     /// One of our own answers (never cached).
     pub fn local(status: StatusCode, message: &str) -> Self {
         Self {
@@ -129,7 +148,21 @@ impl Answer {
                 status.as_u16(),
                 status.canonical_reason().unwrap_or("")
             )),
+            etag: None,
+            age: None,
         }
+    }
+
+    /// The same answer, served `age` seconds after it arrived.
+    pub fn aged(mut self, age: u64) -> Self {
+        self.age = Some(age);
+        self
+    }
+
+    /// nova could not be asked or failed: unreachable or too slow (our 503),
+    /// or a 5xx of its own. What `--stale-if-error` covers.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(self.status.as_u16(), 500 | 502 | 503 | 504)
     }
 
     /// nova's answer, or why there was none, as the guest will see it.
@@ -167,11 +200,7 @@ impl Answer {
             _ => {}
         }
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        Self {
-            status,
-            content_type,
-            body: response.into_body(),
-        }
+        Self::new(status, content_type, response.into_body())
     }
 
     /// Only answers that say something about the metadata itself are worth
@@ -184,13 +213,34 @@ impl Answer {
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(self.body));
         *response.status_mut() = self.status;
+        let headers = response.headers_mut();
         if let Some(content_type) = self.content_type {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, content_type);
+            headers.insert(header::CONTENT_TYPE, content_type);
+        }
+        if let Some(etag) = self.etag {
+            headers.insert(header::ETAG, etag.header_value());
+        }
+        if let Some(age) = self.age {
+            headers.insert(header::AGE, HeaderValue::from(age));
         }
         response
     }
+}
+
+/// nova's meta_data.json carries a `random_seed` that is new in every
+/// answer nova renders; it is left out of the ETag, as the local backend
+/// leaves out its own (see `watch::etag`). Only bodies that name it are
+/// parsed.
+fn nova_etag(content_type: Option<&HeaderValue>, body: &[u8]) -> ETag {
+    let content_type = content_type
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let seed = (find(body, b"\"random_seed\"").is_some())
+        .then(|| serde_json::from_slice::<serde_json::Value>(body).ok())
+        .flatten()
+        .and_then(|doc| doc.get("random_seed")?.as_str().map(str::to_owned));
+    let volatile = seed.and_then(|seed| find(body, seed.as_bytes()));
+    ETag::of(content_type, body, volatile)
 }
 
 #[cfg(test)]

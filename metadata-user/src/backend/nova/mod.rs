@@ -6,7 +6,10 @@
 //! - `sign`: the X-Instance-ID-Signature nova verifies.
 //! - `tls`, `client`: the pooled keep-alive client to nova, plain or rustls.
 //! - `forward`: which headers go up, which statuses come back.
-//! - `cache`: GET answers kept per (instance, project, path), single flight.
+//! - `cache`: GET answers kept per (instance, project, path), single flight,
+//!   and served stale while nova fails (`--stale-if-error`).
+//! - `identity`: the signed identity paths, answered here (nova has none).
+//! - `watch`: one poll per watched (instance, path), waking its watchers.
 //! - `backend`: `NovaBackend::forward`, tying those together.
 //!
 //! neutron-metadata-agent's unix socket, which haproxy proxies talk to, is
@@ -16,8 +19,10 @@ pub mod cache;
 mod client;
 pub mod config;
 mod forward;
+mod identity;
 mod sign;
 mod tls;
+mod watch;
 
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,9 @@ use std::{
 use bytes::Bytes;
 use fake_nova::{FakeNova, pki::TestPki};
 use http_body_util::{BodyExt as _, Full};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::backend::watch::WatchQuery;
 
 use super::{
     ForwardTarget, NovaBackend,
@@ -56,6 +58,7 @@ fn config_for(addr: SocketAddr) -> NovaConfig {
         secret: SharedSecret(Arc::from(SECRET)),
         timeout: Duration::from_secs(5),
         cache_expiration: Duration::from_secs(15),
+        stale_if_error: Duration::ZERO,
     }
 }
 
@@ -545,4 +548,198 @@ async fn zero_expiration_disables_the_cache() {
         );
     }
     assert_eq!(nova.request_count(), 3);
+}
+
+/// `?wait_for_change=true&last_etag=E` for `path`, waiting at most `secs`.
+fn watch_request(path: &str, etag: &str, secs: u64) -> (Request<Full<Bytes>>, WatchQuery) {
+    let etag = etag.replace('"', "%22");
+    let query = format!("wait_for_change=true&last_etag={etag}&timeout_sec={secs}");
+    let watch = WatchQuery::parse(Some(&query)).unwrap().unwrap();
+    (get(&format!("{path}?{query}")), watch)
+}
+
+fn header(response: &Response<Full<Bytes>>, name: hyper::header::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|value| value.to_str().unwrap().to_owned())
+}
+
+/// Eight guests watch one path: nova is asked once per interval (not eight
+/// times), a poll that finds the same content wakes no one, and a change
+/// wakes them all with the new ETag. Watch parameters never reach nova.
+#[tokio::test]
+async fn watchers_share_one_poll_per_interval_and_wake_on_change() {
+    let nova = fake_nova(SECRET).await;
+    let path = "/openstack/latest/user_data";
+    nova.script(path, 200, "v1");
+    let config = NovaConfig {
+        cache_expiration: Duration::from_millis(300),
+        ..config_for(nova.addr())
+    };
+    let backend = NovaBackend::new(&config);
+    let first = backend.forward(&target(), get(path)).await;
+    let etag = header(&first, hyper::header::ETAG).expect("a 200 carries an ETag");
+    let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let watchers: Vec<_> = (0..8)
+        .map(|_| {
+            let backend = backend.clone();
+            let shutdown = shutdown.clone();
+            let etag = etag.clone();
+            tokio::spawn(async move {
+                let (request, watch) = watch_request(path, &etag, 30);
+                let started = Instant::now();
+                let response = backend.watch(&target(), request, &watch, shutdown).await;
+                (response, started.elapsed())
+            })
+        })
+        .collect();
+    // About four intervals of unchanged content.
+    tokio::time::sleep(Duration::from_millis(1250)).await;
+    let polls = nova.requests().iter().filter(|r| r.path == path).count();
+    assert!(
+        (4..=6).contains(&polls),
+        "one request per interval for 8 watchers: {polls}"
+    );
+    assert!(
+        watchers.iter().all(|w| !w.is_finished()),
+        "unchanged content woke a watcher"
+    );
+    nova.script(path, 200, "v2");
+    for watcher in watchers {
+        let (response, waited) = watcher.await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let new_etag = header(&response, hyper::header::ETAG).unwrap();
+        assert_ne!(new_etag, etag);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "v2");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+    }
+    assert!(
+        nova.requests()
+            .iter()
+            .all(|r| !r.path.contains("wait_for_change")),
+        "watch parameters went to nova"
+    );
+    assert_eq!(backend.stats().cache.stale_served, 0);
+}
+
+/// A watch whose ETag is not the current one is answered at once; one that
+/// times out gets the same content and ETag.
+#[tokio::test]
+async fn a_stale_etag_answers_at_once_and_a_timeout_answers_the_same() {
+    let nova = fake_nova(SECRET).await;
+    let path = "/openstack/latest/vendor_data.json";
+    nova.script(path, 200, "{}");
+    let backend = NovaBackend::new(&config_for(nova.addr()));
+    let (_tx, shutdown) = tokio::sync::watch::channel(false);
+    let (request, watch) = watch_request(path, "not-the-current-one", 30);
+    let started = Instant::now();
+    let response = backend
+        .watch(&target(), request, &watch, shutdown.clone())
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let etag = header(&response, hyper::header::ETAG).unwrap();
+    let (request, watch) = watch_request(path, &etag, 1);
+    let started = Instant::now();
+    let response = backend.watch(&target(), request, &watch, shutdown).await;
+    assert!(started.elapsed() >= Duration::from_millis(950));
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, hyper::header::ETAG).unwrap(), etag);
+}
+
+/// Shutdown ends a held watch at once, with the current content.
+#[tokio::test]
+async fn shutdown_ends_watches() {
+    let nova = fake_nova(SECRET).await;
+    let path = "/openstack/latest/user_data";
+    nova.script(path, 200, "same");
+    let backend = NovaBackend::new(&config_for(nova.addr()));
+    let etag = header(
+        &backend.forward(&target(), get(path)).await,
+        hyper::header::ETAG,
+    )
+    .unwrap();
+    let (tx, shutdown) = tokio::sync::watch::channel(false);
+    let (request, watch) = watch_request(path, &etag, 3600);
+    let held = tokio::spawn({
+        let backend = backend.clone();
+        async move { backend.watch(&target(), request, &watch, shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(1), held)
+        .await
+        .expect("the watch ended at shutdown")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// `--stale-if-error`: while nova is down a GET gets the last good answer
+/// with its Age; a POST never does; once the answer is older than the
+/// limit it is 503; when nova is back answers are fresh again.
+#[tokio::test]
+async fn stale_if_error_serves_young_answers_while_nova_is_down() {
+    let nova = fake_nova(SECRET).await;
+    let addr = nova.addr();
+    let config = NovaConfig {
+        cache_expiration: Duration::from_millis(100),
+        stale_if_error: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+        ..config_for(addr)
+    };
+    let backend = NovaBackend::new(&config);
+    let path = "/openstack/latest/meta_data.json";
+    let (status, fresh) = send(&backend, get(path)).await;
+    assert_eq!(status, StatusCode::OK);
+    nova.stop();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let response = backend.forward(&target(), get(path)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, hyper::header::AGE).as_deref(), Some("1"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, fresh, "the last good answer");
+    // Another instance never gets it.
+    let other = ForwardTarget {
+        instance_id: "6c8a3b0e-1d6f-4d2b-9a57-0f4ad3a7e002".parse().unwrap(),
+        ..target()
+    };
+    assert_eq!(
+        backend.forward(&other, get(path)).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Nor a POST.
+    let (status, _) = send(
+        &backend,
+        request(Method::POST, "/openstack/latest/password", &[], "pw"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(backend.stats().cache.stale_served, 1);
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, _) = send(&backend, get(path)).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "older than the limit"
+    );
+
+    let nova = FakeNova::start(
+        addr,
+        fake_nova::Config {
+            secret: SECRET.to_vec(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let response = backend.forward(&target(), get(path)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        header(&response, hyper::header::AGE).is_none(),
+        "fresh again"
+    );
+    assert_eq!(nova.request_count(), 1);
 }

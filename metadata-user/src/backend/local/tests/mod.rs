@@ -6,6 +6,8 @@ mod http_wire;
 mod imdsv2;
 mod openstack_golden;
 mod password_endpoint;
+mod signed_identity;
+mod watch;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -164,6 +166,20 @@ impl Harness {
         }));
         Self {
             ctx,
+            clock,
+            passwords,
+        }
+    }
+
+    /// The same harness, signing identities with `identity`.
+    pub fn with_identity(self, identity: Arc<crate::backend::identity::Identity>) -> Self {
+        let Harness {
+            ctx,
+            clock,
+            passwords,
+        } = self;
+        Harness {
+            ctx: ctx.with_identity(Some(identity)),
             clock,
             passwords,
         }
