@@ -3,11 +3,12 @@
 //! and exits non-zero. Each broken host is a namespace of the test's own.
 use std::process::Output;
 
-use mdr_harness::{Host, bpffs, env, names, tempdir::TempDir};
+use mdr_harness::{Host, Netns, bpffs, env, names, tempdir::TempDir};
 
-/// `check` in `host`'s network namespace, with places of its own, run
-/// through `wrapper` (e.g. a private mount namespace) when given.
-fn check(host: &Host, dir: &TempDir, wrapper: &[&str]) -> Output {
+/// `check` in `host`'s network namespace, with places of its own and the
+/// server namespace `server` (the network items look there), run through
+/// `wrapper` (e.g. a private mount namespace) when given.
+fn check(host: &Host, server: &Netns, dir: &TempDir, wrapper: &[&str]) -> Output {
     let bin = env::mdr_bin();
     let bpffs_dir = std::path::Path::new(bpffs::ROOT).join(names::global("check"));
     let args = [
@@ -19,6 +20,8 @@ fn check(host: &Host, dir: &TempDir, wrapper: &[&str]) -> Output {
         dir.join("state").to_string_lossy().into_owned(),
         "--admin-socket".into(),
         dir.join("run/admin.sock").to_string_lossy().into_owned(),
+        "--server-netns".into(),
+        server.name().to_owned(),
     ];
     let args: Vec<&str> = wrapper
         .iter()
@@ -44,8 +47,12 @@ fn item<'a>(text: &'a str, item: &str) -> &'a str {
 fn a_good_host_passes_every_item() {
     bpffs::ensure_mounted().unwrap();
     let host = Host::new().unwrap();
+    let server = Netns::new("srv").unwrap();
     let dir = TempDir::new("check").unwrap();
-    let out = check(&host, &dir, &[]);
+    // What the host's own namespace routes or filters does not reach the
+    // server's namespace, so it changes nothing.
+    host.exec_ok(&["iptables", "-P", "INPUT", "DROP"]).unwrap();
+    let out = check(&host, &server, &dir, &[]);
     let text = lines(&out);
     assert!(
         out.status.success(),
@@ -73,22 +80,25 @@ fn a_good_host_passes_every_item() {
 #[ignore = "root: run via cargo xtask test"]
 fn a_route_stealing_identity_addresses_is_named_with_its_fix() {
     let host = Host::new().unwrap();
-    host.ip(&[
-        "link",
-        "add",
-        "elsewhere",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "elsewhere-p",
-    ])
-    .unwrap();
-    host.ip(&["link", "set", "elsewhere", "up"]).unwrap();
-    host.ip(&["route", "add", "240.1.7.0/24", "dev", "elsewhere"])
+    let server = Netns::new("srv").unwrap();
+    server
+        .ip(&[
+            "link",
+            "add",
+            "elsewhere",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "elsewhere-p",
+        ])
+        .unwrap();
+    server.ip(&["link", "set", "elsewhere", "up"]).unwrap();
+    server
+        .ip(&["route", "add", "240.1.7.0/24", "dev", "elsewhere"])
         .unwrap();
     let dir = TempDir::new("check").unwrap();
-    let out = check(&host, &dir, &[]);
+    let out = check(&host, &server, &dir, &[]);
     let text = lines(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let routes = item(&text, "routes");
@@ -102,12 +112,16 @@ fn a_route_stealing_identity_addresses_is_named_with_its_fix() {
 #[ignore = "root: run via cargo xtask test"]
 fn a_firewall_dropping_the_servers_traffic_is_named_with_its_fix() {
     let host = Host::new().unwrap();
-    // The namespace's own filter table: the machine's is not touched.
-    host.exec_ok(&["iptables", "-P", "INPUT", "DROP"]).unwrap();
-    host.exec_ok(&["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"])
+    let server = Netns::new("srv").unwrap();
+    // The server namespace's own filter table: the machine's is not touched.
+    server
+        .exec_ok(&["iptables", "-P", "INPUT", "DROP"])
+        .unwrap();
+    server
+        .exec_ok(&["iptables", "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"])
         .unwrap();
     let dir = TempDir::new("check").unwrap();
-    let out = check(&host, &dir, &[]);
+    let out = check(&host, &server, &dir, &[]);
     let text = lines(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let firewall = item(&text, "firewall");
@@ -119,23 +133,24 @@ fn a_firewall_dropping_the_servers_traffic_is_named_with_its_fix() {
     );
 
     // With that rule in place, the item passes.
-    host.exec_ok(&[
-        "iptables",
-        "-I",
-        "INPUT",
-        "-i",
-        "mdr-srv",
-        "-p",
-        "tcp",
-        "-d",
-        "240.0.0.1",
-        "--dport",
-        "80",
-        "-j",
-        "ACCEPT",
-    ])
-    .unwrap();
-    let out = check(&host, &dir, &[]);
+    server
+        .exec_ok(&[
+            "iptables",
+            "-I",
+            "INPUT",
+            "-i",
+            "mdr-srv",
+            "-p",
+            "tcp",
+            "-d",
+            "240.0.0.1",
+            "--dport",
+            "80",
+            "-j",
+            "ACCEPT",
+        ])
+        .unwrap();
+    let out = check(&host, &server, &dir, &[]);
     assert!(out.status.success(), "{}", lines(&out));
 }
 
@@ -144,11 +159,13 @@ fn a_firewall_dropping_the_servers_traffic_is_named_with_its_fix() {
 fn bpffs_unmounted_is_named_with_its_fix() {
     bpffs::ensure_mounted().unwrap();
     let host = Host::new().unwrap();
+    let server = Netns::new("srv").unwrap();
     let dir = TempDir::new("check").unwrap();
     // A private mount namespace whose /sys/fs/bpf is unmounted (all of its
     // stacked mounts); the machine's stays as it is.
     let out = check(
         &host,
+        &server,
         &dir,
         &[
             "unshare",

@@ -45,6 +45,7 @@ fn ready_once_serving_stopping_on_sigterm_with_the_units_capabilities_only() {
         "--".into(),
     ];
     let pins = config.bpffs.clone();
+    let server_netns = config.server_netns.clone();
 
     // On READY=1, look at once, while the daemon goes on: the pinned
     // programs and the listener must already be there.
@@ -58,8 +59,18 @@ fn ready_once_serving_stopping_on_sigterm_with_the_units_capabilities_only() {
             let message = String::from_utf8_lossy(&buf[..len]).into_owned();
             let programs = Path::new(&pins).join("progs").exists()
                 && Path::new(&pins).join("links/server-egress").exists();
+            // The listeners live in the server's namespace.
             let listening = host
-                .exec_ok(&["ss", "-Hltn", "src", "240.0.0.1:80"])
+                .exec_ok(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &server_netns,
+                    "ss",
+                    "-Hltn",
+                    "src",
+                    "240.0.0.1:80",
+                ])
                 .unwrap_or_default();
             seen_tx.send((message, programs, listening)).unwrap();
         })

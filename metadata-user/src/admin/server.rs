@@ -9,7 +9,7 @@
 //! | GET, DELETE | /v1/instances/{uuid} | show, delete |
 //! | GET, POST | /v1/ports | list, add (body: `PortAddRequest`) |
 //! | DELETE | /v1/ports/{ifname} | delete (ifname percent-encoded) |
-//! | GET | /v1/status | version, pid, uptime, counts, datapath |
+//! | GET | /v1/status | version, pid, uptime, counts, datapath, discovery |
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -42,8 +42,9 @@ use crate::state::{
     FieldError, PortAddRequest, Registry, RegistryError, Snapshot, port::parse_uuid,
 };
 
-/// The datapath's part of `GET /v1/status` (attached taps, counters, ...),
-/// supplied by whoever runs the datapath.
+/// One section of `GET /v1/status` that another layer supplies (the
+/// datapath's attached taps and counters, discovery's connection and
+/// domains), under its name.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Binds the admin socket at `path`, root only (0600).
@@ -111,10 +112,14 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Serves the admin API on `listener` until the task is dropped.
-pub async fn serve(listener: UnixListener, registry: Arc<Registry>, status: StatusFn) {
+pub async fn serve(
+    listener: UnixListener,
+    registry: Arc<Registry>,
+    sections: Vec<(&'static str, StatusFn)>,
+) {
     let context = Arc::new(Context {
         registry,
-        status,
+        sections,
         started: Instant::now(),
     });
     loop {
@@ -145,7 +150,7 @@ pub async fn serve(listener: UnixListener, registry: Arc<Registry>, status: Stat
 
 struct Context {
     registry: Arc<Registry>,
-    status: StatusFn,
+    sections: Vec<(&'static str, StatusFn)>,
     started: Instant,
 }
 
@@ -264,14 +269,17 @@ impl Context {
 
     fn status(&self) -> serde_json::Value {
         let snapshot = self.registry.snapshot();
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "instances": snapshot.instances.len(),
             "ports": snapshot.ports.len(),
-            "datapath": (self.status)(),
-        })
+        });
+        for (name, section) in &self.sections {
+            status[*name] = section();
+        }
+        status
     }
 }
 
@@ -293,6 +301,7 @@ fn instance_summaries(snapshot: &Snapshot) -> Vec<InstanceSummary> {
             project_id: doc.project_id.clone(),
             availability_zone: doc.availability_zone.clone(),
             ports: ports_of.remove(&doc.uuid).unwrap_or_default(),
+            source: snapshot.instance_source(&doc.uuid).clone(),
         })
         .collect();
     rows.sort_by(|a, b| (&a.name, a.uuid).cmp(&(&b.name, b.uuid)));

@@ -183,6 +183,32 @@ impl Collector for Scrape {
             "Ports registered in the store.",
             live.store_ports,
         )?;
+        gauge(
+            &mut encoder,
+            "watches_held",
+            "Guest requests held waiting for a change (?wait_for_change=true), all ports.",
+            live.watches_held,
+        )?;
+        if let Some(discovery) = &live.discovery {
+            gauge(
+                &mut encoder,
+                "discovery_connected",
+                "1 while --discover is connected to its source (libvirt); 0 while it retries.",
+                u64::from(discovery.connected),
+            )?;
+            gauge(
+                &mut encoder,
+                "discovery_domains",
+                "Running domains discovery sees (served or not).",
+                discovery.domains_seen,
+            )?;
+            gauge(
+                &mut encoder,
+                "discovery_ports",
+                "Ports discovery registered.",
+                discovery.ports_owned,
+            )?;
+        }
 
         if let Some(nova) = &live.nova {
             histogram_series(
@@ -214,6 +240,13 @@ impl Collector for Scrape {
             ] {
                 ConstCounter::new(value).encode(family.encode_family(&[("result", result)])?)?;
             }
+            counter(
+                &mut encoder,
+                "nova_stale_answers",
+                "GET answers served from a kept answer past its freshness because nova failed \
+                 (--stale-if-error).",
+                nova.cache_stale_served,
+            )?;
             gauge(
                 &mut encoder,
                 "nova_cache_entries",
@@ -236,7 +269,10 @@ mod tests {
     use std::{collections::HashSet, time::Duration};
 
     use super::*;
-    use crate::{exporter::NovaLive, metrics::BackendLabel};
+    use crate::{
+        exporter::{DiscoveryLive, NovaLive},
+        metrics::BackendLabel,
+    };
 
     fn scrape(metrics: &Arc<Metrics>, live: Live, accept: &str) -> (&'static str, String) {
         let live: LiveFn = Arc::new(move || live.clone());
@@ -259,9 +295,16 @@ mod tests {
             store_instances: 3,
             store_ports: 2,
             instances_with_ports: HashSet::from([instance]),
+            watches_held: 3,
             nova: Some(NovaLive {
                 cache_hits: 9,
+                cache_stale_served: 4,
                 ..NovaLive::default()
+            }),
+            discovery: Some(DiscoveryLive {
+                connected: true,
+                domains_seen: 5,
+                ports_owned: 6,
             }),
         };
         let (content_type, text) = scrape(&metrics, live, "*/*");
@@ -285,6 +328,11 @@ mod tests {
             "metadata_redirector_nova_cache_lookups_total{result=\"hit\"} 9",
             "metadata_redirector_ports_attached 2",
             "metadata_redirector_store_instances 3",
+            "metadata_redirector_watches_held 3",
+            "metadata_redirector_nova_stale_answers_total 4",
+            "metadata_redirector_discovery_connected 1",
+            "metadata_redirector_discovery_domains 5",
+            "metadata_redirector_discovery_ports 6",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
@@ -300,6 +348,10 @@ mod tests {
         assert!(
             !text.contains("nova_"),
             "nova's series only in nova mode:\n{text}"
+        );
+        assert!(
+            !text.contains("discovery_"),
+            "discovery's series only with --discover:\n{text}"
         );
     }
 }

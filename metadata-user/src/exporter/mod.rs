@@ -25,8 +25,23 @@ pub struct Live {
     /// Instances with at least one registered port: the tokenless counts of
     /// any other are dropped, so that series stays bounded.
     pub instances_with_ports: HashSet<uuid::Uuid>,
+    /// Guest requests held by `?wait_for_change=true`, all ports.
+    pub watches_held: u64,
     /// nova mode only.
     pub nova: Option<NovaLive>,
+    /// `--discover` only.
+    pub discovery: Option<DiscoveryLive>,
+}
+
+/// What `--discover libvirt` sees now.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiscoveryLive {
+    /// Connected to libvirt (false: retrying, ports stay as last seen).
+    pub connected: bool,
+    /// Running domains seen, served or not.
+    pub domains_seen: u64,
+    /// Ports discovery registered.
+    pub ports_owned: u64,
 }
 
 /// nova's counters (nova mode).
@@ -36,6 +51,8 @@ pub struct NovaLive {
     pub cache_hits: u64,
     pub cache_misses: u64,
     pub cache_coalesced: u64,
+    /// Answers served past their freshness because nova failed.
+    pub cache_stale_served: u64,
     pub cache_entries: u64,
     pub cache_bytes: u64,
 }

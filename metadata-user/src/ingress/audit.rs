@@ -2,7 +2,8 @@
 //! password (read or set) and for each IMDSv2 token minted, on the `audit`
 //! target (always enabled, whatever RUST_LOG says; see serve.rs).
 //!
-//! A record says who (instance, port, tap, the guest's address), what
+//! A record says who (instance, port, tap, and the guest's address when
+//! the backend looked it up), what
 //! (secret, method, path as sent) and how it ended (status). Never the
 //! secret itself: not the user data, not the password, not the token, nor
 //! any request header or body, so that shipping the log is never shipping
@@ -29,7 +30,9 @@ pub fn record(guest: &Guest, secret: Secret, method: &Method, path: &str, status
         // Absent when the port was registered without a Neutron port ID.
         port = spec.port_id.map(tracing::field::display),
         tap = %spec.ifname,
-        guest_addr = %guest.guest_addr,
+        // Known when the backend needed it (nova, or a port without
+        // addresses): the datapath is not asked per connection just for this.
+        guest_addr = guest.guest_addr.map(tracing::field::display),
         method = %method,
         path,
         status,

@@ -20,6 +20,7 @@ use super::{
     client::NovaClient,
     config::{DEFAULT_METADATA_CACHE_EXPIRATION, NovaConfig, SharedSecret},
     forward::{Answer, upstream_headers},
+    outage::Outage,
     sign::sign_instance_id,
     watch::{Polls, Refetch},
 };
@@ -54,6 +55,8 @@ struct Inner {
     /// The signed identity's key; None: identity paths go to nova (404).
     identity: Option<Arc<Identity>>,
     upstream_requests: AtomicU64,
+    /// Logs nova's outages once each.
+    outage: Outage,
     /// Where the time nova takes is recorded.
     metrics: Arc<Metrics>,
 }
@@ -101,6 +104,7 @@ impl NovaBackend {
                 polls: Arc::default(),
                 identity: None,
                 upstream_requests: AtomicU64::new(0),
+                outage: Outage::default(),
                 // Metrics of its own until the daemon hands in the shared ones.
                 metrics: Arc::new(Metrics::new(BackendLabel::Nova)),
             }),
@@ -217,7 +221,7 @@ impl NovaBackend {
                 let started = std::time::Instant::now();
                 let result = inner.client.send(request).await;
                 inner.metrics.record_upstream(started.elapsed());
-                Answer::from_nova(&target, result)
+                Answer::from_nova(&target, result, &inner.outage)
             })
         })
     }
