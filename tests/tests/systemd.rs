@@ -58,7 +58,7 @@ fn ready_once_serving_stopping_on_sigterm_with_the_units_capabilities_only() {
             let len = socket.recv(&mut buf).expect("a notification within 30 s");
             let message = String::from_utf8_lossy(&buf[..len]).into_owned();
             let programs = Path::new(&pins).join("progs").exists()
-                && Path::new(&pins).join("links/server-egress").exists();
+                && Path::new(&pins).join("links/entry-ingress").exists();
             // The listeners live in the server's namespace.
             let listening = host
                 .exec_ok(&[
