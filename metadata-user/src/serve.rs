@@ -99,6 +99,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         settings.server_port,
         settings.syn_rate_per_port,
         settings.tap_attach,
+        &settings.metadata,
     )
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
@@ -218,15 +219,24 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         let settings = settings.clone();
         let responder = responder.clone();
         Arc::new(move || {
-            let counters = counters
-                .totals()
-                .map(|c| {
-                    c.fields()
-                        .into_iter()
-                        .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
-                        .collect::<serde_json::Map<_, _>>()
-                })
-                .unwrap_or_default();
+            let as_json = |c: &metadata_ebpf::Counters| {
+                c.fields()
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
+                    .collect::<serde_json::Map<_, _>>()
+            };
+            let by_family = counters.by_family().unwrap_or_else(|_| {
+                metadata_ebpf::Family::ALL.map(|family| (family, Default::default()))
+            });
+            let mut total = metadata_ebpf::Counters::default();
+            for (_, family) in &by_family {
+                total.accumulate(family);
+            }
+            let counters = as_json(&total);
+            let counters_by_family: serde_json::Map<_, _> = by_family
+                .iter()
+                .map(|(family, c)| (family.name().to_string(), as_json(c).into()))
+                .collect();
             let taps: serde_json::Map<_, _> = attached
                 .borrow()
                 .iter()
@@ -246,7 +256,12 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
                 "tap_attach": settings.tap_attach.as_str(),
                 "backend": responder.status(),
                 "attached_taps": taps,
+                "metadata_addrs": {
+                    "ipv4": settings.metadata.ipv4,
+                    "ipv6": settings.metadata.ipv6,
+                },
                 "counters": counters,
+                "counters_by_family": counters_by_family,
             })
         })
     };
@@ -341,10 +356,14 @@ fn live_values(
     Arc::new(move || {
         let snapshot = registry.snapshot();
         Live {
-            datapath: counters
-                .totals()
-                .ok()
-                .map(|totals| totals.fields().to_vec()),
+            // Both families (IPv4, IPv6) summed: status shows them apart.
+            datapath: counters.by_family().ok().map(|by_family| {
+                let mut total = metadata_ebpf::Counters::default();
+                for (_, family) in &by_family {
+                    total.accumulate(family);
+                }
+                total.fields().to_vec()
+            }),
             ports_attached: attached.borrow().len() as u64,
             store_instances: snapshot.instances.len() as u64,
             store_ports: snapshot.ports.len() as u64,
@@ -461,9 +480,9 @@ impl FlowLookup for FlowTable {
         FlowTable::slot(self, peer)
     }
 
-    fn guest_addr(&self, peer: std::net::SocketAddrV4) -> Option<std::net::Ipv4Addr> {
+    fn guest_addr(&self, peer: std::net::SocketAddrV4) -> Option<std::net::IpAddr> {
         let origin = FlowTable::origin(self, peer)?;
-        Some(origin.flow.guest_addr.into())
+        Some(origin.flow.guest_ip())
     }
 }
 

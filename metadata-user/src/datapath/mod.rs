@@ -9,7 +9,9 @@
 //! - `attach_mode`: `--tap-attach`; `tcx` and `tc_attach` do each mode.
 //! - `tables`: each port's flow table (created with the port; who is behind
 //!   a connection) and the counters.
-//! - `identity`: the identity addresses that encode a port's slot.
+//! - `identity`: the identity addresses that encode a port's slot, one per
+//!   lane (IPv4, then each IPv6 metadata address).
+//! - `metadata_addrs`: the addresses guests ask, IPv4 and IPv6.
 //! - `server_netns`: the network namespace the server lives in.
 //! - `server_link`: the server's veth pair, from the host's namespace into
 //!   the server's.
@@ -43,6 +45,7 @@ mod bpffs;
 pub mod identity;
 mod load;
 mod map_layout;
+pub mod metadata_addrs;
 pub mod netdev;
 mod pins;
 pub mod reconcile;
@@ -64,6 +67,7 @@ use metadata_ebpf::PortEntry;
 
 pub use attach_mode::TapAttach;
 pub use identity::IdentityPlan;
+pub use metadata_addrs::MetadataAddrs;
 pub use pins::remove_pins;
 pub use tables::{CounterTable, FlowTable};
 

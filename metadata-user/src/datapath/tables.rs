@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray};
-use metadata_ebpf::{Counters, FlowEntry, FlowKey};
+use metadata_ebpf::{Counters, Family, FlowEntry, FlowKey, IDENTITY_LANES};
 use tracing::{debug, warn};
 
 use super::{IdentityPlan, sys};
@@ -67,11 +67,50 @@ impl FlowTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes sure the port with `identity` (slot `slot`) has a flow table:
-    /// the one a previous daemon or an earlier attach left (so its open
-    /// connections keep their flows), or a new one.
-    pub(super) fn ensure(&self, identity: Ipv4Addr, slot: u32) -> anyhow::Result<()> {
+    /// Makes sure the port with `identities` (its identity address in each
+    /// lane, lane 0 first; slot `slot`) has a flow table under each of them:
+    /// the one a previous daemon or an earlier attach left under lane 0 (so
+    /// its open connections keep their flows), or a new one.
+    pub(super) fn ensure(
+        &self,
+        identities: &[Ipv4Addr; IDENTITY_LANES],
+        slot: u32,
+    ) -> anyhow::Result<()> {
+        let identity = identities[0];
         let mut tables = self.tables();
+        let table = match self.reusable_table(&tables, identity)? {
+            Some(table) => table,
+            None => {
+                let fd = sys::create_lru_hash(
+                    &format!("flows_{slot}"),
+                    std::mem::size_of::<FlowKey>() as u32,
+                    std::mem::size_of::<FlowEntry>() as u32,
+                    metadata_ebpf::MAX_FLOWS_PER_PORT,
+                )
+                .with_context(|| format!("creating the flow table of {identity}"))?;
+                MapData::from_fd(fd)?
+            }
+        };
+        let id = table.info()?.id();
+        for lane_identity in identities {
+            let current = sys::inner_map_id(self.lookup.fd().as_fd(), &lane_identity.octets())
+                .with_context(|| format!("looking up the flow table of {lane_identity}"))?;
+            if current != Some(id) {
+                tables
+                    .insert(lane_identity.octets(), &table, 0)
+                    .with_context(|| format!("adding the flow table of {lane_identity}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The flow table under `identity` if there is one of this build's
+    /// layout; None when there is none, or one to replace.
+    fn reusable_table(
+        &self,
+        tables: &HashOfMaps<MapData, [u8; 4], MapData>,
+        identity: Ipv4Addr,
+    ) -> anyhow::Result<Option<MapData>> {
         match tables.get(&identity.octets(), 0) {
             Ok(table) => {
                 let layout = table.info().map(|info| {
@@ -89,40 +128,34 @@ impl FlowTable {
                     metadata_ebpf::MAX_FLOWS_PER_PORT,
                 );
                 match layout {
-                    Ok(found) if found == wanted => return Ok(()),
-                    found => warn!(%identity, ?found, "flow table of another layout; replacing it"),
+                    Ok(found) if found == wanted => Ok(Some(table)),
+                    found => {
+                        warn!(%identity, ?found, "flow table of another layout; replacing it");
+                        Ok(None)
+                    }
                 }
             }
-            Err(MapError::KeyNotFound) => {}
+            Err(MapError::KeyNotFound) => Ok(None),
             Err(err) => {
-                return Err(err)
-                    .with_context(|| format!("looking up the flow table of {identity}"));
+                Err(err).with_context(|| format!("looking up the flow table of {identity}"))
             }
         }
-        let fd = sys::create_lru_hash(
-            &format!("flows_{slot}"),
-            std::mem::size_of::<FlowKey>() as u32,
-            std::mem::size_of::<FlowEntry>() as u32,
-            metadata_ebpf::MAX_FLOWS_PER_PORT,
-        )
-        .with_context(|| format!("creating the flow table of {identity}"))?;
-        let table = MapData::from_fd(fd)?;
-        tables
-            .insert(identity.octets(), &table, 0)
-            .with_context(|| format!("adding the flow table of {identity}"))?;
-        Ok(())
     }
 
-    /// Drops the flow table of `identity`, if there is one.
-    pub(super) fn remove(&self, identity: Ipv4Addr) {
-        self.open_tables().remove(&identity.octets());
-        match self.tables().remove(&identity.octets()) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(err) => warn!(%identity, %err, "removing a flow table"),
+    /// Drops the port's flow table: its key under each identity address.
+    pub(super) fn remove(&self, identities: &[Ipv4Addr; IDENTITY_LANES]) {
+        let mut open = self.open_tables();
+        let mut tables = self.tables();
+        for identity in identities {
+            open.remove(&identity.octets());
+            match tables.remove(&identity.octets()) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => warn!(%identity, %err, "removing a flow table"),
+            }
         }
     }
 
-    /// Drops every flow table but those of `identities`.
+    /// Drops every flow table key but those of `identities` (every lane's).
     pub(super) fn retain(&self, identities: &HashSet<Ipv4Addr>) {
         let mut tables = self.tables();
         let stale: Vec<[u8; 4]> = tables
@@ -196,13 +229,26 @@ pub struct CounterTable {
 }
 
 impl CounterTable {
-    /// The counters summed over all CPUs.
-    pub fn totals(&self) -> anyhow::Result<Counters> {
-        let per_cpu = self.map.get(&0, 0).context("reading counters")?;
+    /// One family's counters, summed over all CPUs.
+    pub fn family(&self, family: Family) -> anyhow::Result<Counters> {
+        let per_cpu = self
+            .map
+            .get(&(family as u32), 0)
+            .with_context(|| format!("reading the {} counters", family.name()))?;
         let mut total = Counters::default();
         for counters in per_cpu.iter() {
             total.accumulate(counters);
         }
         Ok(total)
+    }
+
+    /// The counters of every family, summed over all CPUs, in
+    /// `Family::ALL` order.
+    pub fn by_family(&self) -> anyhow::Result<[(Family, Counters); Family::COUNT]> {
+        let mut rows = Family::ALL.map(|family| (family, Counters::default()));
+        for (family, counters) in &mut rows {
+            *counters = self.family(*family)?;
+        }
+        Ok(rows)
     }
 }

@@ -26,13 +26,14 @@ impl Datapath {
             Some(current) if current.ifindex == ifindex => {
                 // Same tap, another slot: the link stays, the port entry and
                 // the flow table change.
-                let identity = self.identity.address_of(slot)?;
-                self.flows.ensure(identity, slot)?;
-                let entry = PortEntry::new(slot, identity.octets());
+                let identities = self.identity.addresses_of(slot)?;
+                self.flows.ensure(&identities, slot)?;
+                let entry = PortEntry::new(slot, identities.map(|a| a.octets()));
                 self.ports
                     .insert(ifindex, entry, 0)
                     .with_context(|| format!("updating {ifname} in the port map"))?;
-                self.flows.remove(self.identity.address_of(current.slot)?);
+                self.flows
+                    .remove(&self.identity.addresses_of(current.slot)?);
                 self.attached.insert(ifname.to_string(), wanted);
                 return Ok(());
             }
@@ -40,18 +41,18 @@ impl Datapath {
             Some(_) => self.detach_tap(ifname)?,
             None => {}
         }
-        let identity = self.identity.address_of(slot)?;
+        let identities = self.identity.addresses_of(slot)?;
         // The port's flow table, then its map entry, then the program: the
         // program passes traffic from taps it does not know, so there is no
         // window where a guest is served wrongly.
-        self.flows.ensure(identity, slot)?;
-        let entry = PortEntry::new(slot, identity.octets());
+        self.flows.ensure(&identities, slot)?;
+        let entry = PortEntry::new(slot, identities.map(|a| a.octets()));
         self.ports
             .insert(ifindex, entry, 0)
             .with_context(|| format!("registering {ifname} in the port map"))?;
         if let Err(err) = self.attach_tap_program(ifname, ifindex) {
             let _ = self.ports.remove(&ifindex);
-            self.flows.remove(identity);
+            self.flows.remove(&identities);
             return Err(err.context(format!("attaching to {ifname}")));
         }
         info!(
@@ -74,8 +75,8 @@ impl Datapath {
         let _ = self.ports.remove(&old.ifindex);
         // Its open connections cannot get replies any more (the tap is gone,
         // or no longer ours): the flow table goes too.
-        if let Ok(identity) = self.identity.address_of(old.slot) {
-            self.flows.remove(identity);
+        if let Ok(identities) = self.identity.addresses_of(old.slot) {
+            self.flows.remove(&identities);
         }
         // Both modes' attachments, whichever this daemon uses: cheap when
         // absent, and a tap never keeps a program we no longer account for.
@@ -116,7 +117,8 @@ impl Datapath {
         let identities: std::collections::HashSet<std::net::Ipv4Addr> = self
             .attached
             .values()
-            .filter_map(|tap| self.identity.address_of(tap.slot).ok())
+            .filter_map(|tap| self.identity.addresses_of(tap.slot).ok())
+            .flatten()
             .collect();
         self.flows.retain(&identities);
         let live: std::collections::HashSet<u32> =
