@@ -668,7 +668,7 @@ mod tests {
                 let setting = line.strip_prefix("# ")?;
                 let (key, _) = setting.split_once(" = ")?;
                 key.chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_')
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                     .then(|| {
                         (
                             key.to_owned(),
