@@ -6,6 +6,7 @@ mod cmd;
 mod demo;
 mod fuzz;
 mod guest_kernel;
+mod install;
 mod paths;
 mod run;
 mod setup;
@@ -55,6 +56,15 @@ enum Task {
         #[arg(long, value_name = "N", default_value_t = 60)]
         seconds: u64,
     },
+    /// Build, then install the binary (/usr/local/bin), the systemd unit
+    /// (/etc/systemd/system/metadata-redirector.service) and, unless one is
+    /// there, the commented config (/etc/metadata-redirector/config.toml).
+    /// Starts and enables nothing.
+    Install {
+        /// Install under this directory instead of / (for packaging or a look).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: std::path::PathBuf,
+    },
     /// Build, then benchmark the daemon against the neutron-style path
     /// (haproxy per network) and the server alone; needs root. Writes
     /// target/bench/report.md, report.json and PNG plots.
@@ -92,6 +102,7 @@ fn main() -> ExitCode {
         } => demo::run(&serve_args),
         Task::Test => test::run(),
         Task::Fuzz { seconds } => fuzz::run(seconds),
+        Task::Install { root } => install::run(&root),
         Task::Bench {
             smoke,
             reps,

@@ -29,7 +29,7 @@ use super::{
     AttachedTap, Datapath,
     netdev::{self, LinkEvent},
 };
-use crate::state::Snapshot;
+use crate::{metrics::Metrics, state::Snapshot};
 
 pub struct Reconciler {
     datapath: Datapath,
@@ -37,16 +37,19 @@ pub struct Reconciler {
     links: HashMap<String, u32>,
     /// What is attached, for status output.
     attached_tx: watch::Sender<BTreeMap<String, AttachedTap>>,
+    /// Where the time each new attachment took is recorded.
+    metrics: Arc<Metrics>,
 }
 
 impl Reconciler {
     /// `existing` is the kernel's current list of links (as `Present` events).
-    pub fn new(datapath: Datapath, existing: Vec<LinkEvent>) -> Self {
+    pub fn new(datapath: Datapath, existing: Vec<LinkEvent>, metrics: Arc<Metrics>) -> Self {
         let (attached_tx, _) = watch::channel(BTreeMap::new());
         let mut reconciler = Self {
             datapath,
             links: HashMap::new(),
             attached_tx,
+            metrics,
         };
         for event in existing {
             reconciler.note(event);
@@ -168,7 +171,18 @@ impl Reconciler {
             let Some(&ifindex) = self.links.get(ifname) else {
                 continue; // registered before its tap exists: attached when it appears
             };
+            // Only a new attachment is timed: a pass over what is already
+            // attached costs nothing and would flood the histogram.
+            let is_new = self
+                .datapath
+                .attached()
+                .get(ifname)
+                .is_none_or(|tap| tap.ifindex != ifindex);
+            let started = std::time::Instant::now();
             let Err(err) = self.datapath.attach_tap(ifname, ifindex, port.slot) else {
+                if is_new {
+                    self.metrics.record_attach(started.elapsed());
+                }
                 continue;
             };
             // After lost events, what we know may be stale: ask the kernel.

@@ -422,6 +422,9 @@ fn fuzz_guest_requests_over_the_wire() {
                 shutdown: shutdown_rx.clone(),
             }),
             requests: RateLimiter::new(1e9, u32::MAX),
+            metrics: Arc::new(crate::metrics::Metrics::new(
+                crate::metrics::BackendLabel::Local,
+            )),
         }),
         connections: ConnectionLimiter::new(Default::default()),
     });
