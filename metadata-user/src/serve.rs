@@ -20,6 +20,7 @@ use tracing::info;
 
 use crate::{
     admin,
+    admin::wire::TapState,
     backend::{
         Backend, Responder,
         local::{ApiConfig, ApiContext, PasswordConflict, PasswordStore},
@@ -27,7 +28,10 @@ use crate::{
         watch::{MAX_WATCHES_PER_PORT, WatchLimiter},
     },
     cli::{ServeArgs, settings::Settings},
-    datapath::{self, Datapath, FlowTable, netdev, reconcile::Reconciler},
+    datapath::{
+        self, Datapath, FlowTable, netdev,
+        reconcile::{Reconciler, TapStates},
+    },
     ingress::{
         dispatch::Dispatcher,
         limits::ConnectionLimiter,
@@ -35,7 +39,7 @@ use crate::{
         ratelimit::RateLimiter,
         server::{FlowLookup, GuestServer, Origin},
     },
-    state::{PortPolicy, Registry},
+    state::{Port, PortPolicy, Registry},
 };
 
 /// Open connections one port may hold. cloud-init uses one at a time; a
@@ -118,8 +122,8 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let link_events = netdev::watch_links()?;
     let mut reconciler = Reconciler::new(datapath, netdev::current_links(&netlink).await?);
     reconciler.start(&registry.snapshot())?;
-    let attached = reconciler.attached();
-    let attached_at_exit = attached.clone();
+    let tap_states = reconciler.states();
+    let attached_at_exit = tap_states.clone();
     let reconciler_task =
         tokio::spawn(reconciler.run(registry.subscribe(), link_events, netlink.clone()));
 
@@ -178,45 +182,13 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(socket = %path.display(), "serving the neutron-metadata-agent protocol");
     }
 
-    let status: admin::server::StatusFn = {
-        let settings = settings.clone();
-        let responder = responder.clone();
-        Arc::new(move || {
-            let counters = counters
-                .totals()
-                .map(|c| {
-                    c.fields()
-                        .into_iter()
-                        .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
-                        .collect::<serde_json::Map<_, _>>()
-                })
-                .unwrap_or_default();
-            let taps: serde_json::Map<_, _> = attached
-                .borrow()
-                .iter()
-                .map(|(ifname, tap)| {
-                    (
-                        ifname.clone(),
-                        serde_json::json!({ "ifindex": tap.ifindex, "slot": tap.slot }),
-                    )
-                })
-                .collect();
-            serde_json::json!({
-                "bpffs": settings.bpffs,
-                "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
-                "server_ifname": settings.link.server_ifname,
-                "tap_attach": settings.tap_attach.as_str(),
-                "backend": responder.status(),
-                "attached_taps": taps,
-                "counters": counters,
-            })
-        })
-    };
-    let admin_task = tokio::spawn(admin::server::serve(
-        admin_listener,
-        registry.clone(),
-        status,
-    ));
+    let view = Arc::new(DatapathStatus {
+        settings: settings.clone(),
+        responder: responder.clone(),
+        counters,
+        taps: tap_states.clone(),
+    });
+    let admin_task = tokio::spawn(admin::server::serve(admin_listener, registry.clone(), view));
 
     let guest_server = Arc::new(GuestServer {
         flows,
@@ -251,7 +223,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         if settings.tap_attach == datapath::TapAttach::Tc {
             // tc filters are not pinned links: removing the pins below does
             // not take them off the taps.
-            for tap in attached_at_exit.borrow().values() {
+            for tap in attached_at_exit.borrow().attached.values() {
                 datapath::tc_attach::remove_tc_filter(tap.ifindex);
             }
         }
@@ -275,6 +247,95 @@ impl FlowLookup for FlowTable {
         Some(Origin {
             slot: origin.slot,
             guest_addr: origin.flow.guest_addr.into(),
+        })
+    }
+}
+
+/// What the admin API shows of the datapath: its settings, the counters
+/// and the taps' states as the reconciler last published them.
+struct DatapathStatus {
+    settings: Settings,
+    responder: Arc<Responder>,
+    counters: Arc<datapath::CounterTable>,
+    taps: watch::Receiver<TapStates>,
+}
+
+impl admin::server::DatapathView for DatapathStatus {
+    fn status(&self, taps: bool) -> serde_json::Value {
+        let counters = self
+            .counters
+            .totals()
+            .map(|c| {
+                c.fields()
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
+                    .collect::<serde_json::Map<_, _>>()
+            })
+            .unwrap_or_default();
+        let states = self.taps.borrow().clone();
+        let settings = &self.settings;
+        let mut status = serde_json::json!({
+            "bpffs": settings.bpffs,
+            "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
+            "server_ifname": settings.link.server_ifname,
+            "tap_attach": settings.tap_attach.as_str(),
+            "backend": self.responder.status(),
+            "taps": {
+                "attached": states.attached.len(),
+                "failing": states.failing.len(),
+            },
+            "counters": counters,
+        });
+        if taps {
+            status["attached_taps"] = states
+                .attached
+                .iter()
+                .map(|(ifname, tap)| {
+                    (
+                        ifname.clone(),
+                        serde_json::json!({ "ifindex": tap.ifindex, "slot": tap.slot }),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            status["failing_taps"] = states
+                .failing
+                .iter()
+                .map(|(ifname, error)| (ifname.clone(), serde_json::json!(error)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        status
+    }
+
+    fn tap_state(&self, port: &Port) -> TapState {
+        let ifname = &port.spec.ifname;
+        let states = self.taps.borrow();
+        if let Some(tap) = states.attached.get(ifname) {
+            return TapState::Attached {
+                ifindex: tap.ifindex,
+                slot: tap.slot,
+            };
+        }
+        if let Some(error) = states.failing.get(ifname) {
+            return TapState::Failing {
+                error: error.clone(),
+            };
+        }
+        match netdev::ifindex_of(ifname) {
+            None => TapState::NoTap,
+            Some(_) => TapState::Pending,
+        }
+    }
+
+    fn next_change(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let mut taps = self.taps.clone();
+        taps.mark_unchanged();
+        Box::pin(async move {
+            if taps.changed().await.is_err() {
+                // The reconciler ended: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
         })
     }
 }

@@ -7,8 +7,9 @@
 //! - `pins`: the names of the pins, and their removal.
 //! - `taps`: attaching to and detaching from registered taps, pruning.
 //! - `attach_mode`: `--tap-attach`; `tcx` and `tc_attach` do each mode.
-//! - `tables`: each port's flow table (created with the port; who is behind
-//!   a connection) and the counters.
+//! - `tables`: each port's flow table (who is behind a connection) and the
+//!   counters; `table_writer` adds and removes the tables off the attach
+//!   path (each change of FLOWS waits for an RCU grace period).
 //! - `identity`: the identity addresses that encode a port's slot.
 //! - `netdev`: the server's veth pair and the link events of taps.
 //! - `reconcile`: keeps the attached taps equal to the registered ones.
@@ -43,16 +44,18 @@ pub mod netdev;
 mod pins;
 pub mod reconcile;
 mod sys;
+mod table_writer;
 mod tables;
 mod taps;
 pub mod tc_attach;
 mod tcx;
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
+    programs::SchedClassifier,
 };
 use metadata_ebpf::PortEntry;
 
@@ -60,6 +63,7 @@ pub use attach_mode::TapAttach;
 pub use identity::IdentityPlan;
 pub use pins::remove_pins;
 pub use tables::{CounterTable, FlowTable};
+pub use taps::TableFate;
 
 /// A registered tap the programs are attached to right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,13 +74,17 @@ pub struct AttachedTap {
 
 pub struct Datapath {
     ebpf: Ebpf,
+    /// The tap ingress program every tap gets (pinned under progs/).
+    tap_program: SchedClassifier,
+    tap_program_id: u32,
     ports: HashMap<MapData, u32, PortEntry>,
     flows: Arc<FlowTable>,
     counters: Arc<CounterTable>,
     identity: IdentityPlan,
     links_dir: PathBuf,
     tap_attach: TapAttach,
-    attached: BTreeMap<String, AttachedTap>,
+    /// Persistent: the reconciler publishes a copy after every pass.
+    attached: imbl::OrdMap<String, AttachedTap>,
 }
 
 impl Datapath {
@@ -88,7 +96,7 @@ impl Datapath {
         self.counters.clone()
     }
 
-    pub fn attached(&self) -> &BTreeMap<String, AttachedTap> {
+    pub fn attached(&self) -> &imbl::OrdMap<String, AttachedTap> {
         &self.attached
     }
 }

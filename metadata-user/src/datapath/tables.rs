@@ -13,7 +13,7 @@ use aya::maps::{HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray};
 use metadata_ebpf::{Counters, FlowEntry, FlowKey};
 use tracing::{debug, warn};
 
-use super::{IdentityPlan, sys};
+use super::{IdentityPlan, sys, table_writer::TableWriter};
 
 /// FLOWS: each registered port's own flow table, by identity address (see
 /// the eBPF crate's `datapath.rs`: a guest's traffic can only evict its own
@@ -32,6 +32,8 @@ pub struct FlowTable {
     /// `OPEN_TABLES` are kept (each holds an fd).
     pub(super) open: Mutex<OpenTables>,
     pub(super) identity: IdentityPlan,
+    /// Adds and removes tables off the attach path.
+    pub(super) writer: TableWriter,
 }
 
 type OpenTables = std::collections::HashMap<[u8; 4], (u32, PortFlows)>;
@@ -67,73 +69,114 @@ impl FlowTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The id of the table FLOWS holds for `identity`, if any (one lookup,
+    /// nothing opened).
+    fn table_id(&self, identity: Ipv4Addr) -> Option<u32> {
+        sys::inner_map_id(self.lookup.fd().as_fd(), &identity.octets())
+            .ok()
+            .flatten()
+    }
+
     /// Makes sure the port with `identity` (slot `slot`) has a flow table:
-    /// the one a previous daemon or an earlier attach left (so its open
-    /// connections keep their flows), or a new one.
+    /// the one a previous daemon, an earlier attach or `prepare` left (so
+    /// open connections keep their flows), or a new one. Waits for the
+    /// writer only when the table is not there yet, and then only until it
+    /// is (see `table_writer`).
     pub(super) fn ensure(&self, identity: Ipv4Addr, slot: u32) -> anyhow::Result<()> {
-        let mut tables = self.tables();
-        match tables.get(&identity.octets(), 0) {
-            Ok(table) => {
-                let layout = table.info().map(|info| {
-                    (
-                        info.map_type().ok(),
-                        info.key_size() as usize,
-                        info.value_size() as usize,
-                        info.max_entries(),
-                    )
-                });
-                let wanted = (
-                    Some(aya::maps::MapType::LruHash),
-                    std::mem::size_of::<FlowKey>(),
-                    std::mem::size_of::<FlowEntry>(),
-                    metadata_ebpf::MAX_FLOWS_PER_PORT,
-                );
-                match layout {
-                    Ok(found) if found == wanted => return Ok(()),
-                    found => warn!(%identity, ?found, "flow table of another layout; replacing it"),
-                }
-            }
-            Err(MapError::KeyNotFound) => {}
+        self.writer.settle(identity, || self.table_id(identity));
+        if self.has_table_of_our_layout(identity)? {
+            return Ok(());
+        }
+        self.writer.insert([(identity, slot)]);
+        self.writer.settle(identity, || self.table_id(identity));
+        if self.table_id(identity).is_none() {
+            anyhow::bail!("the flow table of {identity} could not be added (see the log)");
+        }
+        Ok(())
+    }
+
+    fn has_table_of_our_layout(&self, identity: Ipv4Addr) -> anyhow::Result<bool> {
+        let tables = self.tables();
+        let table = match tables.get(&identity.octets(), 0) {
+            Ok(table) => table,
+            Err(MapError::KeyNotFound) => return Ok(false),
             Err(err) => {
                 return Err(err)
                     .with_context(|| format!("looking up the flow table of {identity}"));
             }
-        }
-        let fd = sys::create_lru_hash(
-            &format!("flows_{slot}"),
-            std::mem::size_of::<FlowKey>() as u32,
-            std::mem::size_of::<FlowEntry>() as u32,
+        };
+        let layout = table.info().map(|info| {
+            (
+                info.map_type().ok(),
+                info.key_size() as usize,
+                info.value_size() as usize,
+                info.max_entries(),
+            )
+        });
+        let wanted = (
+            Some(aya::maps::MapType::LruHash),
+            std::mem::size_of::<FlowKey>(),
+            std::mem::size_of::<FlowEntry>(),
             metadata_ebpf::MAX_FLOWS_PER_PORT,
-        )
-        .with_context(|| format!("creating the flow table of {identity}"))?;
-        let table = MapData::from_fd(fd)?;
-        tables
-            .insert(identity.octets(), &table, 0)
-            .with_context(|| format!("adding the flow table of {identity}"))?;
-        Ok(())
+        );
+        match layout {
+            Ok(found) if found == wanted => Ok(true),
+            found => {
+                warn!(%identity, ?found, "flow table of another layout; replacing it");
+                Ok(false)
+            }
+        }
     }
 
-    /// Drops the flow table of `identity`, if there is one.
+    /// Has fresh tables made, in the background, for ports about to be
+    /// attached (spares for the next slots, or a pass's ports that have
+    /// none): `ensure` then finds them. Identities that have a table or
+    /// one on its way are skipped.
+    pub(super) fn prepare(&self, wanted: impl IntoIterator<Item = (Ipv4Addr, u32)>) {
+        let missing: Vec<(Ipv4Addr, u32)> = wanted
+            .into_iter()
+            .filter(|(identity, _)| {
+                !self.writer.is_queued(*identity) && self.table_id(*identity).is_none()
+            })
+            .collect();
+        if !missing.is_empty() {
+            self.writer.insert(missing);
+        }
+    }
+
+    /// Empties the table of `identity` (its flows were a tap's that is
+    /// gone; the port stays registered and keeps the table).
+    pub(super) fn flush(&self, identity: Ipv4Addr) {
+        let table = match self.tables().get(&identity.octets(), 0) {
+            Ok(table) => table,
+            Err(_) => return,
+        };
+        let Ok(mut flows) = port_flows(table) else {
+            return;
+        };
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = flows.remove(&key);
+        }
+    }
+
+    /// Drops the flow table of `identity`, if there is one, in the background.
     pub(super) fn remove(&self, identity: Ipv4Addr) {
         self.open_tables().remove(&identity.octets());
-        match self.tables().remove(&identity.octets()) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(err) => warn!(%identity, %err, "removing a flow table"),
-        }
+        self.writer.remove([identity]);
     }
 
-    /// Drops every flow table but those of `identities`.
+    /// Drops every flow table but those of `identities`, in the background.
     pub(super) fn retain(&self, identities: &HashSet<Ipv4Addr>) {
-        let mut tables = self.tables();
-        let stale: Vec<[u8; 4]> = tables
+        let stale: Vec<Ipv4Addr> = self
+            .tables()
             .keys()
             .filter_map(Result::ok)
-            .filter(|key| !identities.contains(&Ipv4Addr::from(*key)))
+            .map(Ipv4Addr::from)
+            .filter(|identity| !identities.contains(identity))
             .collect();
-        for key in stale {
-            debug!(identity = %Ipv4Addr::from(key), "removing stale flow table");
-            let _ = tables.remove(&key);
-        }
+        debug!(count = stale.len(), "removing stale flow tables");
+        self.writer.remove(stale);
     }
 
     /// Resolves the peer of an accepted connection. None when the peer is not

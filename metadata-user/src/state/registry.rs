@@ -52,6 +52,8 @@ pub struct Snapshot {
     pub ports: BTreeMap<String, Arc<Port>>,
     /// The same ports by slot: the server's lookup for every connection.
     by_slot: HashMap<u32, Arc<Port>>,
+    /// The slot handed out last: where the next port's slot is looked for.
+    last_slot: u32,
 }
 
 impl Snapshot {
@@ -87,6 +89,33 @@ impl Snapshot {
             .find(|slot| !self.by_slot.contains_key(slot))
     }
 
+    /// The slots the next ports will get, in order (as long as no port is
+    /// deleted in between): the datapath prepares their flow tables.
+    pub fn upcoming_slots(&self, count: usize) -> impl Iterator<Item = u32> + '_ {
+        (self.last_slot + 1..=MAX_SLOT)
+            .chain(1..=self.last_slot.min(MAX_SLOT))
+            .filter(|slot| !self.by_slot.contains_key(slot))
+            .take(count)
+    }
+
+    /// The interface names of the ports added, removed or changed since
+    /// `older`.
+    pub fn changed_ports<'a>(&'a self, older: &'a Snapshot) -> impl Iterator<Item = &'a str> + 'a {
+        let changed_or_added = self.ports.iter().filter_map(|(ifname, port)| {
+            let unchanged = older
+                .ports
+                .get(ifname)
+                .is_some_and(|old| Arc::ptr_eq(old, port));
+            (!unchanged).then_some(ifname.as_str())
+        });
+        let removed = older
+            .ports
+            .keys()
+            .filter(|ifname| !self.ports.contains_key(*ifname))
+            .map(String::as_str);
+        changed_or_added.chain(removed)
+    }
+
     /// The highest slot in use, where allocation resumes after a restart.
     fn highest_slot(&self) -> u32 {
         self.by_slot.keys().copied().max().unwrap_or(0)
@@ -98,6 +127,7 @@ impl Snapshot {
             instances: self.instances.clone(),
             ports: self.ports.clone(),
             by_slot: self.by_slot.clone(),
+            last_slot: self.last_slot,
         }
     }
 }
@@ -133,7 +163,8 @@ impl Registry {
 
     pub fn open_with_policy(state_dir: &Path, policy: PortPolicy) -> anyhow::Result<Arc<Registry>> {
         let store = Store::open(state_dir)?;
-        let snapshot = load(&store)?;
+        let mut snapshot = load(&store)?;
+        snapshot.last_slot = snapshot.highest_slot();
         Ok(Arc::new(Registry {
             policy,
             store: Mutex::new(store),
@@ -221,6 +252,7 @@ impl Registry {
         let mut next = current.next();
         next.remove_port(&port.spec.ifname);
         next.insert_port(Arc::clone(&port));
+        next.last_slot = slot;
         self.publish(next);
         Ok(port)
     }
