@@ -2,12 +2,10 @@
 //! kept connection.
 use std::io;
 use std::net::SocketAddrV4;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::UnixStream;
+use tokio::net::TcpStream;
 
 use crate::http1::{self, ConnMode};
 use crate::nsnet::NetnsHandle;
@@ -15,38 +13,26 @@ use crate::nsnet::NetnsHandle;
 /// How long one request may take before it counts as an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// From inside a guest namespace to `addr` (169.254.169.254:80): the
+/// guest's routes and whatever catches the traffic decide who answers.
 #[derive(Clone, Debug)]
-pub enum Target {
-    /// From inside a guest namespace to `addr` (169.254.169.254:80): the
-    /// guest's routes and whatever catches the traffic decide who answers.
-    Guest {
-        ns: Arc<NetnsHandle>,
-        addr: SocketAddrV4,
-    },
-    /// Straight into the daemon's neutron-agent unix socket.
-    Unix(PathBuf),
+pub struct Target {
+    pub ns: Arc<NetnsHandle>,
+    pub addr: SocketAddrV4,
 }
 
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-pub async fn connect(target: &Target) -> io::Result<Box<dyn Io>> {
-    match target {
-        Target::Guest { ns, addr } => {
-            // Created (synchronously, on this thread) inside the guest.
-            let socket = ns.tcp_socket()?;
-            let stream = socket.connect((*addr).into()).await?;
-            stream.set_nodelay(true)?;
-            Ok(Box::new(stream))
-        }
-        Target::Unix(path) => Ok(Box::new(UnixStream::connect(path).await?)),
-    }
+pub async fn connect(target: &Target) -> io::Result<TcpStream> {
+    // Created (synchronously, on this thread) inside the guest.
+    let socket = target.ns.tcp_socket()?;
+    let stream = socket.connect(target.addr.into()).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// A client's connection state across requests.
 pub struct Session {
     pub target: Target,
-    conn: Option<Box<dyn Io>>,
+    conn: Option<TcpStream>,
     buf: Vec<u8>,
     /// Where the last answer's body is in `buf`.
     body: std::ops::Range<usize>,
@@ -110,5 +96,10 @@ impl Session {
     /// The body of the last answer.
     pub fn last_body(&self) -> &[u8] {
         &self.buf[self.body.clone()]
+    }
+
+    /// The last answer as it came: status line, headers and body.
+    pub fn last_response(&self) -> &[u8] {
+        &self.buf[..self.body.end]
     }
 }

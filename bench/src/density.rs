@@ -39,8 +39,15 @@ pub struct OursDensity {
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
     pub hwm_after_kib: u64,
+    /// When RSS was over [`RSS_OUTLIER_KIB`]: the largest mappings then
+    /// (smaps), to say where an outlier sits.
+    pub rss_outlier_mappings: Vec<(String, u64)>,
     pub bpf_maps: Vec<BpfMap>,
 }
+
+/// An RSS above this (with or without ports) is an outlier worth its smaps:
+/// every run so far stayed near 26 MiB, and issue 14 saw 51 MiB once.
+const RSS_OUTLIER_KIB: u64 = 40 * 1024;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct NeutronDensity {
@@ -134,14 +141,21 @@ fn attach_all(daemon: &Daemon, taps: &[String], tap_attach: TapAttach) -> Result
     if attached != count {
         bail!("{attached} taps attached, expected {count}");
     }
+    let rss_after_kib = machine::status_kib(pid, "VmRSS")?;
+    let rss_outlier_mappings = if rss_before_kib.max(rss_after_kib) > RSS_OUTLIER_KIB {
+        machine::largest_mappings(pid, 8)?
+    } else {
+        Vec::new()
+    };
     Ok(OursDensity {
         tap_attach,
         taps: count,
         attach_ms,
         cli_ms,
         rss_before_kib,
-        rss_after_kib: machine::status_kib(pid, "VmRSS")?,
+        rss_after_kib,
         hwm_after_kib: machine::status_kib(pid, "VmHWM")?,
+        rss_outlier_mappings,
         bpf_maps: bpf_maps(&daemon.bpffs().join("maps"))?,
     })
 }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 
 use crate::conn::{Session, Target};
+use crate::cpu::{self, RoleCpu, Watched};
 use crate::http1::ConnMode;
 
 /// Histograms count microseconds, up to a minute, to 3 significant digits.
@@ -45,6 +46,8 @@ pub struct LoadResult {
     pub first_error: Option<String>,
     pub measured: Duration,
     pub latency_us: Histogram<u64>,
+    /// CPU of the watched processes over exactly the measured interval.
+    pub cpu: Vec<RoleCpu>,
 }
 
 impl LoadResult {
@@ -54,18 +57,21 @@ impl LoadResult {
 }
 
 /// Builds a fresh runtime (see `nsnet` for why it must not outlive the
-/// measurement), runs every client for `window`, and merges their results.
+/// measurement), runs every client for `window`, and merges their results;
+/// `watched` processes' CPU is taken over the measured part of the window.
 pub fn run(
     clients: &[Client],
     mode: ConnMode,
     window: Window,
     stop: &AtomicBool,
+    watched: Vec<Watched>,
 ) -> Result<LoadResult> {
     let runtime = runtime()?;
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + window.warmup;
+    let end = measure_from + window.measure;
+    let cpu = cpu::measure(watched, measure_from, end);
     let outcome = runtime.block_on(async {
-        let start = Instant::now() + Duration::from_millis(20);
-        let measure_from = start + window.warmup;
-        let end = measure_from + window.measure;
         let tasks: Vec<_> = clients
             .iter()
             .cloned()
@@ -77,6 +83,7 @@ pub fn run(
             first_error: None,
             measured: window.measure,
             latency_us: new_histogram(),
+            cpu: Vec::new(),
         };
         for task in tasks {
             let part = task.await.context("a load task panicked")?;
@@ -88,10 +95,15 @@ pub fn run(
         anyhow::Ok(total)
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
+    let cpu = cpu
+        .join()
+        .map_err(|_| anyhow::anyhow!("the CPU sampler panicked"))?;
     if stop.load(Ordering::SeqCst) {
         anyhow::bail!("interrupted");
     }
-    outcome
+    let mut outcome = outcome?;
+    outcome.cpu = cpu?;
+    Ok(outcome)
 }
 
 /// A multi-threaded runtime with one worker per core, like the daemon's.
@@ -118,6 +130,7 @@ async fn closed_loop(
         first_error: None,
         measured: end - measure_from,
         latency_us: new_histogram(),
+        cpu: Vec::new(),
     };
     for _ in 0..MAX_REQUESTS_PER_CLIENT {
         let sent = Instant::now();

@@ -64,6 +64,31 @@ pub fn pss_kib(pid: u32) -> Result<u64> {
     kib_field(&text, "Pss").with_context(|| format!("no Pss in {}", path.display()))
 }
 
+/// The `count` mappings of `pid` with the most resident memory, from
+/// /proc/PID/smaps: (what is mapped, or the address range of an anonymous
+/// mapping; its Rss in KiB), largest first.
+pub fn largest_mappings(pid: u32, count: usize) -> Result<Vec<(String, u64)>> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let mut mappings: Vec<(String, u64)> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: range perms offset dev inode [path].
+            let name = words.nth(4).map_or_else(|| first.to_owned(), str::to_owned);
+            mappings.push((name, 0));
+        } else if first == "Rss:"
+            && let Some(last) = mappings.last_mut()
+        {
+            last.1 = words.next().and_then(|kib| kib.parse().ok()).unwrap_or(0);
+        }
+    }
+    mappings.sort_by_key(|mapping| std::cmp::Reverse(mapping.1));
+    mappings.truncate(count);
+    Ok(mappings)
+}
+
 fn kib_field(text: &str, field: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(field)?.strip_prefix(':')?;
@@ -83,6 +108,13 @@ pub fn kernel_kib() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_largest_mappings_are_listed() {
+        let mappings = largest_mappings(std::process::id(), 3).unwrap();
+        assert!(!mappings.is_empty());
+        assert!(mappings.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
 
     #[test]
     fn fields_parse() {

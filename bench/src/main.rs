@@ -12,7 +12,9 @@
 mod admin_status;
 mod bpfstats;
 mod conn;
+mod cpu;
 mod density;
+mod discovery;
 mod drops;
 mod http1;
 mod iperf;
@@ -24,7 +26,12 @@ mod parallel;
 mod phases;
 mod plan;
 mod plot;
+mod profile;
 mod report;
+/// The answers file the responder reads (its format is written once, there).
+#[path = "responder/answers.rs"]
+#[allow(dead_code)] // The responder's reading half.
+mod responder_answers;
 mod results;
 mod stats;
 mod storm;
@@ -42,7 +49,7 @@ use mdr_harness::names;
 
 use crate::plan::Plan;
 use crate::results::Results;
-use crate::world::World;
+use crate::world::{PathKind, World};
 
 #[derive(Parser)]
 #[command(
@@ -72,9 +79,21 @@ struct Args {
     /// Override the number of taps of the density phase.
     #[arg(long, value_name = "N")]
     density_taps: Option<usize>,
+    /// Override the number of domains of the discovery phase.
+    #[arg(long, value_name = "N")]
+    discovery_domains: Option<usize>,
     /// Override the measured seconds per metadata cell.
     #[arg(long, value_name = "SECONDS")]
     seconds: Option<f64>,
+    /// Another build of the daemon (e.g. an older commit's) to measure on
+    /// our path in the same run, as the `baseline` path: CPU per request
+    /// and throughput side by side (`cargo xtask bench --baseline-rev REV`
+    /// builds one).
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
+    /// What the report calls the baseline build [default: its file name].
+    #[arg(long, value_name = "NAME", requires = "baseline_bin")]
+    baseline_label: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -84,6 +103,7 @@ pub enum Phase {
     Iperf,
     Flood,
     Density,
+    Discovery,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -137,6 +157,9 @@ fn run(args: Args) -> Result<()> {
     if let Some(taps) = args.density_taps {
         plan.density_taps = taps;
     }
+    if let Some(domains) = args.discovery_domains {
+        plan.discovery_domains = domains;
+    }
     if let Some(seconds) = args.seconds {
         plan.measure = std::time::Duration::from_secs_f64(seconds);
     }
@@ -147,6 +170,7 @@ fn run(args: Args) -> Result<()> {
             Phase::Iperf,
             Phase::Flood,
             Phase::Density,
+            Phase::Discovery,
         ]
     });
     let out = args.out.unwrap_or_else(|| {
@@ -178,22 +202,44 @@ fn run(args: Args) -> Result<()> {
         storm_runs: Vec::new(),
         iperf: Default::default(),
         daemon_after_load: Default::default(),
+        baseline: args.baseline_bin.as_ref().map(|bin| {
+            args.baseline_label.clone().unwrap_or_else(|| {
+                bin.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        }),
+        receive_profiles: Vec::new(),
         density_ours: Vec::new(),
         density_neutron: None,
         flood: None,
+        discovery: None,
         duration_s: 0.0,
         failures: Vec::new(),
         histograms: BTreeMap::new(),
     };
     // A failing phase is recorded and the others still run, so a long run
     // always leaves a report; the exit status says it failed.
-    if phases.iter().any(|p| *p != Phase::Density) {
-        let outcome = measure_paths(&plan, &phases, &mut results, &out);
+    if let Some(bin) = &args.baseline_bin
+        && !bin.is_file()
+    {
+        bail!("--baseline-bin {} does not exist", bin.display());
+    }
+    if phases
+        .iter()
+        .any(|p| !matches!(p, Phase::Density | Phase::Discovery))
+    {
+        let outcome = measure_paths(&plan, &phases, args.baseline_bin, &mut results, &out);
         record("metadata/storm/iperf/flood", outcome, &mut results)?;
     }
     if phases.contains(&Phase::Density) {
         let outcome = density(&plan, &mut results, &out);
         record("density", outcome, &mut results)?;
+    }
+    if phases.contains(&Phase::Discovery) {
+        let outcome = discovery(&plan, &mut results, &out);
+        record("discovery", outcome, &mut results)?;
     }
     results.duration_s = started.elapsed().as_secs_f64();
     report::write(&results, &out)?;
@@ -276,10 +322,33 @@ fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<
     Ok(())
 }
 
+/// 5. Discovery: libvirt starts domains, the daemon serves them unasked.
+fn discovery(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<()> {
+    check_stop()?;
+    progress(&format!(
+        "discovery: {} nova-shaped domains started paused by a private libvirtd, served by --discover libvirt",
+        plan.discovery_domains
+    ));
+    let run = discovery::measure(plan.discovery_domains, world::TapAttach::Tcx, |daemon| {
+        keep_log(daemon, out, "daemon-discovery.log")
+    })?;
+    progress(&format!(
+        "discovery: start event -> port attached median {:.1} ms, p99 {:.1} ms ({} attached before the event); daemon RSS {:.1} MiB with {} domains",
+        run.median_ms(),
+        run.p99_ms(),
+        run.attached_before_event(),
+        run.rss_after_kib as f64 / 1024.0,
+        run.domains
+    ));
+    results.discovery = Some(run);
+    Ok(())
+}
+
 /// Phases 1-3 share one world of guests, networks and one daemon.
 fn measure_paths(
     plan: &Plan,
     phases: &[Phase],
+    baseline_bin: Option<PathBuf>,
     results: &mut Results,
     out: &std::path::Path,
 ) -> Result<()> {
@@ -288,8 +357,12 @@ fn measure_paths(
         "setup: daemon, {guests} guests on {} networks (router namespace + iptables + haproxy each)",
         guests.div_ceil(plan.guests_per_net)
     ));
-    let mut world = World::build(guests, plan.guests_per_net)?;
-    let outcome = run_paths(&mut world, plan, phases, results);
+    let mut paths = vec![PathKind::Ours, PathKind::Neutron, PathKind::Limit];
+    if baseline_bin.is_some() {
+        paths.push(PathKind::Baseline);
+    }
+    let mut world = World::build(guests, plan.guests_per_net, plan.url_path, baseline_bin)?;
+    let outcome = run_paths(&mut world, plan, phases, &paths, results, out);
     if outcome.is_err() && !STOP.load(Ordering::SeqCst) {
         keep_log(&world.daemon, out, "daemon-paths.log");
     }
@@ -301,16 +374,20 @@ fn run_paths(
     world: &mut World,
     plan: &Plan,
     phases: &[Phase],
+    paths: &[PathKind],
     results: &mut Results,
+    out: &std::path::Path,
 ) -> Result<()> {
     let guests = plan.world_guests();
     check_stop()?;
     progress("verify: every guest gets its own meta_data.json on every path");
-    for path in world::PathKind::ALL {
+    for &path in paths {
         world.verify(path, guests)?;
     }
     if phases.contains(&Phase::Metadata) {
-        phases::metadata(world, plan, results, &STOP)?;
+        phases::metadata(world, plan, paths, results, &STOP)?;
+        let guests = report::target_guests(results);
+        phases::receive_profiles(world, plan, guests, results, &STOP, out)?;
     }
     if phases.contains(&Phase::Storm) {
         progress("boot storm: cloud-init's first-boot fetch on every guest at once");

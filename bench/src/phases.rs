@@ -1,24 +1,27 @@
 //! The four measurements, each printing one progress line per step.
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 
 use crate::http1::ConnMode;
 use crate::load::{self, Window};
 use crate::plan::Plan;
-use crate::results::{DaemonAfterLoad, FloodRun, LoadRun, Results, StormRun, quantile_ms};
+use crate::results::{
+    DaemonAfterLoad, FloodRun, LoadRun, ReceiveProfile, Results, StormRun, quantile_ms,
+};
 use crate::storm::{self, StormClient};
 use crate::world::{PathKind, World};
-use crate::{bpfstats, drops};
+use crate::{bpfstats, drops, profile};
 use crate::{check_stop, iperf, machine, progress};
 
 const MODES: [ConnMode; 2] = [ConnMode::KeepAlive, ConnMode::Close];
 
-/// 1. Requests/s and latency on the three paths, interleaved per
-///    repetition so that the machine's drifting load hits all alike.
+/// 1. Requests/s, latency and CPU per request on every path, interleaved
+///    per repetition so that the machine's drifting load hits all alike.
 pub fn metadata(
     world: &mut World,
     plan: &Plan,
+    paths: &[PathKind],
     results: &mut Results,
     stop: &AtomicBool,
 ) -> Result<()> {
@@ -29,18 +32,18 @@ pub fn metadata(
         measure: plan.measure,
     };
     for rep in 1..=plan.reps {
-        for path in PathKind::ALL {
-            world.prepare(path)?;
+        for &path in paths {
             for mode in MODES {
+                world.prepare(path, mode)?;
                 for &guests in &plan.load_guests {
                     check_stop()?;
                     let clients = world.clients(guests, path, mode, plan.url_path);
                     let bpffs = world.daemon.bpffs().to_path_buf();
                     let before = bpfstats::snapshot(&bpffs)?;
                     let drops_before = world.drop_counters()?;
-                    let result = load::run(&clients, mode, window, stop)?;
+                    let result = load::run(&clients, mode, window, stop, world.watched(path))?;
                     let drops = drops::grown(&drops_before, &world.drop_counters()?);
-                    let bpf = if path == PathKind::Ours {
+                    let bpf = if path != PathKind::Neutron {
                         bpfstats::between(&before, &bpfstats::snapshot(&bpffs)?)
                     } else {
                         Vec::new()
@@ -59,10 +62,11 @@ pub fn metadata(
                         first_error: result.first_error.clone(),
                         bpf,
                         drops,
+                        cpu: result.cpu.clone(),
                     };
                     progress(
                         &(format!(
-                            "metadata rep {rep}/{}: {:<13} {:<17} {guests:>3} guests: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  errors {}{}",
+                            "metadata rep {rep}/{}: {:<13} {:<17} {guests:>3} guests: {:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  CPU {:.1} µs/req  errors {}{}",
                             plan.reps,
                             path.label(),
                             mode.label(),
@@ -70,6 +74,7 @@ pub fn metadata(
                             run.p50_ms,
                             run.p99_ms,
                             run.p999_ms,
+                            run.cpu_us_per_request(None),
                             run.errors,
                             run.first_error
                                 .as_deref()
@@ -90,6 +95,61 @@ pub fn metadata(
     Ok(())
 }
 
+/// How much of the daemon's CPU is the test guests' receive path: one
+/// extra cell per mode on our path at `guests`, profiled with perf (not
+/// part of the measured cells, so the profiler's cost never shows in them).
+pub fn receive_profiles(
+    world: &mut World,
+    plan: &Plan,
+    guests: usize,
+    results: &mut Results,
+    stop: &AtomicBool,
+    scratch: &std::path::Path,
+) -> Result<()> {
+    if !profile::available() {
+        progress("receive profile: perf not found, skipped");
+        return Ok(());
+    }
+    let window = Window {
+        warmup: plan.warmup,
+        measure: plan.measure.min(std::time::Duration::from_secs(3)),
+    };
+    for mode in MODES {
+        check_stop()?;
+        world.prepare(PathKind::Ours, mode)?;
+        let pid = world.daemon.pid().context("the daemon is not running")?;
+        let clients = world.clients(guests, PathKind::Ours, mode, plan.url_path);
+        let data = scratch.join("receive-profile.data");
+        // Started during the warm-up, ends with the cell.
+        let profiler = std::thread::spawn({
+            let data = data.clone();
+            let (delay, duration) = (window.warmup / 2, window.warmup / 2 + window.measure);
+            move || {
+                std::thread::sleep(delay);
+                profile::record(pid, duration, &data)
+            }
+        });
+        load::run(&clients, mode, window, stop, Vec::new())?;
+        profiler
+            .join()
+            .map_err(|_| anyhow::anyhow!("the profiler thread panicked"))??;
+        let share = profile::receive_share(&data)?;
+        let _ = std::fs::remove_file(&data);
+        progress(&format!(
+            "receive profile: ours {:<17} {guests:>3} guests: {:.1}% of the daemon's samples under net_rx_action ({} samples)",
+            mode.label(),
+            share.share() * 100.0,
+            share.samples
+        ));
+        results.receive_profiles.push(ReceiveProfile {
+            mode,
+            guests,
+            profile: share,
+        });
+    }
+    Ok(())
+}
+
 /// " | lost: ..." when loss counters grew.
 fn lost(drops: &drops::Counters) -> String {
     if drops.is_empty() {
@@ -103,7 +163,7 @@ fn lost(drops: &drops::Counters) -> String {
 pub fn boot_storm(world: &mut World, plan: &Plan, results: &mut Results) -> Result<()> {
     for rep in 1..=plan.reps {
         for path in [PathKind::Ours, PathKind::Neutron] {
-            world.prepare(path)?;
+            world.prepare(path, ConnMode::Close)?;
             for &guests in &plan.storm_guests {
                 check_stop()?;
                 let clients = (0..guests)
@@ -160,7 +220,7 @@ pub fn boot_storm(world: &mut World, plan: &Plan, results: &mut Results) -> Resu
 ///    its tap; the order alternates per repetition.
 pub fn other_traffic(world: &mut World, plan: &Plan, results: &mut Results) -> Result<()> {
     // Only guest 0's tap matters; the rest stay as they are.
-    world.set_ours(false)?;
+    world.prepare(PathKind::Neutron, ConnMode::KeepAlive)?;
     let _server = iperf::Server::start(world.router_of(0))?;
     let gateway = mdr_harness::fixtures::GATEWAY.to_string();
     for rep in 1..=plan.reps {
@@ -204,7 +264,7 @@ pub fn flood(
     use std::process::Stdio;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    world.prepare(PathKind::Ours)?;
+    world.prepare(PathKind::Ours, ConnMode::Close)?;
     let window = Window {
         warmup: plan.warmup,
         measure: plan.measure,
@@ -213,8 +273,8 @@ pub fn flood(
     check_stop()?;
     // Once unmeasured: the first window after (re)registering the taps is
     // slower (attaching, neighbour entries, the server's first connections).
-    load::run(&quiet, ConnMode::Close, window, stop)?;
-    let calm = load::run(&quiet, ConnMode::Close, window, stop)?;
+    load::run(&quiet, ConnMode::Close, window, stop, Vec::new())?;
+    let calm = load::run(&quiet, ConnMode::Close, window, stop, Vec::new())?;
     let drops_before = world.drop_counters()?;
 
     // The flooders prepare their packets, then all start at `start`.
@@ -251,7 +311,7 @@ pub fn flood(
         plan.flood + Duration::from_secs(30),
     )?;
     std::thread::sleep(Duration::from_millis(500));
-    let busy = load::run(&quiet, ConnMode::Close, window, stop)?;
+    let busy = load::run(&quiet, ConnMode::Close, window, stop, Vec::new())?;
     let keepalive = mdr_harness::python::wait("idle_keepalive.py", keepalive)?;
     let mut syns_sent = 0;
     for flood in floods {
@@ -307,7 +367,7 @@ pub fn flood(
 
 /// The load daemon's memory once everything ran through it.
 pub fn daemon_after_load(world: &mut World, results: &mut Results) -> Result<()> {
-    world.set_ours(true)?;
+    world.prepare(PathKind::Ours, ConnMode::KeepAlive)?;
     let pid = world.daemon.pid();
     ensure!(pid.is_some(), "the daemon is not running");
     let pid = pid.unwrap_or_default();

@@ -29,6 +29,8 @@ pub struct Plan {
     pub flood_rate: u32,
     #[serde(serialize_with = "secs")]
     pub flood: Duration,
+    /// Domains libvirt starts (paused) for the discovery phase.
+    pub discovery_domains: usize,
 }
 
 fn secs<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -57,6 +59,7 @@ impl Plan {
                 flood_guests: 2,
                 flood_rate: 1000,
                 flood: Duration::from_secs(6),
+                discovery_domains: 5,
             }
         } else {
             Self {
@@ -74,6 +77,7 @@ impl Plan {
                 flood_guests: 5,
                 flood_rate: 6000,
                 flood: Duration::from_secs(20),
+                discovery_domains: 100,
             }
         })
     }

@@ -38,6 +38,7 @@ fn color(path: PathKind) -> RGBColor {
         PathKind::Ours => RGBColor(0x1f, 0x77, 0xb4),
         PathKind::Neutron => RGBColor(0xd6, 0x27, 0x28),
         PathKind::Limit => RGBColor(0x2c, 0xa0, 0x2c),
+        PathKind::Baseline => RGBColor(0x7f, 0x7f, 0x7f),
     }
 }
 

@@ -4,10 +4,13 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::{Role, RoleCpu};
 use crate::density::{NeutronDensity, OursDensity};
+use crate::discovery::DiscoveryRun;
 use crate::http1::ConnMode;
 use crate::machine::MachineInfo;
 use crate::plan::Plan;
+use crate::profile::ReceiveShare;
 use crate::stats::median;
 use crate::world::PathKind;
 
@@ -34,6 +37,21 @@ pub struct LoadRun {
     /// Loss counters that grew during the cell (hypervisor namespace TCP,
     /// datapath); the neutron path's own namespaces are not watched.
     pub drops: crate::drops::Counters,
+    /// CPU of the path's processes over the measured interval, by role.
+    pub cpu: Vec<RoleCpu>,
+}
+
+impl LoadRun {
+    /// CPU µs per answered request: of `role`, or of all roles (None).
+    pub fn cpu_us_per_request(&self, role: Option<Role>) -> f64 {
+        let seconds: f64 = self
+            .cpu
+            .iter()
+            .filter(|c| role.is_none_or(|role| c.role == role))
+            .map(|c| c.cpu.total_s())
+            .sum();
+        seconds * 1e6 / (self.requests.max(1) as f64)
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -48,6 +66,21 @@ pub struct LoadSummary {
     pub p999_ms: f64,
     /// Summed over the repetitions.
     pub errors: u64,
+    /// CPU µs per request of all the path's processes (median).
+    pub cpu_us: f64,
+    /// The same by role (medians).
+    pub cpu_us_by_role: BTreeMap<Role, f64>,
+    /// User-space share of the path's CPU (median).
+    pub cpu_user_share: f64,
+}
+
+/// The share of the daemon's CPU that is network receive work in its
+/// context (the test guests' receive path), from an extra profiled cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReceiveProfile {
+    pub mode: ConnMode,
+    pub guests: usize,
+    pub profile: ReceiveShare,
 }
 
 /// The flood phase: guests flooding SYNs they never complete (each port's
@@ -134,10 +167,16 @@ pub struct Results {
     pub storm_runs: Vec<StormRun>,
     pub iperf: Iperf,
     pub daemon_after_load: DaemonAfterLoad,
+    /// The baseline build the `baseline` path ran, if any (e.g. a commit).
+    pub baseline: Option<String>,
+    /// The guests' receive share of the daemon's CPU (empty without perf).
+    pub receive_profiles: Vec<ReceiveProfile>,
     /// One per `--tap-attach` mode measured (tcx first).
     pub density_ours: Vec<OursDensity>,
     pub density_neutron: Option<NeutronDensity>,
     pub flood: Option<FloodRun>,
+    /// `serve --discover libvirt` following libvirt's domain starts.
+    pub discovery: Option<DiscoveryRun>,
     pub duration_s: f64,
     /// Phases that failed, with why (the report shows what the others measured).
     pub failures: Vec<String>,
@@ -162,17 +201,34 @@ impl Results {
                     .iter()
                     .filter(|r| r.path == path && r.mode == mode && r.guests == guests)
                     .collect();
-                let med =
-                    |f: fn(&LoadRun) -> f64| median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+                let med = |f: &dyn Fn(&LoadRun) -> f64| {
+                    median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>())
+                };
+                let roles: Vec<Role> = runs
+                    .iter()
+                    .flat_map(|r| r.cpu.iter().map(|c| c.role))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
                 LoadSummary {
                     path,
                     mode,
                     guests,
-                    rps: med(|r| r.rps),
-                    p50_ms: med(|r| r.p50_ms),
-                    p99_ms: med(|r| r.p99_ms),
-                    p999_ms: med(|r| r.p999_ms),
+                    rps: med(&|r| r.rps),
+                    p50_ms: med(&|r| r.p50_ms),
+                    p99_ms: med(&|r| r.p99_ms),
+                    p999_ms: med(&|r| r.p999_ms),
                     errors: runs.iter().map(|r| r.errors).sum(),
+                    cpu_us: med(&|r| r.cpu_us_per_request(None)),
+                    cpu_us_by_role: roles
+                        .into_iter()
+                        .map(|role| (role, med(&|r| r.cpu_us_per_request(Some(role)))))
+                        .collect(),
+                    cpu_user_share: med(&|r| {
+                        let user: f64 = r.cpu.iter().map(|c| c.cpu.user_s).sum();
+                        let total: f64 = r.cpu.iter().map(|c| c.cpu.total_s()).sum();
+                        user / total
+                    }),
                 }
             })
             .collect()

@@ -12,6 +12,7 @@
 //!
 //! Same addresses on every network (10.0.0.x/24): overlapping tenant subnets
 //! are the case both designs claim to handle.
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use mdr_harness::fixtures::{GATEWAY, PREFIX_LEN, random_uuid};
+use mdr_harness::listener::Listener;
 use mdr_harness::tempdir::TempDir;
 use mdr_harness::wait::{self, Poll};
 use mdr_harness::{
@@ -26,11 +28,13 @@ use mdr_harness::{
 };
 
 use crate::conn::Target;
+use crate::cpu::{Role, Watched};
 use crate::http1::{self, ConnMode};
 use crate::load::Client;
 use crate::neutron::{self, LogSink, Proxy};
 use crate::nsnet::NetnsHandle;
 use crate::parallel;
+use crate::responder_answers;
 
 /// `#cloud-config\nhostname: bench\n`: cloud-init fetches user_data, so
 /// every instance has one (a 404 would count as an error).
@@ -66,29 +70,60 @@ impl TapAttach {
     }
 }
 
-/// Which way a request reaches the server.
+/// Which way a request reaches which server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PathKind {
-    /// Guest -> registered tap -> eBPF redirect -> server.
+    /// Guest -> registered tap -> eBPF redirect -> the daemon.
     Ours,
     /// Guest -> router namespace -> iptables REDIRECT -> haproxy -> agent socket.
     Neutron,
-    /// The agent socket directly, with haproxy's headers: the server alone.
+    /// Guest -> registered tap -> eBPF redirect -> the minimal responder on
+    /// the server address (the daemon stopped; the datapath stays pinned).
     Limit,
+    /// Ours, served by the baseline build of the daemon (`--baseline-bin`).
+    Baseline,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 3] = [PathKind::Ours, PathKind::Neutron, PathKind::Limit];
+    pub const ALL: [PathKind; 4] = [
+        PathKind::Ours,
+        PathKind::Neutron,
+        PathKind::Limit,
+        PathKind::Baseline,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             PathKind::Ours => "ours",
             PathKind::Neutron => "neutron-style",
             PathKind::Limit => "limit",
+            PathKind::Baseline => "baseline",
         }
     }
+
+    /// Whether guests' taps must be registered (the redirect on).
+    fn uses_redirect(self) -> bool {
+        self != PathKind::Neutron
+    }
 }
+
+/// Which process listens on the server address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Server {
+    /// This build of the daemon.
+    Daemon,
+    /// The baseline build, on the same state, socket and pins.
+    Baseline,
+    /// The minimal responder, answering as in `ConnMode`.
+    Responder(ConnMode),
+}
+
+/// The identity range the daemon uses by default (`identity_net`): slot N
+/// is `240.1.0.0 + N`. The bench keeps the default.
+const IDENTITY_NET: Ipv4Addr = Ipv4Addr::new(240, 1, 0, 0);
+/// The server address and port the daemon listens on by default.
+const SERVER_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 0, 0, 1), 80);
 
 pub struct BenchGuest {
     pub guest: Guest,
@@ -105,17 +140,25 @@ pub struct Network {
 }
 
 pub struct World {
-    // Field order is drop order: the daemon stops first, then the guests
-    // and networks go, the host namespace and the directory last.
+    // Field order is drop order: the responder and the daemon stop first,
+    // then the guests and networks go, the host namespace and the
+    // directory last.
+    responder: Option<Listener>,
     pub daemon: Daemon,
+    server: Server,
+    daemon_bin: PathBuf,
+    baseline_bin: Option<PathBuf>,
+    /// Each guest's answer from the daemon, raw, for the responder:
+    /// (keep-alive, close), captured on first use.
+    captured: Vec<(Vec<u8>, Vec<u8>)>,
+    url_path: &'static str,
     pub guests: Vec<BenchGuest>,
     pub nets: Vec<Network>,
     _logs: LogSink,
-    pub agent_socket: PathBuf,
     /// Whether each guest's real tap is registered now.
     registered: Vec<bool>,
     pub host: Host,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// Starts a daemon in `host` with the bench's config and, optionally, the
@@ -149,8 +192,14 @@ pub fn start_daemon(
 
 impl World {
     /// `guests` guests, `per_net` to a network (round-robin, so any first
-    /// k guests spread over as many networks as they can).
-    pub fn build(guests: usize, per_net: usize) -> Result<Self> {
+    /// k guests spread over as many networks as they can), asking for
+    /// `url_path`; `baseline_bin` serves the baseline path.
+    pub fn build(
+        guests: usize,
+        per_net: usize,
+        url_path: &'static str,
+        baseline_bin: Option<PathBuf>,
+    ) -> Result<Self> {
         let host = Host::new()?;
         let dir = TempDir::new("bench")?;
         let agent_socket = dir.join("agent.sock");
@@ -214,14 +263,19 @@ impl World {
             })
         })?;
         Ok(Self {
+            responder: None,
             daemon,
+            server: Server::Daemon,
+            daemon_bin: mdr_harness::env::mdr_bin(),
+            baseline_bin,
+            captured: Vec::new(),
+            url_path,
             guests: bench_guests,
             nets,
             _logs: logs,
-            agent_socket,
             registered: vec![false; guests],
             host,
-            _dir: dir,
+            dir,
         })
     }
 
@@ -291,36 +345,178 @@ impl World {
         )
     }
 
-    /// Registration the path needs: ours needs the taps registered, the
-    /// neutron-style path needs them not to be (the limit does not care).
-    pub fn prepare(&mut self, path: PathKind) -> Result<()> {
-        match path {
-            PathKind::Ours => self.set_ours(true),
-            PathKind::Neutron => self.set_ours(false),
-            PathKind::Limit => Ok(()),
+    /// Makes the world ready for `path` with requests made as in `mode`:
+    /// the server it needs listening (the daemon, the baseline build or the
+    /// responder), and the taps registered for every path but the
+    /// neutron-style one (a registered tap's metadata traffic never reaches
+    /// the router). Registering needs a daemon, so it happens first.
+    pub fn prepare(&mut self, path: PathKind, mode: ConnMode) -> Result<()> {
+        let want = match path {
+            PathKind::Ours | PathKind::Neutron => Server::Daemon,
+            PathKind::Baseline => Server::Baseline,
+            PathKind::Limit => Server::Responder(mode),
+        };
+        if matches!(self.server, Server::Responder(_)) && self.server != want {
+            self.switch_daemon(Server::Daemon)?;
+        }
+        self.set_ours(path.uses_redirect())?;
+        match want {
+            Server::Daemon | Server::Baseline => self.switch_daemon(want),
+            Server::Responder(mode) => self.start_responder(mode),
         }
     }
 
-    /// Where guest `index`'s requests go on `path`, and the headers it adds.
-    pub fn target(&self, index: usize, path: PathKind) -> (Target, Vec<String>) {
-        let g = &self.guests[index];
+    /// The process(es) whose CPU a cell on `path` charges.
+    pub fn watched(&self, path: PathKind) -> Vec<Watched> {
         match path {
-            PathKind::Ours | PathKind::Neutron => (
-                Target::Guest {
-                    ns: g.netns.clone(),
-                    addr: SocketAddrV4::new(METADATA_ADDR, 80),
+            PathKind::Ours | PathKind::Baseline => vec![Watched {
+                role: Role::Daemon,
+                pids: self.daemon.pid().into_iter().collect(),
+            }],
+            PathKind::Neutron => vec![
+                Watched {
+                    role: Role::Haproxy,
+                    pids: self.proxy_pids(),
                 },
-                Vec::new(),
-            ),
-            // What haproxy would add for this guest.
-            PathKind::Limit => (
-                Target::Unix(self.agent_socket.clone()),
-                vec![
-                    format!("X-Forwarded-For: {}", g.guest.addr()),
-                    format!("X-Neutron-Network-ID: {}", self.nets[g.net].id),
-                ],
-            ),
+                Watched {
+                    role: Role::Agent,
+                    pids: self.daemon.pid().into_iter().collect(),
+                },
+            ],
+            PathKind::Limit => vec![Watched {
+                role: Role::Responder,
+                pids: self.responder.iter().map(Listener::pid).collect(),
+            }],
         }
+    }
+
+    /// Has `server` (this build or the baseline) run the daemon, and waits
+    /// until it serves every registered tap again. A stopped daemon leaves
+    /// the datapath pinned, so the next one takes it over as in production.
+    fn switch_daemon(&mut self, server: Server) -> Result<()> {
+        if self.server == server {
+            return Ok(());
+        }
+        let bin = match server {
+            Server::Baseline => self
+                .baseline_bin
+                .clone()
+                .context("the baseline path needs --baseline-bin")?,
+            _ => self.daemon_bin.clone(),
+        };
+        self.stop_server();
+        self.daemon.set_bin(&bin);
+        self.daemon.restart()?;
+        self.server = server;
+        let taps: Vec<String> = (0..self.guests.len())
+            .filter(|&i| self.registered[i])
+            .map(|i| self.guests[i].guest.tap().to_owned())
+            .collect();
+        wait_attached(&self.daemon, &taps)
+    }
+
+    /// Stops whatever listens on the server address.
+    fn stop_server(&mut self) {
+        match self.server {
+            Server::Responder(_) => self.responder = None,
+            Server::Daemon | Server::Baseline => self.daemon.terminate(),
+        }
+    }
+
+    /// Stops the daemon and starts the responder in its place, in the
+    /// namespace the daemon listened in, answering every registered guest
+    /// from its identity address with what the daemon answered it.
+    fn start_responder(&mut self, mode: ConnMode) -> Result<()> {
+        if self.server == Server::Responder(mode) {
+            return Ok(());
+        }
+        if self.captured.is_empty() {
+            self.capture_answers()?;
+        }
+        let slots = tap_slots(&self.daemon)?;
+        let answers: Vec<(Ipv4Addr, Vec<u8>)> = self
+            .guests
+            .iter()
+            .zip(&self.captured)
+            .filter_map(|(g, (keep_alive, close))| {
+                let slot = *slots.get(g.guest.tap())?;
+                let addr = Ipv4Addr::from(u32::from(IDENTITY_NET) + slot);
+                let answer = match mode {
+                    ConnMode::KeepAlive => keep_alive,
+                    ConnMode::Close => close,
+                };
+                Some((addr, answer.clone()))
+            })
+            .collect();
+        let file = self.dir.join(&format!("answers-{}.bin", mode_flag(mode)));
+        responder_answers::write(&file, &answers)
+            .with_context(|| format!("writing {}", file.display()))?;
+        self.stop_server();
+        let bin = std::env::current_exe()?.with_file_name("mdr-responder");
+        let listen = SERVER_ADDR.to_string();
+        let file = file.to_string_lossy();
+        let responder = Listener::start_logged(
+            &self.host,
+            &[
+                &bin.to_string_lossy(),
+                "--listen",
+                &listen,
+                "--answers",
+                &file,
+                "--path",
+                self.url_path,
+                "--mode",
+                mode_flag(mode),
+            ],
+            SERVER_ADDR.port(),
+            &self.dir.join("responder.log"),
+        )?;
+        self.responder = Some(responder);
+        self.server = Server::Responder(mode);
+        Ok(())
+    }
+
+    /// Every guest's answer from the daemon over our path, raw (head and
+    /// body), once with keep-alive and once with `Connection: close`.
+    fn capture_answers(&mut self) -> Result<()> {
+        self.set_ours(true)?;
+        let runtime = crate::load::runtime()?;
+        let targets: Vec<Target> = (0..self.guests.len())
+            .map(|index| self.target(index, PathKind::Ours).0)
+            .collect();
+        let url_path = self.url_path;
+        let captured = runtime.block_on(async move {
+            tokio::spawn(async move {
+                let mut captured = Vec::with_capacity(targets.len());
+                for target in targets {
+                    let mut session = crate::conn::Session::new(target);
+                    let keep_alive =
+                        raw_answer(&mut session, url_path, ConnMode::KeepAlive).await?;
+                    let close = raw_answer(&mut session, url_path, ConnMode::Close).await?;
+                    captured.push((keep_alive, close));
+                }
+                anyhow::Ok(captured)
+            })
+            .await
+            .context("the capture task panicked")?
+        });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        self.captured = captured.context("capturing the daemon's answers")?;
+        Ok(())
+    }
+
+    /// Where guest `index`'s requests go, and the headers it adds: on
+    /// every path the guest asks 169.254.169.254 itself; what is
+    /// registered and what listens decides who answers.
+    pub fn target(&self, index: usize, _path: PathKind) -> (Target, Vec<String>) {
+        let g = &self.guests[index];
+        (
+            Target {
+                ns: g.netns.clone(),
+                addr: SocketAddrV4::new(METADATA_ADDR, 80),
+            },
+            Vec::new(),
+        )
     }
 
     /// The first `count` guests as load clients asking for `url_path`.
@@ -345,7 +541,7 @@ impl World {
     /// One request per guest on `path`: each must get its own instance's
     /// meta_data.json, or the load numbers would measure something else.
     pub fn verify(&mut self, path: PathKind, count: usize) -> Result<()> {
-        self.prepare(path)?;
+        self.prepare(path, ConnMode::Close)?;
         let runtime = crate::load::runtime()?;
         let checks: Vec<(crate::conn::Target, Vec<u8>, String)> = (0..count)
             .map(|index| {
@@ -378,7 +574,7 @@ impl World {
 
     /// Loss counters of the hypervisor namespace and the datapath.
     pub fn drop_counters(&self) -> Result<crate::drops::Counters> {
-        crate::drops::snapshot(&self.host, &self.daemon)
+        crate::drops::snapshot(&self.host, self.daemon.bpffs())
     }
 
     pub fn proxy_pids(&self) -> Vec<u32> {
@@ -410,12 +606,57 @@ async fn check_all(checks: Vec<(Target, Vec<u8>, String)>, path: PathKind) -> Re
 
 /// Names of the taps the datapath is attached to now (`status --json`).
 pub fn attached_taps(daemon: &Daemon) -> Result<Vec<String>> {
+    Ok(tap_slots(daemon)?.into_keys().collect())
+}
+
+/// The slot of every attached tap (`status --json`).
+fn tap_slots(daemon: &Daemon) -> Result<HashMap<String, u32>> {
     let out = daemon.cli_ok(&["status", "--json"])?;
     let status: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
     let taps = status["datapath"]["attached_taps"]
         .as_object()
         .context("status --json has no datapath.attached_taps")?;
-    Ok(taps.keys().cloned().collect())
+    Ok(taps
+        .iter()
+        .filter_map(|(tap, info)| Some((tap.clone(), info["slot"].as_u64()? as u32)))
+        .collect())
+}
+
+/// Waits until the datapath is attached to every one of `taps`.
+fn wait_attached(daemon: &Daemon, taps: &[String]) -> Result<()> {
+    wait::until(
+        "the restarted daemon to attach every registered tap",
+        Duration::from_secs(60),
+        || {
+            let attached = attached_taps(daemon)?;
+            let count = taps.iter().filter(|tap| attached.contains(tap)).count();
+            Ok(if count == taps.len() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{count} of {} taps attached", taps.len()))
+            })
+        },
+    )
+}
+
+/// One request as in `mode`; the whole answer as it came.
+async fn raw_answer(
+    session: &mut crate::conn::Session,
+    url_path: &str,
+    mode: ConnMode,
+) -> Result<Vec<u8>> {
+    let request = http1::request(url_path, mode, &[]);
+    let answer = session.request(&request, mode).await?;
+    ensure!(answer.status == 200, "HTTP {}", answer.status);
+    Ok(session.last_response().to_vec())
+}
+
+/// The responder's `--mode`.
+fn mode_flag(mode: ConnMode) -> &'static str {
+    match mode {
+        ConnMode::KeepAlive => "keep-alive",
+        ConnMode::Close => "close",
+    }
 }
 
 /// The `slot`-th address on a network (10.0.0.10 on) and a MAC unique to

@@ -27,6 +27,10 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     pub admin_socket: PathBuf,
     pub bpffs: PathBuf,
+    /// The network namespace the daemon puts its server in
+    /// (`--server-netns`): a global name of ours, so that a run killed
+    /// before it could remove it is swept by the next one.
+    pub server_netns: String,
     /// The daemon's stdout and stderr.
     pub log: PathBuf,
     /// More arguments for `serve`.
@@ -47,6 +51,7 @@ impl DaemonConfig {
             state_dir: dir.join("state"),
             admin_socket: dir.join("admin.sock"),
             bpffs: Path::new(bpffs::ROOT).join(names::global("bpffs")),
+            server_netns: names::global("srv"),
             log: dir.join("daemon.log"),
             extra_args: Vec::new(),
             own_process_group: false,
@@ -134,6 +139,8 @@ impl Daemon {
             &admin_socket,
             "--bpffs",
             &bpffs,
+            "--server-netns",
+            &config.server_netns,
         ]);
         command
             .args(&config.extra_args)
@@ -178,6 +185,31 @@ impl Daemon {
     /// The bpffs directory the daemon pins into.
     pub fn bpffs(&self) -> &Path {
         &self.config.bpffs
+    }
+
+    /// The name of the network namespace the daemon's server lives in.
+    pub fn server_netns(&self) -> &str {
+        &self.config.server_netns
+    }
+
+    /// `ip -n <server namespace> args...`, checked: a look at the server's
+    /// side of the datapath.
+    pub fn server_ns_ip(&self, args: &[&str]) -> Result<String> {
+        let mut command = cmd::command(&["ip", "-n", &self.config.server_netns]);
+        command.args(args);
+        cmd::checked(&mut command)
+    }
+
+    /// Runs `args` inside the server's namespace; its output whatever the
+    /// exit status.
+    pub fn server_ns_exec(&self, args: &[&str]) -> Result<Output> {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.config.server_netns))
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::null());
+        cmd::output(&mut command)
     }
 
     /// The daemon's state dir (the SQLite store).
@@ -330,9 +362,22 @@ impl Daemon {
     /// Starts the daemon again on the same state dir, socket and bpffs dir.
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
-            bail!("the daemon is still running; kill9 it first");
+            bail!("the daemon is still running; kill9 or terminate it first");
         }
         self.spawn()
+    }
+
+    /// Stops the daemon as an operator would (SIGTERM; SIGKILL after 5 s)
+    /// and reaps it. The datapath stays pinned for the next
+    /// [`restart`](Self::restart), as in production.
+    pub fn terminate(&mut self) {
+        self.stop();
+    }
+
+    /// Runs another build of the daemon from the next
+    /// [`restart`](Self::restart) on (the same state, socket and pins).
+    pub fn set_bin(&mut self, bin: &Path) {
+        self.config.bin = bin.to_owned();
     }
 
     /// Replaces the extra `serve` arguments for the next [`restart`](Self::restart)
@@ -366,6 +411,18 @@ impl Daemon {
     }
 }
 
+/// `ip netns del NAME` unless it is gone already (a daemon run with
+/// `--detach-on-exit` removes its own).
+fn remove_netns_if_present(name: &str) {
+    if !Path::new("/run/netns").join(name).exists() {
+        return;
+    }
+    crate::netns::kill_all_in(name);
+    if let Err(err) = cmd::run(&["ip", "netns", "del", name]) {
+        eprintln!("cleanup: {err:#}");
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
@@ -376,6 +433,9 @@ impl Drop for Daemon {
         {
             eprintln!("cleanup: removing {}: {err}", self.config.bpffs.display());
         }
+        // The daemon keeps its server namespace for the next daemon; nothing
+        // else runs in it, so removing it frees it (and the veth pair).
+        remove_netns_if_present(&self.config.server_netns);
         if self.config.print_log_on_drop {
             eprintln!(
                 "--- daemon log ({}) ---\n{}--- end of daemon log ---",

@@ -63,8 +63,23 @@ pub fn tables(flows: &Path) -> Result<Vec<FlowTable>> {
             }
         };
         let id = map_id.to_string();
-        let info = bpftool(&["map", "show", "id", &id])?;
-        let flows = bpftool(&["map", "dump", "id", &id])?;
+        let read = bpftool(&["map", "show", "id", &id])
+            .and_then(|info| Ok((info, bpftool(&["map", "dump", "id", &id])?)));
+        let (info, flows) =
+            match read {
+                Ok(read) => read,
+                // The port went between the two looks (its table with it):
+                // not an error, unless FLOWS still lists that table.
+                Err(err) => {
+                    let again = bpftool(&["map", "dump", "pinned", &flows.to_string_lossy()])?;
+                    if again.as_array().into_iter().flatten().any(|other| {
+                        other["key"] == entry["key"] && other["value"] == entry["value"]
+                    }) {
+                        return Err(err);
+                    }
+                    continue;
+                }
+            };
         tables.push(FlowTable {
             identity: Ipv4Addr::from(key),
             map_id,

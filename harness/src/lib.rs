@@ -31,6 +31,7 @@ pub mod haproxy;
 pub mod host;
 pub mod http;
 pub mod initramfs;
+pub mod libvirt;
 pub mod listener;
 pub mod names;
 pub mod netns;

@@ -451,6 +451,9 @@ fn tap_arp(ctx: &TcContext) -> Verdict {
     Verdict::Redirect(Counter::ArpAnswered, tap)
 }
 
+/// The return path, on the entry end's TCX ingress: the server's replies,
+/// back from its namespace (the name is from when it ran on the server
+/// end's egress).
 #[classifier]
 pub fn server_egress(ctx: TcContext) -> i32 {
     finish(server_verdict(&ctx))

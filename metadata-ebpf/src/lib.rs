@@ -50,6 +50,9 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
     pub const TAP_INGRESS: &str = "tap_ingress";
+    /// The return path. It ran on the server end's egress once, hence the
+    /// name; it now runs at the ingress of the pair's entry end, where the
+    /// server's replies arrive from its namespace.
     pub const SERVER_EGRESS: &str = "server_egress";
 }
 

@@ -4,6 +4,7 @@ mod admin;
 mod backend;
 mod cli;
 mod datapath;
+mod discovery;
 mod ingress;
 mod serve;
 mod state;
@@ -12,7 +13,17 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// glibc's malloc arenas the daemon may use. Each thread that meets a
+/// locked arena gets one of its own (up to 8 per core), and memory freed
+/// into an arena stays resident there until trimmed; two bound how many
+/// places freed registry snapshots can pile up in, at the cost of a little
+/// lock contention. (mimalloc, tried instead, kept 40+ MiB of freed pages
+/// committed: docs/benchmark.md.)
+const MALLOC_ARENAS: libc::c_int = 2;
+
 fn main() -> ExitCode {
+    // SAFETY: mallopt before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(*args, cli.admin_socket),

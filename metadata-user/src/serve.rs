@@ -5,18 +5,20 @@
 //!
 //! SIGTERM / SIGINT: stop accepting, let in-flight requests finish (5 s),
 //! close the admin socket and exit 0. The datapath stays pinned and attached
-//! (unless `--detach-on-exit`): while no daemon runs, a guest's connection is
-//! refused at once (the server address has no listener) instead of hanging,
-//! and a restarted daemon takes over every tap without a gap.
-use std::{process::ExitCode, sync::Arc};
+//! (unless `--detach-on-exit`), and so does the server's network namespace:
+//! while no daemon runs, a guest's connection is refused at once (the server
+//! address has no listener) instead of hanging, and a restarted daemon takes
+//! over every tap without a gap.
+use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use tokio::{
-    net::TcpListener,
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
 use tracing::info;
+use uuid::Uuid;
 
 use crate::{
     admin,
@@ -31,36 +33,24 @@ use crate::{
     datapath::{
         self, Datapath, FlowTable, netdev,
         reconcile::{Reconciler, TapStates},
+        server_link,
+        server_netns::{self, ServerNetns},
     },
+    discovery::{self, DiscoverConfig, DomainPorts, PortSink},
     ingress::{
         dispatch::Dispatcher,
         limits::ConnectionLimiter,
         neutron_agent,
         ratelimit::RateLimiter,
-        server::{FlowLookup, GuestServer, Origin},
+        server::{self, FlowLookup, GuestServer},
     },
-    state::{Port, PortPolicy, Registry},
+    state::{DomainSync, Port, PortAddRequest, PortPolicy, Registry, Source, SyncProblem},
 };
 
 /// Open connections one port may hold. cloud-init uses one at a time; a
 /// guest's parallel tooling rarely needs more than a few. Held watches
 /// (`?wait_for_change=true`, at most 16 per port) count here too.
 const MAX_CONNECTIONS_PER_PORT: u32 = 64;
-
-/// Accept queue length asked for (the kernel caps it at net.core.somaxconn,
-/// 4096 by default). Every guest of the host connects to this one socket: in
-/// a boot storm hundreds of handshakes complete at once, and a full queue
-/// drops them, costing each guest a 1 s SYN retransmit. The default backlog
-/// of tokio's `TcpListener::bind` (mio's, 128) overflowed with 500 guests in
-/// `cargo xtask bench`.
-const LISTEN_BACKLOG: u32 = 65_535;
-
-fn listen(addr: std::net::Ipv4Addr, port: u16) -> std::io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind((addr, port).into())?;
-    socket.listen(LISTEN_BACKLOG)
-}
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
@@ -97,7 +87,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--admin-socket {}", settings.admin_socket.display()))?;
 
     let netlink = netdev::connect()?;
-    let server_link = netdev::ensure_server_link(&netlink, &settings.link).await?;
+    let netns = ServerNetns::ensure(&settings.server_netns)
+        .with_context(|| format!("--server-netns {}", settings.server_netns))?;
+    let netlink_inside = netdev::connect_in(&netns)?;
+    let server_link =
+        server_link::ensure_server_link(&netlink, &netns, &netlink_inside, &settings.link).await?;
     let datapath = Datapath::load(
         &settings.bpffs,
         settings.identity,
@@ -109,11 +103,22 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
     let counters = datapath.counters();
-    let listener =
-        listen(settings.identity.server_addr, settings.server_port).with_context(|| {
+    // One listener (and thread) per core for the guest server, made inside
+    // the server's namespace (a socket stays in the namespace it was
+    // created in).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (server_addr, server_port) = (settings.identity.server_addr, settings.server_port);
+    let runtime = tokio::runtime::Handle::current();
+    let listeners = netns
+        .run(move || {
+            let _entered = runtime.enter();
+            server::listen(server_addr, server_port, cores)
+        })
+        .and_then(|listeners| Ok(listeners?))
+        .with_context(|| {
             format!(
-                "listening on {}:{}",
-                settings.identity.server_addr, settings.server_port
+                "listening on {}:{} in network namespace {}",
+                settings.identity.server_addr, settings.server_port, settings.server_netns
             )
         })?;
 
@@ -126,6 +131,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let attached_at_exit = tap_states.clone();
     let reconciler_task =
         tokio::spawn(reconciler.run(registry.subscribe(), link_events, netlink.clone()));
+    let discovery = match &settings.discover {
+        Some(config) => Some(start_discovery(config, &registry)?),
+        None => None,
+    };
+    tokio::spawn(return_freed_memory(registry.subscribe()));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let backend = match &settings.backend {
@@ -188,7 +198,20 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         counters,
         taps: tap_states.clone(),
     });
-    let admin_task = tokio::spawn(admin::server::serve(admin_listener, registry.clone(), view));
+    let mut status_sections: Vec<(&'static str, admin::server::StatusFn)> = vec![];
+    if let Some(discovery) = &discovery {
+        let discovery = discovery.clone();
+        status_sections.push((
+            "discovery",
+            Arc::new(move || serde_json::to_value(discovery.status()).unwrap_or_default()),
+        ));
+    }
+    let admin_task = tokio::spawn(admin::server::serve(
+        admin_listener,
+        registry.clone(),
+        view,
+        status_sections,
+    ));
 
     let guest_server = Arc::new(GuestServer {
         flows,
@@ -196,9 +219,12 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         dispatcher,
         connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
     });
-    let guest_task = tokio::spawn(guest_server.run(listener, shutdown_rx));
+    let guest_threads = guest_server
+        .run_threads(listeners, shutdown_rx)
+        .context("starting the guest server's threads")?;
     info!(
         server = %format!("{}:{}", settings.identity.server_addr, settings.server_port),
+        netns = settings.server_netns,
         bpffs = %settings.bpffs.display(),
         "serving metadata"
     );
@@ -210,7 +236,16 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
     let _ = shutdown_tx.send(true);
-    let _ = guest_task.await;
+    if let Some(discovery) = &discovery {
+        discovery.stop();
+    }
+    // Each thread drains its connections (at most DRAIN_TIMEOUT), then ends.
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in guest_threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
     admin_task.abort();
     let _ = std::fs::remove_file(&settings.admin_socket);
     if let Some(path) = &settings.neutron_agent_socket {
@@ -228,26 +263,106 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             }
         }
         datapath::remove_pins(&settings.bpffs)?;
-        netdev::delete_server_link(&netlink, &settings.link.server_ifname).await?;
-        info!("datapath removed");
+        server_link::delete_server_link(&netlink, &settings.link.entry_ifname).await?;
+        drop(netlink_inside);
+        drop(netns);
+        server_netns::delete(&settings.server_netns)?;
+        info!("datapath and server namespace removed");
     } else {
         info!(bpffs = %settings.bpffs.display(), "datapath left in place for the next daemon");
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Starts discovery feeding the registry, and hands it the two things it
+/// learns from elsewhere: interfaces appearing on the host (a starting
+/// domain's tap can be served before libvirt reports the start), and the
+/// operator's changes (a manual port removed may free a domain's tap).
+fn start_discovery(
+    config: &DiscoverConfig,
+    registry: &Arc<Registry>,
+) -> anyhow::Result<Arc<discovery::libvirt::Handle>> {
+    let DiscoverConfig::Libvirt { uri } = config;
+    let handle = Arc::new(
+        discovery::libvirt::start(uri, registry.clone() as Arc<dyn PortSink>)
+            .context("--discover libvirt")?,
+    );
+    info!(%uri, "discovering ports from libvirt");
+    let links = netdev::watch_links()?;
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let mut links = std::pin::pin!(links);
+            // Only an interface's first appearance: a tap being set up
+            // sends several events (created, enslaved, up).
+            let mut present = std::collections::HashSet::new();
+            while let Some(event) = links.next().await {
+                match event {
+                    netdev::LinkEvent::Present { ifname, .. } => {
+                        if present.insert(ifname.clone()) {
+                            handle.link_appeared(&ifname);
+                        }
+                    }
+                    netdev::LinkEvent::Gone { ifname, .. } => {
+                        present.remove(&ifname);
+                    }
+                    netdev::LinkEvent::Lost => present.clear(),
+                }
+            }
+        }
+    });
+    let mut changes = registry.manual_changes();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            while changes.changed().await.is_ok() {
+                handle.reapply();
+            }
+        }
+    });
+    Ok(handle)
+}
+
+/// How long the registry must stay unchanged before freed memory goes back.
+const TRIM_WHEN_QUIET_FOR: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Hands memory that registry writes freed back to the kernel. Every write
+/// publishes a new snapshot and frees the one before it: a thousand
+/// `instance put`s free a thousand growing copies of the instance map, and
+/// glibc's malloc keeps what they leave behind resident wherever a live
+/// block sits above it in the heap (the density phase caught 33 MiB of such
+/// `[heap]` before any port was added, against 20 MiB in a daemon whose
+/// writes happened to interleave better). `malloc_trim` returns every free
+/// page of every arena, so RSS follows live memory once writes stop. It
+/// locks each arena while it works, so it runs once a burst of writes (a
+/// host booting its VMs) is over, never during one.
+async fn return_freed_memory(mut snapshots: watch::Receiver<Arc<crate::state::Snapshot>>) {
+    while snapshots.changed().await.is_ok() {
+        loop {
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(TRIM_WHEN_QUIET_FOR) => break,
+            }
+        }
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
 // The ports between layers: each trait belongs to the layer that uses it,
 // and is implemented here for the type of the layer that provides it, so
 // neither layer imports the other.
 
-/// The guest server learns who is behind a connection from the flow map.
+/// The guest server learns who is behind a connection from the identity
+/// address, and the guest's own address from the flow map.
 impl FlowLookup for FlowTable {
-    fn origin(&self, peer: std::net::SocketAddrV4) -> Option<Origin> {
+    fn slot(&self, peer: std::net::Ipv4Addr) -> Option<u32> {
+        FlowTable::slot(self, peer)
+    }
+
+    fn guest_addr(&self, peer: std::net::SocketAddrV4) -> Option<std::net::Ipv4Addr> {
         let origin = FlowTable::origin(self, peer)?;
-        Some(Origin {
-            slot: origin.slot,
-            guest_addr: origin.flow.guest_addr.into(),
-        })
+        Some(origin.flow.guest_addr.into())
     }
 }
 
@@ -277,7 +392,9 @@ impl admin::server::DatapathView for DatapathStatus {
         let mut status = serde_json::json!({
             "bpffs": settings.bpffs,
             "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
+            "server_netns": settings.server_netns,
             "server_ifname": settings.link.server_ifname,
+            "entry_ifname": settings.link.entry_ifname,
             "tap_attach": settings.tap_attach.as_str(),
             "backend": self.responder.status(),
             "taps": {
@@ -351,5 +468,87 @@ impl PasswordStore for Registry {
             tracing::warn!(%uuid, "password not stored: {err}");
             PasswordConflict
         })
+    }
+}
+
+/// Discovery serves what it finds through the registry: each domain's taps
+/// become ports bound to its UUID, owned by the domain (so the operator
+/// cannot change them, and discovery never changes the operator's).
+impl PortSink for Registry {
+    fn apply(&self, domain: &DomainPorts) -> anyhow::Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let default_name = domain.instance_name.as_deref().unwrap_or(&domain.name);
+        let document = domain.document.as_deref().and_then(|text| {
+            discovery::document_json(text, &domain.uuid, default_name)
+                .inspect_err(|err| problems.push(format!("{err}: its guests get 404")))
+                .ok()
+        });
+        let document_broken = !problems.is_empty();
+        let sync = DomainSync {
+            source: Source::Libvirt {
+                domain: domain.name.clone(),
+                domain_uuid: domain.uuid,
+            },
+            document,
+            ports: domain
+                .ports
+                .iter()
+                .map(|port| PortAddRequest {
+                    ifname: port.ifname.clone(),
+                    instance: domain.uuid.to_string(),
+                    port_id: port.port_id.map(|id| id.to_string()),
+                    mac: port.mac.clone(),
+                    ips: port.ips.iter().map(ToString::to_string).collect(),
+                    network_id: None,
+                    project_id: domain.project_id.clone(),
+                })
+                .collect(),
+        };
+        for problem in self.sync_domain(sync)? {
+            problems.push(match problem {
+                SyncProblem::ManualPort { ifname, instance } => format!(
+                    "tap {ifname} is a manual port (instance {instance}): left as it is, \
+                     not served for this domain"
+                ),
+                SyncProblem::InvalidPort { ifname, error } => {
+                    format!("tap {ifname} not served: {error}")
+                }
+                SyncProblem::ManualInstance => format!(
+                    "instance {} was put by hand: the document in the domain's metadata \
+                     is not used",
+                    domain.uuid
+                ),
+                SyncProblem::InvalidDocument(error) => {
+                    format!("instance document: {error}: its guests get 404")
+                }
+                // The broken document already said why.
+                SyncProblem::NoDocument if document_broken => continue,
+                SyncProblem::NoDocument => {
+                    use discovery::libvirt::domain_xml::{
+                        DOCUMENT_ELEMENT, DOCUMENT_KEY, DOCUMENT_NS,
+                    };
+                    format!(
+                        "no instance document in the domain's metadata: its guests get 404 \
+                         (virsh metadata {} --uri {DOCUMENT_NS} --key {DOCUMENT_KEY} \
+                         --set '<{DOCUMENT_ELEMENT}>{{...}}</{DOCUMENT_ELEMENT}>')",
+                        domain.name
+                    )
+                }
+                SyncProblem::NoProject => "no project in the domain's nova metadata \
+                     (<nova:owner><nova:project uuid=...>), so nova cannot be asked: \
+                     its guests get an error"
+                    .to_string(),
+            });
+        }
+        Ok(problems)
+    }
+
+    fn remove(&self, uuid: &Uuid) -> anyhow::Result<()> {
+        self.remove_domain(uuid)?;
+        Ok(())
+    }
+
+    fn owned(&self) -> BTreeMap<Uuid, Vec<String>> {
+        self.snapshot().discovered()
     }
 }

@@ -175,8 +175,17 @@ fn leftovers_of_dead_runs_are_swept_and_live_ones_kept() {
         Path::new(mdr_harness::bpffs::ROOT).join(format!("{dead}-bpffs")),
         std::env::temp_dir().join(format!("{dead}-daemon")),
     );
+    // A daemon's server namespace, with the server end of its pair; the
+    // entry end sits in the dead run's host namespace.
+    let server_ns = format!("{dead}-srv");
     mdr_harness::bpffs::ensure_mounted().unwrap();
     cmd::run(&["ip", "netns", "add", &ns]).unwrap();
+    cmd::run(&["ip", "netns", "add", &server_ns]).unwrap();
+    cmd::run(&[
+        "ip", "-n", &ns, "link", "add", "mdr-in", "type", "veth", "peer", "name", "mdr-srv",
+        "netns", &server_ns,
+    ])
+    .unwrap();
     std::fs::create_dir_all(pins.join("maps")).unwrap();
     std::fs::create_dir_all(&tmp).unwrap();
     let live = Host::new().unwrap();
@@ -185,6 +194,7 @@ fn leftovers_of_dead_runs_are_swept_and_live_ones_kept() {
 
     let list = cmd::run(&["ip", "netns", "list"]).unwrap();
     assert!(!list.contains(&ns), "{ns} survived:\n{list}");
+    assert!(!list.contains(&server_ns), "{server_ns} survived:\n{list}");
     assert!(!pins.exists() && !tmp.exists());
     assert!(
         list.contains(live.name()),

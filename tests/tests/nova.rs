@@ -483,3 +483,39 @@ fn https_to_nova_with_the_wrong_ca_is_503() {
         scene.daemon.log()
     );
 }
+
+/// A guest that shuts down its sending side once its request is out
+/// (`printf ... | nc`, as minimal images fetch) still gets its answer, also
+/// when nova takes its time: the half-closed connection waits for it.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_request_whose_sender_half_closed_is_answered() {
+    let host = Host::new().unwrap();
+    let instance = NovaInstance::new();
+    let config = FakeNovaConfig::new(SECRET)
+        .project(&instance.uuid, &instance.project)
+        .delay(Duration::from_millis(500));
+    let nova = FakeNova::start(&host, config).unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let mut args = nova.daemon_args(&nova.secret_file());
+    args.extend(["--metadata-cache-expiration".into(), "0".into()]);
+    let daemon = Daemon::start_with_args(&host, &args).unwrap();
+    daemon
+        .add_nova_port(guest.tap(), &instance, MAC, ADDR, None)
+        .unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    let out = guest
+        .ns()
+        .exec_ok(&[
+            "sh",
+            "-c",
+            &format!(
+                "printf 'GET {META_DATA} HTTP/1.0\\r\\nHost: {METADATA_ADDR}\\r\\n\\r\\n' \\
+                 | busybox nc -w 10 {METADATA_ADDR} 80"
+            ),
+        ])
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.0 200"), "{out:?}");
+    assert!(out.contains(&instance.uuid), "{out:?}");
+}

@@ -57,8 +57,8 @@ fn replies_to_all_guests_share_one_neighbour_entry() {
         guest.wait_served(&instance.uuid).unwrap();
         check_own_answers(guest, instance).unwrap();
     }
-    let neighbours = host
-        .exec_ok(&["ip", "-4", "neigh", "show", "nud", "all", "dev", "mdr-srv"])
+    let neighbours = daemon
+        .server_ns_ip(&["-4", "neigh", "show", "nud", "all", "dev", "mdr-srv"])
         .unwrap();
     let entries: Vec<&str> = neighbours
         .lines()

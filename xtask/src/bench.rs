@@ -1,7 +1,8 @@
-//! `cargo xtask bench [--smoke] [--reps N] [-- MDR_BENCH_ARGS...]`: builds the daemon and the
-//! benchmark (crate `mdr-bench`, in bench/) in release mode and runs it as
-//! root. The report lands in target/bench/ (a smoke run's in
-//! target/bench/smoke/).
+//! `cargo xtask bench [--smoke] [--reps N] [--baseline-rev REV] [-- MDR_BENCH_ARGS...]`:
+//! builds the daemon and the benchmark (crate `mdr-bench`, in bench/) in
+//! release mode, and the daemon of REV as the baseline (see `baseline`),
+//! and runs it as root. The report lands in target/bench/ (a smoke run's
+//! in target/bench/smoke/).
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,13 +10,23 @@ use std::process::Command;
 use anyhow::{Result, bail};
 
 use crate::cmd::{self, command};
-use crate::{build, paths, setup};
+use crate::{baseline, build, paths, setup};
 
-pub fn run(smoke: bool, reps: Option<usize>, bench_args: &[String]) -> Result<()> {
+pub fn run(
+    smoke: bool,
+    reps: Option<usize>,
+    baseline_rev: Option<&str>,
+    bench_args: &[String],
+) -> Result<()> {
     setup::require_root("run the benchmark (network namespaces, bpffs, haproxy in namespaces)")?;
     let daemon = build::release()?;
     let bench = build_bench()?;
+    let baseline = baseline_rev.map(baseline::build).transpose()?;
     let mut bench_cmd = Command::new(&bench);
+    if let Some((bin, label)) = &baseline {
+        bench_cmd.arg("--baseline-bin").arg(bin);
+        bench_cmd.args(["--baseline-label", label]);
+    }
     if smoke {
         bench_cmd.arg("--smoke");
     }

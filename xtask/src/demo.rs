@@ -53,6 +53,7 @@ pub fn run(serve_args: &[String]) -> Result<()> {
         state_dir: dir.join("state"),
         admin_socket: dir.join("admin.sock"),
         bpffs: std::path::Path::new(bpffs::ROOT).join(names::global("bpffs")),
+        server_netns: names::global("srv"),
         log: dir.join("daemon.log"),
         extra_args: serve_args.to_vec(),
         own_process_group: true,

@@ -1,4 +1,5 @@
 //! `cargo xtask`: set up, build, run and test metadata-redirector.
+mod baseline;
 mod bench;
 mod build;
 mod cmd;
@@ -53,6 +54,11 @@ enum Task {
         /// Repetitions of every measurement (medians are reported) [default: 3].
         #[arg(long, value_name = "N")]
         reps: Option<usize>,
+        /// Also measure the daemon built from this commit (in a temporary
+        /// git worktree) on our path, side by side: the report compares
+        /// CPU per request and throughput with it.
+        #[arg(long, value_name = "REV")]
+        baseline_rev: Option<String>,
         /// Extra arguments for mdr-bench (after `--`), e.g.
         /// `-- --phases storm --storm-guests 500`; see `mdr-bench --help`.
         #[arg(last = true)]
@@ -77,8 +83,9 @@ fn main() -> ExitCode {
         Task::Bench {
             smoke,
             reps,
+            baseline_rev,
             bench_args,
-        } => bench::run(smoke, reps, &bench_args),
+        } => bench::run(smoke, reps, baseline_rev.as_deref(), &bench_args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

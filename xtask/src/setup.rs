@@ -48,6 +48,20 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "openssl",
         "the identity test verifies signatures with AWS's published openssl commands",
     ),
+    // `serve --discover libvirt`: the daemon links libvirt's client library
+    // (crate `virt` builds against libvirt-dev); the tests and the benchmark
+    // run a private libvirtd of their own (no systemd unit is installed or
+    // started: libvirt-daemon-system is not among these) with qemu domains.
+    ("libvirt-dev", "building the daemon's libvirt discovery"),
+    (
+        "libvirt-daemon",
+        "the libvirt discovery tests' private libvirtd",
+    ),
+    (
+        "libvirt-daemon-driver-qemu",
+        "the libvirt discovery tests' qemu domains",
+    ),
+    ("libvirt-clients", "virsh, which the libvirt tests drive"),
 ];
 
 /// Python packages (from PyPI, for the machine's `python3`): the name pip

@@ -19,7 +19,7 @@ use super::wire::{ErrorBody, InstanceSummary, PortStatus, TapState, encode_segme
 use crate::{
     cli::{Command, InstanceCommand, PortCommand},
     state::{
-        Port, PortAddRequest,
+        Port, PortAddRequest, Source,
         instance::{InstanceDoc, MAX_DOCUMENT_BYTES},
     },
 };
@@ -270,7 +270,7 @@ fn pretty(value: &impl serde::Serialize) -> String {
 
 fn instance_table(rows: &[InstanceSummary]) -> String {
     table(
-        &["UUID", "NAME", "HOSTNAME", "PROJECT", "PORTS"],
+        &["UUID", "NAME", "HOSTNAME", "PROJECT", "SOURCE", "PORTS"],
         rows.iter()
             .map(|row| {
                 vec![
@@ -278,6 +278,7 @@ fn instance_table(rows: &[InstanceSummary]) -> String {
                     row.name.clone(),
                     or_dash(row.hostname.as_deref()),
                     or_dash(row.project_id.as_deref()),
+                    source_cell(&row.source),
                     or_dash(Some(&row.ports.join(","))),
                 ]
             })
@@ -287,7 +288,7 @@ fn instance_table(rows: &[InstanceSummary]) -> String {
 
 fn port_table(ports: &[Port]) -> String {
     table(
-        &["IFNAME", "SLOT", "INSTANCE", "MAC", "IPS"],
+        &["IFNAME", "SLOT", "INSTANCE", "MAC", "SOURCE", "IPS"],
         ports
             .iter()
             .map(|port| {
@@ -297,6 +298,7 @@ fn port_table(ports: &[Port]) -> String {
                     port.slot.to_string(),
                     port.spec.instance.to_string(),
                     or_dash(port.spec.mac.as_deref()),
+                    source_cell(&port.source),
                     or_dash(Some(&ips.join(","))),
                 ]
             })
@@ -348,6 +350,14 @@ fn port_details(status: &PortStatus) -> String {
     out
 }
 
+/// `manual`, or `libvirt:DOMAIN`.
+fn source_cell(source: &Source) -> String {
+    match source {
+        Source::Manual => "manual".into(),
+        Source::Libvirt { domain, .. } => format!("libvirt:{domain}"),
+    }
+}
+
 fn or_dash(value: Option<&str>) -> String {
     match value {
         Some(text) if !text.is_empty() => text.to_owned(),
@@ -393,6 +403,9 @@ fn status_summary(status: &serde_json::Value) -> String {
         field("instances"),
         field("ports"),
     );
+    if status["discovery"].is_object() {
+        discovery_summary(&status["discovery"], &mut out);
+    }
     out.push_str("datapath:");
     let mut lines = Vec::new();
     flatten("", &status["datapath"], &mut lines);
@@ -405,6 +418,48 @@ fn status_summary(status: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// `status`'s discovery part: the source and its connection, then one line
+/// per domain seen, with what is not served and why.
+fn discovery_summary(discovery: &serde_json::Value, out: &mut String) {
+    let since = discovery["connection_since"].as_u64().and_then(|since| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        Some(human_duration(now.saturating_sub(since)))
+    });
+    let _ = writeln!(
+        out,
+        "discovery: {} {} ({}{})",
+        scalar(&discovery["source"]),
+        scalar(&discovery["uri"]),
+        scalar(&discovery["connection"]),
+        since.map(|s| format!(" for {s}")).unwrap_or_default(),
+    );
+    if let Some(error) = discovery["last_error"].as_str() {
+        let _ = writeln!(out, "  last error: {error}");
+    }
+    let _ = writeln!(
+        out,
+        "  domains seen: {}, ports owned: {}",
+        scalar(&discovery["domains_seen"]),
+        scalar(&discovery["ports_owned"]),
+    );
+    for domain in discovery["domains"].as_array().into_iter().flatten() {
+        let ports = scalar(&domain["ports"]);
+        let _ = writeln!(
+            out,
+            "  {} ({}): {}",
+            scalar(&domain["name"]),
+            scalar(&domain["uuid"]),
+            if ports.is_empty() { "no port" } else { &ports },
+        );
+        for problem in domain["problems"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "    problem: {}", scalar(problem));
+        }
+    }
 }
 
 /// Nested objects become dotted `key: value` lines.
@@ -496,6 +551,7 @@ mod tests {
             listener,
             Arc::clone(&registry),
             Arc::new(FakeDatapath),
+            vec![],
         ));
         Daemon {
             dir,
@@ -632,15 +688,15 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(
             lines[0],
-            "IFNAME         SLOT  INSTANCE                              MAC                IPS"
+            "IFNAME         SLOT  INSTANCE                              MAC                SOURCE  IPS"
         );
         assert_eq!(
             lines[1],
-            format!("tap%1          1     {A}  fa:16:3e:00:00:01  10.0.0.5,10.0.0.6")
+            format!("tap%1          1     {A}  fa:16:3e:00:00:01  manual  10.0.0.5,10.0.0.6")
         );
         assert_eq!(
             lines[2],
-            format!("tap-long-name  2     {A}  -                  -")
+            format!("tap-long-name  2     {A}  -                  manual  -")
         );
         let ports: Vec<Port> = serde_json::from_str(
             &daemon
@@ -657,7 +713,7 @@ mod tests {
         assert_eq!(
             table,
             format!(
-                "UUID                                  NAME   HOSTNAME  PROJECT  PORTS\n{A}  web-1  web-1     p1       tap%1,tap-long-name\n"
+                "UUID                                  NAME   HOSTNAME  PROJECT  SOURCE  PORTS\n{A}  web-1  web-1     p1       manual  tap%1,tap-long-name\n"
             )
         );
         let rows: Vec<InstanceSummary> = serde_json::from_str(
@@ -734,6 +790,90 @@ mod tests {
         );
         assert!(daemon.registry.snapshot().instances.is_empty());
         assert_eq!(daemon.registry.snapshot().ports.len(), 1);
+    }
+
+    #[test]
+    fn discovered_ports_show_their_domain() {
+        let daemon = start_daemon();
+        let problems = daemon
+            .registry
+            .sync_domain(crate::state::DomainSync {
+                source: Source::Libvirt {
+                    domain: "vm-1".into(),
+                    domain_uuid: A.parse().unwrap(),
+                },
+                document: Some(json!({"uuid": A, "name": "web"}).to_string().into_bytes()),
+                ports: vec![PortAddRequest {
+                    ifname: "vnet0".into(),
+                    instance: A.into(),
+                    ..Default::default()
+                }],
+            })
+            .unwrap();
+        assert_eq!(problems, []);
+        let table = daemon
+            .run(Command::Port(PortCommand::List { json: false }))
+            .unwrap();
+        assert_eq!(
+            table.lines().nth(1).unwrap(),
+            format!("vnet0   1     {A}  -    libvirt:vm-1  -")
+        );
+        let ports: serde_json::Value = serde_json::from_str(
+            &daemon
+                .run(Command::Port(PortCommand::List { json: true }))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ports[0]["source"], "libvirt");
+        assert_eq!(ports[0]["domain"], "vm-1");
+        assert_eq!(ports[0]["domain_uuid"], A);
+        let table = daemon
+            .run(Command::Instance(InstanceCommand::List { json: false }))
+            .unwrap();
+        assert!(table.contains(" libvirt:vm-1  vnet0"), "{table}");
+        // The operator's commands are refused, naming the domain.
+        let err = daemon
+            .run(Command::Port(PortCommand::Add(port_add("vnet0", A))))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "--ifname: vnet0 is the tap of libvirt domain vm-1 ({A})"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_discovery_status_in_words() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut out = String::new();
+        discovery_summary(
+            &json!({
+                "source": "libvirt",
+                "uri": "qemu:///system",
+                "connection": "connected",
+                "connection_since": now - 65,
+                "domains_seen": 2,
+                "ports_owned": 1,
+                "domains": [
+                    {"uuid": A, "name": "vm-1", "ports": ["vnet0"]},
+                    {"uuid": A, "name": "vm-2", "ports": [], "problems": ["no instance document"]},
+                ],
+            }),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            format!(
+                "discovery: libvirt qemu:///system (connected for 1m 05s)\n  \
+                 domains seen: 2, ports owned: 1\n  vm-1 ({A}): vnet0\n  \
+                 vm-2 ({A}): no port\n    problem: no instance document\n"
+            )
+        );
     }
 
     #[test]

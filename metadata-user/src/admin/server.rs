@@ -9,7 +9,7 @@
 //! | GET, DELETE | /v1/instances/{uuid} | show, delete |
 //! | GET, POST | /v1/ports | list, add (body: `PortAddRequest`; `?wait=SECONDS`: answer `PortStatus` once the tap is attached, absent or failing) |
 //! | GET, DELETE | /v1/ports/{ifname} | show (`PortStatus`), delete (ifname percent-encoded) |
-//! | GET | /v1/status | version, pid, uptime, counts, datapath (`?taps=true`: every tap) |
+//! | GET | /v1/status | version, pid, uptime, counts, datapath (`?taps=true`: every tap), discovery |
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -55,6 +55,9 @@ pub trait DatapathView: Send + Sync {
 
 /// The longest `?wait=` a request may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// One section of `GET /v1/status` that another layer supplies (discovery's connection and domains), under its name.
+pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Binds the admin socket at `path`, root only (0600).
 ///
@@ -125,10 +128,12 @@ pub async fn serve(
     listener: UnixListener,
     registry: Arc<Registry>,
     datapath: Arc<dyn DatapathView>,
+    sections: Vec<(&'static str, StatusFn)>,
 ) {
     let context = Arc::new(Context {
         registry,
         datapath,
+        sections,
         started: Instant::now(),
     });
     loop {
@@ -160,6 +165,7 @@ pub async fn serve(
 struct Context {
     registry: Arc<Registry>,
     datapath: Arc<dyn DatapathView>,
+    sections: Vec<(&'static str, StatusFn)>,
     started: Instant,
 }
 
@@ -340,14 +346,18 @@ impl Context {
 
     fn status(&self, taps: bool) -> serde_json::Value {
         let snapshot = self.registry.snapshot();
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "instances": snapshot.instances.len(),
             "ports": snapshot.ports.len(),
             "datapath": self.datapath.status(taps),
-        })
+        });
+        for (name, section) in &self.sections {
+            status[*name] = section();
+        }
+        status
     }
 }
 
@@ -369,6 +379,7 @@ fn instance_summaries(snapshot: &Snapshot) -> Vec<InstanceSummary> {
             project_id: doc.project_id.clone(),
             availability_zone: doc.availability_zone.clone(),
             ports: ports_of.remove(&doc.uuid).unwrap_or_default(),
+            source: snapshot.instance_source(&doc.uuid).clone(),
         })
         .collect();
     rows.sort_by(|a, b| (&a.name, a.uuid).cmp(&(&b.name, b.uuid)));

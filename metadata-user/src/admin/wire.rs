@@ -2,6 +2,8 @@
 //! limits, the error body, list rows, and how a name travels in a path.
 use serde::{Deserialize, Serialize};
 
+use crate::state::Source;
+
 /// The largest request body the server reads (an instance document is at
 /// most 1 MiB; the rest is headroom for JSON escaping).
 pub const MAX_BODY_BYTES: usize = 2 << 20;
@@ -27,6 +29,10 @@ pub struct InstanceSummary {
     /// Interface names of the ports bound to it.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// Who the document belongs to: `manual`, or the libvirt domain whose
+    /// metadata it is in.
+    #[serde(flatten)]
+    pub source: Source,
 }
 
 /// Where the datapath is with one registered port's tap.

@@ -14,8 +14,11 @@ use crate::state::Port;
 #[derive(Clone, Debug)]
 pub struct Guest {
     pub port: Arc<Port>,
-    /// The guest's own source address, as it sent it (for X-Forwarded-For).
-    pub guest_addr: Ipv4Addr,
+    /// The guest's own source address, as it sent it: for X-Forwarded-For
+    /// in nova mode, and EC2's `local-ipv4` of a port registered without
+    /// addresses. None when no answer could need it, so the datapath was not
+    /// asked (see [`crate::backend::Responder::needs_guest_addr`]).
+    pub guest_addr: Option<Ipv4Addr>,
 }
 
 /// Linux's default IP TTL: how far an ordinary answer may travel.

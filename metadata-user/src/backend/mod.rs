@@ -27,7 +27,7 @@ use local::{
 use nova::NovaBackend;
 use watch::{WatchLimiter, WatchQuery};
 
-use crate::state::Registry;
+use crate::state::{Port, Registry};
 
 pub enum Backend {
     Local(ApiContext),
@@ -108,6 +108,18 @@ impl Responder {
                         .await,
                 )
             }
+        }
+    }
+
+    /// Whether answers to a guest on `port` may need the guest's own
+    /// address (`Guest::guest_addr`), which costs ingress a datapath lookup
+    /// per connection: always for nova (X-Forwarded-For); locally only for
+    /// a port registered without addresses, whose EC2 `local-ipv4` falls
+    /// back to it.
+    pub fn needs_guest_addr(&self, port: &Port) -> bool {
+        match &self.backend {
+            Backend::Local(_) => port.spec.ips.is_empty(),
+            Backend::Nova(_) => true,
         }
     }
 

@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     backend::nova::config::{BackendKind, NovaOptions, Protocol},
     datapath::TapAttach,
+    discovery::DiscoverKind,
     state::PortAddRequest,
 };
 
@@ -44,7 +45,7 @@ pub enum Command {
     /// Create, replace, show, list or delete instance documents.
     #[command(subcommand)]
     Instance(InstanceCommand),
-    /// Register taps (ports) and bind them to instances.
+    /// Register taps (ports) and bind them to instances (or see those `serve --discover` found).
     #[command(subcommand)]
     Port(PortCommand),
     /// Show whether the daemon answers, and what it serves. Exits 0 only when it answers.
@@ -110,9 +111,10 @@ pub struct ServeArgs {
     pub bpffs: Option<PathBuf>,
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
-    /// server_addr, server_port, identity_net, domain, detach_on_exit,
-    /// tap_attach, syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, and
-    /// the nova backend's: backend, nova_metadata_host, nova_metadata_port,
+    /// server_netns, server_addr, server_port, identity_net, domain,
+    /// detach_on_exit, tap_attach, syn_rate_per_port, rate_limit_per_sec,
+    /// rate_limit_burst, discover, libvirt_uri, and the nova backend's:
+    /// backend, nova_metadata_host, nova_metadata_port,
     /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
     /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
     /// nova_metadata_timeout, metadata_cache_expiration, stale_if_error,
@@ -120,16 +122,24 @@ pub struct ServeArgs {
     /// identity_cert, identity_issuer.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Name of the veth end the server listens behind [default: mdr-srv].
+    /// Name of the veth end the server listens behind, inside the server's
+    /// namespace [default: mdr-srv].
     #[arg(long, value_name = "NAME")]
     pub server_ifname: Option<String>,
-    /// Name of the veth end caught requests are sent into [default: mdr-in].
+    /// Name of the veth end caught requests are sent into, in the daemon's
+    /// own namespace; it has no address [default: mdr-in].
     #[arg(long, value_name = "NAME")]
     pub entry_ifname: Option<String>,
+    /// The network namespace the server lives in, so that no bridge or
+    /// other interface of the host can reach it; kept as /run/netns/NAME
+    /// (like `ip netns add`), created if missing and reused by the next
+    /// daemon [default: metadata-redirector].
+    #[arg(long, value_name = "NAME")]
+    pub server_netns: Option<String>,
     #[command(flatten)]
     pub identity: IdentityArgs,
     /// On SIGTERM/SIGINT, also detach from every tap and remove the pinned
-    /// maps and the veth pair. Without it the datapath stays in place, so a
+    /// maps, the veth pair and the server's namespace. Without it the datapath stays in place, so a
     /// restarted daemon resumes with every tap and open flow intact.
     #[arg(long)]
     pub detach_on_exit: bool,
@@ -140,6 +150,17 @@ pub struct ServeArgs {
     /// [default: tc].
     #[arg(long, value_enum, value_name = "MODE")]
     pub tap_attach: Option<TapAttach>,
+    /// Learn the ports from the hypervisor, with no `port add`: `libvirt`
+    /// serves every tap of every running libvirt domain, bound to the
+    /// domain's UUID, with nova's project, port ids and fixed IPs from the
+    /// domain's metadata (or, for the local backend, the instance document
+    /// the domain carries), and follows starts, stops, hot-plugs and
+    /// restarts. Manual ports stay as they are [default: none].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    pub discover: Option<DiscoverKind>,
+    /// The libvirt that `--discover libvirt` watches [default: qemu:///system].
+    #[arg(long, value_name = "URI")]
+    pub libvirt_uri: Option<String>,
     #[command(flatten)]
     pub nova: NovaArgs,
 }
@@ -240,12 +261,12 @@ pub enum InstanceCommand {
 pub enum PortCommand {
     /// Register a tap for an instance. The tap may not exist yet; it is attached when it appears.
     Add(PortAddArgs),
-    /// Unregister a tap and detach the datapath from it.
+    /// Unregister a manual port's tap and detach the datapath from it.
     Del {
         #[arg(long, value_name = "TAP")]
         ifname: String,
     },
-    /// List registered ports.
+    /// List registered ports, with their source (manual, or the libvirt domain).
     List {
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -19,7 +19,8 @@ use crate::{
         },
         nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
     },
-    datapath::{IdentityPlan, TapAttach, netdev::ServerLinkPlan},
+    datapath::{IdentityPlan, TapAttach, server_link::ServerLinkPlan, server_netns},
+    discovery::{DiscoverConfig, DiscoverKind, libvirt::DEFAULT_URI},
     ingress::ratelimit::RateLimitConfig,
 };
 
@@ -27,6 +28,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/metadata-redirector";
 const DEFAULT_SERVER_IFNAME: &str = "mdr-srv";
 const DEFAULT_ENTRY_IFNAME: &str = "mdr-in";
+pub const DEFAULT_SERVER_NETNS: &str = "metadata-redirector";
 const DEFAULT_SERVER_PORT: u16 = 80;
 const DEFAULT_DOMAIN: &str = "novalocal";
 
@@ -39,6 +41,7 @@ struct FileConfig {
     bpffs: Option<PathBuf>,
     server_ifname: Option<String>,
     entry_ifname: Option<String>,
+    server_netns: Option<String>,
     server_addr: Option<Ipv4Addr>,
     server_port: Option<u16>,
     /// "A.B.C.D/N"
@@ -53,6 +56,9 @@ struct FileConfig {
     rate_limit_per_sec: Option<f64>,
     /// ...and in a burst.
     rate_limit_burst: Option<u32>,
+    /// "libvirt"
+    discover: Option<DiscoverKind>,
+    libvirt_uri: Option<String>,
     // The nova backend (see backend::nova::config; names as neutron-metadata-agent's).
     backend: Option<BackendKind>,
     nova_metadata_host: Option<String>,
@@ -139,6 +145,8 @@ pub struct Settings {
     pub admin_socket: PathBuf,
     pub bpffs: PathBuf,
     pub link: ServerLinkPlan,
+    /// The network namespace the server lives in (`--server-netns`).
+    pub server_netns: String,
     pub identity: IdentityPlan,
     pub server_port: u16,
     pub domain: String,
@@ -154,6 +162,8 @@ pub struct Settings {
     pub neutron_agent_socket: Option<PathBuf>,
     /// The signed identity's key (`--identity-key`); None: its paths 404.
     pub signed_identity: Option<Arc<Identity>>,
+    /// `--discover`: where ports come from besides `port add`.
+    pub discover: Option<DiscoverConfig>,
 }
 
 impl Settings {
@@ -218,6 +228,23 @@ impl Settings {
         if server_ifname == entry_ifname {
             bail!("--server-ifname and --entry-ifname must differ");
         }
+        let libvirt_uri = args.libvirt_uri.or(file.libvirt_uri.take());
+        let discover = match (args.discover.or(file.discover), libvirt_uri) {
+            (Some(DiscoverKind::Libvirt), uri) => {
+                let uri = uri.unwrap_or_else(|| DEFAULT_URI.into());
+                if uri.trim().is_empty() {
+                    bail!("--libvirt-uri: must not be empty");
+                }
+                Some(DiscoverConfig::Libvirt { uri })
+            }
+            (None, Some(_)) => bail!("--libvirt-uri (libvirt_uri) needs --discover libvirt"),
+            (None, None) => None,
+        };
+        let server_netns = args
+            .server_netns
+            .or(file.server_netns)
+            .unwrap_or_else(|| DEFAULT_SERVER_NETNS.into());
+        server_netns::check_name(&server_netns).context("--server-netns")?;
         let tap_attach = match (args.tap_attach, &file.tap_attach) {
             (Some(mode), _) => mode,
             (None, Some(text)) => text.parse().context("tap_attach")?,
@@ -242,6 +269,7 @@ impl Settings {
                     .next_hop()
                     .context("the identity plan has no next hop")?,
             },
+            server_netns,
             identity,
             server_port: file.server_port.unwrap_or(DEFAULT_SERVER_PORT),
             domain: file.domain.unwrap_or_else(|| DEFAULT_DOMAIN.into()),
@@ -256,6 +284,7 @@ impl Settings {
             backend,
             neutron_agent_socket,
             signed_identity,
+            discover,
         })
     }
 }
@@ -321,7 +350,36 @@ mod tests {
             Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
         assert_eq!(settings.bpffs, Path::new(DEFAULT_BPFFS));
         assert_eq!(settings.link.server_ifname, "mdr-srv");
+        assert_eq!(settings.server_netns, "metadata-redirector");
         assert_eq!(settings.server_port, 80);
+    }
+
+    #[test]
+    fn server_netns_from_flag_file_and_bad_names_name_the_flag() {
+        assert_eq!(
+            with_file("server_netns = \"mdr-a\"\n")
+                .unwrap()
+                .server_netns,
+            "mdr-a"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "server_netns = \"mdr-a\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            server_netns: Some("mdr-b".into()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.server_netns, "mdr-b", "the flag wins");
+        for bad in ["\"\"", "\"a/b\"", "\"..\""] {
+            let err = format!(
+                "{:#}",
+                with_file(&format!("server_netns = {bad}\n")).unwrap_err()
+            );
+            assert!(err.contains("--server-netns"), "{bad}: {err}");
+            assert!(err.contains("/run/netns"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -500,6 +558,69 @@ mod tests {
         .to_string();
         assert!(err.contains("--tap-attach"), "{err}");
         assert!(err.contains("tcx") && err.contains("tc"), "{err}");
+    }
+
+    #[test]
+    fn discover_from_flag_file_and_default() {
+        use clap::Parser as _;
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.discover, None, "no discovery unless asked");
+        assert_eq!(
+            with_file("discover = \"libvirt\"\n").unwrap().discover,
+            Some(DiscoverConfig::Libvirt {
+                uri: "qemu:///system".into()
+            })
+        );
+        let settings =
+            with_file("discover = \"libvirt\"\nlibvirt_uri = \"qemu+ssh://h/system\"\n").unwrap();
+        assert_eq!(
+            settings.discover,
+            Some(DiscoverConfig::Libvirt {
+                uri: "qemu+ssh://h/system".into()
+            })
+        );
+        let cli = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--discover",
+            "libvirt",
+            "--libvirt-uri",
+            "test:///default",
+        ])
+        .unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        let settings = Settings::resolve(*args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(
+            settings.discover,
+            Some(DiscoverConfig::Libvirt {
+                uri: "test:///default".into()
+            })
+        );
+        let err = format!(
+            "{:#}",
+            with_file("libvirt_uri = \"qemu:///system\"\n").unwrap_err()
+        );
+        assert!(err.contains("needs --discover libvirt"), "{err}");
+        let err = format!("{:#}", with_file("discover = \"xen\"\n").unwrap_err());
+        assert!(
+            err.contains("discover") && err.contains("unknown variant"),
+            "{err}"
+        );
+        let err = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--discover",
+            "virsh",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--discover") && err.contains("libvirt"),
+            "{err}"
+        );
     }
 
     #[test]

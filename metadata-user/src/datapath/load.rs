@@ -1,6 +1,6 @@
 //! Loading: the programs from the object build.rs made, verified and
 //! pinned, with the maps a previous daemon pinned reused; then the
-//! datapath's configuration and the return path on the server end.
+//! datapath's configuration and the return path on the entry end.
 use std::{
     fs,
     path::Path,
@@ -18,16 +18,24 @@ use tracing::info;
 
 use super::{
     CounterTable, Datapath, FlowTable, IdentityPlan, TapAttach, bpffs::ensure_bpffs,
-    map_layout::replace_incompatible_pins, netdev::ServerLink, pins::remove_pin,
+    map_layout::replace_incompatible_pins, pins::remove_pin, server_link::ServerLink,
     table_writer::TableWriter, tcx::attach_program,
 };
+
+/// The pin of the return program's TCX link on the entry end's ingress.
+const RETURN_LINK_PIN: &str = "entry-ingress";
+/// Where versions that kept the server end in the host's namespace pinned
+/// the return program's link (egress of the server end). That end is gone
+/// by the time the datapath loads (`server_link` deleted the old pair), so
+/// the link is defunct; only its pin is left to remove.
+const OLD_RETURN_LINK_PIN: &str = "server-egress";
 
 /// The object file built from metadata-ebpf by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
 
 impl Datapath {
     /// Loads the programs (reusing pinned maps if a previous daemon left
-    /// them), pins them, and attaches the return path to the server end.
+    /// them), pins them, and attaches the return path to the entry end.
     pub fn load(
         bpffs: &Path,
         identity: IdentityPlan,
@@ -128,13 +136,16 @@ impl Datapath {
             tap_attach,
             attached: imbl::OrdMap::new(),
         };
+        // The server's replies cross the veth pair from the server's
+        // namespace and arrive here, in the host's, where their taps are.
         attach_program(
             program_mut(&mut datapath.ebpf, names::SERVER_EGRESS)?,
             &datapath.links_dir,
-            server.server_ifindex,
-            TcAttachType::Egress,
-            "server-egress",
+            server.entry_ifindex,
+            TcAttachType::Ingress,
+            RETURN_LINK_PIN,
         )?;
+        remove_pin(&datapath.links_dir.join(OLD_RETURN_LINK_PIN))?;
         Ok(datapath)
     }
 }

@@ -11,7 +11,10 @@
 //!   counters; `table_writer` adds and removes the tables off the attach
 //!   path (each change of FLOWS waits for an RCU grace period).
 //! - `identity`: the identity addresses that encode a port's slot.
-//! - `netdev`: the server's veth pair and the link events of taps.
+//! - `server_netns`: the network namespace the server lives in.
+//! - `server_link`: the server's veth pair, from the host's namespace into
+//!   the server's.
+//! - `netdev`: rtnetlink handles, the link events of taps, link lookups.
 //! - `reconcile`: keeps the attached taps equal to the registered ones.
 //! - `sys`: the bpf(2) commands aya does not offer.
 //!
@@ -24,7 +27,8 @@
 //! DIR/maps/{PORTS,FLOWS,CONFIG,COUNTERS}   reused across restarts (flows survive;
 //!                                          FLOWS holds each port's flow table)
 //! DIR/progs/{tap_ingress,server_egress}    the programs of the running daemon
-//! DIR/links/server-egress                  TCX egress link on the server end
+//! DIR/links/entry-ingress                  TCX ingress link of server_egress (the
+//!                                          server's replies) on the entry end
 //! DIR/links/tap-<ifname>                   TCX ingress link on each registered tap ('.' as %2e)
 //! ```
 //! Links are pinned so the datapath keeps working while the daemon is down
@@ -32,7 +36,7 @@
 //! and only then removes them, so there is no moment without a program.
 //!
 //! With `--tap-attach tc` the taps get a tc filter instead of a TCX link
-//! (see [`tc_attach`]); the server end stays on TCX either way. Whichever
+//! (see [`tc_attach`]); the entry end stays on TCX either way. Whichever
 //! mode runs, attaching a tap removes the other mode's attachment after the
 //! new one is in place, so switching modes across a restart leaves one.
 mod attach_mode;
@@ -43,6 +47,8 @@ mod map_layout;
 pub mod netdev;
 mod pins;
 pub mod reconcile;
+pub mod server_link;
+pub mod server_netns;
 mod sys;
 mod table_writer;
 mod tables;

@@ -1,19 +1,10 @@
-//! The host devices the datapath needs, over rtnetlink: the veth pair the
-//! server sits behind, and a stream of tap appear/disappear events.
-//!
-//! Caught requests are sent out of the *entry* end of the pair and arrive on
-//! the *server* end, which holds the server's address and a route for the
-//! identity range. The server end has ARP off: replies to identity addresses
-//! never wait for neighbour resolution (the egress program rewrites the MACs
-//! anyway and sends the frame to the tap). The range is routed through one
-//! on-link next hop, so all replies share a single neighbour entry (see
-//! `IdentityPlan::next_hop`).
-use std::net::{IpAddr, Ipv4Addr};
-
+//! Network devices over rtnetlink: a request handle for a namespace, a
+//! stream of tap appear/disappear events, and the lookups the rest of the
+//! datapath shares (the server's veth pair itself is `server_link`).
 use anyhow::{Context as _, bail};
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use rtnetlink::{
-    Handle, LinkUnspec, LinkVeth, MulticastGroup, RouteMessageBuilder,
+    Handle, MulticastGroup,
     packet_core::NetlinkPayload,
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
@@ -21,35 +12,7 @@ use rtnetlink::{
     },
 };
 
-/// MTU of the veth pair: large enough that a frame from any tap (jumbo
-/// frames included) is never dropped on the way to the server. TCP segment
-/// sizes stay bounded by the guest's own MSS.
-const SERVER_LINK_MTU: u32 = 65_535;
-
-/// Names and addresses of the server's veth pair.
-#[derive(Clone, Debug)]
-pub struct ServerLinkPlan {
-    /// Holds `server_addr`; the server listens here.
-    pub server_ifname: String,
-    /// Caught packets are redirected out of this end.
-    pub entry_ifname: String,
-    pub server_addr: Ipv4Addr,
-    /// The identity range, routed to the server end...
-    pub identity_net: (Ipv4Addr, u8),
-    /// ...through this on-link gateway.
-    pub next_hop: Ipv4Addr,
-}
-
-/// The pair as it exists in the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServerLink {
-    pub server_ifindex: u32,
-    pub entry_ifindex: u32,
-    pub server_mac: [u8; 6],
-    /// False when the pair was already there (a restart): the pinned links on
-    /// it may still be in use.
-    pub created: bool,
-}
+use super::server_netns::ServerNetns;
 
 /// Opens an rtnetlink request handle whose connection runs on the current runtime.
 pub fn connect() -> anyhow::Result<Handle> {
@@ -58,114 +21,22 @@ pub fn connect() -> anyhow::Result<Handle> {
     Ok(handle)
 }
 
-/// Creates (or adopts) the veth pair, addresses it and routes the identity
-/// range to it. Idempotent: a restart finds everything in place.
-pub async fn ensure_server_link(
+/// [`connect`] for the namespace `netns`: the netlink socket is made by a
+/// thread inside it, so every request on the handle acts there, whichever
+/// thread sends it.
+pub fn connect_in(netns: &ServerNetns) -> anyhow::Result<Handle> {
+    let runtime = tokio::runtime::Handle::current();
+    netns.run(move || {
+        let _entered = runtime.enter();
+        connect()
+    })?
+}
+
+/// The link named `name` in the namespace `handle` talks to.
+pub(super) async fn link_by_name(
     handle: &Handle,
-    plan: &ServerLinkPlan,
-) -> anyhow::Result<ServerLink> {
-    let mut created = false;
-    if link_by_name(handle, &plan.server_ifname).await?.is_none() {
-        if link_by_name(handle, &plan.entry_ifname).await?.is_some() {
-            bail!(
-                "interface {} exists without its peer {}; delete it or choose other names",
-                plan.entry_ifname,
-                plan.server_ifname
-            );
-        }
-        handle
-            .link()
-            .add(LinkVeth::new(&plan.server_ifname, &plan.entry_ifname).build())
-            .execute()
-            .await
-            .with_context(|| {
-                format!(
-                    "creating veth pair {}/{}",
-                    plan.server_ifname, plan.entry_ifname
-                )
-            })?;
-        created = true;
-    }
-    let server = link_by_name(handle, &plan.server_ifname)
-        .await?
-        .with_context(|| format!("{} vanished", plan.server_ifname))?;
-    let entry = link_by_name(handle, &plan.entry_ifname)
-        .await?
-        .with_context(|| {
-            format!(
-                "{} is not the peer of {}",
-                plan.entry_ifname, plan.server_ifname
-            )
-        })?;
-
-    // No IPv6 chatter (router solicitations, DAD) on a pair that only carries
-    // redirected IPv4. Best effort: IPv6 may be disabled on the host.
-    for ifname in [&plan.server_ifname, &plan.entry_ifname] {
-        let _ = std::fs::write(
-            format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
-            "1",
-        );
-    }
-    for (index, arp) in [(server.header.index, false), (entry.header.index, true)] {
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .mtu(SERVER_LINK_MTU)
-                    .arp(arp)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .with_context(|| format!("configuring interface index {index}"))?;
-    }
-    handle
-        .address()
-        .add(server.header.index, IpAddr::V4(plan.server_addr), 32)
-        .replace()
-        .execute()
-        .await
-        .with_context(|| format!("adding {} to {}", plan.server_addr, plan.server_ifname))?;
-    let (net, prefix) = plan.identity_net;
-    handle
-        .route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(net, prefix)
-                .output_interface(server.header.index)
-                .gateway(plan.next_hop)
-                .onlink()
-                .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .with_context(|| {
-            format!(
-                "routing {net}/{prefix} via {} to {}",
-                plan.next_hop, plan.server_ifname
-            )
-        })?;
-
-    Ok(ServerLink {
-        server_ifindex: server.header.index,
-        entry_ifindex: entry.header.index,
-        server_mac: mac_of(&server)
-            .with_context(|| format!("{} has no MAC", plan.server_ifname))?,
-        created,
-    })
-}
-
-/// Deletes the veth pair (its address and route go with it).
-pub async fn delete_server_link(handle: &Handle, server_ifname: &str) -> anyhow::Result<()> {
-    if let Some(link) = link_by_name(handle, server_ifname).await? {
-        handle.link().del(link.header.index).execute().await?;
-    }
-    Ok(())
-}
-
-async fn link_by_name(handle: &Handle, name: &str) -> anyhow::Result<Option<LinkMessage>> {
+    name: &str,
+) -> anyhow::Result<Option<LinkMessage>> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(link) => Ok(link),
@@ -175,7 +46,7 @@ async fn link_by_name(handle: &Handle, name: &str) -> anyhow::Result<Option<Link
     }
 }
 
-fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
+pub(super) fn mac_of(link: &LinkMessage) -> Option<[u8; 6]> {
     link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::Address(mac) => mac.as_slice().try_into().ok(),
         _ => None,

@@ -179,6 +179,11 @@ impl FlowTable {
         self.writer.remove(stale);
     }
 
+    /// The port slot an identity address encodes (None for any other).
+    pub fn slot(&self, addr: Ipv4Addr) -> Option<u32> {
+        self.identity.slot_of(addr)
+    }
+
     /// Resolves the peer of an accepted connection. None when the peer is not
     /// an identity address or the datapath has no flow for it (the connection
     /// did not come through a tap).

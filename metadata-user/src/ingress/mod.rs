@@ -1,8 +1,10 @@
 //! Who is asking: the two ways a guest's request comes in, and what one
 //! guest may take before it is answered.
 //!
-//! - `server`: the TCP server behind the datapath; the flow map says which
-//!   port a connection came through (`FlowLookup`, implemented in serve.rs).
+//! - `server`: the TCP server behind the datapath, a thread per core; the
+//!   identity address says which port a connection came through, the flow
+//!   map the guest's own address when needed (`FlowLookup`, implemented in
+//!   serve.rs).
 //! - `neutron_agent`: neutron-metadata-agent's unix socket, for the haproxy
 //!   proxies in router and DHCP namespaces; their headers say which port.
 //! - `conn`: the connection's socket (the IMDSv2 hop limit as IP TTL).

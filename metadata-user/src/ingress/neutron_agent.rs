@@ -194,7 +194,10 @@ async fn handle(
     strip_proxy_headers(request.headers_mut());
     match identified {
         Ok((port, guest_addr)) => {
-            let guest = Guest { port, guest_addr };
+            let guest = Guest {
+                port,
+                guest_addr: Some(guest_addr),
+            };
             // No socket of ours reaches the guest (haproxy is in between),
             // so the reply's IP TTL has nothing to apply to here.
             dispatch(guest, request).await.response
@@ -270,6 +273,7 @@ mod tests {
                 project_id: Some("p".into()),
             },
             slot,
+            source: Default::default(),
         })
     }
 
@@ -489,6 +493,7 @@ mod socket_tests {
                 project_id: Some(PROJECT.into()),
             },
             slot,
+            source: Default::default(),
         })
     }
 

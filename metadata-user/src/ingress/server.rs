@@ -1,12 +1,30 @@
 //! Accepts guest connections on the server address and identifies each one
-//! from its peer address through the datapath's flow map, then hands its
-//! requests to the backend. A connection that did not come through a
-//! registered tap has no flow and is closed without a word.
+//! by its peer address, then hands its requests to the backend.
+//!
+//! Identity: the datapath rewrites every guest's source to its port's
+//! identity address (240.1.0.0/16 by default, slot N at offset N), so the
+//! peer address alone names the port. Nothing else can open a connection
+//! from such an address: the server's replies to the identity range leave
+//! only through the datapath's egress program on the server link, which
+//! drops every segment that belongs to no flow the tap program recorded
+//! (`dropped_no_flow`), so a handshake from a forged identity address never
+//! completes and is never accepted. The flow map is read (one bpf() call)
+//! only when an answer needs the guest's own address
+//! (`Responder::needs_guest_addr`); a connection whose flow is gone by then
+//! is closed without a word, as one from outside the identity range is.
+//!
+//! Shape: one thread per core, each with a current-thread runtime and a
+//! listener of its own on the same address (SO_REUSEPORT): the kernel
+//! spreads connections over them, and a connection is served start to end
+//! on the thread that accepted it, with no hand-over between threads.
 use std::{
     convert::Infallible,
+    io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -15,7 +33,11 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use tracing::{debug, warn};
 
 use super::{conn::ConnHandle, dispatch::Dispatcher, limits::ConnectionLimiter};
@@ -28,21 +50,23 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// How long in-flight requests get to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Accept queue length asked for, per listener (the kernel caps it at
+/// net.core.somaxconn, 4096 by default). Every guest of the host connects
+/// to these sockets: in a boot storm hundreds of handshakes complete at
+/// once, and a full queue drops them, costing each guest a 1 s SYN
+/// retransmit. The default backlog of tokio's `TcpListener::bind` (mio's,
+/// 128) overflowed with 500 guests in `cargo xtask bench`.
+const LISTEN_BACKLOG: u32 = 65_535;
 
-/// What the server needs from the datapath: who is behind a connection's
-/// peer address (serve.rs implements it for the flow map).
+/// What the server needs from the datapath (serve.rs implements it for the
+/// flow map).
 pub trait FlowLookup: Send + Sync {
-    /// None when the peer did not come through a registered tap.
-    fn origin(&self, peer: SocketAddrV4) -> Option<Origin>;
-}
-
-/// Where an accepted connection came from, as the datapath recorded it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Origin {
-    /// The port slot the peer address encodes.
-    pub slot: u32,
-    /// The guest's own address, before the datapath rewrote it.
-    pub guest_addr: Ipv4Addr,
+    /// The port slot an identity address encodes; None for any other
+    /// address. Arithmetic only.
+    fn slot(&self, peer: Ipv4Addr) -> Option<u32>;
+    /// The guest's own address behind `peer`, as the datapath recorded it
+    /// (a flow map lookup); None when it has no flow for `peer`.
+    fn guest_addr(&self, peer: SocketAddrV4) -> Option<Ipv4Addr>;
 }
 
 pub struct GuestServer {
@@ -52,23 +76,80 @@ pub struct GuestServer {
     pub connections: Arc<ConnectionLimiter>,
 }
 
+/// One listener per thread on `addr:port`: SO_REUSEPORT so they share the
+/// address, TCP_NODELAY so every accepted socket inherits it (answers go
+/// out whole at once; no setsockopt per connection). Bound here, before any
+/// thread starts, so that a taken address fails the daemon's start.
+pub fn listen(addr: Ipv4Addr, port: u16, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    (0..count.max(1))
+        .map(|_| {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.set_nodelay(true)?;
+            socket.bind((addr, port).into())?;
+            // Leaves the reactor of whoever calls this; each thread
+            // registers its listener with its own runtime.
+            socket.listen(LISTEN_BACKLOG)?.into_std()
+        })
+        .collect()
+}
+
 impl GuestServer {
-    /// Who is behind a connection from `peer`: the flow map gives the slot
-    /// and the guest's own address, the registry gives the port for the slot.
+    /// Who is behind a connection from `peer`: the slot from its address,
+    /// the port from the registry, the guest's own address from the
+    /// datapath when an answer may need it.
     fn identify(&self, peer: SocketAddr) -> Option<Guest> {
         let SocketAddr::V4(peer) = peer else {
             return None;
         };
-        let origin = self.flows.origin(peer)?;
-        let port = self.registry.snapshot().port_by_slot(origin.slot)?.clone();
-        Some(Guest {
-            port,
-            guest_addr: origin.guest_addr,
-        })
+        let slot = self.flows.slot(*peer.ip())?;
+        let port = self.registry.snapshot().port_by_slot(slot)?.clone();
+        let guest_addr = if self.dispatcher.responder.needs_guest_addr(&port) {
+            let Some(addr) = self.flows.guest_addr(peer) else {
+                warn!(%peer, "no datapath flow for connection");
+                return None;
+            };
+            Some(addr)
+        } else {
+            None
+        };
+        Some(Guest { port, guest_addr })
     }
 
-    /// Serves until `shutdown` flips to true, then drains open connections.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    /// Serves on one thread per listener until `shutdown` flips to true,
+    /// then drains; the returned handles end when their thread is done.
+    pub fn run_threads(
+        self: Arc<Self>,
+        listeners: Vec<std::net::TcpListener>,
+        shutdown: watch::Receiver<bool>,
+    ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+        listeners
+            .into_iter()
+            .enumerate()
+            .map(|(index, listener)| {
+                let server = self.clone();
+                let shutdown = shutdown.clone();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                std::thread::Builder::new()
+                    .name(format!("guest-server-{index}"))
+                    .spawn(move || {
+                        runtime.block_on(async move {
+                            match TcpListener::from_std(listener) {
+                                Ok(listener) => server.run(listener, shutdown).await,
+                                Err(err) => warn!("guest listener {index}: {err}"),
+                            }
+                        });
+                    })
+            })
+            .collect()
+    }
+
+    /// Serves one listener until `shutdown` flips to true, then drains the
+    /// connections it accepted.
+    async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         let graceful = GracefulShutdown::new();
         loop {
             let (stream, peer) = tokio::select! {
@@ -91,7 +172,6 @@ impl GuestServer {
                 debug!(%peer, slot = guest.port.slot, "too many open connections for this port, closed");
                 continue;
             };
-            let _ = stream.set_nodelay(true);
             let conn = Arc::new(ConnHandle::new(stream.as_raw_fd()));
             let server = self.clone();
             let service = service_fn(move |request| {
@@ -108,9 +188,15 @@ impl GuestServer {
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
+                // A guest may shut down its sending side once its request
+                // is out (`printf ... | nc`, as minimal images fetch): that
+                // is not the end of the connection, and the answer must
+                // still go out. Without this, hyper drops the request when
+                // it sees the EOF before the answer is ready.
+                .half_close(true)
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_REQUEST_HEAD)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(CloseOnDrop(stream)), service);
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
@@ -126,5 +212,77 @@ impl GuestServer {
         {
             warn!("some guest connections were still open after {DRAIN_TIMEOUT:?}; closing them");
         }
+    }
+}
+
+/// A guest connection whose end is its close: hyper shuts the write side
+/// down before it lets go of a connection, which costs a shutdown(2) right
+/// before the close(2) that sends the same FIN (or the same RST, when the
+/// guest left data unread).
+struct CloseOnDrop(TcpStream);
+
+impl AsyncRead for CloseOnDrop {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CloseOnDrop {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets inherit TCP_NODELAY from the listener, so the
+    /// server sets it once per listener instead of once per connection.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        let listeners = listen(Ipv4Addr::LOCALHOST, 0, 1).unwrap();
+        let listener = TcpListener::from_std(listeners.into_iter().next().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
+
+    /// Several listeners share one address (SO_REUSEPORT).
+    #[tokio::test]
+    async fn listeners_share_the_address() {
+        let first = listen(Ipv4Addr::LOCALHOST, 0, 1).unwrap();
+        let port = first[0].local_addr().unwrap().port();
+        let more = listen(Ipv4Addr::LOCALHOST, port, 2).unwrap();
+        assert_eq!(more.len(), 2);
     }
 }

@@ -80,11 +80,23 @@ pub struct Ec2 {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Imds {
+    /// Sessions on the EC2 tree.
     #[serde(default)]
     pub tokens: TokenMode,
-    /// IP TTL of the token response, 1..=64.
+    /// IP TTL of the token response (and of every answer when `openstack`
+    /// is required), 1..=64.
     #[serde(default = "default_hop_limit")]
     pub hop_limit: u8,
+    /// Sessions on the OpenStack tree. `optional` (the default) is nova's
+    /// behaviour: no token needed, none checked (cloud-init's OpenStack
+    /// datasource sends none). `required` asks for a token there too and
+    /// sends every answer of the instance, either tree, with IP TTL
+    /// `hop_limit`, so that nothing routed behind the guest (a container, a
+    /// nested VM, an SSRF through NAT) reads user data, meta_data.json or the
+    /// password. It needs `tokens = "required"`: otherwise the EC2 tree
+    /// would stay open without one.
+    #[serde(default, skip_serializing_if = "TokenMode::is_optional")]
+    pub openstack: TokenMode,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +105,31 @@ pub enum TokenMode {
     #[default]
     Optional,
     Required,
+}
+
+impl Imds {
+    fn validate(&self) -> Result<(), FieldError> {
+        if !(1..=64).contains(&self.hop_limit) {
+            return Err(FieldError::new(
+                "imds.hop_limit",
+                format!("must be 1 to 64 (got {})", self.hop_limit),
+            ));
+        }
+        if self.openstack == TokenMode::Required && self.tokens != TokenMode::Required {
+            return Err(FieldError::new(
+                "imds.openstack",
+                "\"required\" needs imds.tokens = \"required\" too (the EC2 tree would \
+                 stay open without a token)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TokenMode {
+    pub fn is_optional(&self) -> bool {
+        *self == TokenMode::Optional
+    }
 }
 
 fn default_hop_limit() -> u8 {
@@ -165,13 +202,8 @@ impl InstanceDoc {
         if let Some(ec2) = &self.ec2 {
             ec2.validate()?;
         }
-        if let Some(imds) = &self.imds
-            && !(1..=64).contains(&imds.hop_limit)
-        {
-            return Err(FieldError::new(
-                "imds.hop_limit",
-                format!("must be 1 to 64 (got {})", imds.hop_limit),
-            ));
+        if let Some(imds) = &self.imds {
+            imds.validate()?;
         }
         Ok(())
     }
@@ -466,7 +498,8 @@ mod tests {
             doc.imds,
             Some(Imds {
                 tokens: TokenMode::Optional,
-                hop_limit: 1
+                hop_limit: 1,
+                openstack: TokenMode::Optional,
             })
         );
         let stored = serde_json::to_string(&doc).unwrap();
@@ -776,6 +809,45 @@ mod tests {
             "300",
         );
         assert!(InstanceDoc::from_json(&with("imds.hop_limit", Some(json!(64)))).is_ok());
+        assert_refused(
+            &with("imds.openstack", Some(json!("always"))),
+            "imds.openstack:",
+            "`optional` or `required`",
+        );
+    }
+
+    /// The OpenStack tree's mode: nova's (optional) unless set, stored only
+    /// when set, and `required` only together with `tokens = "required"`.
+    #[test]
+    fn imds_openstack_mode_is_checked_and_kept() {
+        let doc = InstanceDoc::from_json(&with("imds.openstack", Some(json!("required")))).unwrap();
+        let imds = doc.imds.as_ref().unwrap();
+        assert_eq!(imds.openstack, TokenMode::Required);
+        let stored = serde_json::to_value(&doc).unwrap();
+        assert_eq!(stored["imds"]["openstack"], "required");
+        assert_eq!(
+            InstanceDoc::from_json(stored.to_string().as_bytes()).unwrap(),
+            doc
+        );
+
+        let doc = InstanceDoc::from_json(&serde_json::to_vec(&full_document()).unwrap()).unwrap();
+        assert_eq!(doc.imds.as_ref().unwrap().openstack, TokenMode::Optional);
+        let stored = serde_json::to_value(&doc).unwrap();
+        assert!(stored["imds"].get("openstack").is_none(), "{stored}");
+
+        let mut open_ec2 = full_document();
+        open_ec2["imds"] = json!({"tokens": "optional", "openstack": "required"});
+        assert_refused(
+            &serde_json::to_vec(&open_ec2).unwrap(),
+            "imds.openstack:",
+            "imds.tokens = \"required\"",
+        );
+        open_ec2["imds"] = json!({"openstack": "required"});
+        assert_refused(
+            &serde_json::to_vec(&open_ec2).unwrap(),
+            "imds.openstack:",
+            "imds.tokens",
+        );
     }
 
     #[test]

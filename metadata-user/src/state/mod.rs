@@ -3,6 +3,8 @@
 //!
 //! - `instance`: the instance document and its checks.
 //! - `port`: a tap bound to an instance, and the `port add` request.
+//! - `source`: who a port or document belongs to (the operator, or a
+//!   libvirt domain that discovery found it in).
 //! - `field`: `FieldError`, the `field: reason` of every refused value.
 //! - `store`: SQLite persistence.
 //! - `registry`: validates writes, persists them, publishes snapshots that
@@ -13,8 +15,10 @@ pub mod field;
 pub mod instance;
 pub mod port;
 pub mod registry;
+pub mod source;
 pub mod store;
 
 pub use field::FieldError;
 pub use port::{Port, PortAddRequest};
-pub use registry::{PortPolicy, Registry, RegistryError, Snapshot};
+pub use registry::{DomainSync, PortPolicy, Registry, RegistryError, Snapshot, SyncProblem};
+pub use source::Source;

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    FieldError,
+    FieldError, Source,
     instance::{MAX_TEXT_BYTES, check_line},
 };
 
@@ -29,14 +29,19 @@ pub struct PortSpec {
     pub project_id: Option<String>,
 }
 
-/// A registered port: the spec plus the slot the daemon gave it. The slot is
-/// stable for the port's life (it survives restarts and tap re-creation) and
-/// is what the datapath encodes in the identity address.
+/// A registered port: the spec plus the slot the daemon gave it, and who
+/// it belongs to. The slot is stable for the port's life (it survives
+/// restarts and tap re-creation) and is what the datapath encodes in the
+/// identity address.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Port {
     #[serde(flatten)]
     pub spec: PortSpec,
     pub slot: u32,
+    /// `"source": "manual"` or `"source": "libvirt", "domain": ...,
+    /// "domain_uuid": ...`.
+    #[serde(flatten)]
+    pub source: Source,
 }
 
 /// The longest interface name Linux accepts (IFNAMSIZ - 1).
@@ -217,6 +222,34 @@ mod tests {
             err.starts_with(prefix),
             "{err:?} should start with {prefix:?}"
         );
+    }
+
+    #[test]
+    fn a_port_is_flat_json_with_its_source() {
+        let spec = request().validate().unwrap();
+        let manual = Port {
+            spec: spec.clone(),
+            slot: 3,
+            source: Source::Manual,
+        };
+        let json = serde_json::to_value(&manual).unwrap();
+        assert_eq!(json["source"], "manual");
+        assert_eq!(json["ifname"], "tap0");
+        assert_eq!(json["slot"], 3);
+        assert_eq!(serde_json::from_value::<Port>(json).unwrap(), manual);
+        let discovered = Port {
+            spec,
+            slot: 4,
+            source: Source::Libvirt {
+                domain: "vm-1".into(),
+                domain_uuid: UUID.parse().unwrap(),
+            },
+        };
+        let json = serde_json::to_value(&discovered).unwrap();
+        assert_eq!(json["source"], "libvirt");
+        assert_eq!(json["domain"], "vm-1");
+        assert_eq!(json["domain_uuid"], UUID);
+        assert_eq!(serde_json::from_value::<Port>(json).unwrap(), discovered);
     }
 
     #[test]

@@ -17,10 +17,10 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use super::{
-    FieldError,
+    FieldError, Source,
     instance::{InstanceDoc, MAX_PASSWORD_BYTES},
     port::{self, MAX_SLOT, NoProject, Port, PortAddRequest, PortSpec},
-    store::{PortRow, Store},
+    store::{InstanceRow, PortRow, SourceColumns, Store, Write},
 };
 
 /// Why a write was refused. Callers branch on the kind (the admin API maps
@@ -48,6 +48,9 @@ pub enum RegistryError {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub instances: HashMap<uuid::Uuid, Arc<InstanceDoc>>,
+    /// Who each instance document belongs to, for those that came from a
+    /// domain's metadata; the others are manual.
+    pub instance_sources: HashMap<uuid::Uuid, Source>,
     /// By interface name.
     pub ports: BTreeMap<String, Arc<Port>>,
     /// The same ports by slot: the server's lookup for every connection.
@@ -63,6 +66,32 @@ impl Snapshot {
 
     pub fn instance(&self, uuid: &uuid::Uuid) -> Option<&Arc<InstanceDoc>> {
         self.instances.get(uuid)
+    }
+
+    /// Who the instance document belongs to (manual if there is none).
+    pub fn instance_source(&self, uuid: &uuid::Uuid) -> &Source {
+        static MANUAL: Source = Source::Manual;
+        self.instance_sources.get(uuid).unwrap_or(&MANUAL)
+    }
+
+    /// The domains discovery holds ports or documents for, with their
+    /// ports' taps (none for a domain that holds only its document).
+    pub fn discovered(&self) -> BTreeMap<uuid::Uuid, Vec<String>> {
+        let mut owned: BTreeMap<uuid::Uuid, Vec<String>> = self
+            .instance_sources
+            .values()
+            .filter_map(Source::domain_uuid)
+            .map(|uuid| (uuid, Vec::new()))
+            .collect();
+        for port in self.ports.values() {
+            if let Some(uuid) = port.source.domain_uuid() {
+                owned
+                    .entry(uuid)
+                    .or_default()
+                    .push(port.spec.ifname.clone());
+            }
+        }
+        owned
     }
 
     fn insert_port(&mut self, port: Arc<Port>) {
@@ -125,11 +154,62 @@ impl Snapshot {
     fn next(&self) -> Snapshot {
         Snapshot {
             instances: self.instances.clone(),
+            instance_sources: self.instance_sources.clone(),
             ports: self.ports.clone(),
             by_slot: self.by_slot.clone(),
             last_slot: self.last_slot,
         }
     }
+
+    fn insert_instance(&mut self, doc: Arc<InstanceDoc>, source: Source) {
+        if source.is_manual() {
+            self.instance_sources.remove(&doc.uuid);
+        } else {
+            self.instance_sources.insert(doc.uuid, source);
+        }
+        self.instances.insert(doc.uuid, doc);
+    }
+
+    fn remove_instance(&mut self, uuid: &uuid::Uuid) {
+        self.instances.remove(uuid);
+        self.instance_sources.remove(uuid);
+    }
+}
+
+/// What discovery wants served for one domain: [`Registry::sync_domain`].
+#[derive(Clone, Debug)]
+pub struct DomainSync {
+    /// The owner: its `domain_uuid` is the instance its ports are bound to.
+    pub source: Source,
+    /// The instance document the domain carries (`instance put`'s JSON),
+    /// if it carries one.
+    pub document: Option<Vec<u8>>,
+    /// One per tap; their `instance` is the domain's UUID.
+    pub ports: Vec<PortAddRequest>,
+}
+
+/// What [`Registry::sync_domain`] could not serve as asked, and why; the
+/// rest is served.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SyncProblem {
+    /// The tap is a manual port: left as the operator made it.
+    ManualPort {
+        ifname: String,
+        instance: uuid::Uuid,
+    },
+    /// A port request that does not validate (a bad MAC, tap name, ...).
+    InvalidPort { ifname: String, error: FieldError },
+    /// The operator put the instance by hand: the domain's document is not
+    /// used.
+    ManualInstance,
+    /// The domain's document does not validate: no document is served.
+    InvalidDocument(FieldError),
+    /// Local backend: there is no document for the domain's UUID, so its
+    /// guests get 404.
+    NoDocument,
+    /// nova backend: neither the domain nor a document names the project
+    /// nova must be told (X-Tenant-ID).
+    NoProject,
 }
 
 /// What a port must be bound to, which depends on who answers its guest.
@@ -151,6 +231,8 @@ pub struct Registry {
     secrets: Mutex<HashMap<String, [u8; 32]>>,
     /// The slot handed out last (writes happen under the store lock).
     last_slot: std::sync::atomic::AtomicU32,
+    /// See [`Registry::manual_changes`].
+    manual_changes: watch::Sender<u64>,
 }
 
 impl Registry {
@@ -171,6 +253,7 @@ impl Registry {
             last_slot: std::sync::atomic::AtomicU32::new(snapshot.highest_slot()),
             snapshot: watch::Sender::new(Arc::new(snapshot)),
             secrets: Mutex::new(HashMap::new()),
+            manual_changes: watch::Sender::new(0),
         }))
     }
 
@@ -186,12 +269,13 @@ impl Registry {
     /// Creates or replaces an instance from its JSON document.
     pub fn put_instance(&self, json: &[u8]) -> Result<Arc<InstanceDoc>, RegistryError> {
         let doc = Arc::new(InstanceDoc::from_json(json)?);
-        let stored = serde_json::to_string(&*doc).context("serializing the instance")?;
         let mut store = self.lock_store();
-        store.put_instance(&doc.uuid.to_string(), &stored)?;
         let mut next = self.snapshot().next();
-        next.instances.insert(doc.uuid, Arc::clone(&doc));
+        refuse_discovered_instance(&next, &doc.uuid)?;
+        store.put_instance(instance_row(&doc, &Source::Manual)?)?;
+        next.insert_instance(Arc::clone(&doc), Source::Manual);
         self.publish(next);
+        self.bump_manual_changes();
         Ok(doc)
     }
 
@@ -200,13 +284,26 @@ impl Registry {
     pub fn delete_instance(&self, uuid: &str) -> Result<(), RegistryError> {
         let uuid = port::parse_uuid("uuid", uuid)?;
         let mut store = self.lock_store();
+        let mut next = self.snapshot().next();
+        refuse_discovered_instance(&next, &uuid)?;
         if !store.delete_instance(&uuid.to_string())? {
             return Err(RegistryError::NotFound(format!("no instance {uuid}")));
         }
-        let mut next = self.snapshot().next();
-        next.instances.remove(&uuid);
+        next.remove_instance(&uuid);
         self.publish(next);
+        self.bump_manual_changes();
         Ok(())
+    }
+
+    /// Counts the operator's changes that may let discovery serve what it
+    /// had to leave alone (a manual port or document removed, a document
+    /// put for a domain that had none): discovery looks again on each.
+    pub fn manual_changes(&self) -> watch::Receiver<u64> {
+        self.manual_changes.subscribe()
+    }
+
+    fn bump_manual_changes(&self) {
+        self.manual_changes.send_modify(|count| *count += 1);
     }
 
     /// Registers a port, or replaces the spec of the port with that ifname
@@ -233,41 +330,251 @@ impl Registry {
             PortPolicy::LocalInstance => {}
         }
         let slot = match current.ports.get(&spec.ifname) {
+            Some(existing) if !existing.source.is_manual() => {
+                return Err(RegistryError::Conflict(format!(
+                    "--ifname: {} is the tap of {}: its port follows the domain \
+                     (serve --discover), not port add",
+                    spec.ifname,
+                    existing.source.owner()
+                )));
+            }
             Some(existing) => existing.slot,
-            None => current
-                .free_slot(self.last_slot.load(Ordering::Relaxed))
-                .ok_or_else(|| {
-                    RegistryError::Conflict(format!(
-                        "--ifname: no free slot, all {MAX_SLOT} slots are taken"
-                    ))
-                })?,
+            None => self.free_slot(&current)?,
         };
-        let port = Arc::new(Port { spec, slot });
-        store.put_port(&PortRow {
-            ifname: port.spec.ifname.clone(),
+        let port = Arc::new(Port {
+            spec,
             slot,
-            spec: serde_json::to_string(&port.spec).context("serializing the port")?,
-        })?;
+            source: Source::Manual,
+        });
+        store.put_port(port_row(&port)?)?;
         self.last_slot.store(slot, Ordering::Relaxed);
         let mut next = current.next();
         next.remove_port(&port.spec.ifname);
         next.insert_port(Arc::clone(&port));
-        next.last_slot = slot;
         self.publish(next);
         Ok(port)
     }
 
-    /// Unregisters a port; its slot becomes free for the next one.
+    /// Unregisters a manual port; its slot becomes free for the next one.
     pub fn delete_port(&self, ifname: &str) -> Result<Arc<Port>, RegistryError> {
         port::check_ifname(ifname)?;
         let mut store = self.lock_store();
         let mut next = self.snapshot().next();
+        if let Some(port) = next.ports.get(ifname)
+            && !port.source.is_manual()
+        {
+            return Err(RegistryError::Conflict(format!(
+                "--ifname: {ifname} is the tap of {}: its port goes when the domain \
+                 stops or the NIC is unplugged",
+                port.source.owner()
+            )));
+        }
         let port = next
             .remove_port(ifname)
             .ok_or_else(|| RegistryError::NotFound(format!("--ifname: no port {ifname}")))?;
         store.delete_port(ifname)?;
         self.publish(next);
+        self.bump_manual_changes();
         Ok(port)
+    }
+
+    /// Makes what discovery serves for one domain exactly `sync`: its ports
+    /// (added, changed in place keeping their slots, removed), and its
+    /// instance document. Never touches what the operator made: a manual
+    /// port on one of its taps, or a manual document for its UUID, stays
+    /// and is reported. Writes nothing, and publishes nothing, when all is
+    /// already so. `Ok` lists what is not served as asked.
+    pub fn sync_domain(&self, sync: DomainSync) -> Result<Vec<SyncProblem>, RegistryError> {
+        let uuid = sync.source.domain_uuid().ok_or_else(|| {
+            RegistryError::Internal(anyhow::anyhow!("sync_domain needs a domain's source"))
+        })?;
+        let mut store = self.lock_store();
+        let current = self.snapshot();
+        let mut next = current.next();
+        let mut writes = Vec::new();
+        let mut problems = Vec::new();
+
+        // The document first: the ports' project may come from it.
+        let manual_document =
+            current.instance(&uuid).is_some() && current.instance_source(&uuid).is_manual();
+        let wanted_document = match sync.document.as_deref() {
+            None => None,
+            Some(_) if manual_document => {
+                problems.push(SyncProblem::ManualInstance);
+                None
+            }
+            Some(json) => match InstanceDoc::from_json(json) {
+                Ok(doc) if doc.uuid == uuid => Some(doc),
+                Ok(doc) => {
+                    problems.push(SyncProblem::InvalidDocument(FieldError::new(
+                        "uuid",
+                        format!("{} is not the domain's ({uuid})", doc.uuid),
+                    )));
+                    None
+                }
+                Err(err) => {
+                    problems.push(SyncProblem::InvalidDocument(err));
+                    None
+                }
+            },
+        };
+        if !manual_document {
+            match wanted_document {
+                Some(doc) => {
+                    let unchanged = current.instance(&uuid).is_some_and(|old| **old == doc)
+                        && current.instance_source(&uuid) == &sync.source;
+                    if !unchanged {
+                        let doc = Arc::new(doc);
+                        writes.push(Write::PutInstance(instance_row(&doc, &sync.source)?));
+                        next.insert_instance(doc, sync.source.clone());
+                    }
+                }
+                None if current.instance(&uuid).is_some() => {
+                    writes.push(Write::DeleteInstance(uuid.to_string()));
+                    next.remove_instance(&uuid);
+                }
+                None => {}
+            }
+        }
+        let instance = next.instance(&uuid).cloned();
+
+        // Then the ports.
+        let mut wanted_taps = Vec::new();
+        let mut no_project = false;
+        for request in sync.ports {
+            let ifname = request.ifname.clone();
+            let spec = match request.validate() {
+                Ok(spec) if spec.instance == uuid => spec,
+                Ok(spec) => {
+                    problems.push(SyncProblem::InvalidPort {
+                        ifname,
+                        error: FieldError::new(
+                            "--instance",
+                            format!("{} is not the domain's ({uuid})", spec.instance),
+                        ),
+                    });
+                    continue;
+                }
+                Err(error) => {
+                    problems.push(SyncProblem::InvalidPort { ifname, error });
+                    continue;
+                }
+            };
+            if self.policy == PortPolicy::NovaProject
+                && port::project_for_port(
+                    &uuid,
+                    spec.project_id.as_deref(),
+                    instance.as_ref().and_then(|i| i.project_id.as_deref()),
+                )
+                .is_err()
+            {
+                no_project = true;
+            }
+            wanted_taps.push(spec.ifname.clone());
+            let slot = match next.ports.get(&spec.ifname) {
+                Some(existing) if existing.source.is_manual() => {
+                    problems.push(SyncProblem::ManualPort {
+                        ifname: spec.ifname.clone(),
+                        instance: existing.spec.instance,
+                    });
+                    continue;
+                }
+                Some(existing) if existing.source.domain_uuid() == Some(uuid) => {
+                    if existing.spec == spec && existing.source == sync.source {
+                        continue;
+                    }
+                    existing.slot
+                }
+                // Another domain's tap once (it stopped while nobody
+                // watched): a new port, on a new slot.
+                Some(_) => {
+                    next.remove_port(&spec.ifname);
+                    self.free_slot(&next)?
+                }
+                None => self.free_slot(&next)?,
+            };
+            let port = Arc::new(Port {
+                spec,
+                slot,
+                source: sync.source.clone(),
+            });
+            writes.push(Write::PutPort(port_row(&port)?));
+            self.last_slot.store(slot, Ordering::Relaxed);
+            next.remove_port(&port.spec.ifname);
+            next.insert_port(port);
+        }
+        let gone: Vec<String> = next
+            .ports
+            .values()
+            .filter(|port| {
+                port.source.domain_uuid() == Some(uuid) && !wanted_taps.contains(&port.spec.ifname)
+            })
+            .map(|port| port.spec.ifname.clone())
+            .collect();
+        for ifname in gone {
+            next.remove_port(&ifname);
+            writes.push(Write::DeletePort(ifname));
+        }
+
+        match self.policy {
+            // An invalid document already says why there is none.
+            PortPolicy::LocalInstance
+                if instance.is_none()
+                    && !problems
+                        .iter()
+                        .any(|p| matches!(p, SyncProblem::InvalidDocument(_))) =>
+            {
+                problems.push(SyncProblem::NoDocument);
+            }
+            PortPolicy::NovaProject if no_project => problems.push(SyncProblem::NoProject),
+            _ => {}
+        }
+        if !writes.is_empty() {
+            store.apply(writes)?;
+            self.publish(next);
+        }
+        Ok(problems)
+    }
+
+    /// Removes every port and the document discovery holds for the domain
+    /// `uuid` (it stopped, or went away); their slots become free. True if
+    /// there was anything.
+    pub fn remove_domain(&self, uuid: &uuid::Uuid) -> Result<bool, RegistryError> {
+        let mut store = self.lock_store();
+        let current = self.snapshot();
+        let mut next = current.next();
+        let mut writes = Vec::new();
+        if current
+            .instance_source(uuid)
+            .domain_uuid()
+            .is_some_and(|owner| owner == *uuid)
+        {
+            writes.push(Write::DeleteInstance(uuid.to_string()));
+            next.remove_instance(uuid);
+        }
+        for port in current.ports.values() {
+            if port.source.domain_uuid() == Some(*uuid) {
+                writes.push(Write::DeletePort(port.spec.ifname.clone()));
+                next.remove_port(&port.spec.ifname);
+            }
+        }
+        if writes.is_empty() {
+            return Ok(false);
+        }
+        store.apply(writes)?;
+        self.publish(next);
+        Ok(true)
+    }
+
+    /// The first free slot after the last one handed out.
+    fn free_slot(&self, snapshot: &Snapshot) -> Result<u32, RegistryError> {
+        snapshot
+            .free_slot(self.last_slot.load(Ordering::Relaxed))
+            .ok_or_else(|| {
+                RegistryError::Conflict(format!(
+                    "--ifname: no free slot, all {MAX_SLOT} slots are taken"
+                ))
+            })
     }
 
     /// The password the guest posted, if any. A store failure reads as "none"
@@ -337,24 +644,73 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn publish(&self, next: Snapshot) {
+    fn publish(&self, mut next: Snapshot) {
+        // Where the next slot is looked for, whichever path allocated last.
+        next.last_slot = self.last_slot.load(Ordering::Relaxed);
         self.snapshot.send_replace(Arc::new(next));
     }
 }
 
+/// Refuses an operator's change to an instance document that came from a
+/// domain's metadata.
+fn refuse_discovered_instance(snapshot: &Snapshot, uuid: &uuid::Uuid) -> Result<(), RegistryError> {
+    let source = snapshot.instance_source(uuid);
+    if source.is_manual() {
+        return Ok(());
+    }
+    Err(RegistryError::Conflict(format!(
+        "instance {uuid} is the document in the metadata of {}: change it there \
+         (virsh metadata), not with the instance commands",
+        source.owner()
+    )))
+}
+
+fn source_columns(source: &Source) -> SourceColumns {
+    let (kind, domain, domain_uuid) = source.to_columns();
+    SourceColumns {
+        kind: kind.into(),
+        domain,
+        domain_uuid,
+    }
+}
+
+fn port_row(port: &Port) -> anyhow::Result<PortRow> {
+    Ok(PortRow {
+        ifname: port.spec.ifname.clone(),
+        slot: port.slot,
+        spec: serde_json::to_string(&port.spec).context("serializing the port")?,
+        source: source_columns(&port.source),
+    })
+}
+
+fn instance_row(doc: &InstanceDoc, source: &Source) -> anyhow::Result<InstanceRow> {
+    Ok(InstanceRow {
+        uuid: doc.uuid.to_string(),
+        doc: serde_json::to_string(doc).context("serializing the instance")?,
+        source: source_columns(source),
+    })
+}
+
 fn load(store: &Store) -> anyhow::Result<Snapshot> {
     let mut snapshot = Snapshot::default();
-    for (uuid, doc) in store.instances()? {
-        let doc: InstanceDoc = serde_json::from_str(&doc)
-            .with_context(|| format!("state.db: instance {uuid} does not parse"))?;
-        snapshot.instances.insert(doc.uuid, Arc::new(doc));
+    for row in store.instances()? {
+        let doc: InstanceDoc = serde_json::from_str(&row.doc)
+            .with_context(|| format!("state.db: instance {} does not parse", row.uuid))?;
+        let source =
+            Source::from_columns(&row.source.kind, row.source.domain, row.source.domain_uuid)
+                .with_context(|| format!("state.db: instance {}", row.uuid))?;
+        snapshot.insert_instance(Arc::new(doc), source);
     }
     for row in store.ports()? {
         let spec: PortSpec = serde_json::from_str(&row.spec)
             .with_context(|| format!("state.db: port {} does not parse", row.ifname))?;
+        let source =
+            Source::from_columns(&row.source.kind, row.source.domain, row.source.domain_uuid)
+                .with_context(|| format!("state.db: port {}", row.ifname))?;
         snapshot.insert_port(Arc::new(Port {
             spec,
             slot: row.slot,
+            source,
         }));
     }
     Ok(snapshot)
@@ -673,7 +1029,11 @@ mod tests {
         for slot in 2..=MAX_SLOT {
             let mut spec = template.spec.clone();
             spec.ifname = format!("t{slot}");
-            full.insert_port(Arc::new(Port { spec, slot }));
+            full.insert_port(Arc::new(Port {
+                spec,
+                slot,
+                source: Source::Manual,
+            }));
         }
         registry.publish(full);
         assert_refused_without_change(
@@ -787,6 +1147,242 @@ mod tests {
         let registry = Registry::open(tmp.path()).unwrap();
         assert_eq!(registry.secret("imds-token").unwrap(), token_key);
         assert_eq!(registry.secret("other").unwrap(), other);
+    }
+
+    fn libvirt(uuid: &str, name: &str) -> Source {
+        Source::Libvirt {
+            domain: name.into(),
+            domain_uuid: uuid.parse().unwrap(),
+        }
+    }
+
+    fn sync(uuid: &str, document: Option<&str>, taps: &[&str]) -> DomainSync {
+        DomainSync {
+            source: libvirt(uuid, "dom"),
+            document: document.map(|d| d.as_bytes().to_vec()),
+            ports: taps
+                .iter()
+                .map(|tap| PortAddRequest {
+                    mac: Some("fa:16:3e:00:00:01".into()),
+                    ..port(tap, uuid)
+                })
+                .collect(),
+        }
+    }
+
+    fn doc_text(uuid: &str, name: &str) -> String {
+        json!({"uuid": uuid, "name": name, "project_id": "p"}).to_string()
+    }
+
+    #[test]
+    fn a_domain_is_synced_in_place_and_removed_with_its_document() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        let problems = registry
+            .sync_domain(sync(A, Some(&doc_text(A, "a")), &["tap0", "tap1"]))
+            .unwrap();
+        assert_eq!(problems, []);
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.ports["tap0"].source, libvirt(A, "dom"));
+        assert_eq!(snapshot.instance(&uuid(A)).unwrap().name, "a");
+        assert_eq!(snapshot.instance_source(&uuid(A)), &libvirt(A, "dom"));
+        assert_eq!(snapshot.discovered()[&uuid(A)], ["tap0", "tap1"]);
+        let slot0 = snapshot.ports["tap0"].slot;
+
+        // The same again writes and publishes nothing.
+        let before = dump(tmp.path());
+        registry
+            .sync_domain(sync(A, Some(&doc_text(A, "a")), &["tap0", "tap1"]))
+            .unwrap();
+        assert!(Arc::ptr_eq(&registry.snapshot(), &snapshot));
+        assert_eq!(dump(tmp.path()), before);
+
+        // A NIC unplugged, the document changed: tap0 keeps its slot.
+        registry
+            .sync_domain(sync(A, Some(&doc_text(A, "renamed")), &["tap0"]))
+            .unwrap();
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.ports.len(), 1);
+        assert_eq!(snapshot.ports["tap0"].slot, slot0);
+        assert_eq!(snapshot.instance(&uuid(A)).unwrap().name, "renamed");
+
+        // It survives a restart as it was.
+        drop(registry);
+        let registry = Registry::open(tmp.path()).unwrap();
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.ports["tap0"].source, libvirt(A, "dom"));
+        assert_eq!(snapshot.instance_source(&uuid(A)), &libvirt(A, "dom"));
+
+        assert!(registry.remove_domain(&uuid(A)).unwrap());
+        assert!(!registry.remove_domain(&uuid(A)).unwrap());
+        let snapshot = registry.snapshot();
+        assert!(snapshot.ports.is_empty());
+        assert!(snapshot.instances.is_empty());
+        assert!(snapshot.discovered().is_empty());
+    }
+
+    #[test]
+    fn discovery_leaves_manual_ports_and_documents_alone() {
+        let (_tmp, registry) = populated();
+        // tap0 is a manual port on A, and A's document is manual.
+        let problems = registry
+            .sync_domain(sync(
+                A,
+                Some(&doc_text(A, "from-domain")),
+                &["tap0", "tap9"],
+            ))
+            .unwrap();
+        assert_eq!(
+            problems,
+            [
+                SyncProblem::ManualInstance,
+                SyncProblem::ManualPort {
+                    ifname: "tap0".into(),
+                    instance: uuid(A)
+                }
+            ]
+        );
+        let snapshot = registry.snapshot();
+        assert!(snapshot.ports["tap0"].source.is_manual());
+        assert_eq!(snapshot.instance(&uuid(A)).unwrap().name, "a");
+        assert!(snapshot.instance_source(&uuid(A)).is_manual());
+        assert_eq!(snapshot.ports["tap9"].source, libvirt(A, "dom"));
+        // Removing the domain takes only what discovery made.
+        registry.remove_domain(&uuid(A)).unwrap();
+        let snapshot = registry.snapshot();
+        assert!(snapshot.ports.contains_key("tap0"));
+        assert!(!snapshot.ports.contains_key("tap9"));
+        assert!(snapshot.instance(&uuid(A)).is_some());
+    }
+
+    #[test]
+    fn the_operator_cannot_change_what_discovery_owns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        registry
+            .sync_domain(sync(B, Some(&doc_text(B, "b")), &["tapb"]))
+            .unwrap();
+        registry.put_instance(&doc(A, "a")).unwrap();
+        let conflict = |e: &RegistryError| matches!(e, RegistryError::Conflict(_));
+        let owner = format!("libvirt domain dom ({B})");
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.add_port(port("tapb", A)),
+            conflict,
+            &format!("--ifname: tapb is the tap of {owner}"),
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_port("tapb"),
+            conflict,
+            &format!("--ifname: tapb is the tap of {owner}"),
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.put_instance(&doc(B, "b2")),
+            conflict,
+            &format!("instance {B} is the document in the metadata of {owner}"),
+        );
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.delete_instance(B),
+            conflict,
+            &format!("instance {B} is the document in the metadata of {owner}"),
+        );
+    }
+
+    #[test]
+    fn what_is_missing_is_reported_and_the_taps_still_registered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        // Local backend: no document means 404 for its guests.
+        assert_eq!(
+            registry.sync_domain(sync(A, None, &["tap0"])).unwrap(),
+            [SyncProblem::NoDocument]
+        );
+        assert!(registry.snapshot().ports.contains_key("tap0"));
+        // A document that does not validate is not stored; its error is
+        // the one reported.
+        let problems = registry
+            .sync_domain(sync(A, Some(r#"{"uuid": "x"}"#), &["tap0"]))
+            .unwrap();
+        assert!(
+            matches!(&problems[..], [SyncProblem::InvalidDocument(err)] if err.field == "uuid"),
+            "{problems:?}"
+        );
+        let problems = registry
+            .sync_domain(sync(A, Some(&doc_text(B, "other")), &["tap0"]))
+            .unwrap();
+        assert!(
+            matches!(&problems[..], [SyncProblem::InvalidDocument(err)] if err.reason.contains("not the domain's")),
+            "{problems:?}"
+        );
+        assert!(registry.snapshot().instances.is_empty());
+        // A document that was served and is then removed from the domain
+        // goes from the store too.
+        registry
+            .sync_domain(sync(A, Some(&doc_text(A, "a")), &["tap0"]))
+            .unwrap();
+        assert!(registry.snapshot().instance(&uuid(A)).is_some());
+        registry.sync_domain(sync(A, None, &["tap0"])).unwrap();
+        assert!(registry.snapshot().instance(&uuid(A)).is_none());
+        // A bad port is reported, the others are served.
+        let mut bad = sync(A, Some(&doc_text(A, "a")), &["tap0", "tap1"]);
+        bad.ports[1].mac = Some("01:00:00:00:00:01".into());
+        let problems = registry.sync_domain(bad).unwrap();
+        assert!(
+            matches!(&problems[..], [SyncProblem::InvalidPort { ifname, .. }] if ifname == "tap1"),
+            "{problems:?}"
+        );
+        assert_eq!(registry.snapshot().discovered()[&uuid(A)], ["tap0"]);
+
+        // nova backend: the project is what matters, not a document.
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open_with_policy(tmp.path(), PortPolicy::NovaProject).unwrap();
+        assert_eq!(
+            registry.sync_domain(sync(A, None, &["tap0"])).unwrap(),
+            [SyncProblem::NoProject]
+        );
+        let mut with_project = sync(A, None, &["tap0"]);
+        with_project.ports[0].project_id = Some("p1".into());
+        assert_eq!(registry.sync_domain(with_project).unwrap(), []);
+        assert_eq!(
+            registry.snapshot().ports["tap0"].spec.project_id.as_deref(),
+            Some("p1")
+        );
+    }
+
+    #[test]
+    fn a_tap_another_domain_left_behind_gets_a_new_slot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = Registry::open(tmp.path()).unwrap();
+        registry.sync_domain(sync(A, None, &["tap0"])).unwrap();
+        let old = registry.snapshot().ports["tap0"].slot;
+        registry.sync_domain(sync(B, None, &["tap0"])).unwrap();
+        let snapshot = registry.snapshot();
+        let port = &snapshot.ports["tap0"];
+        assert_eq!(port.spec.instance, uuid(B));
+        assert_ne!(port.slot, old);
+        assert!(!snapshot.discovered().contains_key(&uuid(A)));
+    }
+
+    #[tokio::test]
+    async fn the_operators_changes_are_counted_for_discovery() {
+        let (_tmp, registry) = populated();
+        let mut changes = registry.manual_changes();
+        changes.borrow_and_update();
+        registry.delete_port("tap0").unwrap();
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        registry.sync_domain(sync(B, None, &["tapb"])).unwrap();
+        assert!(
+            !changes.has_changed().unwrap(),
+            "discovery's own writes do not count"
+        );
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 /// The schema this binary writes. Bump it and add a step to `MIGRATIONS`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `MIGRATIONS[n]` takes a database from version n to n + 1.
 const MIGRATIONS: &[&str] = &[
@@ -40,6 +40,17 @@ const MIGRATIONS: &[&str] = &[
          name  TEXT PRIMARY KEY NOT NULL,
          value BLOB NOT NULL
      );",
+    // 1 -> 2: who each port and instance belongs to (`serve --discover
+    // libvirt`). Every row a version 1 daemon wrote came from the admin API,
+    // so it stays `manual`.
+    "ALTER TABLE ports ADD COLUMN source TEXT NOT NULL DEFAULT 'manual'
+         CHECK (source IN ('manual', 'libvirt'));
+     ALTER TABLE ports ADD COLUMN domain TEXT;        -- the owning domain's name
+     ALTER TABLE ports ADD COLUMN domain_uuid TEXT;   -- and its UUID
+     ALTER TABLE instances ADD COLUMN source TEXT NOT NULL DEFAULT 'manual'
+         CHECK (source IN ('manual', 'libvirt'));
+     ALTER TABLE instances ADD COLUMN domain TEXT;
+     ALTER TABLE instances ADD COLUMN domain_uuid TEXT;",
 ];
 
 pub struct Store {
@@ -55,6 +66,44 @@ pub struct PortRow {
     pub ifname: String,
     pub slot: u32,
     pub spec: String,
+    pub source: SourceColumns,
+}
+
+/// One `instances` row.
+#[derive(Debug)]
+pub struct InstanceRow {
+    pub uuid: String,
+    pub doc: String,
+    pub source: SourceColumns,
+}
+
+/// The `source`, `domain` and `domain_uuid` columns of a row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceColumns {
+    pub kind: String,
+    pub domain: Option<String>,
+    pub domain_uuid: Option<String>,
+}
+
+impl SourceColumns {
+    #[cfg(test)]
+    pub fn manual() -> Self {
+        Self {
+            kind: "manual".into(),
+            domain: None,
+            domain_uuid: None,
+        }
+    }
+}
+
+/// One change of several written in one transaction ([`Store::apply`]).
+#[derive(Debug)]
+pub enum Write {
+    PutPort(PortRow),
+    DeletePort(String),
+    PutInstance(InstanceRow),
+    /// The instance and its password.
+    DeleteInstance(String),
 }
 
 impl Store {
@@ -89,60 +138,106 @@ impl Store {
         Ok(Store { conn, _lock: lock })
     }
 
-    pub fn instances(&self) -> anyhow::Result<Vec<(String, String)>> {
-        let mut stmt = self.conn.prepare("SELECT uuid, doc FROM instances")?;
-        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    pub fn instances(&self) -> anyhow::Result<Vec<InstanceRow>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT uuid, doc, source, domain, domain_uuid FROM instances")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(InstanceRow {
+                uuid: row.get(0)?,
+                doc: row.get(1)?,
+                source: source_columns(row, 2)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Creates or replaces an instance.
-    pub fn put_instance(&mut self, uuid: &str, doc: &str) -> anyhow::Result<()> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO instances (uuid, doc) VALUES (?1, ?2)
-                 ON CONFLICT (uuid) DO UPDATE SET doc = excluded.doc",
-                params![uuid, doc],
-            )?;
-            Ok(())
-        })
+    pub fn put_instance(&mut self, row: InstanceRow) -> anyhow::Result<()> {
+        self.apply(vec![Write::PutInstance(row)])
     }
 
     /// Deletes an instance and its password; false if there was none.
     pub fn delete_instance(&mut self, uuid: &str) -> anyhow::Result<bool> {
-        self.write(|tx| {
-            let deleted = tx.execute("DELETE FROM instances WHERE uuid = ?1", [uuid])?;
-            tx.execute("DELETE FROM passwords WHERE uuid = ?1", [uuid])?;
-            Ok(deleted == 1)
-        })
+        self.write(|tx| delete_instance(tx, uuid))
     }
 
     pub fn ports(&self) -> anyhow::Result<Vec<PortRow>> {
-        let mut stmt = self.conn.prepare("SELECT ifname, slot, spec FROM ports")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT ifname, slot, spec, source, domain, domain_uuid FROM ports")?;
         let rows = stmt.query_map([], |row| {
             Ok(PortRow {
                 ifname: row.get(0)?,
                 slot: row.get(1)?,
                 spec: row.get(2)?,
+                source: source_columns(row, 3)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Creates or replaces a port.
-    pub fn put_port(&mut self, row: &PortRow) -> anyhow::Result<()> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO ports (ifname, slot, spec) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (ifname) DO UPDATE SET slot = excluded.slot, spec = excluded.spec",
-                params![row.ifname, row.slot, row.spec],
-            )?;
-            Ok(())
-        })
+    pub fn put_port(&mut self, row: PortRow) -> anyhow::Result<()> {
+        self.apply(vec![Write::PutPort(row)])
     }
 
     /// False if there was no such port.
     pub fn delete_port(&mut self, ifname: &str) -> anyhow::Result<bool> {
         self.write(|tx| Ok(tx.execute("DELETE FROM ports WHERE ifname = ?1", [ifname])? == 1))
+    }
+
+    /// Makes all of `writes` in one transaction, in order: all or none.
+    pub fn apply(&mut self, writes: Vec<Write>) -> anyhow::Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            for write in &writes {
+                match write {
+                    Write::PutPort(row) => {
+                        tx.execute(
+                            "INSERT INTO ports (ifname, slot, spec, source, domain, domain_uuid)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                             ON CONFLICT (ifname) DO UPDATE SET slot = excluded.slot,
+                                 spec = excluded.spec, source = excluded.source,
+                                 domain = excluded.domain, domain_uuid = excluded.domain_uuid",
+                            params![
+                                row.ifname,
+                                row.slot,
+                                row.spec,
+                                row.source.kind,
+                                row.source.domain,
+                                row.source.domain_uuid
+                            ],
+                        )?;
+                    }
+                    Write::DeletePort(ifname) => {
+                        tx.execute("DELETE FROM ports WHERE ifname = ?1", [ifname])?;
+                    }
+                    Write::PutInstance(row) => {
+                        tx.execute(
+                            "INSERT INTO instances (uuid, doc, source, domain, domain_uuid)
+                             VALUES (?1, ?2, ?3, ?4, ?5)
+                             ON CONFLICT (uuid) DO UPDATE SET doc = excluded.doc,
+                                 source = excluded.source, domain = excluded.domain,
+                                 domain_uuid = excluded.domain_uuid",
+                            params![
+                                row.uuid,
+                                row.doc,
+                                row.source.kind,
+                                row.source.domain,
+                                row.source.domain_uuid
+                            ],
+                        )?;
+                    }
+                    Write::DeleteInstance(uuid) => {
+                        delete_instance(tx, uuid)?;
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     pub fn password(&self, uuid: &str) -> anyhow::Result<Option<String>> {
@@ -196,6 +291,21 @@ impl Store {
         tx.commit()?;
         Ok(value)
     }
+}
+
+fn delete_instance(tx: &rusqlite::Transaction<'_>, uuid: &str) -> anyhow::Result<bool> {
+    let deleted = tx.execute("DELETE FROM instances WHERE uuid = ?1", [uuid])?;
+    tx.execute("DELETE FROM passwords WHERE uuid = ?1", [uuid])?;
+    Ok(deleted == 1)
+}
+
+/// The three source columns starting at `first`.
+fn source_columns(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<SourceColumns> {
+    Ok(SourceColumns {
+        kind: row.get(first)?,
+        domain: row.get(first + 1)?,
+        domain_uuid: row.get(first + 2)?,
+    })
 }
 
 pub fn db_path(state_dir: &Path) -> PathBuf {
@@ -274,6 +384,102 @@ mod tests {
         assert_eq!(sync, 2, "synchronous=FULL");
     }
 
+    /// A database a version 1 daemon wrote: its rows stay, as manual ones.
+    #[test]
+    fn version_1_rows_become_manual() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut conn = Connection::open(db_path(tmp.path())).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.execute(
+                "INSERT INTO instances (uuid, doc) VALUES ('u', '{\"name\": \"a\"}')",
+                [],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO ports (ifname, slot, spec) VALUES ('tap0', 7, '{}')",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let mut store = Store::open(tmp.path()).unwrap();
+        let ports = store.ports().unwrap();
+        assert_eq!(
+            (ports[0].ifname.as_str(), ports[0].slot, &ports[0].source),
+            ("tap0", 7, &SourceColumns::manual())
+        );
+        let instances = store.instances().unwrap();
+        assert_eq!(instances[0].uuid, "u");
+        assert_eq!(instances[0].source, SourceColumns::manual());
+        // The new columns take what version 2 writes, and only that.
+        let libvirt = SourceColumns {
+            kind: "libvirt".into(),
+            domain: Some("vm".into()),
+            domain_uuid: Some("d".into()),
+        };
+        store
+            .put_port(PortRow {
+                ifname: "tap1".into(),
+                slot: 8,
+                spec: "{}".into(),
+                source: libvirt.clone(),
+            })
+            .unwrap();
+        assert!(
+            store
+                .put_port(PortRow {
+                    ifname: "tap2".into(),
+                    slot: 9,
+                    spec: "{}".into(),
+                    source: SourceColumns {
+                        kind: "xen".into(),
+                        ..libvirt.clone()
+                    },
+                })
+                .is_err()
+        );
+        let ports = store.ports().unwrap();
+        assert_eq!(ports.len(), 2);
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.ifname == "tap1" && p.source == libvirt)
+        );
+    }
+
+    #[test]
+    fn apply_is_all_or_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path()).unwrap();
+        let port = |ifname: &str, slot| {
+            Write::PutPort(PortRow {
+                ifname: ifname.into(),
+                slot,
+                spec: "{}".into(),
+                source: SourceColumns::manual(),
+            })
+        };
+        store.apply(vec![port("a", 1), port("b", 2)]).unwrap();
+        // The last write breaks the unique slot: none of them stays.
+        let err = store.apply(vec![
+            Write::DeletePort("a".into()),
+            port("c", 3),
+            port("d", 2),
+        ]);
+        assert!(err.is_err());
+        let mut names: Vec<String> = store
+            .ports()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.ifname)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+    }
+
     #[test]
     fn refuses_a_newer_schema() {
         let tmp = tempfile::tempdir().unwrap();
@@ -302,10 +508,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = Store::open(tmp.path()).unwrap();
         store
-            .put_port(&PortRow {
+            .put_port(PortRow {
                 ifname: "tap0".into(),
                 slot: 1,
                 spec: "{}".into(),
+                source: SourceColumns::manual(),
             })
             .unwrap();
         // The second statement fails (slot 1 is taken): the first must not stay.
@@ -326,7 +533,13 @@ mod tests {
     fn delete_instance_takes_its_password_along() {
         let tmp = tempfile::tempdir().unwrap();
         let mut store = Store::open(tmp.path()).unwrap();
-        store.put_instance("u", "{}").unwrap();
+        store
+            .put_instance(InstanceRow {
+                uuid: "u".into(),
+                doc: "{}".into(),
+                source: SourceColumns::manual(),
+            })
+            .unwrap();
         assert!(store.set_password_if_absent("u", "pw").unwrap());
         assert!(!store.set_password_if_absent("u", "other").unwrap());
         assert_eq!(store.password("u").unwrap().as_deref(), Some("pw"));

@@ -2,12 +2,11 @@
 //! rendered as nova's `base.py` does: `get_ec2_metadata` decides which keys
 //! exist for a version, `find_path_in_tree` walks the request path,
 //! `ec2_md_print` turns what it finds into text.
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use bytes::Bytes;
 
 use super::{
-    ApiContext, identity,
     paths::{EC2_VERSIONS, Ec2Version},
     response::{ApiError, Document},
     view::InstanceView,
@@ -40,7 +39,7 @@ impl Node {
 
     /// `find_path_in_tree`: only dicts can be walked into. (nova fails with
     /// a 500 when a path goes through a string or list; we answer 404.)
-    pub fn find(&self, path: &[String]) -> Option<Node> {
+    pub fn find(&self, path: &[String]) -> Option<Cow<'_, Node>> {
         let mut node = self;
         for (index, segment) in path.iter().enumerate() {
             match node {
@@ -49,7 +48,7 @@ impl Node {
                         // nova keeps the label as an ordinary dict key, so it
                         // can be fetched like one.
                         return match (label, index + 1 == path.len()) {
-                            (Some(label), true) => Some(Node::text(label.clone())),
+                            (Some(label), true) => Some(Cow::Owned(Node::text(label.clone()))),
                             _ => None,
                         };
                     }
@@ -58,7 +57,7 @@ impl Node {
                 _ => return None,
             }
         }
-        Some(node.clone())
+        Some(Cow::Borrowed(node))
     }
 
     /// `ec2_md_print`: a dict lists its keys sorted, `/` after sub-dicts (or
@@ -85,41 +84,51 @@ impl Node {
     }
 }
 
-/// Answers a GET for the EC2 segments after the optional `ec2` prefix.
-pub fn lookup(
-    ctx: &ApiContext,
-    view: &InstanceView<'_>,
-    segments: &[String],
-) -> Result<Document, ApiError> {
+/// What the EC2 segments after the optional `ec2` prefix name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resource<'a> {
+    /// `/`: the versions.
+    Versions,
+    /// `/<version>/`: `meta-data/`, and `user-data` when there is some.
+    Version,
+    /// `/<version>/dynamic/...`: the segments after `dynamic`.
+    Dynamic(Ec2Version, &'a [String]),
+    /// `/<version>/meta-data/...`: the path inside the meta-data tree.
+    MetaData(Ec2Version, &'a [String]),
+    UserData,
+}
+
+/// Resolves the segments. `get_ec2_metadata(version)` is {"meta-data":
+/// {...}, "user-data": raw} (the latter only when present); each branch is
+/// built only when the path goes there, so metadata reads never decode the
+/// user data.
+pub fn resolve(segments: &[String]) -> Result<Resource<'_>, ApiError> {
     let Some((version_name, rest)) = segments.split_first() else {
-        return Ok(Document::text(versions_listing()));
+        return Ok(Resource::Versions);
     };
     let version = Ec2Version::parse(version_name).ok_or(ApiError::NotFound)?;
-    if rest.first().map(String::as_str) == Some("dynamic") {
-        return identity::lookup(ctx, view, version, &rest[1..]);
-    }
-    // `get_ec2_metadata(version)` is {"meta-data": {...}, "user-data": raw}
-    // (the latter only when present); each branch is built only when the
-    // path goes there, so metadata reads never decode the user data.
     match rest.split_first() {
-        None => {
-            let mut listing = String::from("meta-data/");
-            if view.doc.user_data.is_some() {
-                listing.push_str("\nuser-data");
-            }
-            Ok(Document::text(listing))
-        }
-        Some((branch, path)) if branch == "meta-data" => {
-            let node = meta_data(view, version)
-                .find(path)
-                .ok_or(ApiError::NotFound)?;
-            Ok(Document::text(node.render()))
-        }
-        Some((branch, [])) if branch == "user-data" => {
-            Ok(Document::text(view.user_data().ok_or(ApiError::NotFound)?))
-        }
+        None => Ok(Resource::Version),
+        Some((branch, path)) if branch == "dynamic" => Ok(Resource::Dynamic(version, path)),
+        Some((branch, path)) if branch == "meta-data" => Ok(Resource::MetaData(version, path)),
+        Some((branch, [])) if branch == "user-data" => Ok(Resource::UserData),
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// `/<version>/`.
+pub fn version_listing(view: &InstanceView<'_>) -> Document {
+    let mut listing = String::from("meta-data/");
+    if view.doc.user_data.is_some() {
+        listing.push_str("\nuser-data");
+    }
+    Document::text(listing)
+}
+
+/// The node at `path` in a meta-data tree, rendered.
+pub fn meta_data_node(tree: &Node, path: &[String]) -> Result<Document, ApiError> {
+    let node = tree.find(path).ok_or(ApiError::NotFound)?;
+    Ok(Document::text(node.render()))
 }
 
 /// `GET /`: every EC2 version, then `latest` (handler.py `__call__`).
@@ -130,7 +139,7 @@ pub fn versions_listing() -> String {
 }
 
 /// The meta-data dict, key by key in the version nova adds it.
-fn meta_data(view: &InstanceView<'_>, version: Ec2Version) -> Node {
+pub fn meta_data(view: &InstanceView<'_>, version: Ec2Version) -> Node {
     let hostname = view.hostname();
     let mut md: BTreeMap<String, Node> = BTreeMap::new();
     let mut put = |key: &str, node: Node| {

@@ -15,7 +15,8 @@
 //! answer their trees, `watch` holds watches, `password` and `token` the
 //! two endpoints with state,
 //! `view` applies nova's defaults to the instance document, `pyjson` and
-//! `response` produce nova's exact bytes and headers.
+//! `response` produce nova's exact bytes and headers, `rendered` and
+//! `answer_cache` keep what was rendered until the document changes.
 //!
 //! Where we knowingly differ from nova (behind neutron):
 //! - Methods: only GET/HEAD, POST on `password`, PUT on the token path; any
@@ -36,12 +37,14 @@
 //!   `signature`, `pkcs7`, `rsa2048` and `/openstack/identity` (a JWT).
 //! - Added: an `ETag` on every read answer, and `?wait_for_change=true`
 //!   (`watch`: held until `instance put` changes the answer).
+mod answer_cache;
 mod ec2;
 mod identity;
 mod openstack;
 mod password;
 mod paths;
 mod pyjson;
+mod rendered;
 pub mod response;
 mod token;
 mod view;
@@ -71,6 +74,7 @@ use crate::{
     },
     state::instance::{InstanceDoc, TokenMode},
 };
+use answer_cache::AnswerCache;
 use openstack::Resource;
 use paths::Route;
 use response::{ApiError, Document};
@@ -126,6 +130,7 @@ pub struct ApiContext {
     /// itself is still served).
     identity: Option<Arc<Identity>>,
     clock: Clock,
+    answers: AnswerCache,
 }
 
 impl ApiContext {
@@ -139,6 +144,7 @@ impl ApiContext {
             passwords_set: tokio::sync::watch::Sender::new(0),
             identity: None,
             clock: Arc::new(SystemTime::now),
+            answers: AnswerCache::default(),
         }
     }
 
@@ -179,14 +185,26 @@ where
     B::Error: std::fmt::Display,
 {
     let (parts, body) = req.into_parts();
-    let reply = match instance {
-        Some(doc) => answer(ctx, guest, &doc, &parts, body).await,
+    let reply = match &instance {
+        Some(doc) => answer(ctx, guest, doc, &parts, body).await,
         None => Err(ApiError::NotFound),
     };
-    // The IP TTL is decided per response; ingress keeps a lowered one for
-    // the rest of the connection, so what follows a token on a keep-alive
-    // connection goes no further than the token could.
-    reply.unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)))
+    finish(reply, instance.as_deref(), &parts)
+}
+
+/// The answer as it leaves: an error rendered, and the IP TTL. The TTL is
+/// decided per response; ingress keeps a lowered one for the rest of the
+/// connection, so what follows a token on a keep-alive connection goes no
+/// further than the token could. An instance that keeps all of its metadata
+/// from anything behind the guest (`imds.openstack = "required"`) has every
+/// answer at the hop limit, refusals included.
+fn finish(reply: Result<Reply, ApiError>, instance: Option<&InstanceDoc>, parts: &Parts) -> Reply {
+    let mut reply = reply
+        .unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)));
+    if let Some(hop_limit) = instance.and_then(view::every_answer_hop_limit) {
+        reply.ip_ttl = reply.ip_ttl.min(hop_limit);
+    }
+    reply
 }
 
 /// A document answer, which travels as far as any other packet. Reads
@@ -208,14 +226,14 @@ fn is_read(method: &Method) -> bool {
 pub async fn answer_read(
     ctx: &ApiContext,
     guest: &Guest,
-    instance: Option<&InstanceDoc>,
+    instance: Option<&Arc<InstanceDoc>>,
     parts: &Parts,
 ) -> Reply {
     let reply = match instance {
         Some(doc) => answer(ctx, guest, doc, parts, Empty::<Bytes>::new()).await,
         None => Err(ApiError::NotFound),
     };
-    reply.unwrap_or_else(|error| Reply::new(error.into_response(&parts.method, &parts.headers)))
+    finish(reply, instance.map(Arc::as_ref), parts)
 }
 
 const ALLOW_READ: &str = "GET, HEAD";
@@ -225,7 +243,7 @@ const ALLOW_TOKEN: &str = "PUT";
 async fn answer<B>(
     ctx: &ApiContext,
     guest: &Guest,
-    doc: &InstanceDoc,
+    doc: &Arc<InstanceDoc>,
     parts: &Parts,
     body: B,
 ) -> Result<Reply, ApiError>
@@ -240,38 +258,97 @@ where
             issue_token(ctx, &view, method, &parts.headers)
         }
         Route::Ec2(segments) => {
-            check_session(ctx, &view, &parts.headers)?;
-            let document = ec2::lookup(ctx, &view, &segments)?;
+            check_session(ctx, &view, &parts.headers, view.token_mode())?;
+            let document = ec2_document(ctx, &view, doc, &segments)?;
             require_read(method, ALLOW_READ)?;
             Ok(document_reply(document, method))
         }
         Route::OpenStack(segments) if segments == ["identity"] => {
             // A credential like the EC2 tree's: the same IMDSv2 rules.
-            check_session(ctx, &view, &parts.headers)?;
+            check_session(ctx, &view, &parts.headers, view.token_mode())?;
             require_read(method, ALLOW_READ)?;
             let document = identity::jwt(ctx, &view, parts.uri.query())?;
             Ok(document_reply(document, method))
         }
-        Route::OpenStack(segments) => match openstack::lookup(&view, &segments, ctx.now())? {
-            Resource::Document(document) => {
-                require_read(method, ALLOW_READ)?;
-                Ok(document_reply(document, method))
+        Route::OpenStack(segments) => {
+            // nova's tree knows no sessions, unless the instance asks for
+            // them there too; a token is then required, whatever the method.
+            let mode = view.openstack_token_mode();
+            if mode == TokenMode::Required {
+                check_session(ctx, &view, &parts.headers, mode)?;
             }
-            Resource::Password => {
-                let store = ctx.passwords.as_ref();
-                if *method == Method::POST {
-                    password::check_unset(store, &doc.uuid)?;
-                    let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
-                    let document = password::write(store, &doc.uuid, &body)?;
-                    // Wakes watchers of the password (the registry publishes
-                    // no snapshot for it).
-                    ctx.passwords_set.send_modify(|count| *count += 1);
-                    return Ok(document_reply(document, method));
-                }
-                require_read(method, ALLOW_PASSWORD)?;
-                Ok(document_reply(password::read(store, &doc.uuid), method))
+            answer_openstack(ctx, doc, &view, &segments, parts, body).await
+        }
+    }
+}
+
+/// The OpenStack tree: documents, and the password endpoint.
+async fn answer_openstack<B>(
+    ctx: &ApiContext,
+    doc: &Arc<InstanceDoc>,
+    view: &InstanceView<'_>,
+    segments: &[String],
+    parts: &Parts,
+    body: B,
+) -> Result<Reply, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::fmt::Display,
+{
+    let method = &parts.method;
+    match openstack::resolve(segments)? {
+        Resource::Versions => {
+            require_read(method, ALLOW_READ)?;
+            Ok(document_reply(openstack::versions(ctx.now()), method))
+        }
+        Resource::File(version, file) => {
+            let answers = ctx.answers.for_guest(view.guest, doc);
+            let rendered = answers.openstack(version, file, || {
+                openstack::render(view, version, file, answers.user_data())
+            })?;
+            require_read(method, ALLOW_READ)?;
+            Ok(document_reply(rendered.document(), method))
+        }
+        Resource::Password => {
+            let store = ctx.passwords.as_ref();
+            if *method == Method::POST {
+                password::check_unset(store, &doc.uuid)?;
+                let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
+                let document = password::write(store, &doc.uuid, &body)?;
+                // Wakes watchers of the password (the registry publishes
+                // no snapshot for it).
+                ctx.passwords_set.send_modify(|count| *count += 1);
+                return Ok(document_reply(document, method));
             }
-        },
+            require_read(method, ALLOW_PASSWORD)?;
+            Ok(document_reply(password::read(store, &doc.uuid), method))
+        }
+    }
+}
+
+/// A GET on the EC2 tree (any method: the caller checks it afterwards, as
+/// nova looks the path up first).
+fn ec2_document(
+    ctx: &ApiContext,
+    view: &InstanceView<'_>,
+    doc: &Arc<InstanceDoc>,
+    segments: &[String],
+) -> Result<Document, ApiError> {
+    match ec2::resolve(segments)? {
+        ec2::Resource::Versions => Ok(Document::text(ec2::versions_listing())),
+        ec2::Resource::Version => Ok(ec2::version_listing(view)),
+        ec2::Resource::Dynamic(version, rest) => identity::lookup(ctx, view, version, rest),
+        ec2::Resource::MetaData(version, path) => {
+            let answers = ctx.answers.for_guest(view.guest, doc);
+            let tree = answers.ec2_tree(version, || ec2::meta_data(view, version));
+            ec2::meta_data_node(tree, path)
+        }
+        ec2::Resource::UserData => {
+            let answers = ctx.answers.for_guest(view.guest, doc);
+            Ok(Document::text(
+                answers.user_data().ok_or(ApiError::NotFound)?.clone(),
+            ))
+        }
     }
 }
 
@@ -320,12 +397,14 @@ fn issue_token(
     })
 }
 
-/// IMDSv2 rules for EC2 paths: a token, when sent, must be valid (401
-/// otherwise, in either mode); `required` mode also refuses requests without.
+/// IMDSv2 rules for EC2 paths (and OpenStack paths with `imds.openstack =
+/// "required"`): a token, when sent, must be valid (401 otherwise, in either
+/// mode); `required` mode also refuses requests without.
 fn check_session(
     ctx: &ApiContext,
     view: &InstanceView<'_>,
     headers: &HeaderMap,
+    mode: TokenMode,
 ) -> Result<(), ApiError> {
     match headers.get(token::TOKEN_HEADER) {
         Some(value) => {
@@ -334,7 +413,7 @@ fn check_session(
                 .verify(binding(view), token, ctx.now_unix())
                 .map_err(|_| ApiError::Unauthorized)
         }
-        None if view.token_mode() == TokenMode::Required => Err(ApiError::Unauthorized),
+        None if mode == TokenMode::Required => Err(ApiError::Unauthorized),
         None => Ok(()),
     }
 }

@@ -2,65 +2,108 @@
 //! `InstanceMetadata` and its `RouteConfiguration` serve it.
 use std::time::SystemTime;
 
-use base64::Engine as _;
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::{
     paths::{OPENSTACK_VERSIONS, OpenStackVersion},
     pyjson,
-    response::{ApiError, Document},
+    rendered::{Rendered, RenderedBody},
+    response::{APPLICATION_JSON, ApiError, Document},
     view::InstanceView,
 };
 
 /// What an OpenStack path names, before the method is considered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resource {
-    Document(Document),
+    /// `GET /openstack`: the version list, which depends on today's date.
+    Versions,
+    /// A file of one version, the same for every request until the
+    /// instance document or the port changes (so it can be kept).
+    File(OpenStackVersion, File),
     /// `password` (GRIZZLY and later): GET reads, POST sets once.
     Password,
 }
 
-/// Resolves the segments after `openstack`.
-pub fn lookup(
-    view: &InstanceView<'_>,
-    segments: &[String],
-    now: SystemTime,
-) -> Result<Resource, ApiError> {
+/// The files of a version (`RouteConfiguration`'s handlers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum File {
+    /// `/openstack/<version>/`: the listing.
+    Listing,
+    MetaData,
+    UserData,
+    VendorData,
+    VendorData2,
+    NetworkData,
+}
+
+impl File {
+    pub const COUNT: usize = 6;
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Resolves the segments after `openstack` (nova's
+/// `RouteConfiguration._version` and `handle_path`).
+pub fn resolve(segments: &[String]) -> Result<Resource, ApiError> {
     let Some((version_name, rest)) = segments.split_first() else {
-        return Ok(Resource::Document(Document::text(versions_listing(now))));
+        return Ok(Resource::Versions);
     };
-    // RouteConfiguration._version
     let version = OpenStackVersion::parse(version_name).ok_or(ApiError::NotFound)?;
-    // RouteConfiguration.handle_path: no further segment means "version";
-    // otherwise the rest must name a handler exactly.
-    let path = if rest.is_empty() {
-        "version".to_owned()
-    } else {
-        rest.join("/")
+    // No further segment means the listing; otherwise the rest must name a
+    // handler exactly.
+    let file = match rest {
+        [] => File::Listing,
+        [name] => match name.as_str() {
+            "version" => File::Listing,
+            "meta_data.json" => File::MetaData,
+            "user_data" => File::UserData,
+            "password" if version >= OpenStackVersion::GRIZZLY => return Ok(Resource::Password),
+            "vendor_data.json" if version >= OpenStackVersion::HAVANA => File::VendorData,
+            "vendor_data2.json" if version >= OpenStackVersion::NEWTON_TWO => File::VendorData2,
+            // `_network_data` has no version check: listed from LIBERTY on,
+            // but served at every version.
+            "network_data.json" => File::NetworkData,
+            _ => return Err(ApiError::NotFound),
+        },
+        _ => return Err(ApiError::NotFound),
     };
-    let document = match path.as_str() {
-        "version" => Document::text(version_listing(view, version)),
-        "meta_data.json" => meta_data_json(view, version),
-        "user_data" => Document::text(view.user_data().ok_or(ApiError::NotFound)?),
-        "password" if version >= OpenStackVersion::GRIZZLY => return Ok(Resource::Password),
-        "vendor_data.json" if version >= OpenStackVersion::HAVANA => {
-            Document::json(pyjson::dumps(vendor_data(view)))
-        }
-        "vendor_data2.json" if version >= OpenStackVersion::NEWTON_TWO => {
+    Ok(Resource::File(version, file))
+}
+
+/// `GET /openstack`.
+pub fn versions(now: SystemTime) -> Document {
+    Document::text(versions_listing(now))
+}
+
+/// Renders `file` of `version`; `user_data` is the instance's decoded user
+/// data. meta_data.json is rendered around its random seed, which every
+/// answer gets anew.
+pub fn render(
+    view: &InstanceView<'_>,
+    version: OpenStackVersion,
+    file: File,
+    user_data: Option<&Bytes>,
+) -> Result<Rendered, ApiError> {
+    Ok(match file {
+        File::Listing => Rendered::text(version_listing(view, version)),
+        File::MetaData => meta_data_json(view, version),
+        File::UserData => Rendered::text(user_data.ok_or(ApiError::NotFound)?.clone()),
+        File::VendorData => Rendered::json(pyjson::dumps(vendor_data(view))),
+        File::VendorData2 => {
             // Only the StaticJSON provider: {"static": <vendor_data.json>}.
             let mut object = pyjson::Object::new();
             object.insert("static", Value::Object(vendor_data(view).clone()));
-            Document::json(pyjson::dumps(&object))
+            Rendered::json(pyjson::dumps(&object))
         }
-        // `_network_data` has no version check: listed from LIBERTY on, but
-        // served at every version. nova never sets a mimetype for it (unlike
+        // nova never sets a mimetype for network_data.json (unlike
         // meta_data.json and vendor_data*.json), so webob's text/plain it is.
-        "network_data.json" => Document::text(pyjson::dumps(
+        File::NetworkData => Rendered::text(pyjson::dumps(
             view.doc.network_data.as_ref().unwrap_or(&Map::new()),
         )),
-        _ => return Err(ApiError::NotFound),
-    };
-    Ok(Resource::Document(document))
+    })
 }
 
 /// `GET /openstack`: versions not in the future (by UTC date), then `latest`.
@@ -103,8 +146,10 @@ fn vendor_data<'a>(view: &'a InstanceView<'_>) -> &'a Map<String, Value> {
 }
 
 /// `_metadata_as_json`, keys in nova's insertion order. (`files`,
-/// `admin_pass` and `network_config` only exist on config drives.)
-fn meta_data_json(view: &InstanceView<'_>, version: OpenStackVersion) -> Document {
+/// `admin_pass` and `network_config` only exist on config drives.) From
+/// GRIZZLY on it holds `random_seed`, new in every answer: rendered around
+/// it, the rest is kept and the seed filled in per request.
+fn meta_data_json(view: &InstanceView<'_>, version: OpenStackVersion) -> Rendered {
     let doc = view.doc;
     let mut md = pyjson::Object::new();
     md.insert("uuid", doc.uuid.hyphenated().to_string());
@@ -130,37 +175,33 @@ fn meta_data_json(view: &InstanceView<'_>, version: OpenStackVersion) -> Documen
     md.insert("name", doc.name.clone());
     md.insert("launch_index", view.launch_index());
     md.insert("availability_zone", view.availability_zone());
-    // New in every answer: left out of the ETag (see `Document::volatile`).
-    let seed = (version >= OpenStackVersion::GRIZZLY).then(random_seed);
-    if let Some(seed) = &seed {
-        md.insert("random_seed", seed.clone());
+    if version < OpenStackVersion::GRIZZLY {
+        return Rendered::json(pyjson::dumps(&md));
     }
+    // What follows random_seed.
+    let mut rest = pyjson::Object::new();
     if version >= OpenStackVersion::LIBERTY {
-        md.insert(
+        rest.insert(
             "project_id",
             view.project_id().map_or(Value::Null, Value::from),
         );
     }
     if version >= OpenStackVersion::NEWTON_ONE {
-        md.insert_objects("devices", devices(view, version));
+        rest.insert_objects("devices", devices(view, version));
     }
     if version >= OpenStackVersion::VICTORIA {
         let mut cpus = doc.dedicated_cpus.clone().unwrap_or_default();
         cpus.sort_unstable();
-        md.insert("dedicated_cpus", cpus);
+        rest.insert("dedicated_cpus", cpus);
     }
-    let document = Document::json(pyjson::dumps(&md));
-    match seed {
-        Some(seed) => document.with_volatile(seed.as_bytes()),
-        None => document,
+    let (prefix, suffix) = pyjson::dumps_around_string(&md, "random_seed", &rest);
+    Rendered {
+        body: RenderedBody::AroundSeed {
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+        },
+        content_type: APPLICATION_JSON,
     }
-}
-
-/// 512 random bytes, base64, new for every response (`os.urandom(512)`).
-fn random_seed() -> String {
-    let mut seed = [0u8; 512];
-    getrandom::fill(&mut seed).expect("the kernel's random source is available");
-    base64::engine::general_purpose::STANDARD.encode(seed)
 }
 
 /// `_get_device_metadata`: the document stores devices as nova renders them

@@ -55,6 +55,11 @@ impl Ec2Version {
         }
         EC2_VERSIONS.iter().position(|v| *v == name).map(Self)
     }
+
+    /// Its place in [`EC2_VERSIONS`].
+    pub fn index(self) -> usize {
+        self.0
+    }
 }
 
 /// An OpenStack metadata version, named after the release that added it
@@ -78,6 +83,11 @@ impl OpenStackVersion {
             return Some(Self(OPENSTACK_VERSIONS.len() - 1));
         }
         OPENSTACK_VERSIONS.iter().position(|v| *v == name).map(Self)
+    }
+
+    /// Its place in [`OPENSTACK_VERSIONS`].
+    pub fn index(self) -> usize {
+        self.0
     }
 }
 

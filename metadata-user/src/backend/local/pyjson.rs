@@ -61,6 +61,33 @@ impl Serialize for Object {
     }
 }
 
+/// `dumps` of an object whose members are `before`, then `key` with a
+/// string value left open, then `after`: the bytes before the value and
+/// after it. The value goes in between as it is, so it must need no
+/// escaping (base64 does not). This is how an answer that differs only in
+/// one random string is rendered once and completed per request.
+pub fn dumps_around_string(before: &Object, key: &str, after: &Object) -> (Vec<u8>, Vec<u8>) {
+    let mut prefix = dumps(before);
+    // `{...}` -> `{..., "key": "` (or `{"key": "` when `before` is empty).
+    prefix.pop();
+    if !before.entries.is_empty() {
+        prefix.extend_from_slice(b", ");
+    }
+    let mut key_json = dumps(key);
+    prefix.append(&mut key_json);
+    prefix.extend_from_slice(b": \"");
+    let mut suffix = b"\"".to_vec();
+    let rest = dumps(after);
+    if after.entries.is_empty() {
+        suffix.push(b'}');
+    } else {
+        // `{...}` -> `, ...}`.
+        suffix.extend_from_slice(b", ");
+        suffix.extend_from_slice(&rest[1..]);
+    }
+    (prefix, suffix)
+}
+
 /// `json.dumps` defaults as a serde_json formatter.
 pub struct PythonFormatter;
 
@@ -194,6 +221,27 @@ mod tests {
         ] {
             assert_eq!(python_float_repr(value), expected, "{value}");
         }
+    }
+
+    #[test]
+    fn a_string_hole_completes_to_the_whole_object() {
+        let mut before = Object::new();
+        before.insert("uuid", "u");
+        before.insert("n", 1);
+        let mut after = Object::new();
+        after.insert("project_id", serde_json::Value::Null);
+        after.insert_objects("devices", vec![Object::new()]);
+        let mut whole = before.clone();
+        whole.insert("seed", "QUJD");
+        whole.entries.extend(after.entries.clone());
+        let (prefix, suffix) = dumps_around_string(&before, "seed", &after);
+        assert_eq!([prefix, b"QUJD".to_vec(), suffix].concat(), dumps(&whole));
+
+        let (prefix, suffix) = dumps_around_string(&Object::new(), "seed", &Object::new());
+        assert_eq!(
+            [prefix, b"x".to_vec(), suffix].concat(),
+            br#"{"seed": "x"}"#
+        );
     }
 
     #[test]

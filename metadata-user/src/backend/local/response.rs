@@ -53,17 +53,6 @@ impl Document {
         Self::new(body, TEXT_PLAIN)
     }
 
-    pub fn json(body: impl Into<Bytes>) -> Self {
-        Self::new(body, APPLICATION_JSON)
-    }
-
-    /// Marks the span where `value` sits in the body as volatile. `value`
-    /// must be unique in the body (a fresh random seed is).
-    pub fn with_volatile(mut self, value: &[u8]) -> Self {
-        self.volatile = crate::backend::watch::etag::find(&self.body, value);
-        self
-    }
-
     /// Derived from the bytes (volatile span excluded): a render cache can
     /// keep it next to them.
     pub fn etag(&self) -> ETag {

@@ -114,12 +114,14 @@ impl<'a> InstanceView<'a> {
 
     /// nova: the first fixed IP of the instance's network info, else the
     /// address the request came from. Ours: the document's, else the port's
-    /// first fixed IP, else the guest's source address.
+    /// first fixed IP, else the guest's source address (which ingress looks
+    /// up for every port without addresses; 0.0.0.0 if it could not).
     pub fn local_ipv4(&self) -> Ipv4Addr {
         self.ec2
             .local_ipv4
             .or_else(|| self.guest.port.spec.ips.first().copied())
-            .unwrap_or(self.guest.guest_addr)
+            .or(self.guest.guest_addr)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 
     /// The first floating IP in nova, empty without one.
@@ -155,12 +157,6 @@ impl<'a> InstanceView<'a> {
         self.ec2.ramdisk_id.as_deref().filter(|id| !id.is_empty())
     }
 
-    /// Decoded user data; None when absent. The document is validated when
-    /// stored, so a decoding failure here means no usable user data.
-    pub fn user_data(&self) -> Option<Vec<u8>> {
-        self.doc.user_data_bytes()
-    }
-
     /// Key name -> OpenSSH key, in name order. nova shows one keypair; we
     /// show every key the operator gave (identical output for one key).
     pub fn public_keys(&self) -> &BTreeMap<String, String> {
@@ -175,6 +171,16 @@ impl<'a> InstanceView<'a> {
             .unwrap_or_default()
     }
 
+    /// Whether the OpenStack tree needs a token (`imds.openstack`; nova's
+    /// tree needs none by default).
+    pub fn openstack_token_mode(&self) -> TokenMode {
+        self.doc
+            .imds
+            .as_ref()
+            .map(|imds| imds.openstack)
+            .unwrap_or_default()
+    }
+
     /// IP TTL for the token response (AWS's hop limit, default 1).
     pub fn hop_limit(&self) -> u8 {
         self.doc
@@ -183,6 +189,17 @@ impl<'a> InstanceView<'a> {
             .map(|imds| imds.hop_limit)
             .unwrap_or(1)
     }
+}
+
+/// The IP TTL every answer to `doc`'s guest must leave with, when the
+/// instance keeps all of its metadata (not only tokens) from anything routed
+/// behind the guest: `imds.openstack = "required"`. None: only the token
+/// answer is held back (`InstanceView::hop_limit`).
+pub fn every_answer_hop_limit(doc: &InstanceDoc) -> Option<u8> {
+    doc.imds
+        .as_ref()
+        .filter(|imds| imds.openstack == TokenMode::Required)
+        .map(|imds| imds.hop_limit)
 }
 
 /// nova's `utils.sanitize_hostname` (without its default): drop characters

@@ -58,7 +58,9 @@ impl ForwardTarget {
                 spec.project_id.as_deref(),
                 instance_project,
             )?,
-            guest_addr: guest.guest_addr,
+            // Ingress always asks the datapath for it in nova mode
+            // (`Responder::needs_guest_addr`).
+            guest_addr: guest.guest_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
         })
     }
 }

@@ -309,3 +309,159 @@ async fn token_response_uses_the_hop_limit() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert_eq!(answer.ip_ttl, DEFAULT_TTL);
 }
+
+/// The OpenStack paths a container behind the guest must not read once the
+/// instance requires tokens there (issue 16 item 3).
+const OPENSTACK_SECRETS: [&str; 5] = [
+    "/openstack",
+    "/openstack/latest/meta_data.json",
+    "/openstack/latest/user_data",
+    "/openstack/latest/password",
+    "/openstack/2012-08-10/meta_data.json",
+];
+
+/// By default the OpenStack tree is nova's: no token needed, none checked
+/// (not even a bad one), and its answers travel as far as any packet, even
+/// with tokens required on the EC2 tree.
+#[tokio::test]
+async fn the_openstack_tree_needs_no_token_by_default() {
+    let h = Harness::new();
+    let guest = default_guest();
+    let doc = with_imds(rich_instance(), TokenMode::Required, 1);
+    for path in OPENSTACK_SECRETS {
+        for token in [None, Some("not-a-token")] {
+            let answer = get_with_token(&h, &guest, &doc, path, token).await;
+            assert_eq!(answer.status, StatusCode::OK, "{path} with {token:?}");
+            assert_eq!(answer.ip_ttl, DEFAULT_TTL, "{path}");
+        }
+    }
+}
+
+/// `imds.openstack = "required"`: the OpenStack tree wants a valid token of
+/// this port, for reading and for posting the password alike.
+#[tokio::test]
+async fn openstack_required_needs_a_token_of_this_port() {
+    let h = Harness::new();
+    let guest = default_guest();
+    let doc = with_tokens_everywhere(rich_instance(), 1);
+    for path in OPENSTACK_SECRETS {
+        let answer = get_with_token(&h, &guest, &doc, path, None).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}, no token");
+        let answer = get_with_token(&h, &guest, &doc, path, Some("not-a-token")).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}, garbage");
+    }
+    let post = |token: Option<&str>| {
+        let headers: Vec<(&str, &str)> = token.map(|t| (TOKEN, t)).into_iter().collect();
+        request(
+            Method::POST,
+            "/openstack/latest/password",
+            &headers,
+            "s3cret",
+        )
+    };
+    let answer = h.send(&guest, Some(&doc), post(None)).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "password POST");
+    assert!(h.passwords.password(&doc.uuid).is_none(), "stored anyway");
+
+    // Another port's token is no better than none.
+    let other = super::guest(4, "tap-b", &[]);
+    let foreign = mint(&h, &other, &doc, "60").await;
+    let answer = get_with_token(
+        &h,
+        &guest,
+        &doc,
+        "/openstack/latest/meta_data.json",
+        Some(&foreign),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNAUTHORIZED,
+        "another port's token"
+    );
+
+    // With its own token the guest reads everything, byte for byte.
+    let token = mint(&h, &guest, &doc, "60").await;
+    let answer = get_with_token(
+        &h,
+        &guest,
+        &doc,
+        "/openstack/latest/user_data",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(&answer.body[..], USER_DATA);
+    let answer = get_with_token(
+        &h,
+        &guest,
+        &doc,
+        "/openstack/latest/meta_data.json",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.text().contains(RICH_UUID), "{}", answer.text());
+    let answer = h.send(&guest, Some(&doc), post(Some(&token))).await;
+    assert_eq!(answer.status, StatusCode::OK, "password POST with a token");
+    assert_eq!(h.passwords.password(&doc.uuid).as_deref(), Some("s3cret"));
+
+    // Expired: refused again.
+    h.advance(61);
+    let answer = get_with_token(
+        &h,
+        &guest,
+        &doc,
+        "/openstack/latest/meta_data.json",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "expired token");
+}
+
+/// With `imds.openstack = "required"` every answer, both trees, refusals and
+/// 404s included, leaves with the hop limit, not only the token.
+#[tokio::test]
+async fn openstack_required_puts_the_hop_limit_on_every_answer() {
+    let h = Harness::new();
+    let guest = default_guest();
+    for hop_limit in [1, 3] {
+        let doc = with_tokens_everywhere(rich_instance(), hop_limit);
+        let token = mint(&h, &guest, &doc, "60").await;
+        for (path, token, status) in [
+            (
+                "/openstack/latest/meta_data.json",
+                Some(token.as_str()),
+                StatusCode::OK,
+            ),
+            (
+                "/openstack/latest/meta_data.json",
+                None,
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                "/openstack/latest/no_such_file",
+                Some(token.as_str()),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                "/latest/meta-data/instance-id",
+                Some(token.as_str()),
+                StatusCode::OK,
+            ),
+            (
+                "/latest/meta-data/instance-id",
+                None,
+                StatusCode::UNAUTHORIZED,
+            ),
+            ("/", Some(token.as_str()), StatusCode::OK),
+        ] {
+            let answer = get_with_token(&h, &guest, &doc, path, token).await;
+            assert_eq!(answer.status, status, "{path} with {token:?}");
+            assert_eq!(answer.ip_ttl, hop_limit, "{path} with {token:?}");
+        }
+        let answer = put_token(&h, &guest, &doc, &[(TTL, "0")]).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer.ip_ttl, hop_limit, "a refused token request");
+    }
+}

@@ -93,7 +93,22 @@ pub fn bare_instance() -> InstanceDoc {
 }
 
 pub fn with_imds(mut doc: InstanceDoc, tokens: TokenMode, hop_limit: u8) -> InstanceDoc {
-    doc.imds = Some(Imds { tokens, hop_limit });
+    doc.imds = Some(Imds {
+        tokens,
+        hop_limit,
+        openstack: TokenMode::Optional,
+    });
+    doc
+}
+
+/// Tokens required on both trees, every answer at `hop_limit`
+/// (`imds.openstack = "required"`).
+pub fn with_tokens_everywhere(mut doc: InstanceDoc, hop_limit: u8) -> InstanceDoc {
+    doc.imds = Some(Imds {
+        tokens: TokenMode::Required,
+        hop_limit,
+        openstack: TokenMode::Required,
+    });
     doc
 }
 
@@ -110,8 +125,9 @@ pub fn guest(slot: u32, ifname: &str, ips: &[Ipv4Addr]) -> Guest {
                 project_id: Some("port-project".to_owned()),
             },
             slot,
+            source: Default::default(),
         }),
-        guest_addr: Ipv4Addr::new(192, 168, 50, 7),
+        guest_addr: Some(Ipv4Addr::new(192, 168, 50, 7)),
     }
 }
 

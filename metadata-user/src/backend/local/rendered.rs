@@ -1,0 +1,123 @@
+//! An answer rendered once and kept: its bytes, whole or around the one
+//! part that differs per request (meta_data.json's random seed), and its
+//! content type. What else belongs to the bytes (an ETag) goes here too.
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use rand::Rng as _;
+
+use super::response::{APPLICATION_JSON, Document, TEXT_PLAIN};
+
+/// Random bytes in each `random_seed` (nova: `os.urandom(512)`).
+const SEED_BYTES: usize = 512;
+/// Their length in base64.
+const SEED_BASE64_LEN: usize = SEED_BYTES.div_ceil(3) * 4;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    pub body: RenderedBody,
+    pub content_type: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenderedBody {
+    Whole(Bytes),
+    /// A JSON document with a fresh random seed between the two parts.
+    AroundSeed {
+        prefix: Bytes,
+        suffix: Bytes,
+    },
+}
+
+impl Rendered {
+    pub fn text(body: impl Into<Bytes>) -> Self {
+        Self {
+            body: RenderedBody::Whole(body.into()),
+            content_type: TEXT_PLAIN,
+        }
+    }
+
+    pub fn json(body: impl Into<Bytes>) -> Self {
+        Self {
+            body: RenderedBody::Whole(body.into()),
+            content_type: APPLICATION_JSON,
+        }
+    }
+
+    /// The document for one answer: the kept bytes, with a new seed where
+    /// there is one.
+    pub fn document(&self) -> Document {
+        match &self.body {
+            RenderedBody::Whole(bytes) => Document::new(bytes.clone(), self.content_type),
+            RenderedBody::AroundSeed { prefix, suffix } => {
+                let mut body =
+                    BytesMut::with_capacity(prefix.len() + SEED_BASE64_LEN + suffix.len());
+                body.extend_from_slice(prefix);
+                append_random_seed(&mut body);
+                body.extend_from_slice(suffix);
+                Document {
+                    body: body.freeze(),
+                    content_type: self.content_type,
+                    // New in every answer: left out of the ETag.
+                    volatile: Some(prefix.len()..prefix.len() + SEED_BASE64_LEN),
+                }
+            }
+        }
+    }
+}
+
+/// 512 random bytes from the thread's CSPRNG (ChaCha12, seeded and
+/// reseeded from the OS every 64 KiB), base64, appended to `out`.
+fn append_random_seed(out: &mut BytesMut) {
+    let mut seed = [0u8; SEED_BYTES];
+    rand::rng().fill_bytes(&mut seed);
+    let start = out.len();
+    out.resize(start + SEED_BASE64_LEN, 0);
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(seed, &mut out[start..])
+        .expect("the buffer fits the base64 of the seed");
+    debug_assert_eq!(written, SEED_BASE64_LEN);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_document_gets_its_own_seed_between_the_kept_parts() {
+        let rendered = Rendered {
+            body: RenderedBody::AroundSeed {
+                prefix: Bytes::from_static(b"{\"random_seed\": \""),
+                suffix: Bytes::from_static(b"\"}"),
+            },
+            content_type: APPLICATION_JSON,
+        };
+        let first = rendered.document();
+        let second = rendered.document();
+        assert_ne!(first.body, second.body);
+        let text = std::str::from_utf8(&first.body).unwrap();
+        let seed = text
+            .strip_prefix("{\"random_seed\": \"")
+            .and_then(|rest| rest.strip_suffix("\"}"))
+            .unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(seed)
+            .unwrap();
+        assert_eq!(raw.len(), SEED_BYTES);
+        assert_eq!(first.content_type, APPLICATION_JSON);
+        // The seed is the volatile span: both answers share one ETag.
+        assert_eq!(
+            &first.body[first.volatile.clone().unwrap()],
+            seed.as_bytes()
+        );
+        assert_eq!(first.etag(), second.etag());
+    }
+
+    #[test]
+    fn whole_bodies_are_shared_not_copied() {
+        let rendered = Rendered::text("hostname");
+        let RenderedBody::Whole(kept) = &rendered.body else {
+            unreachable!()
+        };
+        assert_eq!(rendered.document().body.as_ptr(), kept.as_ptr());
+    }
+}
