@@ -1,9 +1,10 @@
 //! Asks the daemon, over its admin socket, whether a tap is attached: the
-//! signal the density phase times attaching by. It is the same for both
+//! signal the discovery phase times attaching by (the density phase uses
+//! `port add --wait` instead: this listing grows with every tap). It is the same for both
 //! `--tap-attach` modes (the daemon lists a tap under
 //! `datapath.attached_taps` only once its attach, including removing the
 //! other mode's leftovers, succeeded), and cheap to poll: one keep-alive
-//! connection and a hand-written `GET /v1/status`, not a CLI process per poll.
+//! connection and a hand-written `GET /v1/status?taps=true`, not a CLI process per poll.
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-const REQUEST: &[u8] = b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n";
+const REQUEST: &[u8] = b"GET /v1/status?taps=true HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 pub struct StatusPoller {
     reader: BufReader<UnixStream>,
