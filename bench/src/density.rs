@@ -12,6 +12,7 @@ use mdr_harness::tempdir::TempDir;
 use mdr_harness::{Daemon, Host, Instance, TenantNet, cmd, names};
 use serde::Serialize;
 
+use crate::admin_status::StatusPoller;
 use crate::machine;
 use crate::neutron::{self, LogSink, Proxy};
 use crate::parallel;
@@ -35,6 +36,10 @@ pub struct OursDensity {
     /// tap): started -> returned, ms. Nothing in it grows with the ports
     /// already there but the daemon's own work.
     pub attach_ms: Vec<f64>,
+    /// The same through the admin API on one keep-alive connection
+    /// (`POST /v1/ports?wait=10`), without the CLI's process start: the
+    /// daemon's own part, ms (every other port is added this way).
+    pub api_attach_ms: Vec<f64>,
     /// `instance put`, one after the other before the ports, ms.
     pub instance_put_ms: Vec<f64>,
     /// `port list --json` with every port registered, ms (median of 5).
@@ -138,8 +143,21 @@ fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Re
     // signal for both modes), so nothing here polls a listing that grows
     // with the ports.
     let mut attach_ms = Vec::with_capacity(count);
+    let mut api_attach_ms = Vec::with_capacity(count);
+    let mut admin = StatusPoller::connect(daemon.admin_socket())?;
     for (index, (tap, instance)) in taps.iter().zip(&instances).enumerate() {
         let started = Instant::now();
+        if index % 2 == 1 {
+            let body = serde_json::json!({"ifname": tap, "instance": instance.uuid});
+            let answer = admin
+                .add_port_and_wait(body.to_string().as_bytes())
+                .with_context(|| format!("attaching tap {index} ({tap})"))?;
+            api_attach_ms.push(ms(started.elapsed()));
+            if answer["datapath"]["state"] != "attached" {
+                bail!("tap {index} ({tap}): {answer}");
+            }
+            continue;
+        }
         let out = daemon
             .cli_ok(&[
                 "port",
@@ -181,6 +199,7 @@ fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Re
         tap_attach,
         taps: count,
         attach_ms,
+        api_attach_ms,
         rss_before_kib,
         rss_after_kib,
         hwm_after_kib,
@@ -330,6 +349,12 @@ impl OursDensity {
     }
     pub fn attach_p99_ms(&self) -> f64 {
         stats::percentile(&self.attach_ms, 99.0)
+    }
+    pub fn api_attach_median_ms(&self) -> f64 {
+        stats::median(&self.api_attach_ms)
+    }
+    pub fn api_attach_p99_ms(&self) -> f64 {
+        stats::percentile(&self.api_attach_ms, 99.0)
     }
     pub fn bpf_memlock_bytes(&self) -> u64 {
         self.bpf_maps.iter().map(|m| m.memlock_bytes).sum()

@@ -578,7 +578,7 @@ pub fn markdown(results: &Results) -> String {
     if let Some(d) = results.density_ours.last() {
         let _ = writeln!(
             md,
-            "Ours, N veth taps registered one by one, for each size and `--tap-attach` mode with a daemon and taps of its own. Attach: `port add --wait` started -> returned (the daemon answers once the tap is attached; the same signal for both modes, nothing polled). Instance put: `instance put` one after the other before the ports, at the first and last tenth. Port list: `port list --json` with every port (median of 5). Restart: SIGKILL, a new daemon on the same state and pins -> its status counts every tap attached.\n\n| mode | ports | attach median | attach p99 | median, first / last tenth | instance put, first / last tenth | port list | status | restart to served | daemon RSS, instances only | daemon RSS, all ports | RSS per port |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            "Ours, N veth taps registered one by one, for each size and `--tap-attach` mode with a daemon and taps of its own. Attach: `port add --wait` started -> returned (the daemon answers once the tap is attached; the same signal for both modes, nothing polled), for every other port; API: the other ports through the admin API on one keep-alive connection (`POST /v1/ports?wait=10`), the same without the CLI's process start. Instance put: `instance put` one after the other before the ports, at the first and last tenth. Port list: `port list --json` with every port (median of 5). Restart: SIGKILL, a new daemon on the same state and pins -> its status counts every tap attached.\n\n| mode | ports | attach median | attach p99 | median, first / last tenth | API median / p99 | instance put, first / last tenth | port list | status | restart to served | daemon RSS, instances only | daemon RSS, all ports | RSS per port |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for d in &results.density_ours {
             let n = d.attach_ms.len();
@@ -587,13 +587,15 @@ pub fn markdown(results: &Results) -> String {
             let put_tenth = (puts / 10).max(1);
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.1} ms | {:.1} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+                "| {} | {} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.1} ms | {:.1} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
                 d.tap_attach.flag(),
                 d.taps,
                 d.attach_median_ms(),
                 d.attach_p99_ms(),
                 median(&d.attach_ms[..tenth]),
                 median(&d.attach_ms[n.saturating_sub(tenth)..]),
+                d.api_attach_median_ms(),
+                d.api_attach_p99_ms(),
                 median(&d.instance_put_ms[..put_tenth.min(puts)]),
                 median(&d.instance_put_ms[puts.saturating_sub(put_tenth)..]),
                 d.port_list_ms,

@@ -1009,6 +1009,44 @@ mod tests {
     }
 
     #[test]
+    fn the_datapath_sees_only_what_changed_and_the_slots_to_come() {
+        let (_tmp, registry) = populated();
+        registry.add_port(port("tap1", A)).unwrap();
+        let before = registry.snapshot();
+        // What the reconciler's next pass looks at: nothing yet.
+        assert_eq!(before.changed_ports(&before).count(), 0);
+        assert_eq!(before.upcoming_slots(3).collect::<Vec<_>>(), vec![3, 4, 5]);
+
+        registry.add_port(port("tap2", A)).unwrap();
+        registry.delete_port("tap0").unwrap();
+        let after = registry.snapshot();
+        let mut changed: Vec<&str> = after.changed_ports(&before).collect();
+        changed.sort_unstable();
+        assert_eq!(changed, vec!["tap0", "tap2"], "tap1 is the same port");
+        // A replaced port is a change, even with the same slot.
+        registry
+            .add_port(PortAddRequest {
+                ips: vec!["10.0.0.9".into()],
+                ..port("tap1", A)
+            })
+            .unwrap();
+        assert_eq!(
+            registry
+                .snapshot()
+                .changed_ports(&after)
+                .collect::<Vec<_>>(),
+            vec!["tap1"]
+        );
+        // The spare tables go to the slots the next ports get: after the
+        // last one handed out, skipping the freed slot 1 until they wrap.
+        assert_eq!(
+            registry.snapshot().upcoming_slots(2).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        assert_eq!(registry.add_port(port("tap3", A)).unwrap().slot, 4);
+    }
+
+    #[test]
     fn slots_wrap_round_to_the_free_ones() {
         let (_tmp, registry) = populated();
         // As if MAX_SLOT had just been handed out.
