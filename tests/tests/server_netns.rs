@@ -140,8 +140,10 @@ impl World {
             "permanent",
         ])
         .unwrap();
+        // Counted from a quiet moment: the last segments of the guest's
+        // earlier (served) connections may still be on their way.
+        let server_before = self.quiet_server_snmp();
         let host_before = self.host.exec_ok(&["cat", "/proc/net/snmp"]).unwrap();
-        let server_before = self.server_ns_snmp();
         let no_flow = self.counter("dropped_no_flow");
         for source in [CLAIMED, guest.addr()] {
             let result = mdr_harness::python::run(
@@ -189,6 +191,21 @@ impl World {
 
         // And the datapath still serves the registered guest.
         check_own_answers(&self.registered, &self.instance).unwrap();
+    }
+
+    /// `/proc/net/snmp` of the server's namespace once its TCP has received
+    /// nothing for half a second (at most 10 s of waiting).
+    fn quiet_server_snmp(&self) -> String {
+        let mut last = self.server_ns_snmp();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = self.server_ns_snmp();
+            if snmp(&now, "Tcp", "InSegs") == snmp(&last, "Tcp", "InSegs") {
+                return now;
+            }
+            last = now;
+        }
+        panic!("TCP in the server namespace never went quiet");
     }
 
     /// `/proc/net/snmp` of the server's namespace.

@@ -537,8 +537,9 @@ impl Registry {
     }
 
     /// Removes every port and the document discovery holds for the domain
-    /// `uuid` (it stopped, or went away); their slots become free. True if
-    /// there was anything.
+    /// `uuid` (it stopped, or went away); their slots become free. The
+    /// password its guest posted stays (see `Write::DeleteDocument`). True
+    /// if there was anything.
     pub fn remove_domain(&self, uuid: &uuid::Uuid) -> Result<bool, RegistryError> {
         let mut store = self.lock_store();
         let current = self.snapshot();
@@ -549,7 +550,7 @@ impl Registry {
             .domain_uuid()
             .is_some_and(|owner| owner == *uuid)
         {
-            writes.push(Write::DeleteInstance(uuid.to_string()));
+            writes.push(Write::DeleteDocument(uuid.to_string()));
             next.remove_instance(uuid);
         }
         for port in current.ports.values() {
@@ -1251,12 +1252,27 @@ mod tests {
         assert_eq!(snapshot.ports["tap0"].source, libvirt(A, "dom"));
         assert_eq!(snapshot.instance_source(&uuid(A)), &libvirt(A, "dom"));
 
+        registry
+            .set_password(&uuid(A), "posted-by-the-guest")
+            .unwrap();
         assert!(registry.remove_domain(&uuid(A)).unwrap());
         assert!(!registry.remove_domain(&uuid(A)).unwrap());
         let snapshot = registry.snapshot();
         assert!(snapshot.ports.is_empty());
         assert!(snapshot.instances.is_empty());
         assert!(snapshot.discovered().is_empty());
+
+        // Started again (or migrated back): the password its guest posted
+        // is still there, also across a restart of the daemon.
+        drop(registry);
+        let registry = Registry::open(tmp.path()).unwrap();
+        registry
+            .sync_domain(sync(A, Some(&doc_text(A, "dom")), &["tap0"]))
+            .unwrap();
+        assert_eq!(
+            registry.password(&uuid(A)).as_deref(),
+            Some("posted-by-the-guest")
+        );
     }
 
     #[test]

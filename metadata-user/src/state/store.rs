@@ -104,6 +104,11 @@ pub enum Write {
     PutInstance(InstanceRow),
     /// The instance and its password.
     DeleteInstance(String),
+    /// The instance's document only, its password kept: a discovered
+    /// domain that stopped or migrated away may run here again, and the
+    /// password its guest posted is still its password then (nova keeps it
+    /// in the instance's system metadata the same way).
+    DeleteDocument(String),
 }
 
 impl Store {
@@ -233,6 +238,9 @@ impl Store {
                     }
                     Write::DeleteInstance(uuid) => {
                         delete_instance(tx, uuid)?;
+                    }
+                    Write::DeleteDocument(uuid) => {
+                        tx.execute("DELETE FROM instances WHERE uuid = ?1", [uuid])?;
                     }
                 }
             }
