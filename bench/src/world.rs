@@ -24,7 +24,8 @@ use mdr_harness::listener::Listener;
 use mdr_harness::tempdir::TempDir;
 use mdr_harness::wait::{self, Poll};
 use mdr_harness::{
-    Daemon, DaemonConfig, Guest, GuestConfig, Host, Instance, METADATA_ADDR, TenantNet, names,
+    Daemon, DaemonConfig, Guest, GuestConfig, Host, Instance, METADATA_ADDR, Netns, TenantNet,
+    names,
 };
 
 use crate::conn::Target;
@@ -455,8 +456,10 @@ impl World {
         let bin = std::env::current_exe()?.with_file_name("mdr-responder");
         let listen = SERVER_ADDR.to_string();
         let file = file.to_string_lossy();
+        // Where the daemon listened: its server namespace.
+        let server_ns = Netns::existing(self.daemon.server_netns());
         let responder = Listener::start_logged(
-            &self.host,
+            &server_ns,
             &[
                 &bin.to_string_lossy(),
                 "--listen",

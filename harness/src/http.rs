@@ -116,6 +116,8 @@ impl Request {
         let mut args = vec![
             "curl",
             "-sS",
+            // -g: brackets are IPv6 literals ([fe80::a9fe:a9fe%eth0]), never globs.
+            "-g",
             "--noproxy",
             "*",
             "-m",

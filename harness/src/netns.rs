@@ -9,6 +9,9 @@ use crate::{cmd, names};
 
 pub struct Netns {
     name: String,
+    /// Ours to delete on Drop (false: someone else's, e.g. the daemon's
+    /// server namespace, only entered).
+    owned: bool,
 }
 
 impl Netns {
@@ -16,9 +19,18 @@ impl Netns {
     pub fn new(role: &str) -> Result<Self> {
         let name = names::global(role);
         cmd::run(&["ip", "netns", "add", &name])?;
-        let ns = Self { name };
+        let ns = Self { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A namespace someone else made and removes (the daemon's server
+    /// namespace): entered, never deleted by us.
+    pub fn existing(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            owned: false,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -86,6 +98,9 @@ pub fn kill_all_in(name: &str) {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         kill_all_in(&self.name);
         if let Err(err) = cmd::run(&["ip", "netns", "del", &self.name]) {
             eprintln!("cleanup: {err:#}");

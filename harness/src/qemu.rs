@@ -42,8 +42,11 @@ const LINK_UP: &str = "MDR-LINK-UP";
 pub struct QemuConfig {
     pub addr: Ipv4Addr,
     pub mac: String,
-    /// The path to GET from 169.254.169.254.
+    /// The path to GET...
     pub fetch_path: String,
+    /// ...from this host (busybox nc's syntax): 169.254.169.254 by default,
+    /// or e.g. `fe80::a9fe:a9fe%eth0` to fetch over IPv6.
+    pub fetch_host: String,
     /// Boot, fetch and power-off must end within this.
     pub timeout: Duration,
 }
@@ -54,6 +57,7 @@ impl QemuConfig {
             addr,
             mac: mac.to_owned(),
             fetch_path: "/openstack/latest/meta_data.json".into(),
+            fetch_host: METADATA_ADDR.to_string(),
             // About 8 s alone under TCG; leave room for a busy 2-core machine.
             timeout: Duration::from_secs(120),
         }
@@ -207,7 +211,10 @@ impl QemuGuest {
 
     fn init_script(&self) -> String {
         let QemuConfig {
-            addr, fetch_path, ..
+            addr,
+            fetch_path,
+            fetch_host,
+            ..
         } = &self.config;
         let modules = GUEST_MODULES.join(" ");
         let (gateway, prefix_len) = (self.gateway, self.prefix_len);
@@ -230,7 +237,7 @@ echo {LINK_UP}
 answer=
 n=0
 while [ -z "$answer" ] && [ $n -lt 15 ]; do
-  answer=$(printf 'GET {fetch_path} HTTP/1.0\r\nHost: {METADATA_ADDR}\r\n\r\n' | nc -w 3 {METADATA_ADDR} 80)
+  answer=$(printf 'GET {fetch_path} HTTP/1.0\r\nHost: {METADATA_ADDR}\r\n\r\n' | nc -w 3 {fetch_host} 80)
   n=$((n+1))
   [ -z "$answer" ] && sleep 1
 done

@@ -1,17 +1,25 @@
 use core::mem::{offset_of, size_of};
 
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
     btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
     helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use metadata_ebpf::{
-    Counter, Counters, DatapathConfig, FlowEntry, FlowKey, GuestStep, MAX_FLOWS_PER_PORT,
-    MAX_PORTS, METADATA_ADDR, METADATA_MAC, METADATA_PORT, PortEntry, ServerStep, guest_step,
+    Counter, Counters, DatapathConfig, Family, FlowEntry, FlowKey, GuestStep, MAX_FLOW_TABLE_KEYS,
+    MAX_FLOWS_PER_PORT, MAX_PORTS, METADATA_MAC, METADATA_PORT, PortEntry, ServerStep, guest_step,
     server_step, tcp_flags::SYN,
 };
+
+// IPv6: the Neighbour Advertisements for the metadata addresses (`ndp`),
+// the catch of TCP to them (`ipv6`), and the translation between IPv6 and
+// the server's IPv4 both ways (`translate`).
+mod addr6;
+mod ipv6;
+mod ndp;
+mod translate;
 
 // The close rules (when a flow is created, marked and removed) are
 // `guest_step` and `server_step` in the shared crate, unit-tested on the
@@ -24,10 +32,14 @@ use metadata_ebpf::{
 // tap the packet came in on, so a guest's SYNs can evict that guest's own
 // flows and nobody else's: whatever a guest sends, other guests' open
 // connections keep their flows. Server egress finds the table from the
-// reply's destination (the identity address). The daemon pins FLOWS, and
-// the tables live as long as FLOWS refers to them, so flows survive a
-// daemon restart like every other map. (The shared crate documents the
-// memory this takes.)
+// reply's destination (the identity address). A port's table is in FLOWS
+// under each of its identity addresses (one per lane: IPv4, and IPv6 per
+// metadata address), and a flow's key carries the lane's address, so a
+// guest's IPv4 and IPv6 connections never share a key. The daemon pins
+// FLOWS, and the tables live as long as FLOWS refers to them, so flows
+// survive a daemon restart like every other map. FLOWS is not
+// preallocated: a host uses a key per lane per port, not MAX_PORTS * 3.
+// (The shared crate documents the memory this takes.)
 
 /// One port's flow table.
 type FlowTable = LruHashMap<FlowKey, FlowEntry, { MAX_FLOWS_PER_PORT as usize }>;
@@ -35,13 +47,19 @@ type FlowTable = LruHashMap<FlowKey, FlowEntry, { MAX_FLOWS_PER_PORT as usize }>
 #[btf_map]
 static PORTS: HashMap<u32, PortEntry, { MAX_PORTS as usize }> = HashMap::new();
 #[btf_map]
-static FLOWS: HashOfMaps<[u8; 4], FlowTable, { MAX_PORTS as usize }> = HashOfMaps::new();
+static FLOWS: HashOfMaps<
+    [u8; 4],
+    FlowTable,
+    { MAX_FLOW_TABLE_KEYS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashOfMaps::new();
 #[btf_map]
 static CONFIG: Array<DatapathConfig, 1> = Array::new();
 #[btf_map]
-static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+static COUNTERS: PerCpuArray<Counters, { Family::COUNT }> = PerCpuArray::new();
 
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_ARP: u16 = 0x0806;
 /// 802.1Q VLAN tag.
 const ETH_P_8021Q: u16 = 0x8100;
@@ -59,14 +77,14 @@ const ARP_OP_REQUEST: u16 = 1;
 const ARP_OP_REPLY: u16 = 2;
 
 #[repr(C)]
-struct EthHdr {
+pub(crate) struct EthHdr {
     dst: [u8; 6],
     src: [u8; 6],
     proto_be: u16,
 }
 
 #[repr(C)]
-struct Ipv4Hdr {
+pub(crate) struct Ipv4Hdr {
     version_ihl: u8,
     tos: u8,
     tot_len_be: u16,
@@ -82,7 +100,7 @@ struct Ipv4Hdr {
 /// The TCP header without options (ports stay in network byte order; the
 /// flags byte is the one after data offset).
 #[repr(C)]
-struct TcpHdr {
+pub(crate) struct TcpHdr {
     source_be: u16,
     dest_be: u16,
     seq_be: u32,
@@ -125,9 +143,11 @@ const ETH_SRC: usize = offset_of!(EthHdr, src);
 // The layouts the offsets above rely on (the wire formats).
 const _: () = assert!(ETH_HLEN == 14 && IP_MIN_LEN == 20 && TCP_MIN_LEN == 20);
 const _: () = assert!(size_of::<ArpHdr>() == 28);
-/// Bytes the parser wants in the linear part of the skb: Ethernet, IPv4 with
-/// no options and TCP with no options (options are read with skb loads).
-const PARSE_LEN: usize = ETH_HLEN + IP_MIN_LEN + TCP_MIN_LEN;
+/// Bytes the parser wants in the linear part of the skb: Ethernet, IPv6
+/// and a Neighbour Solicitation without options, which is more than
+/// Ethernet, IPv4 and TCP, or IPv6 and TCP, without options (options are
+/// read with skb loads).
+const PARSE_LEN: usize = ETH_HLEN + ipv6::IPV6_HLEN + ndp::NS_LEN;
 
 /// What a program does with a packet, and the counter that records why.
 /// Each program decides in one function and counts in its entry point, so
@@ -142,10 +162,10 @@ enum Verdict {
     Redirect(Counter, u32),
 }
 
-/// Bumps one counter in this CPU's copy.
+/// Bumps one counter in this CPU's copy of the family's row.
 #[inline(always)]
-fn count(counter: Counter) {
-    if let Some(counters) = COUNTERS.get_ptr_mut(0) {
+fn count(family: Family, counter: Counter) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(family as u32) {
         let index = counter as usize;
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         let slots = unsafe { (*counters).as_array_mut() };
@@ -155,20 +175,20 @@ fn count(counter: Counter) {
     }
 }
 
-/// Counts the verdict and turns it into the TC action.
+/// Counts the verdict in the family's row and turns it into the TC action.
 #[inline(always)]
-fn finish(verdict: Verdict) -> i32 {
+fn finish((family, verdict): (Family, Verdict)) -> i32 {
     match verdict {
         Verdict::Pass(counter) => {
-            count(counter);
+            count(family, counter);
             TC_ACT_UNSPEC
         }
         Verdict::Drop(counter) => {
-            count(counter);
+            count(family, counter);
             TC_ACT_SHOT
         }
         Verdict::Redirect(counter, ifindex) => {
-            count(counter);
+            count(family, counter);
             // SAFETY: plain helper call.
             unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
@@ -214,26 +234,36 @@ pub fn tap_ingress(ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn tap_verdict(ctx: &TcContext) -> Verdict {
+fn tap_verdict(ctx: &TcContext) -> (Family, Verdict) {
     pull_headers(ctx);
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Verdict::Pass(Counter::Passed);
+        return (Family::Ipv4, Verdict::Pass(Counter::Passed));
     };
     // SAFETY: bounds checked by ptr_at.
     let proto = u16::from_be(unsafe { (*eth).proto_be });
+    let family = if proto == ETH_P_IPV6 {
+        Family::Ipv6
+    } else {
+        Family::Ipv4
+    };
     // A VLAN-tagged frame (a trunk's subport) is not ours, whatever it
     // carries. The kernel has usually moved the outer tag into the skb's
     // metadata before TC runs, leaving the inner ethertype in the frame;
     // a second tag (QinQ), or a tag the kernel left in place, shows in
     // the frame.
     if vlan_present(ctx) || proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        return Verdict::Pass(Counter::PassedVlan);
+        return (family, Verdict::Pass(Counter::PassedVlan));
     }
-    match proto {
-        ETH_P_IP => tap_ipv4(ctx),
-        ETH_P_ARP => tap_arp(ctx),
+    let Some(config) = CONFIG.get(0) else {
+        return (family, Verdict::Pass(Counter::Passed));
+    };
+    let verdict = match proto {
+        ETH_P_IP => tap_ipv4(ctx, config),
+        ETH_P_ARP => tap_arp(ctx, config),
+        ETH_P_IPV6 => ipv6::tap_ipv6(ctx, config),
         _ => Verdict::Pass(Counter::Passed),
-    }
+    };
+    (family, verdict)
 }
 
 /// Whether the skb carries a VLAN tag in its metadata (taken off the
@@ -246,7 +276,7 @@ fn vlan_present(ctx: &TcContext) -> bool {
 
 /// TCP to 169.254.169.254:80 from a registered tap: rewrite towards the server.
 #[inline(always)]
-fn tap_ipv4(ctx: &TcContext) -> Verdict {
+fn tap_ipv4(ctx: &TcContext, config: &DatapathConfig) -> Verdict {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return Verdict::Pass(Counter::Passed);
     };
@@ -260,7 +290,8 @@ fn tap_ipv4(ctx: &TcContext) -> Verdict {
             (*ip).saddr,
         )
     };
-    if daddr != METADATA_ADDR || protocol != IPPROTO_TCP {
+    let metadata_addr = config.metadata_addr;
+    if daddr != metadata_addr || protocol != IPPROTO_TCP {
         return Verdict::Pass(Counter::Passed);
     }
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
@@ -284,11 +315,6 @@ fn tap_ipv4(ctx: &TcContext) -> Verdict {
     let Some(port) = PORTS.get_ptr_mut(tap) else {
         return Verdict::Pass(Counter::PassedUnregistered);
     };
-    // SAFETY: a valid map value pointer; fields are plain integers.
-    let (slot_identity, config) = (unsafe { (*port).identity_addr }, CONFIG.get(0).copied());
-    let Some(config) = config else {
-        return Verdict::Drop(Counter::DroppedNotReady);
-    };
     if config.ready == 0 {
         return Verdict::Drop(Counter::DroppedNotReady);
     }
@@ -311,36 +337,96 @@ fn tap_ipv4(ctx: &TcContext) -> Verdict {
     };
     // SAFETY: bounds checked by ptr_at.
     let (guest_mac, gateway_mac) = unsafe { ((*eth).src, (*eth).dst) };
+    // SAFETY: a valid map value pointer; a plain copy.
+    let identity = unsafe { (*port).identity_addr };
 
+    let segment = GuestSegment {
+        family: Family::Ipv4,
+        port,
+        identity,
+        sport_be,
+        flags,
+    };
+    // SAFETY: `port` is the live PORTS value of this tap.
+    let tracked = unsafe {
+        track_guest_segment(&segment, config, || {
+            FlowEntry::new(saddr, tap, guest_mac, gateway_mac)
+        })
+    };
+    if let Err(counter) = tracked {
+        return Verdict::Drop(counter);
+    }
+
+    let rewritten = rewrite(
+        ctx,
+        tcp,
+        Rewrite {
+            saddr: (saddr, identity),
+            daddr: (metadata_addr, config.server_addr),
+            port_offset: TCP_DPORT,
+            port: (dport_be, config.server_port_be),
+            eth_dst: config.server_mac,
+            eth_src: guest_mac,
+        },
+    );
+    if rewritten.is_err() {
+        return Verdict::Drop(Counter::DroppedRewrite);
+    }
+    Verdict::Redirect(Counter::Caught, config.redirect_ifindex)
+}
+
+/// A guest's TCP segment to the metadata service, as far as its flow is
+/// concerned: its port, the identity (lane) address it goes to the server
+/// as, its source port and flags.
+struct GuestSegment {
+    family: Family,
+    port: *mut PortEntry,
+    identity: [u8; 4],
+    sport_be: u16,
+    flags: u8,
+}
+
+/// Carries out the close rules (`guest_step`) for a guest segment in its
+/// port's own flow table: a SYN takes the SYN budget and remembers the flow
+/// `new_flow` makes, a FIN marks it, a RST removes it. `Err` is the counter
+/// of a segment that must be dropped.
+///
+/// # Safety
+/// `segment.port` must point at a live PORTS value.
+#[inline(always)]
+unsafe fn track_guest_segment(
+    segment: &GuestSegment,
+    config: &DatapathConfig,
+    new_flow: impl FnOnce() -> FlowEntry,
+) -> Result<(), Counter> {
     let key = FlowKey {
-        identity_addr: slot_identity,
-        guest_port_be: sport_be,
+        identity_addr: segment.identity,
+        guest_port_be: segment.sport_be,
         _pad: 0,
     };
     // The port's own flow table: the only one this packet may touch.
     // SAFETY: FLOWS is a map of maps; the table is only used through helpers.
-    let table = unsafe { FLOWS.get(&slot_identity) };
-    match guest_step(flags) {
+    let table = unsafe { FLOWS.get(&segment.identity) };
+    match guest_step(segment.flags) {
         GuestStep::Open => {
-            // SAFETY: as above.
-            if !unsafe { take_syn_budget(port, config.syn_rate_per_port) } {
-                return Verdict::Drop(Counter::DroppedSynBudget);
+            // SAFETY: guaranteed by the caller.
+            if !unsafe { take_syn_budget(segment.port, config.syn_rate_per_port) } {
+                return Err(Counter::DroppedSynBudget);
             }
             // Without a flow the server could not tell who is asking, so the
             // SYN goes no further: the guest's TCP retries it.
             let Some(table) = table else {
-                return Verdict::Drop(Counter::DroppedFlowTable);
+                return Err(Counter::DroppedFlowTable);
             };
-            let flow = FlowEntry::new(saddr, tap, guest_mac, gateway_mac);
-            if table.insert(key, flow, 0).is_err() {
-                return Verdict::Drop(Counter::DroppedFlowTable);
+            if table.insert(key, new_flow(), 0).is_err() {
+                return Err(Counter::DroppedFlowTable);
             }
         }
         GuestStep::Reset => {
             if let Some(table) = table
                 && table.remove(key).is_ok()
             {
-                count(Counter::FlowsReset);
+                count(segment.family, Counter::FlowsReset);
             }
         }
         GuestStep::MarkFin => {
@@ -352,23 +438,7 @@ fn tap_ipv4(ctx: &TcContext) -> Verdict {
         }
         GuestStep::Nothing => {}
     }
-
-    let rewritten = rewrite(
-        ctx,
-        tcp,
-        Rewrite {
-            saddr: (saddr, slot_identity),
-            daddr: (METADATA_ADDR, config.server_addr),
-            port_offset: TCP_DPORT,
-            port: (dport_be, config.server_port_be),
-            eth_dst: config.server_mac,
-            eth_src: guest_mac,
-        },
-    );
-    if rewritten.is_err() {
-        return Verdict::Drop(Counter::DroppedRewrite);
-    }
-    Verdict::Redirect(Counter::Caught, config.redirect_ifindex)
+    Ok(())
 }
 
 /// Counts one SYN against the port's budget for the current second.
@@ -397,7 +467,7 @@ unsafe fn take_syn_budget(port: *mut PortEntry, per_second: u32) -> bool {
 /// An ARP request for 169.254.169.254 from a registered tap: turn it into the
 /// reply in place and send it back out of the same tap.
 #[inline(always)]
-fn tap_arp(ctx: &TcContext) -> Verdict {
+fn tap_arp(ctx: &TcContext, config: &DatapathConfig) -> Verdict {
     let Some(arp) = ptr_at::<ArpHdr>(ctx, ETH_HLEN) else {
         return Verdict::Pass(Counter::Passed);
     };
@@ -419,7 +489,7 @@ fn tap_arp(ctx: &TcContext) -> Verdict {
         || hlen != 6
         || plen != 4
         || op != ARP_OP_REQUEST
-        || tpa != METADATA_ADDR
+        || tpa != config.metadata_addr
     {
         return Verdict::Pass(Counter::Passed);
     }
@@ -435,7 +505,7 @@ fn tap_arp(ctx: &TcContext) -> Verdict {
         plen: 4,
         op_be: ARP_OP_REPLY.to_be(),
         sha: METADATA_MAC,
-        spa: METADATA_ADDR,
+        spa: config.metadata_addr,
         tha: sha,
         tpa: spa,
     };
@@ -459,11 +529,15 @@ pub fn server_egress(ctx: TcContext) -> i32 {
     finish(server_verdict(&ctx))
 }
 
+/// A server segment: translated back with the flow its guest's SYN left,
+/// to IPv4 or IPv6 as the guest spoke, in that family's counter row.
 #[inline(always)]
-fn server_verdict(ctx: &TcContext) -> Verdict {
+fn server_verdict(ctx: &TcContext) -> (Family, Verdict) {
+    // Until a flow says otherwise, what the server end sends is IPv4's.
+    let ipv4 = |verdict| (Family::Ipv4, verdict);
     pull_headers(ctx);
     let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)) else {
-        return Verdict::Pass(Counter::EgressPassed);
+        return ipv4(Verdict::Pass(Counter::EgressPassed));
     };
     // SAFETY: bounds checked by ptr_at.
     let (proto, saddr, daddr, protocol, version_ihl, tot_len) = unsafe {
@@ -476,15 +550,15 @@ fn server_verdict(ctx: &TcContext) -> Verdict {
             u16::from_be((*ip).tot_len_be),
         )
     };
-    let Some(config) = CONFIG.get(0).copied() else {
-        return Verdict::Pass(Counter::EgressPassed);
+    let Some(config) = CONFIG.get(0) else {
+        return ipv4(Verdict::Pass(Counter::EgressPassed));
     };
     if proto != ETH_P_IP || protocol != IPPROTO_TCP || saddr != config.server_addr {
-        return Verdict::Pass(Counter::EgressPassed);
+        return ipv4(Verdict::Pass(Counter::EgressPassed));
     }
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if ihl < IP_MIN_LEN {
-        return Verdict::Drop(Counter::DroppedMalformed);
+        return ipv4(Verdict::Drop(Counter::DroppedMalformed));
     }
     let tcp = ETH_HLEN + ihl;
     let (Ok(sport_be), Ok(dport_be), Ok(flags), true) = (
@@ -493,10 +567,10 @@ fn server_verdict(ctx: &TcContext) -> Verdict {
         ctx.load::<u8>(tcp + TCP_FLAGS),
         has_tcp_header(ctx, tcp),
     ) else {
-        return Verdict::Drop(Counter::DroppedMalformed);
+        return ipv4(Verdict::Drop(Counter::DroppedMalformed));
     };
     if sport_be != config.server_port_be {
-        return Verdict::Pass(Counter::EgressPassed);
+        return ipv4(Verdict::Pass(Counter::EgressPassed));
     }
     let key = FlowKey {
         identity_addr: daddr,
@@ -515,24 +589,37 @@ fn server_verdict(ctx: &TcContext) -> Verdict {
             Ok(byte) => ((byte >> 4) as usize) * 4,
             Err(_) => 0,
         };
-        return if flags & SYN == 0 && (tot_len as usize) <= ihl + doff {
+        return ipv4(if flags & SYN == 0 && (tot_len as usize) <= ihl + doff {
             Verdict::Drop(Counter::DroppedNoFlowLate)
         } else {
             Verdict::Drop(Counter::DroppedNoFlow)
-        };
+        });
     };
     // SAFETY: a valid map value pointer. A plain-old-data copy: the redirect
     // below uses only the copy, so removing the entry cannot affect it.
     let flow = unsafe { *entry };
+    let family = if flow.ip_version == 6 {
+        Family::Ipv6
+    } else {
+        Family::Ipv4
+    };
+    // The translation to IPv6 rebuilds the header from fields it knows;
+    // the server never sends IPv4 options, and what it says it sends must
+    // be there.
+    if family == Family::Ipv6
+        && (ihl != IP_MIN_LEN || (tot_len as usize) < IP_MIN_LEN + TCP_MIN_LEN)
+    {
+        return (family, Verdict::Drop(Counter::DroppedMalformed));
+    }
     match server_step(flags, flow.guest_fin != 0, flow.server_fin != 0) {
         ServerStep::Reset => {
             if table.remove(key).is_ok() {
-                count(Counter::FlowsReset);
+                count(family, Counter::FlowsReset);
             }
         }
         ServerStep::Close => {
             if table.remove(key).is_ok() {
-                count(Counter::FlowsClosed);
+                count(family, Counter::FlowsClosed);
             }
         }
         ServerStep::MarkFin => {
@@ -542,22 +629,35 @@ fn server_verdict(ctx: &TcContext) -> Verdict {
         }
         ServerStep::Keep => {}
     }
-    let rewritten = rewrite(
-        ctx,
-        tcp,
-        Rewrite {
-            saddr: (config.server_addr, METADATA_ADDR),
-            daddr: (daddr, flow.guest_addr),
-            port_offset: TCP_SPORT,
-            port: (sport_be, METADATA_PORT.to_be()),
-            eth_dst: flow.guest_mac,
-            eth_src: flow.gateway_mac,
-        },
-    );
+    let rewritten = if family == Family::Ipv6 {
+        translate::reply_to_ipv6(ctx, config, &flow)
+    } else {
+        let guest_addr = [
+            flow.guest_addr[0],
+            flow.guest_addr[1],
+            flow.guest_addr[2],
+            flow.guest_addr[3],
+        ];
+        rewrite(
+            ctx,
+            tcp,
+            Rewrite {
+                saddr: (config.server_addr, config.metadata_addr),
+                daddr: (daddr, guest_addr),
+                port_offset: TCP_SPORT,
+                port: (sport_be, METADATA_PORT.to_be()),
+                eth_dst: flow.guest_mac,
+                eth_src: flow.gateway_mac,
+            },
+        )
+    };
     if rewritten.is_err() {
-        return Verdict::Drop(Counter::DroppedRewrite);
+        return (family, Verdict::Drop(Counter::DroppedRewrite));
     }
-    Verdict::Redirect(Counter::Replied, flow.tap_ifindex)
+    (
+        family,
+        Verdict::Redirect(Counter::Replied, flow.tap_ifindex),
+    )
 }
 
 /// One NAT step: (old, new) pairs for the IPv4 addresses and one TCP port,

@@ -7,8 +7,35 @@
 //! packets, and bpftool prints them as dotted bytes.
 #![cfg_attr(not(test), no_std)]
 
-/// The metadata address every guest asks, 169.254.169.254.
+/// The IPv4 metadata address guests ask by default, 169.254.169.254 (the
+/// daemon writes the one it serves into `DatapathConfig::metadata_addr`).
 pub const METADATA_ADDR: [u8; 4] = [169, 254, 169, 254];
+/// OpenStack's IPv6 metadata address, `fe80::a9fe:a9fe`: link-local, so a
+/// guest reaches it on its own link (neutron since 2020, OVN since 2024;
+/// cloud-init 23.1 and later try it first).
+pub const METADATA_ADDR6_OPENSTACK: [u8; 16] = [
+    0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa9, 0xfe, 0xa9, 0xfe,
+];
+/// EC2's IPv6 metadata address, `fd00:ec2::254`: a unique local address
+/// the guest reaches through its router (botocore's IPv6 endpoint mode).
+pub const METADATA_ADDR6_EC2: [u8; 16] = [
+    0xfd, 0x00, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
+];
+/// How many IPv6 metadata addresses the datapath can serve at once.
+pub const METADATA_ADDRS6: usize = 2;
+/// The IPv6 metadata addresses served by default, in the order of
+/// `DatapathConfig::metadata_addrs6`.
+pub const DEFAULT_METADATA_ADDRS6: [[u8; 16]; METADATA_ADDRS6] =
+    [METADATA_ADDR6_OPENSTACK, METADATA_ADDR6_EC2];
+/// IPv6's minimum link MTU (RFC 8200): a tap with a smaller MTU is not
+/// served over IPv6.
+pub const IPV6_MIN_MTU: u32 = 1280;
+/// Identity lanes: a port has one identity address per kind of connection
+/// the server sees, so that two connections of one guest never share a
+/// (identity address, source port) pair whatever address family or
+/// metadata address each used. Lane 0 carries IPv4; lane `1 + i` carries
+/// IPv6 connections to `metadata_addrs6[i]`.
+pub const IDENTITY_LANES: usize = 1 + METADATA_ADDRS6;
 /// The metadata port guests connect to.
 pub const METADATA_PORT: u16 = 80;
 /// The MAC the datapath answers ARP for 169.254.169.254 with. Locally
@@ -18,6 +45,9 @@ pub const METADATA_MAC: [u8; 6] = [0x0a, 0x58, 0xa9, 0xfe, 0xa9, 0xfe];
 
 /// Capacity of the `PORTS` map (registered taps on one host).
 pub const MAX_PORTS: u32 = 65_536;
+/// Capacity of `FLOWS`: each port's flow table is there under each of the
+/// port's identity addresses (one per lane).
+pub const MAX_FLOW_TABLE_KEYS: u32 = MAX_PORTS * IDENTITY_LANES as u32;
 /// Capacity of each port's own flow table (an LRU of the guest connections
 /// remembered for the return path), the inner maps of `FLOWS`.
 ///
@@ -66,8 +96,11 @@ pub mod names {
 pub struct PortEntry {
     /// The port's stable slot (persisted by the daemon, survives tap re-creation).
     pub slot: u32,
-    /// Source address the guest's packets get on the way to the server.
+    /// Source address the guest's IPv4 packets get on the way to the server.
     pub identity_addr: [u8; 4],
+    /// Source address of the guest's IPv6 packets to `metadata_addrs6[i]`,
+    /// translated to IPv4 on the way to the server (identity lane `1 + i`).
+    pub identity_addrs6: [[u8; 4]; METADATA_ADDRS6],
     /// Start of the current one-second SYN budget window (bpf_ktime_get_ns).
     pub syn_window_start_ns: u64,
     /// SYNs seen in the current window (updated by the program, racy across
@@ -77,10 +110,13 @@ pub struct PortEntry {
 }
 
 impl PortEntry {
-    pub fn new(slot: u32, identity_addr: [u8; 4]) -> Self {
+    /// A port's entry from its identity addresses, lane by lane (lane 0 is
+    /// IPv4's, then one per IPv6 metadata address).
+    pub fn new(slot: u32, identities: [[u8; 4]; IDENTITY_LANES]) -> Self {
         Self {
             slot,
-            identity_addr,
+            identity_addr: identities[0],
+            identity_addrs6: [identities[1], identities[2]],
             syn_window_start_ns: 0,
             syn_count: 0,
             _pad: 0,
@@ -110,8 +146,9 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowEntry {
-    /// The guest's own source address, as it sent it.
-    pub guest_addr: [u8; 4],
+    /// The guest's own source address, as it sent it: an IPv6 address, or
+    /// an IPv4 one in the first four bytes (the rest zero); see `family`.
+    pub guest_addr: [u8; 16],
     /// The tap the request came in on; replies leave through it.
     pub tap_ifindex: u32,
     /// The guest's MAC (destination of replies).
@@ -127,13 +164,45 @@ pub struct FlowEntry {
     /// Non-zero once the server's FIN has passed server egress (written only
     /// by the server-end program).
     pub server_fin: u8,
-    pub _pad: [u8; 2],
+    /// The IP version the guest speaks on this connection, 4 or 6: the
+    /// server's replies are translated back to IPv6 for 6.
+    pub ip_version: u8,
+    /// IPv6 connections: which of `DatapathConfig::metadata_addrs6` the
+    /// guest asked, the source of the replies. 0 for IPv4.
+    pub metadata_index: u8,
+    pub _pad: [u8; 4],
 }
 
 impl FlowEntry {
-    /// A new connection's entry: nothing closed yet.
+    /// A new IPv4 connection's entry: nothing closed yet.
     pub fn new(
         guest_addr: [u8; 4],
+        tap_ifindex: u32,
+        guest_mac: [u8; 6],
+        gateway_mac: [u8; 6],
+    ) -> Self {
+        let mut addr = [0; 16];
+        addr[0] = guest_addr[0];
+        addr[1] = guest_addr[1];
+        addr[2] = guest_addr[2];
+        addr[3] = guest_addr[3];
+        Self {
+            guest_addr: addr,
+            tap_ifindex,
+            guest_mac,
+            gateway_mac,
+            guest_fin: 0,
+            server_fin: 0,
+            ip_version: 4,
+            metadata_index: 0,
+            _pad: [0; 4],
+        }
+    }
+
+    /// A new IPv6 connection's entry, to `metadata_addrs6[metadata_index]`.
+    pub fn new6(
+        guest_addr: [u8; 16],
+        metadata_index: u8,
         tap_ifindex: u32,
         guest_mac: [u8; 6],
         gateway_mac: [u8; 6],
@@ -145,7 +214,19 @@ impl FlowEntry {
             gateway_mac,
             guest_fin: 0,
             server_fin: 0,
-            _pad: [0; 2],
+            ip_version: 6,
+            metadata_index,
+            _pad: [0; 4],
+        }
+    }
+
+    /// The guest's own address, as an IP address of its family.
+    pub fn guest_ip(&self) -> core::net::IpAddr {
+        let a = self.guest_addr;
+        if self.ip_version == 6 {
+            core::net::IpAddr::V6(core::net::Ipv6Addr::from(a))
+        } else {
+            core::net::IpAddr::V4(core::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]))
         }
     }
 }
@@ -288,10 +369,54 @@ pub struct DatapathConfig {
     pub ready: u32,
     /// New connections one port may open per second; SYNs over it are dropped.
     pub syn_rate_per_port: u32,
+    /// The IPv4 address guests ask (`METADATA_ADDR` by default).
+    pub metadata_addr: [u8; 4],
+    /// Bit `i` set: `metadata_addrs6[i]` is served. Zero: IPv6 is not
+    /// served at all (its traffic passes untouched).
+    pub served6: u32,
+    /// The IPv6 addresses guests ask (`DEFAULT_METADATA_ADDRS6` by default).
+    pub metadata_addrs6: [[u8; 16]; METADATA_ADDRS6],
 }
 
-/// `COUNTERS[0]`, per CPU: one field for each decision the programs take.
-/// Userspace sums the CPUs; `bpftool map dump` shows them by name.
+// The eBPF programs read IPv6 addresses in map values as 32-bit words
+// (sixteen byte loads each would exhaust its registers): these fields must
+// stay at 4-byte offsets of 4-byte aligned values.
+const _: () = assert!(core::mem::offset_of!(DatapathConfig, metadata_addrs6) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(FlowEntry, guest_addr) % 4 == 0);
+const _: () = assert!(core::mem::align_of::<DatapathConfig>() >= 4);
+const _: () = assert!(core::mem::align_of::<FlowEntry>() >= 4);
+
+/// The rows of `COUNTERS`: each program counts in the row of the address
+/// family of the packet it decided on. IPv4's row also has what is neither
+/// (ARP, other ethertypes, tagged frames that do not carry IPv6, and the
+/// server end's traffic that is no guest's reply).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4 = 0,
+    Ipv6 = 1,
+}
+
+impl Family {
+    /// How many rows `COUNTERS` has.
+    pub const COUNT: usize = 2;
+    pub const ALL: [Family; Family::COUNT] = [Family::Ipv4, Family::Ipv6];
+
+    /// The row's name, as `status` shows it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// `COUNTERS[family]`, per CPU: one field for each decision the programs
+/// take, a row per address family (see [`Family`]). Userspace sums the
+/// CPUs; `bpftool map dump` shows them by name, key 0 for IPv4 and key 1
+/// for IPv6. A counter's text speaks of IPv4; in the IPv6 row it counts
+/// the same decision for IPv6 (e.g. `caught`: TCP to an IPv6 metadata
+/// address, port 80).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -343,6 +468,18 @@ pub struct Counters {
     /// (the daemon is attaching the port) or refused the entry, dropped; the
     /// guest's TCP retries.
     pub dropped_flow_table: u64,
+    /// Tap ingress (IPv6): a Neighbour Solicitation for an IPv6 metadata
+    /// address from a registered tap, answered with a Neighbour
+    /// Advertisement out of the same tap (never forwarded to the bridge).
+    pub nd_answered: u64,
+    /// Tap ingress (IPv6): a packet to a metadata address from a registered
+    /// tap whose next header is not TCP (an extension header, UDP, ICMPv6
+    /// other than a Neighbour Solicitation), dropped. Fragments count as
+    /// `dropped_fragment`.
+    pub dropped_next_header: u64,
+    /// Tap ingress (IPv6): metadata traffic on a registered tap whose MTU is
+    /// under IPv6's minimum of 1280, passed untouched (not served).
+    pub passed_small_mtu: u64,
 }
 
 /// One counter of [`Counters`]: what a program decided for a packet (a
@@ -370,11 +507,14 @@ pub enum Counter {
     PassedVlan,
     DroppedIpOptions,
     DroppedFlowTable,
+    NdAnswered,
+    DroppedNextHeader,
+    PassedSmallMtu,
 }
 
 impl Counter {
     /// How many counters there are (fields of `Counters`).
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 21;
 
     /// Every counter, in field order.
     pub const ALL: [Counter; Counter::COUNT] = [
@@ -396,6 +536,9 @@ impl Counter {
         Counter::PassedVlan,
         Counter::DroppedIpOptions,
         Counter::DroppedFlowTable,
+        Counter::NdAnswered,
+        Counter::DroppedNextHeader,
+        Counter::PassedSmallMtu,
     ];
 
     /// The field's name, as `status` and bpftool show it.
@@ -419,6 +562,9 @@ impl Counter {
             Counter::PassedVlan => "passed_vlan",
             Counter::DroppedIpOptions => "dropped_ip_options",
             Counter::DroppedFlowTable => "dropped_flow_table",
+            Counter::NdAnswered => "nd_answered",
+            Counter::DroppedNextHeader => "dropped_next_header",
+            Counter::PassedSmallMtu => "passed_small_mtu",
         }
     }
 
@@ -486,8 +632,9 @@ mod tests {
     #[test]
     fn map_values_are_multiples_of_eight_bytes() {
         assert_eq!(size_of::<FlowKey>(), 8);
-        assert_eq!(size_of::<FlowEntry>(), 24);
-        assert_eq!(size_of::<PortEntry>(), 24);
+        assert_eq!(size_of::<FlowEntry>(), 40);
+        assert_eq!(size_of::<PortEntry>(), 32);
+        assert_eq!(size_of::<DatapathConfig>(), 64);
         assert_eq!(size_of::<DatapathConfig>() % 8, 0);
         assert_eq!(size_of::<Counters>() % 8, 0);
         assert!(align_of::<FlowEntry>() <= 8);
@@ -573,6 +720,15 @@ mod tests {
             (
                 Counter::DroppedFlowTable,
                 offset_of!(Counters, dropped_flow_table),
+            ),
+            (Counter::NdAnswered, offset_of!(Counters, nd_answered)),
+            (
+                Counter::DroppedNextHeader,
+                offset_of!(Counters, dropped_next_header),
+            ),
+            (
+                Counter::PassedSmallMtu,
+                offset_of!(Counters, passed_small_mtu),
             ),
         ];
         assert_eq!(offsets.len(), Counter::COUNT);

@@ -99,6 +99,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         settings.server_port,
         settings.syn_rate_per_port,
         settings.tap_attach,
+        &settings.metadata,
     )
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
@@ -360,9 +361,9 @@ impl FlowLookup for FlowTable {
         FlowTable::slot(self, peer)
     }
 
-    fn guest_addr(&self, peer: std::net::SocketAddrV4) -> Option<std::net::Ipv4Addr> {
+    fn guest_addr(&self, peer: std::net::SocketAddrV4) -> Option<std::net::IpAddr> {
         let origin = FlowTable::origin(self, peer)?;
-        Some(origin.flow.guest_addr.into())
+        Some(origin.flow.guest_ip())
     }
 }
 
@@ -377,16 +378,24 @@ struct DatapathStatus {
 
 impl admin::server::DatapathView for DatapathStatus {
     fn status(&self, taps: bool) -> serde_json::Value {
-        let counters = self
-            .counters
-            .totals()
-            .map(|c| {
-                c.fields()
-                    .into_iter()
-                    .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
-                    .collect::<serde_json::Map<_, _>>()
-            })
-            .unwrap_or_default();
+        let as_json = |c: &metadata_ebpf::Counters| {
+            c.fields()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let by_family = self.counters.by_family().unwrap_or_else(|_| {
+            metadata_ebpf::Family::ALL.map(|family| (family, Default::default()))
+        });
+        let mut total = metadata_ebpf::Counters::default();
+        for (_, family) in &by_family {
+            total.accumulate(family);
+        }
+        let counters = as_json(&total);
+        let counters_by_family: serde_json::Map<_, _> = by_family
+            .iter()
+            .map(|(family, c)| (family.name().to_string(), as_json(c).into()))
+            .collect();
         let states = self.taps.borrow().clone();
         let settings = &self.settings;
         let mut status = serde_json::json!({
@@ -401,7 +410,12 @@ impl admin::server::DatapathView for DatapathStatus {
                 "attached": states.attached.len(),
                 "failing": states.failing.len(),
             },
+            "metadata_addrs": {
+                "ipv4": settings.metadata.ipv4,
+                "ipv6": settings.metadata.ipv6,
+            },
             "counters": counters,
+            "counters_by_family": counters_by_family,
         });
         if taps {
             status["attached_taps"] = states

@@ -29,3 +29,34 @@ fn a_qemu_guest_fetches_its_own_meta_data() {
     assert_eq!(doc["uuid"], instance.uuid.as_str(), "{reply}");
     assert_eq!(doc["name"], "vm", "{reply}");
 }
+
+/// The same guest kernel fetches over IPv6 from `fe80::a9fe:a9fe%eth0`
+/// (its own link-local address, its own Neighbour Solicitation): the
+/// datapath's advertisement and translation work for a real IPv6 stack.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_qemu_guest_fetches_its_own_meta_data_over_ipv6() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::new(&host, GATEWAY, 24).unwrap();
+    let mut config = QemuConfig::new(GUEST_ADDR, GUEST_MAC);
+    config.fetch_host = "fe80::a9fe:a9fe%eth0".into();
+    let mut vm = QemuGuest::new(&net, config).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("vm6");
+    daemon.put_instance(&instance).unwrap();
+    daemon
+        .add_port(vm.tap(), &instance, vm.mac(), vm.addr())
+        .unwrap();
+
+    vm.boot().unwrap();
+    let reply = vm.wait_for_answer().unwrap();
+
+    assert_eq!(reply.status, 200, "{reply}\nconsole:\n{}", vm.console());
+    let doc = reply.json().unwrap_or_else(|| panic!("not JSON: {reply}"));
+    assert_eq!(doc["uuid"], instance.uuid.as_str(), "{reply}");
+    let ipv6 = &daemon.status().unwrap()["datapath"]["counters_by_family"]["ipv6"];
+    assert!(
+        ipv6["caught"].as_u64().unwrap_or(0) > 0,
+        "over IPv6: {ipv6}"
+    );
+}

@@ -1,6 +1,6 @@
 //! What ingress hands the backend and gets back: who asks, and the answer
 //! with how far it may travel.
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,11 +14,12 @@ use crate::state::Port;
 #[derive(Clone, Debug)]
 pub struct Guest {
     pub port: Arc<Port>,
-    /// The guest's own source address, as it sent it: for X-Forwarded-For
-    /// in nova mode, and EC2's `local-ipv4` of a port registered without
-    /// addresses. None when no answer could need it, so the datapath was not
-    /// asked (see [`crate::backend::Responder::needs_guest_addr`]).
-    pub guest_addr: Option<Ipv4Addr>,
+    /// The guest's own source address, as it sent it, of the family it
+    /// asked over: for X-Forwarded-For in nova mode, and EC2's `local-ipv4`
+    /// of a port registered without addresses. None when no answer could
+    /// need it, so the datapath was not asked (see
+    /// [`crate::backend::Responder::needs_guest_addr`]).
+    pub guest_addr: Option<IpAddr>,
 }
 
 /// Linux's default IP TTL: how far an ordinary answer may travel.

@@ -24,8 +24,9 @@ pub const DEFAULT_ADMIN_SOCKET: &str = "/run/metadata-redirector/admin.sock";
 
 /// Serves instance metadata (OpenStack and EC2 formats) to the guests of this
 /// hypervisor: an eBPF program on each registered tap catches requests to
-/// 169.254.169.254 and hands them to one host-wide server, which knows the
-/// instance from the tap the request came in on.
+/// 169.254.169.254 (and over IPv6 to fe80::a9fe:a9fe and fd00:ec2::254) and
+/// hands them to one host-wide server, which knows the instance from the tap
+/// the request came in on.
 #[derive(Debug, Parser)]
 #[command(name = "metadata-redirector", version, propagate_version = true)]
 pub struct Cli {
@@ -111,10 +112,11 @@ pub struct ServeArgs {
     pub bpffs: Option<PathBuf>,
     /// TOML file with any of the settings below (command-line flags win).
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
-    /// server_netns, server_addr, server_port, identity_net, domain,
-    /// detach_on_exit, tap_attach, syn_rate_per_port, rate_limit_per_sec,
-    /// rate_limit_burst, discover, libvirt_uri, and the nova backend's:
-    /// backend, nova_metadata_host, nova_metadata_port,
+    /// server_netns, server_addr, server_port, identity_net, metadata_addr,
+    /// metadata_addrs6, ipv6, domain, detach_on_exit, tap_attach,
+    /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, discover,
+    /// libvirt_uri, and the nova backend's: backend, nova_metadata_host,
+    /// nova_metadata_port,
     /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
     /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
     /// nova_metadata_timeout, metadata_cache_expiration, stale_if_error,
@@ -150,6 +152,12 @@ pub struct ServeArgs {
     /// [default: tc].
     #[arg(long, value_enum, value_name = "MODE")]
     pub tap_attach: Option<TapAttach>,
+    /// Do not serve IPv6 (`ipv6 = false` in the config file): the guests'
+    /// IPv6 traffic, to fe80::a9fe:a9fe and fd00:ec2::254 included, passes
+    /// untouched. By default both are served, like 169.254.169.254, each
+    /// guest identified by its tap.
+    #[arg(long)]
+    pub no_ipv6: bool,
     /// Learn the ports from the hypervisor, with no `port add`: `libvirt`
     /// serves every tap of every running libvirt domain, bound to the
     /// domain's UUID, with nova's project, port ids and fixed IPs from the

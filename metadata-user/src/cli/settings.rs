@@ -2,7 +2,7 @@
 //! the built-in defaults. Every key is checked; an unknown one is an error
 //! (a misspelt setting must not be silently ignored).
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -19,7 +19,7 @@ use crate::{
         },
         nova::config::{BackendConfig, BackendKind, NovaOptions, Protocol, SECRET_ENV},
     },
-    datapath::{IdentityPlan, TapAttach, server_link::ServerLinkPlan, server_netns},
+    datapath::{IdentityPlan, MetadataAddrs, TapAttach, server_link::ServerLinkPlan, server_netns},
     discovery::{DiscoverConfig, DiscoverKind, libvirt::DEFAULT_URI},
     ingress::ratelimit::RateLimitConfig,
 };
@@ -46,6 +46,13 @@ struct FileConfig {
     server_port: Option<u16>,
     /// "A.B.C.D/N"
     identity_net: Option<String>,
+    /// The IPv4 address guests ask (169.254.169.254).
+    metadata_addr: Option<Ipv4Addr>,
+    /// The IPv6 addresses guests ask, at most two (fe80::a9fe:a9fe and
+    /// fd00:ec2::254).
+    metadata_addrs6: Option<Vec<Ipv6Addr>>,
+    /// false: IPv6 is not served (its traffic passes untouched).
+    ipv6: Option<bool>,
     domain: Option<String>,
     detach_on_exit: Option<bool>,
     /// "tcx" or "tc" (parsed here rather than by serde, so that a bad value
@@ -148,6 +155,8 @@ pub struct Settings {
     /// The network namespace the server lives in (`--server-netns`).
     pub server_netns: String,
     pub identity: IdentityPlan,
+    /// The addresses guests ask, IPv6's empty when it is switched off.
+    pub metadata: MetadataAddrs,
     pub server_port: u16,
     pub domain: String,
     pub detach_on_exit: bool,
@@ -202,6 +211,7 @@ impl Settings {
                 parse_cidr(net).with_context(|| format!("identity_net: {net:?}"))?;
         }
         identity.validate().context("identity_net/server_addr")?;
+        let metadata = metadata_addrs(args.no_ipv6, &file, &identity)?;
         let admin_socket = if admin_socket == Path::new(DEFAULT_ADMIN_SOCKET) {
             file.admin_socket.unwrap_or(admin_socket)
         } else {
@@ -264,13 +274,14 @@ impl Settings {
                 server_ifname,
                 entry_ifname,
                 server_addr: identity.server_addr,
-                identity_net: (identity.net, identity.prefix_len),
+                identity_nets: identity.lanes(),
                 next_hop: identity
                     .next_hop()
                     .context("the identity plan has no next hop")?,
             },
             server_netns,
             identity,
+            metadata,
             server_port: file.server_port.unwrap_or(DEFAULT_SERVER_PORT),
             domain: file.domain.unwrap_or_else(|| DEFAULT_DOMAIN.into()),
             detach_on_exit: args.detach_on_exit || file.detach_on_exit.unwrap_or(false),
@@ -287,6 +298,36 @@ impl Settings {
             discover,
         })
     }
+}
+
+/// The metadata addresses: the file's, else the defaults; IPv6's none when
+/// `--no-ipv6` or `ipv6 = false` switches it off.
+fn metadata_addrs(
+    no_ipv6: bool,
+    file: &FileConfig,
+    identity: &IdentityPlan,
+) -> anyhow::Result<MetadataAddrs> {
+    let mut metadata = MetadataAddrs::default();
+    if let Some(addr) = file.metadata_addr {
+        metadata.ipv4 = addr;
+    }
+    if let Some(addrs) = &file.metadata_addrs6 {
+        if addrs.is_empty() {
+            bail!("metadata_addrs6: empty; to switch IPv6 off, set ipv6 = false");
+        }
+        metadata.ipv6 = addrs.clone();
+    }
+    if no_ipv6 || file.ipv6 == Some(false) {
+        metadata.ipv6.clear();
+    }
+    metadata.validate()?;
+    if metadata.ipv4 == identity.server_addr || identity.slot_of(metadata.ipv4).is_some() {
+        bail!(
+            "metadata_addr: {} is the server's or an identity address",
+            metadata.ipv4
+        );
+    }
+    Ok(metadata)
 }
 
 fn rate_limit(file: &FileConfig) -> anyhow::Result<RateLimitConfig> {
@@ -558,6 +599,53 @@ mod tests {
         .to_string();
         assert!(err.contains("--tap-attach"), "{err}");
         assert!(err.contains("tcx") && err.contains("tc"), "{err}");
+    }
+
+    #[test]
+    fn metadata_addresses_and_the_ipv6_switch() {
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.metadata, MetadataAddrs::default());
+        assert_eq!(settings.metadata.ipv6.len(), 2, "IPv6 is on by default");
+        assert_eq!(settings.link.identity_nets.len(), 3, "a route per lane");
+
+        let settings = with_file(
+            "metadata_addr = \"169.254.169.253\"\nmetadata_addrs6 = [\"fd00:ec2::254\"]\n",
+        )
+        .unwrap();
+        assert_eq!(settings.metadata.ipv4, Ipv4Addr::new(169, 254, 169, 253));
+        assert_eq!(
+            settings.metadata.ipv6,
+            ["fd00:ec2::254".parse::<Ipv6Addr>().unwrap()]
+        );
+        assert!(
+            with_file("ipv6 = false\n")
+                .unwrap()
+                .metadata
+                .ipv6
+                .is_empty()
+        );
+        let args = ServeArgs {
+            no_ipv6: true,
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert!(settings.metadata.ipv6.is_empty(), "--no-ipv6");
+
+        for (text, key) in [
+            ("metadata_addrs6 = []\n", "ipv6 = false"),
+            ("metadata_addrs6 = [\"ff02::1\"]\n", "metadata_addrs6"),
+            (
+                "metadata_addrs6 = [\"not an address\"]\n",
+                "metadata_addrs6",
+            ),
+            ("metadata_addr = \"fe80::1\"\n", "metadata_addr"),
+            ("metadata_addr = \"240.1.0.9\"\n", "metadata_addr"),
+            ("ipv6 = \"no\"\n", "ipv6"),
+        ] {
+            let err = format!("{:#}", with_file(text).unwrap_err());
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use metadata_ebpf::{DatapathConfig, names};
 use tracing::info;
 
 use super::{
-    CounterTable, Datapath, FlowTable, IdentityPlan, TapAttach, bpffs::ensure_bpffs,
+    CounterTable, Datapath, FlowTable, IdentityPlan, MetadataAddrs, TapAttach, bpffs::ensure_bpffs,
     map_layout::replace_incompatible_pins, pins::remove_pin, server_link::ServerLink,
     table_writer::TableWriter, tcx::attach_program,
 };
@@ -43,6 +43,7 @@ impl Datapath {
         server_port: u16,
         syn_rate_per_port: u32,
         tap_attach: TapAttach,
+        metadata: &MetadataAddrs,
     ) -> anyhow::Result<Self> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
@@ -99,6 +100,7 @@ impl Datapath {
         let tap_program_id = tap_program.info().context("the tap program's id")?.id();
 
         let mut config: Array<MapData, DatapathConfig> = take_map(&mut ebpf, names::CONFIG)?;
+        let (metadata_addrs6, served6) = metadata.ipv6_config();
         config
             .set(
                 0,
@@ -109,6 +111,9 @@ impl Datapath {
                     redirect_ifindex: server.entry_ifindex,
                     ready: 1,
                     syn_rate_per_port,
+                    metadata_addr: metadata.ipv4.octets(),
+                    served6,
+                    metadata_addrs6,
                 },
                 0,
             )

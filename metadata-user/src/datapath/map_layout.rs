@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use aya::maps::MapData;
-use metadata_ebpf::{Counters, DatapathConfig, PortEntry, names};
+use metadata_ebpf::{Counters, DatapathConfig, Family, PortEntry, names};
 use tracing::warn;
 
 use super::pins::remove_pin;
@@ -25,7 +25,7 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 4] {
             names::FLOWS,
             size_of::<[u8; 4]>(),
             size_of::<u32>(),
-            metadata_ebpf::MAX_PORTS,
+            metadata_ebpf::MAX_FLOW_TABLE_KEYS,
         ),
         (
             names::CONFIG,
@@ -33,7 +33,12 @@ fn expected_layouts() -> [(&'static str, usize, usize, u32); 4] {
             size_of::<DatapathConfig>(),
             1,
         ),
-        (names::COUNTERS, size_of::<u32>(), size_of::<Counters>(), 1),
+        (
+            names::COUNTERS,
+            size_of::<u32>(),
+            size_of::<Counters>(),
+            Family::COUNT as u32,
+        ),
     ]
 }
 

@@ -7,10 +7,13 @@
 //! - `pins`: the names of the pins, and their removal.
 //! - `taps`: attaching to and detaching from registered taps, pruning.
 //! - `attach_mode`: `--tap-attach`; `tcx` and `tc_attach` do each mode.
-//! - `tables`: each port's flow table (who is behind a connection) and the
-//!   counters; `table_writer` adds and removes the tables off the attach
-//!   path (each change of FLOWS waits for an RCU grace period).
-//! - `identity`: the identity addresses that encode a port's slot.
+//! - `tables`: each port's flow table (who is behind a connection; one
+//!   table under each lane's identity address) and the counters;
+//!   `table_writer` adds and removes the tables off the attach path (each
+//!   change of FLOWS waits for an RCU grace period).
+//! - `identity`: the identity addresses that encode a port's slot, one per
+//!   lane (IPv4, then each IPv6 metadata address).
+//! - `metadata_addrs`: the addresses guests ask, IPv4 and IPv6.
 //! - `server_netns`: the network namespace the server lives in.
 //! - `server_link`: the server's veth pair, from the host's namespace into
 //!   the server's.
@@ -44,6 +47,7 @@ mod bpffs;
 pub mod identity;
 mod load;
 mod map_layout;
+pub mod metadata_addrs;
 pub mod netdev;
 mod pins;
 pub mod reconcile;
@@ -67,6 +71,7 @@ use metadata_ebpf::PortEntry;
 
 pub use attach_mode::TapAttach;
 pub use identity::IdentityPlan;
+pub use metadata_addrs::MetadataAddrs;
 pub use pins::remove_pins;
 pub use tables::{CounterTable, FlowTable};
 pub use taps::TableFate;

@@ -53,8 +53,8 @@ pub struct ServerLinkPlan {
     /// In the host's namespace; caught requests are redirected out of it.
     pub entry_ifname: String,
     pub server_addr: Ipv4Addr,
-    /// The identity range, routed to the server end...
-    pub identity_net: (Ipv4Addr, u8),
+    /// The identity ranges (one per lane), routed to the server end...
+    pub identity_nets: [(Ipv4Addr, u8); metadata_ebpf::IDENTITY_LANES],
     /// ...through this on-link gateway.
     pub next_hop: Ipv4Addr,
 }
@@ -181,26 +181,27 @@ async fn configure_server_end(
         .execute()
         .await
         .with_context(|| format!("adding {} to {}", plan.server_addr, plan.server_ifname))?;
-    let (net, prefix) = plan.identity_net;
-    inside
-        .route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(net, prefix)
-                .output_interface(server_index)
-                .gateway(plan.next_hop)
-                .onlink()
-                .build(),
-        )
-        .replace()
-        .execute()
-        .await
-        .with_context(|| {
-            format!(
-                "routing {net}/{prefix} via {} to {}",
-                plan.next_hop, plan.server_ifname
+    for (net, prefix) in plan.identity_nets {
+        inside
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(net, prefix)
+                    .output_interface(server_index)
+                    .gateway(plan.next_hop)
+                    .onlink()
+                    .build(),
             )
-        })?;
+            .replace()
+            .execute()
+            .await
+            .with_context(|| {
+                format!(
+                    "routing {net}/{prefix} via {} to {}",
+                    plan.next_hop, plan.server_ifname
+                )
+            })?;
+    }
     Ok(())
 }
 

@@ -15,7 +15,10 @@
 //! - removals of the tables of ports that are gone.
 //!
 //! Changes for one key happen in the order they were asked for: a removal
-//! and an insert of the same key are never in the same batch.
+//! and an insert of the same key are never in the same batch. A port has
+//! one table under each of its lanes' identity addresses (IPv4, then each
+//! IPv6 metadata address): an insert is keyed by lane 0 and puts the same
+//! table under every lane in the same call.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -27,7 +30,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::MapData;
-use metadata_ebpf::{FlowEntry, FlowKey};
+use metadata_ebpf::{FlowEntry, FlowKey, IDENTITY_LANES};
 use tracing::warn;
 
 use super::sys;
@@ -35,8 +38,9 @@ use super::sys;
 /// What waits to be done, and what is being done now.
 #[derive(Default)]
 struct Queue {
-    /// Tables to create and put in FLOWS (replacing any there), by key.
-    inserts: BTreeMap<[u8; 4], u32>,
+    /// Tables to create and put in FLOWS (replacing any there), by lane 0's
+    /// key: the slot, and every lane's key.
+    inserts: BTreeMap<[u8; 4], (u32, [[u8; 4]; IDENTITY_LANES])>,
     removals: BTreeSet<[u8; 4]>,
     /// Keys of the batch the writer is working on now: removals, and
     /// inserts with the id of the table that goes in.
@@ -99,19 +103,22 @@ impl TableWriter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Asks for a fresh table under each of `tables` (identity, slot),
-    /// replacing whatever is there. Returns at once.
-    pub fn insert(&self, tables: impl IntoIterator<Item = (Ipv4Addr, u32)>) {
+    /// Asks for a fresh table for each of `tables` (every lane's identity,
+    /// slot), under every lane, replacing whatever is there. Returns at once.
+    pub fn insert(&self, tables: impl IntoIterator<Item = ([Ipv4Addr; IDENTITY_LANES], u32)>) {
         let mut queue = self.queue();
-        for (identity, slot) in tables {
-            let key = identity.octets();
-            queue.removals.remove(&key);
-            queue.inserts.insert(key, slot);
+        for (identities, slot) in tables {
+            let keys = identities.map(|identity| identity.octets());
+            for key in &keys {
+                queue.removals.remove(key);
+            }
+            queue.inserts.insert(keys[0], (slot, keys));
         }
         self.shared.changed.notify_all();
     }
 
-    /// Asks for the removal of the tables of `identities`. Returns at once.
+    /// Asks for the removal of the table keys `identities` (any lane's).
+    /// Returns at once.
     pub fn remove(&self, identities: impl IntoIterator<Item = Ipv4Addr>) {
         let mut queue = self.queue();
         for identity in identities {
@@ -122,7 +129,8 @@ impl TableWriter {
         self.shared.changed.notify_all();
     }
 
-    /// Whether an insert of `identity`'s table is queued or under way.
+    /// Whether an insert of the table whose lane 0 key is `identity` is
+    /// queued or under way.
     pub fn is_queued(&self, identity: Ipv4Addr) -> bool {
         let queue = self.queue();
         let key = identity.octets();
@@ -193,12 +201,12 @@ fn run(shared: &Shared, flows: &MapData) {
             // The tables are made here, under the lock, so that whoever
             // waits for one knows its id before it goes in.
             let mut fresh = Vec::with_capacity(queue.inserts.len());
-            for (key, slot) in std::mem::take(&mut queue.inserts) {
+            for (key, (slot, keys)) in std::mem::take(&mut queue.inserts) {
                 match create_table(slot).and_then(|table| Ok((sys::map_id(table.as_fd())?, table)))
                 {
                     Ok((id, table)) => {
                         queue.inserting.insert(key, id);
-                        fresh.push((key, table));
+                        fresh.push((keys, table));
                     }
                     Err(err) => warn!(identity = %Ipv4Addr::from(key), "{err:#}"),
                 }
@@ -210,8 +218,12 @@ fn run(shared: &Shared, flows: &MapData) {
         if let Err(err) = sys::delete_inner_maps(flows.fd().as_fd(), &removals) {
             warn!(%err, count = removals.len(), "removing flow tables");
         }
-        let keys: Vec<[u8; 4]> = inserts.iter().map(|(key, _)| *key).collect();
-        let fds: Vec<BorrowedFd<'_>> = inserts.iter().map(|(_, table)| table.as_fd()).collect();
+        // Each table under every lane's key, in one call.
+        let keys: Vec<[u8; 4]> = inserts.iter().flat_map(|(keys, _)| *keys).collect();
+        let fds: Vec<BorrowedFd<'_>> = inserts
+            .iter()
+            .flat_map(|(_, table)| std::iter::repeat_n(table.as_fd(), IDENTITY_LANES))
+            .collect();
         if let Err(err) = sys::put_inner_maps(flows.fd().as_fd(), &keys, &fds) {
             warn!(%err, count = keys.len(), "adding flow tables");
         }

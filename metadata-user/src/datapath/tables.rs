@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray};
-use metadata_ebpf::{Counters, FlowEntry, FlowKey};
+use metadata_ebpf::{Counters, Family, FlowEntry, FlowKey, IDENTITY_LANES};
 use tracing::{debug, warn};
 
 use super::{IdentityPlan, sys, table_writer::TableWriter};
@@ -77,20 +77,59 @@ impl FlowTable {
             .flatten()
     }
 
-    /// Makes sure the port with `identity` (slot `slot`) has a flow table:
-    /// the one a previous daemon, an earlier attach or `prepare` left (so
-    /// open connections keep their flows), or a new one. Waits for the
-    /// writer only when the table is not there yet, and then only until it
-    /// is (see `table_writer`).
-    pub(super) fn ensure(&self, identity: Ipv4Addr, slot: u32) -> anyhow::Result<()> {
-        self.writer.settle(identity, || self.table_id(identity));
+    /// The id of the port's table if FLOWS holds it under every lane's
+    /// identity address (a port has one table, under each of its lanes).
+    fn table_id_in_every_lane(&self, identities: &[Ipv4Addr; IDENTITY_LANES]) -> Option<u32> {
+        let id = self.table_id(identities[0])?;
+        identities[1..]
+            .iter()
+            .all(|identity| self.table_id(*identity) == Some(id))
+            .then_some(id)
+    }
+
+    /// Makes sure the port with `identities` (its identity address in each
+    /// lane, lane 0 first; slot `slot`) has a flow table under each of them:
+    /// the one a previous daemon, an earlier attach or `prepare` left under
+    /// lane 0 (so open connections keep their flows), or a new one. Waits
+    /// for the writer only when the table is not there yet, and then only
+    /// until it is (see `table_writer`).
+    pub(super) fn ensure(
+        &self,
+        identities: &[Ipv4Addr; IDENTITY_LANES],
+        slot: u32,
+    ) -> anyhow::Result<()> {
+        let identity = identities[0];
+        let every_lane = || self.table_id_in_every_lane(identities);
+        self.writer.settle(identity, every_lane);
         if self.has_table_of_our_layout(identity)? {
+            if every_lane().is_none() {
+                // Left by a daemon with fewer lanes (before IPv6): the same
+                // table goes under the others too, here and now (rare).
+                self.add_to_every_lane(identities)?;
+            }
             return Ok(());
         }
-        self.writer.insert([(identity, slot)]);
-        self.writer.settle(identity, || self.table_id(identity));
-        if self.table_id(identity).is_none() {
+        self.writer.insert([(*identities, slot)]);
+        self.writer.settle(identity, every_lane);
+        if every_lane().is_none() {
             anyhow::bail!("the flow table of {identity} could not be added (see the log)");
+        }
+        Ok(())
+    }
+
+    /// Puts lane 0's table under every other lane's identity address.
+    fn add_to_every_lane(&self, identities: &[Ipv4Addr; IDENTITY_LANES]) -> anyhow::Result<()> {
+        let mut tables = self.tables();
+        let table = tables
+            .get(&identities[0].octets(), 0)
+            .with_context(|| format!("looking up the flow table of {}", identities[0]))?;
+        let id = table.info()?.id();
+        for identity in &identities[1..] {
+            if self.table_id(*identity) != Some(id) {
+                tables
+                    .insert(identity.octets(), &table, 0)
+                    .with_context(|| format!("adding the flow table of {identity}"))?;
+            }
         }
         Ok(())
     }
@@ -130,13 +169,17 @@ impl FlowTable {
 
     /// Has fresh tables made, in the background, for ports about to be
     /// attached (spares for the next slots, or a pass's ports that have
-    /// none): `ensure` then finds them. Identities that have a table or
-    /// one on its way are skipped.
-    pub(super) fn prepare(&self, wanted: impl IntoIterator<Item = (Ipv4Addr, u32)>) {
-        let missing: Vec<(Ipv4Addr, u32)> = wanted
+    /// none): `ensure` then finds them. Ports that have a table in every
+    /// lane or one on its way are skipped.
+    pub(super) fn prepare(
+        &self,
+        wanted: impl IntoIterator<Item = ([Ipv4Addr; IDENTITY_LANES], u32)>,
+    ) {
+        let missing: Vec<([Ipv4Addr; IDENTITY_LANES], u32)> = wanted
             .into_iter()
-            .filter(|(identity, _)| {
-                !self.writer.is_queued(*identity) && self.table_id(*identity).is_none()
+            .filter(|(identities, _)| {
+                !self.writer.is_queued(identities[0])
+                    && self.table_id_in_every_lane(identities).is_none()
             })
             .collect();
         if !missing.is_empty() {
@@ -144,10 +187,11 @@ impl FlowTable {
         }
     }
 
-    /// Empties the table of `identity` (its flows were a tap's that is
-    /// gone; the port stays registered and keeps the table).
-    pub(super) fn flush(&self, identity: Ipv4Addr) {
-        let table = match self.tables().get(&identity.octets(), 0) {
+    /// Empties the port's table (its flows were a tap's that is gone; the
+    /// port stays registered and keeps the table). One table for every
+    /// lane: lane 0's key finds it.
+    pub(super) fn flush(&self, identities: &[Ipv4Addr; IDENTITY_LANES]) {
+        let table = match self.tables().get(&identities[0].octets(), 0) {
             Ok(table) => table,
             Err(_) => return,
         };
@@ -160,13 +204,19 @@ impl FlowTable {
         }
     }
 
-    /// Drops the flow table of `identity`, if there is one, in the background.
-    pub(super) fn remove(&self, identity: Ipv4Addr) {
-        self.open_tables().remove(&identity.octets());
-        self.writer.remove([identity]);
+    /// Drops the port's flow table, its key under each identity address, in
+    /// the background.
+    pub(super) fn remove(&self, identities: &[Ipv4Addr; IDENTITY_LANES]) {
+        let mut open = self.open_tables();
+        for identity in identities {
+            open.remove(&identity.octets());
+        }
+        drop(open);
+        self.writer.remove(identities.iter().copied());
     }
 
-    /// Drops every flow table but those of `identities`, in the background.
+    /// Drops every flow table key but those of `identities` (every lane's),
+    /// in the background.
     pub(super) fn retain(&self, identities: &HashSet<Ipv4Addr>) {
         let stale: Vec<Ipv4Addr> = self
             .tables()
@@ -239,13 +289,26 @@ pub struct CounterTable {
 }
 
 impl CounterTable {
-    /// The counters summed over all CPUs.
-    pub fn totals(&self) -> anyhow::Result<Counters> {
-        let per_cpu = self.map.get(&0, 0).context("reading counters")?;
+    /// One family's counters, summed over all CPUs.
+    pub fn family(&self, family: Family) -> anyhow::Result<Counters> {
+        let per_cpu = self
+            .map
+            .get(&(family as u32), 0)
+            .with_context(|| format!("reading the {} counters", family.name()))?;
         let mut total = Counters::default();
         for counters in per_cpu.iter() {
             total.accumulate(counters);
         }
         Ok(total)
+    }
+
+    /// The counters of every family, summed over all CPUs, in
+    /// `Family::ALL` order.
+    pub fn by_family(&self) -> anyhow::Result<[(Family, Counters); Family::COUNT]> {
+        let mut rows = Family::ALL.map(|family| (family, Counters::default()));
+        for (family, counters) in &mut rows {
+            *counters = self.family(*family)?;
+        }
+        Ok(rows)
     }
 }

@@ -36,13 +36,14 @@ impl Datapath {
             Some(current) if current.ifindex == ifindex => {
                 // Same tap, another slot: the link stays, the port entry and
                 // the flow table change.
-                let identity = self.identity.address_of(slot)?;
-                self.flows.ensure(identity, slot)?;
-                let entry = PortEntry::new(slot, identity.octets());
+                let identities = self.identity.addresses_of(slot)?;
+                self.flows.ensure(&identities, slot)?;
+                let entry = PortEntry::new(slot, identities.map(|a| a.octets()));
                 self.ports
                     .insert(ifindex, entry, 0)
                     .with_context(|| format!("updating {ifname} in the port map"))?;
-                self.flows.remove(self.identity.address_of(current.slot)?);
+                self.flows
+                    .remove(&self.identity.addresses_of(current.slot)?);
                 self.attached.insert(ifname.to_string(), wanted);
                 return Ok(());
             }
@@ -52,17 +53,17 @@ impl Datapath {
                 let old_slot = current.slot;
                 self.detach_tap(ifname, TableFate::Keep)?;
                 if old_slot != slot {
-                    self.flows.remove(self.identity.address_of(old_slot)?);
+                    self.flows.remove(&self.identity.addresses_of(old_slot)?);
                 }
             }
             None => {}
         }
-        let identity = self.identity.address_of(slot)?;
+        let identities = self.identity.addresses_of(slot)?;
         // The port's flow table, then its map entry, then the program: the
         // program passes traffic from taps it does not know, so there is no
         // window where a guest is served wrongly.
-        self.flows.ensure(identity, slot)?;
-        let entry = PortEntry::new(slot, identity.octets());
+        self.flows.ensure(&identities, slot)?;
+        let entry = PortEntry::new(slot, identities.map(|a| a.octets()));
         if self.ports.get(&ifindex, 0).ok() != Some(entry) {
             self.ports
                 .insert(ifindex, entry, 0)
@@ -118,10 +119,10 @@ impl Datapath {
         let _ = self.ports.remove(&old.ifindex);
         // Its open connections cannot get replies any more (the tap is gone,
         // or no longer ours): their flows go.
-        if let Ok(identity) = self.identity.address_of(old.slot) {
+        if let Ok(identities) = self.identity.addresses_of(old.slot) {
             match table {
-                TableFate::Remove => self.flows.remove(identity),
-                TableFate::Keep => self.flows.flush(identity),
+                TableFate::Remove => self.flows.remove(&identities),
+                TableFate::Keep => self.flows.flush(&identities),
             }
         }
         // Both modes' attachments, whichever this daemon uses: cheap when
@@ -139,7 +140,7 @@ impl Datapath {
         self.flows.prepare(
             slots
                 .into_iter()
-                .filter_map(|slot| Some((self.identity.address_of(slot).ok()?, slot))),
+                .filter_map(|slot| Some((self.identity.addresses_of(slot).ok()?, slot))),
         );
     }
 
@@ -182,7 +183,8 @@ impl Datapath {
         let identities: std::collections::HashSet<std::net::Ipv4Addr> = registered
             .into_iter()
             .chain(spares)
-            .filter_map(|slot| self.identity.address_of(slot).ok())
+            .filter_map(|slot| self.identity.addresses_of(slot).ok())
+            .flatten()
             .collect();
         self.flows.retain(&identities);
         let live: std::collections::HashSet<u32> =

@@ -7,6 +7,8 @@
 //!   serve.rs).
 //! - `neutron_agent`: neutron-metadata-agent's unix socket, for the haproxy
 //!   proxies in router and DHCP namespaces; their headers say which port.
+//! - `forwarded_addr`: the guest address a neutron proxy reports, IPv4 or
+//!   IPv6 (a link-local one names the guest's MAC).
 //! - `conn`: the connection's socket (the IMDSv2 hop limit as IP TTL).
 //! - `limits`, `ratelimit`: a per-port cap on open connections and on the
 //!   request rate, so one guest never crowds out the others.
@@ -15,6 +17,7 @@
 //! Depends on `backend` (who answers) and `state` (which port a slot is).
 pub mod conn;
 pub mod dispatch;
+pub mod forwarded_addr;
 pub mod limits;
 pub mod neutron_agent;
 pub mod ratelimit;

@@ -9,7 +9,10 @@
 //! same backend as the eBPF path:
 //!
 //! - Network-ID: the ports registered with that `--network-id` and the
-//!   address among their `--ip`s.
+//!   address among their `--ip`s. IPv6 addresses are taken as IPv4's; an
+//!   IPv6 link-local address (neutron's proxy for `fe80::a9fe:a9fe`
+//!   forwards the guest's) that is no port's `--ip` matches the port whose
+//!   `--mac` it was made from (EUI-64), as neutron's agent matches it.
 //! - Router-ID: we do not know which networks a router joins (neutron's
 //!   agent asks neutron-server), so the ports having the address, on any
 //!   network. Overlapping tenant addresses on one host then match several
@@ -28,7 +31,7 @@
 //! socket at the same path; its directory is created when missing.
 use std::{
     convert::Infallible,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
     path::Path,
     sync::Arc,
@@ -53,6 +56,7 @@ use hyper_util::{
 use tokio::{net::UnixListener, sync::watch};
 use tracing::{debug, warn};
 
+use super::forwarded_addr;
 use crate::{
     backend::{Guest, Reply},
     state::Port,
@@ -93,19 +97,19 @@ fn last_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The one registered port the proxy's headers point to, and the guest's address.
-pub fn identify(
-    headers: &HeaderMap,
-    ports: &[Arc<Port>],
-) -> Result<(Arc<Port>, Ipv4Addr), Refusal> {
+pub fn identify(headers: &HeaderMap, ports: &[Arc<Port>]) -> Result<(Arc<Port>, IpAddr), Refusal> {
     let forwarded_for = last_value(headers, X_FORWARDED_FOR)
         .ok_or(Refusal::BadRequest("X-Forwarded-For is missing"))?;
     let network = last_value(headers, X_NEUTRON_NETWORK_ID);
     let router = last_value(headers, X_NEUTRON_ROUTER_ID);
-    // Ports are IPv4 only; any other address matches none.
-    let Ok(addr) = forwarded_for.parse::<Ipv4Addr>() else {
+    // What is no address matches no port.
+    let Some(addr) = forwarded_addr::parse(forwarded_for) else {
         return Err(Refusal::NotFound);
     };
-    let has_addr = |port: &&Arc<Port>| port.spec.ips.contains(&addr);
+    let made_from_mac = forwarded_addr::eui64_mac(&addr);
+    let has_addr = |port: &&Arc<Port>| {
+        port.spec.ips.contains(&addr) || (made_from_mac.is_some() && port.spec.mac == made_from_mac)
+    };
     let mut matches: Vec<&Arc<Port>> = match (network, router) {
         (Some(_), Some(_)) => {
             return Err(Refusal::BadRequest(
@@ -261,14 +265,14 @@ mod tests {
     const NET_A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
     const NET_B: &str = "bbbbbbbb-0000-0000-0000-000000000002";
 
-    fn port(ifname: &str, network: Option<&str>, ip: [u8; 4], slot: u32) -> Arc<Port> {
+    fn port(ifname: &str, network: Option<&str>, ip: &str, slot: u32) -> Arc<Port> {
         Arc::new(Port {
             spec: PortSpec {
                 ifname: ifname.into(),
                 instance: uuid::Uuid::from_u128(slot.into()),
                 port_id: None,
-                mac: None,
-                ips: vec![Ipv4Addr::from(ip)],
+                mac: Some(format!("fa:16:3e:00:00:{slot:02x}")),
+                ips: vec![ip.parse().unwrap()],
                 network_id: network.map(|n| n.parse().unwrap()),
                 project_id: Some("p".into()),
             },
@@ -280,10 +284,12 @@ mod tests {
     fn ports() -> Vec<Arc<Port>> {
         vec![
             // Same address on two networks: overlapping tenant subnets.
-            port("tap-a", Some(NET_A), [10, 0, 0, 5], 1),
-            port("tap-b", Some(NET_B), [10, 0, 0, 5], 2),
-            port("tap-c", Some(NET_B), [10, 0, 0, 6], 3),
-            port("tap-d", None, [10, 0, 0, 7], 4),
+            port("tap-a", Some(NET_A), "10.0.0.5", 1),
+            port("tap-b", Some(NET_B), "10.0.0.5", 2),
+            port("tap-c", Some(NET_B), "10.0.0.6", 3),
+            port("tap-d", None, "10.0.0.7", 4),
+            // IPv6-only, on NET_B.
+            port("tap-e", Some(NET_B), "fd00::5", 5),
         ]
     }
 
@@ -328,6 +334,10 @@ mod tests {
             Err(Refusal::NotFound)
         );
         assert_eq!(
+            found(&[(ff, "not-an-address"), (X_NEUTRON_NETWORK_ID, NET_B)]),
+            Err(Refusal::NotFound)
+        );
+        assert_eq!(
             found(&[(ff, "10.0.0.5"), (X_NEUTRON_NETWORK_ID, "nope")]),
             Err(Refusal::NotFound)
         );
@@ -336,6 +346,44 @@ mod tests {
             found(&[(ff, "10.0.0.7"), (X_NEUTRON_NETWORK_ID, NET_A)]),
             Err(Refusal::NotFound)
         );
+    }
+
+    /// IPv6: a fixed IP as an IPv4 one; a link-local EUI-64 address by the
+    /// MAC it was made from (on the proxy's network only); anything else
+    /// matches nothing.
+    #[test]
+    fn ipv6_addresses_and_link_local_eui64_addresses_find_their_port() {
+        let ff = X_FORWARDED_FOR;
+        let net_b = (X_NEUTRON_NETWORK_ID, NET_B);
+        assert_eq!(found(&[(ff, "fd00::5"), net_b]).unwrap(), "tap-e fd00::5");
+        assert_eq!(
+            found(&[(ff, "FD00:0::5"), net_b]).unwrap(),
+            "tap-e fd00::5",
+            "any spelling of the address"
+        );
+        // tap-e's MAC is fa:16:3e:00:00:05, tap-c's fa:16:3e:00:00:03.
+        assert_eq!(
+            found(&[(ff, "fe80::f816:3eff:fe00:5"), net_b]).unwrap(),
+            "tap-e fe80::f816:3eff:fe00:5"
+        );
+        assert_eq!(
+            found(&[(ff, "fe80::f816:3eff:fe00:3%eth0"), net_b]).unwrap(),
+            "tap-c fe80::f816:3eff:fe00:3"
+        );
+        // tap-a's MAC, but tap-a is on NET_A.
+        assert_eq!(
+            found(&[(ff, "fe80::f816:3eff:fe00:1"), net_b]),
+            Err(Refusal::NotFound)
+        );
+        for unknown in ["fd00::6", "fe80::5", "fe80::f816:3eff:fe00:9"] {
+            let value = HeaderValue::from_str(unknown).unwrap();
+            let mut map = headers(&[net_b]);
+            map.append(HeaderName::from_static(X_FORWARDED_FOR), value);
+            assert!(
+                matches!(identify(&map, &ports()), Err(Refusal::NotFound)),
+                "{unknown}"
+            );
+        }
     }
 
     #[test]
@@ -349,6 +397,10 @@ mod tests {
         assert_eq!(
             found(&[(ff, "10.0.0.7"), (X_NEUTRON_ROUTER_ID, router)]).unwrap(),
             "tap-d 10.0.0.7"
+        );
+        assert_eq!(
+            found(&[(ff, "fd00::5"), (X_NEUTRON_ROUTER_ID, router)]).unwrap(),
+            "tap-e fd00::5"
         );
         // Ambiguous: 10.0.0.5 is on two networks.
         assert_eq!(
@@ -481,14 +533,14 @@ mod socket_tests {
         }
     }
 
-    fn port(ifname: &str, instance: &str, network: &str, ip: [u8; 4], slot: u32) -> Arc<Port> {
+    fn port(ifname: &str, instance: &str, network: &str, ip: &str, slot: u32) -> Arc<Port> {
         Arc::new(Port {
             spec: PortSpec {
                 ifname: ifname.into(),
                 instance: instance.parse().unwrap(),
                 port_id: None,
                 mac: None,
-                ips: vec![Ipv4Addr::from(ip)],
+                ips: vec![ip.parse().unwrap()],
                 network_id: Some(network.parse().unwrap()),
                 project_id: Some(PROJECT.into()),
             },
@@ -522,13 +574,16 @@ mod socket_tests {
     async fn neutron_agent_socket_identifies_and_forwards_to_nova() {
         const NET: &str = "aaaaaaaa-0000-0000-0000-000000000001";
         const OTHER: &str = "99999999-0000-0000-0000-000000000009";
+        // An instance of its own, so that nova's cache of INSTANCE cannot answer.
+        const V6_INSTANCE: &str = "66666666-0000-0000-0000-000000000006";
         let nova = fake_nova().await;
         let backend = NovaBackend::new(&config_for(nova.addr()));
         let ports: PortLookup = Arc::new(|| {
             vec![
-                port("tap-a", INSTANCE, NET, [10, 0, 0, 5], 1),
-                port("tap-b", OTHER, NET, [10, 0, 0, 6], 2),
-                port("tap-c", OTHER, NET, [10, 0, 0, 6], 3),
+                port("tap-a", INSTANCE, NET, "10.0.0.5", 1),
+                port("tap-b", OTHER, NET, "10.0.0.6", 2),
+                port("tap-c", OTHER, NET, "10.0.0.6", 3),
+                port("tap-v6", V6_INSTANCE, NET, "fd00::5", 4),
             ]
         });
         let dispatch: Dispatch = Arc::new(move |guest, request| {
@@ -562,6 +617,20 @@ mod socket_tests {
                 .iter()
                 .all(|(name, _)| !name.starts_with("x-neutron-"))
         );
+
+        // An IPv6 guest behind the proxy: its address goes to nova as it is.
+        let (status, body) = via_socket(
+            &path,
+            &[
+                ("X-Forwarded-For", "fd00::5"),
+                ("X-Neutron-Network-ID", NET),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let seen = nova.requests().pop().unwrap();
+        assert_eq!(seen.header_values("x-instance-id"), [V6_INSTANCE]);
+        assert_eq!(seen.header_values("x-forwarded-for"), ["fd00::5"]);
 
         // Zero matches and two matches: 404, nova never asked.
         let asked = nova.request_count();

@@ -20,7 +20,7 @@
 use std::{
     convert::Infallible,
     io,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
     pin::Pin,
     sync::Arc,
@@ -61,12 +61,13 @@ const LISTEN_BACKLOG: u32 = 65_535;
 /// What the server needs from the datapath (serve.rs implements it for the
 /// flow map).
 pub trait FlowLookup: Send + Sync {
-    /// The port slot an identity address encodes; None for any other
-    /// address. Arithmetic only.
+    /// The port slot an identity address encodes (any lane); None for any
+    /// other address. Arithmetic only.
     fn slot(&self, peer: Ipv4Addr) -> Option<u32>;
     /// The guest's own address behind `peer`, as the datapath recorded it
-    /// (a flow map lookup); None when it has no flow for `peer`.
-    fn guest_addr(&self, peer: SocketAddrV4) -> Option<Ipv4Addr>;
+    /// (a flow map lookup): IPv6 for a guest that asked over IPv6. None
+    /// when it has no flow for `peer`.
+    fn guest_addr(&self, peer: SocketAddrV4) -> Option<IpAddr>;
 }
 
 pub struct GuestServer {

@@ -1,5 +1,5 @@
 //! A port: one tap on this host, bound to one instance.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,8 +21,10 @@ pub struct PortSpec {
     /// Lower-case colon form once validated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// Fixed IPs, IPv4 or IPv6 (the neutron-agent socket matches a proxy's
+    /// X-Forwarded-For against them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<Ipv4Addr>,
+    pub ips: Vec<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_id: Option<uuid::Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -79,8 +81,8 @@ impl PortAddRequest {
             .ips
             .iter()
             .map(|ip| {
-                ip.parse::<Ipv4Addr>()
-                    .map_err(|_| FieldError::new("--ip", format!("{ip:?} is not an IPv4 address")))
+                ip.parse::<IpAddr>()
+                    .map_err(|_| FieldError::new("--ip", format!("{ip:?} is not an IP address")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(project_id) = &self.project_id {
@@ -259,7 +261,7 @@ mod tests {
             instance: UUID.to_uppercase(),
             port_id: Some("urn:uuid:11111111-2222-3333-4444-555555555555".into()),
             mac: Some("FA:16:3E:0A:0B:0C".into()),
-            ips: vec!["10.0.0.5".into(), "192.0.2.1".into()],
+            ips: vec!["10.0.0.5".into(), "192.0.2.1".into(), "FD00::5".into()],
             network_id: Some("{aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee}".into()),
             project_id: Some("p1".into()),
         }
@@ -271,10 +273,11 @@ mod tests {
             "11111111-2222-3333-4444-555555555555"
         );
         assert_eq!(spec.mac.as_deref(), Some("fa:16:3e:0a:0b:0c"));
-        assert_eq!(
-            spec.ips,
-            vec![Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(192, 0, 2, 1)]
-        );
+        let expected: Vec<IpAddr> = ["10.0.0.5", "192.0.2.1", "fd00::5"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        assert_eq!(spec.ips, expected);
         assert_eq!(
             spec.network_id.unwrap().to_string(),
             "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
@@ -385,8 +388,16 @@ mod tests {
     }
 
     #[test]
-    fn ips_must_be_ipv4() {
-        for bad in ["10.0.0", "10.0.0.256", "2001:db8::1", "10.0.0.1/24", ""] {
+    fn ips_must_be_ip_addresses() {
+        for bad in [
+            "10.0.0",
+            "10.0.0.256",
+            "2001:db8::1::2",
+            "fe80::1%eth0",
+            "10.0.0.1/24",
+            "fd00::/64",
+            "",
+        ] {
             assert_refused(
                 PortAddRequest {
                     ips: vec!["10.0.0.1".into(), bad.into()],

@@ -13,7 +13,7 @@
 //! no longer has are dropped when a shard takes a new entry.
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{Arc, Mutex, OnceLock},
 };
 
@@ -51,7 +51,7 @@ pub struct PortAnswers {
     doc: Arc<InstanceDoc>,
     /// The guest's own address the EC2 trees saw (their `local-ipv4` falls
     /// back to it when neither the document nor the port names one).
-    guest_addr: Option<Ipv4Addr>,
+    guest_addr: Option<IpAddr>,
     openstack: [[OnceLock<Result<Rendered, ApiError>>; File::COUNT]; OPENSTACK_VERSIONS.len()],
     ec2: [OnceLock<Node>; EC2_VERSIONS.len()],
     user_data: OnceLock<Option<Bytes>>,

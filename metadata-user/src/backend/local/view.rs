@@ -1,7 +1,10 @@
 //! One instance as the API presents it: the document's values, and nova's
 //! defaults where the document is silent. Both trees read only through here,
 //! so the EC2 and OpenStack answers never disagree.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use super::ApiConfig;
 use crate::{
@@ -112,16 +115,24 @@ impl<'a> InstanceView<'a> {
         self.ec2.instance_type.as_deref().unwrap_or("")
     }
 
-    /// nova: the first fixed IP of the instance's network info, else the
-    /// address the request came from. Ours: the document's, else the port's
-    /// first fixed IP, else the guest's source address (which ingress looks
-    /// up for every port without addresses; 0.0.0.0 if it could not).
-    pub fn local_ipv4(&self) -> Ipv4Addr {
+    /// nova: the first fixed IPv4 address of the instance's network info,
+    /// else the address the request came from (an IPv6 one for a guest that
+    /// asked over IPv6 and has no IPv4 address). Ours: the document's, else
+    /// the port's first fixed IPv4 address, else the guest's source address
+    /// (which ingress looks up for every port without addresses; 0.0.0.0 if
+    /// it could not).
+    pub fn local_ipv4(&self) -> IpAddr {
         self.ec2
             .local_ipv4
-            .or_else(|| self.guest.port.spec.ips.first().copied())
+            .or_else(|| {
+                self.guest.port.spec.ips.iter().find_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+            })
+            .map(IpAddr::V4)
             .or(self.guest.guest_addr)
-            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 
     /// The first floating IP in nova, empty without one.

@@ -93,7 +93,7 @@ pub fn upstream_headers(guest: &HeaderMap, target: &ForwardTarget, signature: &s
         headers.append(name.clone(), value.clone());
     }
     let value = |text: &str| {
-        HeaderValue::from_str(text).expect("UUIDs, hex and IPv4 addresses are valid header values")
+        HeaderValue::from_str(text).expect("UUIDs, hex and IP addresses are valid header values")
     };
     headers.insert(X_INSTANCE_ID, value(&target.instance_id.to_string()));
     // The project comes from the operator; a value that cannot be a header
@@ -253,7 +253,7 @@ mod tests {
         ForwardTarget {
             instance_id: "6c8a3b0e-1d6f-4d2b-9a57-0f4ad3a7e001".parse().unwrap(),
             project_id: "p1".into(),
-            guest_addr: Ipv4Addr::new(10, 0, 0, 5),
+            guest_addr: Ipv4Addr::new(10, 0, 0, 5).into(),
         }
     }
 

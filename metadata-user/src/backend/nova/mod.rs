@@ -27,7 +27,7 @@ mod watch;
 #[cfg(test)]
 mod tests;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 pub use backend::NovaBackend;
 
@@ -42,8 +42,8 @@ use crate::{
 pub struct ForwardTarget {
     pub instance_id: uuid::Uuid,
     pub project_id: String,
-    /// The guest's own address, as it sent it.
-    pub guest_addr: Ipv4Addr,
+    /// The guest's own address, as it sent it (IPv4 or IPv6).
+    pub guest_addr: IpAddr,
 }
 
 impl ForwardTarget {
@@ -60,7 +60,9 @@ impl ForwardTarget {
             )?,
             // Ingress always asks the datapath for it in nova mode
             // (`Responder::needs_guest_addr`).
-            guest_addr: guest.guest_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            guest_addr: guest
+                .guest_addr
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         })
     }
 }

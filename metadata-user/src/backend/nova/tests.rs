@@ -29,7 +29,7 @@ fn target() -> ForwardTarget {
     ForwardTarget {
         instance_id: INSTANCE.parse().unwrap(),
         project_id: PROJECT.into(),
-        guest_addr: Ipv4Addr::new(10, 0, 0, 5),
+        guest_addr: Ipv4Addr::new(10, 0, 0, 5).into(),
     }
 }
 

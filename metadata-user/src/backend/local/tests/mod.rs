@@ -120,14 +120,14 @@ pub fn guest(slot: u32, ifname: &str, ips: &[Ipv4Addr]) -> Guest {
                 instance: RICH_UUID.parse().unwrap(),
                 port_id: None,
                 mac: Some("fa:16:3e:00:00:01".to_owned()),
-                ips: ips.to_vec(),
+                ips: ips.iter().copied().map(Into::into).collect(),
                 network_id: None,
                 project_id: Some("port-project".to_owned()),
             },
             slot,
             source: Default::default(),
         }),
-        guest_addr: Some(Ipv4Addr::new(192, 168, 50, 7)),
+        guest_addr: Some(Ipv4Addr::new(192, 168, 50, 7).into()),
     }
 }
 
