@@ -35,6 +35,11 @@ pub struct DaemonConfig {
     pub log: PathBuf,
     /// More arguments for `serve`.
     pub extra_args: Vec<String>,
+    /// Environment variables for the daemon (e.g. RUST_LOG, NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
+    /// A command the daemon runs under (e.g. `setpriv` with a trimmed
+    /// capability set); empty for none.
+    pub command_prefix: Vec<String>,
     /// Start the daemon in a process group of its own, so a Ctrl-C in the
     /// terminal reaches only the caller, which then stops it in order.
     pub own_process_group: bool,
@@ -54,6 +59,8 @@ impl DaemonConfig {
             server_netns: names::global("srv"),
             log: dir.join("daemon.log"),
             extra_args: Vec::new(),
+            env: Vec::new(),
+            command_prefix: Vec::new(),
             own_process_group: false,
             print_log_on_drop: true,
         }
@@ -100,6 +107,14 @@ impl Daemon {
         Self::start_with(host, config, Some(dir))
     }
 
+    /// A fresh set of places for one daemon, and the directory holding them
+    /// (removed with the daemon), for tests that adjust the config before
+    /// [`start_with`](Self::start_with).
+    pub fn fresh_config() -> Result<(DaemonConfig, TempDir)> {
+        let dir = TempDir::new("daemon")?;
+        Ok((DaemonConfig::in_dir(dir.path()), dir))
+    }
+
     /// Starts a daemon as `config` says; `dir` (if any) is removed on Drop.
     pub fn start_with(host: &Host, config: DaemonConfig, dir: Option<TempDir>) -> Result<Self> {
         bpffs::ensure_mounted()?;
@@ -130,20 +145,28 @@ impl Daemon {
         let state_dir = config.state_dir.to_string_lossy();
         let admin_socket = config.admin_socket.to_string_lossy();
         let bpffs = config.bpffs.to_string_lossy();
-        let mut command = self.host.command(&[
-            &bin,
-            "serve",
-            "--state-dir",
-            &state_dir,
-            "--admin-socket",
-            &admin_socket,
-            "--bpffs",
-            &bpffs,
-            "--server-netns",
-            &config.server_netns,
-        ]);
+        let prefix: Vec<&str> = config.command_prefix.iter().map(String::as_str).collect();
+        let mut command = self.host.command(
+            &[
+                &prefix[..],
+                &[
+                    &bin,
+                    "serve",
+                    "--state-dir",
+                    &state_dir,
+                    "--admin-socket",
+                    &admin_socket,
+                    "--bpffs",
+                    &bpffs,
+                    "--server-netns",
+                    &config.server_netns,
+                ],
+            ]
+            .concat(),
+        );
         command
             .args(&config.extra_args)
+            .envs(config.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

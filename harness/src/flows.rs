@@ -44,8 +44,29 @@ fn bpftool(args: &[&str]) -> Result<Value> {
     serde_json::from_str(&out).with_context(|| format!("bpftool {args:?} printed {out:?}"))
 }
 
-/// Every port's flow table, from the FLOWS map pinned at `flows`.
+/// Every port's flow table, from the FLOWS map pinned at `flows`: one row
+/// per table, though FLOWS holds each under every lane's identity address
+/// (IPv4, then each IPv6 metadata address); the row names the lowest of
+/// them, the IPv4 lane's.
 pub fn tables(flows: &Path) -> Result<Vec<FlowTable>> {
+    let mut by_id = std::collections::BTreeMap::<u32, FlowTable>::new();
+    for table in keyed_tables(flows)? {
+        match by_id.entry(table.map_id) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(table);
+            }
+            std::collections::btree_map::Entry::Occupied(mut kept) => {
+                if table.identity < kept.get().identity {
+                    kept.insert(table);
+                }
+            }
+        }
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// One row per key of FLOWS (a table shows once per lane).
+fn keyed_tables(flows: &Path) -> Result<Vec<FlowTable>> {
     let dump = bpftool(&["map", "dump", "pinned", &flows.to_string_lossy()])?;
     let mut tables = Vec::new();
     for entry in dump.as_array().into_iter().flatten() {

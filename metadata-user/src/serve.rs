@@ -29,6 +29,7 @@ use crate::{
         nova::{NovaBackend, config::BackendConfig},
         watch::{MAX_WATCHES_PER_PORT, WatchLimiter},
     },
+    check,
     cli::{ServeArgs, settings::Settings},
     datapath::{
         self, Datapath, FlowTable, netdev,
@@ -37,6 +38,7 @@ use crate::{
         server_netns::{self, ServerNetns},
     },
     discovery::{self, DiscoverConfig, DomainPorts, PortSink},
+    exporter::{self, DiscoveryLive, Live, LiveFn, NovaLive},
     ingress::{
         dispatch::Dispatcher,
         limits::ConnectionLimiter,
@@ -44,6 +46,9 @@ use crate::{
         ratelimit::RateLimiter,
         server::{self, FlowLookup, GuestServer},
     },
+    logging,
+    metrics::{BackendLabel, Metrics},
+    notify,
     state::{DomainSync, Port, PortAddRequest, PortPolicy, Registry, Source, SyncProblem},
 };
 
@@ -53,21 +58,10 @@ use crate::{
 const MAX_CONNECTIONS_PER_PORT: u32 = 64;
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                // The netlink crates warn, with a whole message dump, about
-                // every link event that arrives while a request handle shuts
-                // down (e.g. our own veth pair going away on exit).
-                tracing_subscriber::EnvFilter::new(
-                    "info,netlink_packet_route=error,netlink_proto=error",
-                )
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let settings = Settings::resolve(args, admin_socket)?;
+    logging::init(settings.log_format);
+    // Before anything is touched, and in the words `check` uses.
+    check::kernel::require_supported()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,15 +70,22 @@ pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
-    let policy = match settings.backend {
-        BackendConfig::Local => PortPolicy::LocalInstance,
-        BackendConfig::Nova(_) => PortPolicy::NovaProject,
+    let (policy, backend_label) = match settings.backend {
+        BackendConfig::Local => (PortPolicy::LocalInstance, BackendLabel::Local),
+        BackendConfig::Nova(_) => (PortPolicy::NovaProject, BackendLabel::Nova),
     };
+    let metrics = Arc::new(Metrics::new(backend_label));
     let registry = Registry::open_with_policy(&settings.state_dir, policy)
         .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
     // Bind the admin socket first: it refuses to start a second daemon.
     let admin_listener = admin::server::bind(&settings.admin_socket)
         .with_context(|| format!("--admin-socket {}", settings.admin_socket.display()))?;
+    // Bound before the datapath is touched: a wrong address fails the start
+    // with nothing changed.
+    let metrics_listener = match settings.metrics_listen {
+        Some(addr) => Some(exporter::http::bind(addr).await?),
+        None => None,
+    };
 
     let netlink = netdev::connect()?;
     let netns = ServerNetns::ensure(&settings.server_netns)
@@ -126,7 +127,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     // Subscribe to link events before listing links, so a tap created in
     // between is not missed.
     let link_events = netdev::watch_links()?;
-    let mut reconciler = Reconciler::new(datapath, netdev::current_links(&netlink).await?);
+    let mut reconciler = Reconciler::new(
+        datapath,
+        netdev::current_links(&netlink).await?,
+        metrics.clone(),
+    );
     reconciler.start(&registry.snapshot())?;
     let tap_states = reconciler.states();
     let attached_at_exit = tap_states.clone();
@@ -151,10 +156,10 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             )
             .with_identity(settings.signed_identity.clone()),
         ),
-        BackendConfig::Nova(nova) => Backend::Nova(NovaBackend::with_identity(
-            nova,
-            settings.signed_identity.clone(),
-        )),
+        BackendConfig::Nova(nova) => Backend::Nova(
+            NovaBackend::with_identity(nova, settings.signed_identity.clone())
+                .with_metrics(metrics.clone()),
+        ),
     };
     if let Some(identity) = &settings.signed_identity {
         info!(
@@ -173,6 +178,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let dispatcher = Arc::new(Dispatcher {
         responder: responder.clone(),
         requests: RateLimiter::from_config(settings.rate_limit),
+        metrics: metrics.clone(),
     });
     if let Some(path) = &settings.neutron_agent_socket {
         tokio::spawn(neutron_agent::serve(
@@ -191,6 +197,23 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
             shutdown_rx.clone(),
         ));
         info!(socket = %path.display(), "serving the neutron-metadata-agent protocol");
+    }
+
+    if let Some(listener) = metrics_listener {
+        let live = live_values(
+            counters.clone(),
+            tap_states.clone(),
+            registry.clone(),
+            responder.clone(),
+            discovery.clone(),
+        );
+        info!(address = %listener.local_addr()?, "serving metrics at /metrics");
+        tokio::spawn(exporter::http::serve(
+            listener,
+            metrics.clone(),
+            live,
+            shutdown_rx.clone(),
+        ));
     }
 
     let view = Arc::new(DatapathStatus {
@@ -223,12 +246,15 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let guest_threads = guest_server
         .run_threads(listeners, shutdown_rx)
         .context("starting the guest server's threads")?;
+    let server = format!("{}:{}", settings.identity.server_addr, settings.server_port);
     info!(
-        server = %format!("{}:{}", settings.identity.server_addr, settings.server_port),
+        server,
         netns = settings.server_netns,
         bpffs = %settings.bpffs.display(),
         "serving metadata"
     );
+    // The datapath is loaded and attached, and the listener is up.
+    notify::ready(&format!("serving metadata at {server}"));
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -236,6 +262,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         _ = sigterm.recv() => info!("SIGTERM: shutting down"),
         _ = sigint.recv() => info!("SIGINT: shutting down"),
     }
+    notify::stopping();
     let _ = shutdown_tx.send(true);
     if let Some(discovery) = &discovery {
         discovery.stop();
@@ -273,6 +300,56 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(bpffs = %settings.bpffs.display(), "datapath left in place for the next daemon");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the exporter reads at each scrape: the datapath's counters, the
+/// attached taps, the store's size and nova's cache.
+fn live_values(
+    counters: Arc<datapath::CounterTable>,
+    taps: watch::Receiver<TapStates>,
+    registry: Arc<Registry>,
+    responder: Arc<Responder>,
+    discovery: Option<Arc<discovery::libvirt::Handle>>,
+) -> LiveFn {
+    Arc::new(move || {
+        let snapshot = registry.snapshot();
+        Live {
+            // Both families (IPv4, IPv6) summed: status shows them apart.
+            datapath: counters.by_family().ok().map(|by_family| {
+                let mut total = metadata_ebpf::Counters::default();
+                for (_, family) in &by_family {
+                    total.accumulate(family);
+                }
+                total.fields().to_vec()
+            }),
+            ports_attached: taps.borrow().attached.len() as u64,
+            store_instances: snapshot.instances.len() as u64,
+            store_ports: snapshot.ports.len() as u64,
+            instances_with_ports: snapshot
+                .ports
+                .values()
+                .map(|port| port.spec.instance)
+                .collect(),
+            watches_held: u64::from(responder.watches.held()),
+            discovery: discovery.as_ref().map(|discovery| {
+                let status = discovery.status();
+                DiscoveryLive {
+                    connected: status.connection == discovery::ConnectionState::Connected,
+                    domains_seen: status.domains_seen as u64,
+                    ports_owned: status.ports_owned as u64,
+                }
+            }),
+            nova: responder.nova_stats().map(|stats| NovaLive {
+                upstream_requests: stats.upstream_requests,
+                cache_hits: stats.cache.hits,
+                cache_misses: stats.cache.misses,
+                cache_coalesced: stats.cache.coalesced,
+                cache_stale_served: stats.cache.stale_served,
+                cache_entries: stats.cache.entries as u64,
+                cache_bytes: stats.cache.bytes as u64,
+            }),
+        }
+    })
 }
 
 /// Starts discovery feeding the registry, and hands it the two things it

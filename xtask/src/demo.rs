@@ -56,6 +56,8 @@ pub fn run(serve_args: &[String]) -> Result<()> {
         server_netns: names::global("srv"),
         log: dir.join("daemon.log"),
         extra_args: serve_args.to_vec(),
+        env: Vec::new(),
+        command_prefix: Vec::new(),
         own_process_group: true,
         print_log_on_drop: false,
     });

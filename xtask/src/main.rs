@@ -5,6 +5,7 @@ mod build;
 mod cmd;
 mod demo;
 mod guest_kernel;
+mod install;
 mod paths;
 mod run;
 mod setup;
@@ -44,6 +45,15 @@ enum Task {
     },
     /// Unit tests, then the root-only integration tests (needs root).
     Test,
+    /// Build, then install the binary (/usr/local/bin), the systemd unit
+    /// (/etc/systemd/system/metadata-redirector.service) and, unless one is
+    /// there, the commented config (/etc/metadata-redirector/config.toml).
+    /// Starts and enables nothing.
+    Install {
+        /// Install under this directory instead of / (for packaging or a look).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: std::path::PathBuf,
+    },
     /// Build, then benchmark the daemon against the neutron-style path
     /// (haproxy per network) and the server alone; needs root. Writes
     /// target/bench/report.md, report.json and PNG plots.
@@ -80,6 +90,7 @@ fn main() -> ExitCode {
             serve_args,
         } => demo::run(&serve_args),
         Task::Test => test::run(),
+        Task::Install { root } => install::run(&root),
         Task::Bench {
             smoke,
             reps,

@@ -40,6 +40,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("fonts-dejavu-core", "the benchmark's plots"),
     ("linux-perf", "profiling the benchmark's misses"),
     (
+        "systemd",
+        "systemd-analyze verify of the installed unit (nothing is started)",
+    ),
+    (
         "libssl-dev",
         "the daemon's signed identity (the openssl crate links the system's libssl)",
     ),
@@ -71,6 +75,11 @@ const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
         "botocore",
         "botocore",
         "the end-to-end test of an AWS SDK's IMDSv2 client",
+    ),
+    (
+        "prometheus-client",
+        "prometheus_client",
+        "parsing the /metrics exposition in the metrics test",
     ),
     (
         "PyJWT",
@@ -168,7 +177,8 @@ fn installed_version(package: &str) -> Option<String> {
 /// PATH, so that is the one whose packages are checked and installed.
 fn python_packages(report: Report) -> Result<()> {
     for (package, module, why) in PYTHON_PACKAGES {
-        let version = format!("import {module}; print({module}.__version__)");
+        let version =
+            format!("import importlib.metadata as m, {module}; print(m.version({package:?}))");
         if let Some(version) = probe(&mut command(&["python3", "-c", &version])) {
             report.ok(&format!("{package} {} (python3)", version.trim()));
             continue;

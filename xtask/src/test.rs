@@ -2,7 +2,7 @@
 use anyhow::Result;
 
 use crate::cmd::{self, command};
-use crate::{bench, build, paths, setup};
+use crate::{bench, build, install, paths, setup};
 
 pub fn run() -> Result<()> {
     // Checked first: the integration tests need root for namespaces, bpffs
@@ -34,6 +34,22 @@ pub fn run() -> Result<()> {
         .env("MDR_FAKE_NOVA", &fake_nova)
         .env("MDR_GUEST_DIR", paths::guest_dir()),
     )?;
+
+    // The install as an operator runs it, into a scratch root, and the unit
+    // it wrote checked by systemd's own verifier.
+    let root = paths::target().join("install-check");
+    let _ = std::fs::remove_dir_all(&root);
+    cmd::run(
+        command(&["cargo", "xtask", "install", "--root"])
+            .arg(&root)
+            .current_dir(paths::root()),
+    )?;
+    install::verify_unit(&root)?;
+    println!(
+        "ok: cargo xtask install --root {}: the unit verifies",
+        root.display()
+    );
+    std::fs::remove_dir_all(&root)?;
 
     // Last, the benchmark's smoke mode: every phase once, with tiny sizes.
     bench::smoke(&bin)

@@ -48,8 +48,8 @@ pub fn run(admin_socket: &Path, command: Command) -> anyhow::Result<ExitCode> {
 fn execute(admin_socket: &Path, command: Command) -> anyhow::Result<String> {
     let admin = Admin::new(admin_socket)?;
     match command {
-        Command::Serve(_) | Command::Identity(_) => {
-            bail!("serve and identity are not admin commands")
+        Command::Serve(_) | Command::Check(_) | Command::Identity(_) => {
+            bail!("serve, check and identity are not admin commands")
         }
         Command::Instance(InstanceCommand::Put { file }) => {
             let doc: InstanceDoc =

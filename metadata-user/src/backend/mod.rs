@@ -3,12 +3,15 @@
 //! nova-api-metadata (`nova`, forwarded the way neutron's agent does).
 //! The eBPF path and the neutron-agent socket share this.
 //!
-//! `watch` (held `?wait_for_change=true` requests) and `identity` (signed
-//! instance identity) serve both backends.
+//! `kind` says which tree a path is in and whether it reaches a secret (for
+//! metrics and the audit log). `watch` (held `?wait_for_change=true`
+//! requests) and `identity` (signed instance identity) serve both backends.
 //!
-//! Depends on `state` only (the instance document is looked up per request).
+//! Depends on `state` (the instance document is looked up per request) and
+//! records into `metrics` (nova's upstream latency).
 pub mod guest;
 pub mod identity;
+pub mod kind;
 pub mod local;
 pub mod nova;
 pub mod watch;
@@ -108,6 +111,14 @@ impl Responder {
                         .await,
                 )
             }
+        }
+    }
+
+    /// nova's counters (None with the local backend).
+    pub fn nova_stats(&self) -> Option<nova::NovaStats> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Nova(nova) => Some(nova.stats()),
         }
     }
 

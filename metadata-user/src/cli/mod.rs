@@ -9,9 +9,9 @@
 pub mod identity;
 pub mod settings;
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     backend::nova::config::{BackendKind, NovaOptions, Protocol},
@@ -43,6 +43,14 @@ pub enum Command {
     /// Run the daemon: load the datapath, watch taps, serve guests and the admin API.
     // Boxed: serve has many options, the other commands few.
     Serve(Box<ServeArgs>),
+    /// Check what `serve` needs from this host: one line per item, ok or the fix.
+    ///
+    /// The items: kernel version, BTF, TCX, bpffs, capabilities, the routes
+    /// of the identity range and server address, rp_filter and the firewall
+    /// where the server end lives, the admin socket's and the state
+    /// directories. Takes serve's flags and --config, to check what that
+    /// daemon would use. Exits 1 when something needed is missing.
+    Check(Box<ServeArgs>),
     /// Create, replace, show, list or delete instance documents.
     #[command(subcommand)]
     Instance(InstanceCommand),
@@ -100,6 +108,22 @@ pub struct IdentityArgs {
     pub identity_issuer: Option<String>,
 }
 
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        <Self as ValueEnum>::from_str(text, false)
+            .map_err(|_| anyhow::anyhow!("{text:?} is not a log format (text or json)"))
+    }
+}
+
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// Where the SQLite store (instances, ports, passwords, token key) lives
@@ -115,13 +139,14 @@ pub struct ServeArgs {
     /// server_netns, server_addr, server_port, identity_net, metadata_addr,
     /// metadata_addrs6, ipv6, domain, detach_on_exit, tap_attach,
     /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, discover,
-    /// libvirt_uri, and the nova backend's: backend, nova_metadata_host,
-    /// nova_metadata_port,
+    /// libvirt_uri, metrics_listen, log_format, and the nova backend's:
+    /// backend, nova_metadata_host, nova_metadata_port,
     /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
     /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
     /// nova_metadata_timeout, metadata_cache_expiration, stale_if_error,
     /// neutron_agent_socket; the signed identity's: identity_key,
-    /// identity_cert, identity_issuer.
+    /// identity_cert, identity_issuer. The installed
+    /// /etc/metadata-redirector/config.toml lists each with its default.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Name of the veth end the server listens behind, inside the server's
@@ -169,6 +194,16 @@ pub struct ServeArgs {
     /// The libvirt that `--discover libvirt` watches [default: qemu:///system].
     #[arg(long, value_name = "URI")]
     pub libvirt_uri: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics. Off unless
+    /// given. Name a loopback or management address: an unspecified one
+    /// (0.0.0.0, ::) or one guests reach (the server's and identity
+    /// addresses, 169.254.169.254) is refused.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line) for log shippers [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     #[command(flatten)]
     pub nova: NovaArgs,
 }

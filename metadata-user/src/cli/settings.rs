@@ -2,7 +2,7 @@
 //! the built-in defaults. Every key is checked; an unknown one is an error
 //! (a misspelt setting must not be silently ignored).
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
-use super::{DEFAULT_ADMIN_SOCKET, IdentityArgs, ServeArgs};
+use super::{DEFAULT_ADMIN_SOCKET, IdentityArgs, LogFormat, ServeArgs};
 use crate::{
     backend::{
         identity::{
@@ -66,6 +66,10 @@ struct FileConfig {
     /// "libvirt"
     discover: Option<DiscoverKind>,
     libvirt_uri: Option<String>,
+    /// "ADDR:PORT" (parsed here, so that a bad value names the key).
+    metrics_listen: Option<String>,
+    /// "text" or "json".
+    log_format: Option<String>,
     // The nova backend (see backend::nova::config; names as neutron-metadata-agent's).
     backend: Option<BackendKind>,
     nova_metadata_host: Option<String>,
@@ -169,6 +173,9 @@ pub struct Settings {
     pub backend: BackendConfig,
     /// `--neutron-agent-socket`: serve neutron-metadata-agent's protocol too.
     pub neutron_agent_socket: Option<PathBuf>,
+    /// `--metrics-listen`: where Prometheus scrapes (None: no listener).
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
     /// The signed identity's key (`--identity-key`); None: its paths 404.
     pub signed_identity: Option<Arc<Identity>>,
     /// `--discover`: where ports come from besides `port add`.
@@ -260,6 +267,21 @@ impl Settings {
             (None, Some(text)) => text.parse().context("tap_attach")?,
             (None, None) => TapAttach::default(),
         };
+        let log_format = match (args.log_format, &file.log_format) {
+            (Some(format), _) => format,
+            (None, Some(text)) => text.parse().context("log_format")?,
+            (None, None) => LogFormat::default(),
+        };
+        let metrics_listen = match (args.metrics_listen, &file.metrics_listen) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => Some(text.parse::<SocketAddr>().with_context(|| {
+                format!("metrics_listen: {text:?} is not ADDR:PORT (e.g. \"127.0.0.1:9640\")")
+            })?),
+            (None, None) => None,
+        };
+        if let Some(addr) = metrics_listen {
+            check_metrics_listen(addr, &identity).context("--metrics-listen")?;
+        }
         Ok(Self {
             state_dir: args
                 .state_dir
@@ -294,10 +316,42 @@ impl Settings {
             },
             backend,
             neutron_agent_socket,
+            metrics_listen,
+            log_format,
             signed_identity,
             discover,
         })
     }
+}
+
+/// The metrics listener must be where the operator scrapes from and never
+/// where guests reach: not every address at once (that includes the server
+/// veth's), not the server's or an identity address, not the metadata
+/// address itself.
+fn check_metrics_listen(addr: SocketAddr, identity: &IdentityPlan) -> anyhow::Result<()> {
+    let ip = addr.ip();
+    if ip.is_unspecified() {
+        bail!(
+            "{addr} listens on every address, the server veth's included; name the loopback \
+             (127.0.0.1) or a management address"
+        );
+    }
+    if addr.port() == 0 {
+        bail!("{addr}: give the port Prometheus will scrape (e.g. 9640)");
+    }
+    if let IpAddr::V4(v4) = ip {
+        let guest_reachable = v4 == identity.server_addr
+            || Some(v4) == identity.next_hop()
+            || v4 == Ipv4Addr::new(169, 254, 169, 254)
+            || identity.contains(v4);
+        if guest_reachable {
+            bail!(
+                "{addr} is an address guests' requests reach (the metadata, server or identity \
+                 addresses); name the loopback (127.0.0.1) or a management address"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The metadata addresses: the file's, else the defaults; IPv6's none when
@@ -599,6 +653,151 @@ mod tests {
         .to_string();
         assert!(err.contains("--tap-attach"), "{err}");
         assert!(err.contains("tcx") && err.contains("tc"), "{err}");
+    }
+
+    /// The commented config file `cargo xtask install` puts in /etc.
+    const CONFIG_TEMPLATE: &str = include_str!("../../../dist/config.toml");
+    const UNSET_MARK: &str = "# unset by default";
+
+    /// The template's `# key = value` lines: (key, line uncommented, whether
+    /// it shows the default rather than an example).
+    fn template_entries() -> Vec<(String, String, bool)> {
+        CONFIG_TEMPLATE
+            .lines()
+            .filter_map(|line| {
+                let setting = line.strip_prefix("# ")?;
+                let (key, _) = setting.split_once(" = ")?;
+                key.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                    .then(|| {
+                        (
+                            key.to_owned(),
+                            setting.to_owned(),
+                            !setting.contains(UNSET_MARK),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Every key the file format accepts, from serde's own refusal of an
+    /// unknown one ("expected one of `a`, `b`, ...").
+    fn accepted_keys() -> Vec<String> {
+        let err = toml::from_str::<FileConfig>("no_such_key = 1")
+            .unwrap_err()
+            .to_string();
+        let list = err
+            .split("expected one of")
+            .nth(1)
+            .expect("serde lists the fields");
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_config_template_lists_every_key_once_with_its_default() {
+        let entries = template_entries();
+        let mut listed: Vec<String> = entries.iter().map(|(key, _, _)| key.clone()).collect();
+        listed.sort();
+        let mut accepted = accepted_keys();
+        accepted.sort();
+        assert!(accepted.len() > 20, "{accepted:?}");
+        assert_eq!(
+            listed, accepted,
+            "dist/config.toml must list every key exactly once"
+        );
+
+        // Uncommented, the defaults resolve to exactly the built-in defaults...
+        let defaults: String = entries
+            .iter()
+            .filter(|(_, _, is_default)| *is_default)
+            .map(|(_, line, _)| format!("{line}\n"))
+            .collect();
+        let from_template = format!("{:?}", with_file(&defaults).unwrap());
+        let built_in = format!(
+            "{:?}",
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap()
+        );
+        assert_eq!(from_template, built_in);
+        // ...and every example is a value the key takes.
+        let everything: String = entries
+            .iter()
+            .map(|(_, line, _)| format!("{line}\n"))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("all.toml");
+        std::fs::write(&path, everything).unwrap();
+        read_file(&path).unwrap();
+    }
+
+    /// docs/operations.md is where an operator looks a setting up: it must
+    /// name every config key and every flag of `serve`.
+    #[test]
+    fn the_operations_guide_names_every_key_and_flag() {
+        use clap::CommandFactory as _;
+        let guide = include_str!("../../../docs/operations.md");
+        for key in accepted_keys() {
+            assert!(
+                guide.contains(&format!("`{key}`")),
+                "docs/operations.md lacks `{key}`"
+            );
+        }
+        let cli = crate::cli::Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve exists");
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            assert!(
+                guide.contains(&format!("`--{long}")),
+                "docs/operations.md lacks --{long}"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_listen_and_log_format_from_flag_and_file() {
+        let settings =
+            with_file("metrics_listen = \"127.0.0.1:9640\"\nlog_format = \"json\"\n").unwrap();
+        assert_eq!(
+            settings.metrics_listen,
+            Some("127.0.0.1:9640".parse().unwrap())
+        );
+        assert_eq!(settings.log_format, LogFormat::Json);
+        for (bad, expected) in [
+            ("0.0.0.0:9640", "every address"),
+            ("[::]:9640", "every address"),
+            ("240.0.0.1:9640", "guests' requests reach"),
+            ("240.1.3.4:9640", "guests' requests reach"),
+            ("169.254.169.254:9640", "guests' requests reach"),
+            ("127.0.0.1:0", "give the port"),
+        ] {
+            let err = format!(
+                "{:#}",
+                with_file(&format!("metrics_listen = \"{bad}\"\n")).unwrap_err()
+            );
+            assert!(
+                err.contains("--metrics-listen") && err.contains(expected),
+                "{bad}: {err}"
+            );
+        }
+        let err = format!(
+            "{:#}",
+            with_file("metrics_listen = \"localhost\"\n").unwrap_err()
+        );
+        assert!(
+            err.contains("metrics_listen: \"localhost\" is not ADDR:PORT"),
+            "{err}"
+        );
+        let err = format!("{:#}", with_file("log_format = \"xml\"\n").unwrap_err());
+        assert!(
+            err.contains("log_format") && err.contains("text or json"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -133,6 +133,10 @@ impl IdentityPlan {
         u32::MAX << (32 - u32::from(self.prefix_len))
     }
 
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & self.mask() == u32::from(self.net)
+    }
+
     /// The highest usable slot (the last address of the range is left out).
     pub fn max_slot(&self) -> u32 {
         !self.mask() - 1

@@ -29,7 +29,7 @@ use super::{
     AttachedTap, Datapath, TableFate,
     netdev::{self, LinkEvent},
 };
-use crate::state::Snapshot;
+use crate::{metrics::Metrics, state::Snapshot};
 
 /// How many of the slots the registry hands out next get a flow table
 /// ahead of time (see `table_writer`): enough for a burst of adds while the
@@ -60,11 +60,13 @@ pub struct Reconciler {
     spares: BTreeSet<u32>,
     states: TapStates,
     states_tx: watch::Sender<TapStates>,
+    /// Where the time each new attachment took is recorded.
+    metrics: Arc<Metrics>,
 }
 
 impl Reconciler {
     /// `existing` is the kernel's current list of links (as `Present` events).
-    pub fn new(datapath: Datapath, existing: Vec<LinkEvent>) -> Self {
+    pub fn new(datapath: Datapath, existing: Vec<LinkEvent>, metrics: Arc<Metrics>) -> Self {
         let (states_tx, _) = watch::channel(TapStates::default());
         let mut reconciler = Self {
             datapath,
@@ -74,6 +76,7 @@ impl Reconciler {
             spares: BTreeSet::new(),
             states: TapStates::default(),
             states_tx,
+            metrics,
         };
         for event in existing {
             reconciler.note(event);
@@ -238,7 +241,18 @@ impl Reconciler {
             let (Some(port), Some(ifindex)) = (port, present) else {
                 continue; // registered before its tap exists: attached when it appears
             };
+            // Only a new attachment is timed: a pass over what is already
+            // attached costs nothing and would flood the histogram.
+            let is_new = self
+                .datapath
+                .attached()
+                .get(&ifname)
+                .is_none_or(|tap| tap.ifindex != ifindex);
+            let started = std::time::Instant::now();
             let Err(err) = self.datapath.attach_tap(&ifname, ifindex, port.slot) else {
+                if is_new {
+                    self.metrics.record_attach(started.elapsed());
+                }
                 continue;
             };
             // After lost events, what we know may be stale: ask the kernel.

@@ -12,9 +12,12 @@
 //! - `conn`: the connection's socket (the IMDSv2 hop limit as IP TTL).
 //! - `limits`, `ratelimit`: a per-port cap on open connections and on the
 //!   request rate, so one guest never crowds out the others.
-//! - `dispatch`: the rate limit, then the backend.
+//! - `dispatch`: the rate limit, then the backend; then the metrics and,
+//!   for a guest's secrets, the audit log (`audit`).
 //!
-//! Depends on `backend` (who answers) and `state` (which port a slot is).
+//! Depends on `backend` (who answers) and `state` (which port a slot is);
+//! records into `metrics`.
+pub mod audit;
 pub mod conn;
 pub mod dispatch;
 pub mod forwarded_addr;

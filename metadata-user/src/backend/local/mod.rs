@@ -42,7 +42,7 @@ mod ec2;
 mod identity;
 mod openstack;
 mod password;
-mod paths;
+pub mod paths;
 mod pyjson;
 mod rendered;
 pub mod response;

@@ -20,13 +20,17 @@ use super::{
     client::NovaClient,
     config::{DEFAULT_METADATA_CACHE_EXPIRATION, NovaConfig, SharedSecret},
     forward::{Answer, upstream_headers},
+    outage::Outage,
     sign::sign_instance_id,
     watch::{Polls, Refetch},
 };
-use crate::backend::{
-    guest::Guest,
-    identity::{Identity, IdentityRoute},
-    watch::{WatchQuery, query},
+use crate::{
+    backend::{
+        guest::Guest,
+        identity::{Identity, IdentityRoute},
+        watch::{WatchQuery, query},
+    },
+    metrics::{BackendLabel, Metrics},
 };
 
 /// Largest request body passed to nova. nova's only POST is the password
@@ -51,6 +55,10 @@ struct Inner {
     /// The signed identity's key; None: identity paths go to nova (404).
     identity: Option<Arc<Identity>>,
     upstream_requests: AtomicU64,
+    /// Logs nova's outages once each.
+    outage: Outage,
+    /// Where the time nova takes is recorded.
+    metrics: Arc<Metrics>,
 }
 
 /// Counters for `status` and tests.
@@ -96,6 +104,9 @@ impl NovaBackend {
                 polls: Arc::default(),
                 identity: None,
                 upstream_requests: AtomicU64::new(0),
+                outage: Outage::default(),
+                // Metrics of its own until the daemon hands in the shared ones.
+                metrics: Arc::new(Metrics::new(BackendLabel::Nova)),
             }),
         }
     }
@@ -106,6 +117,14 @@ impl NovaBackend {
         let inner = Arc::into_inner(backend.inner).expect("just made");
         Self {
             inner: Arc::new(Inner { identity, ..inner }),
+        }
+    }
+
+    /// Records nova's answer times into `metrics` (the daemon's).
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        let inner = Arc::into_inner(self.inner).expect("not shared yet");
+        Self {
+            inner: Arc::new(Inner { metrics, ..inner }),
         }
     }
 
@@ -199,7 +218,10 @@ impl NovaBackend {
                     }
                 }
                 inner.upstream_requests.fetch_add(1, Ordering::Relaxed);
-                Answer::from_nova(&target, inner.client.send(request).await)
+                let started = std::time::Instant::now();
+                let result = inner.client.send(request).await;
+                inner.metrics.record_upstream(started.elapsed());
+                Answer::from_nova(&target, result, &inner.outage)
             })
         })
     }

@@ -9,7 +9,7 @@ use hyper::{
 };
 use tracing::warn;
 
-use super::{ForwardTarget, client::UpstreamError};
+use super::{ForwardTarget, client::UpstreamError, outage::Outage};
 use crate::backend::watch::{ETag, etag::find};
 
 pub const X_INSTANCE_ID: HeaderName = HeaderName::from_static("x-instance-id");
@@ -166,15 +166,18 @@ impl Answer {
     }
 
     /// nova's answer, or why there was none, as the guest will see it.
+    /// Failures (no answer, or a 5xx) go to `outage`, which logs each
+    /// outage once rather than every request in it.
     pub fn from_nova(
         target: &ForwardTarget,
         result: Result<Response<Bytes>, UpstreamError>,
+        outage: &Outage,
     ) -> Self {
         let instance = &target.instance_id;
         let response = match result {
             Ok(response) => response,
             Err(err) => {
-                warn!(%instance, "nova metadata unavailable: {err}");
+                outage.failed(instance, &err);
                 return Self::local(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The remote metadata server is temporarily unavailable. Please try again later.",
@@ -182,22 +185,25 @@ impl Answer {
             }
         };
         let status = response.status();
+        if status.is_server_error() {
+            outage.failed(instance, &format_args!("it answered {status}"));
+        } else {
+            outage.answered();
+        }
         if !PASSED_STATUSES.contains(&status.as_u16()) {
-            warn!(%instance, %status, "unexpected status from nova metadata; answering 500");
+            if !status.is_server_error() {
+                warn!(%instance, %status, "unexpected status from nova metadata; answering 500");
+            }
             return Self::local(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "An unknown error has occurred. Please try your request again.",
             );
         }
-        match status {
-            StatusCode::FORBIDDEN => warn!(
+        if status == StatusCode::FORBIDDEN {
+            warn!(
                 %instance,
                 "nova metadata answered 403 Forbidden: the shared secrets (metadata_proxy_shared_secret) probably differ"
-            ),
-            StatusCode::INTERNAL_SERVER_ERROR => {
-                warn!(%instance, "nova metadata had an internal server error")
-            }
-            _ => {}
+            );
         }
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
         Self::new(status, content_type, response.into_body())
@@ -316,7 +322,7 @@ mod tests {
                 .status(code)
                 .body(Bytes::from_static(b"x"))
                 .unwrap();
-            let answer = Answer::from_nova(&target(), Ok(response));
+            let answer = Answer::from_nova(&target(), Ok(response), &Outage::default());
             let expected = if PASSED_STATUSES.contains(&code) {
                 code
             } else {
@@ -324,8 +330,11 @@ mod tests {
             };
             assert_eq!(answer.status.as_u16(), expected, "nova {code}");
         }
-        let answer =
-            Answer::from_nova(&target(), Err(UpstreamError::Unreachable("refused".into())));
+        let answer = Answer::from_nova(
+            &target(),
+            Err(UpstreamError::Unreachable("refused".into())),
+            &Outage::default(),
+        );
         assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!answer.is_cacheable());
     }

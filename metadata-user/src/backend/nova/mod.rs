@@ -6,6 +6,7 @@
 //! - `sign`: the X-Instance-ID-Signature nova verifies.
 //! - `tls`, `client`: the pooled keep-alive client to nova, plain or rustls.
 //! - `forward`: which headers go up, which statuses come back.
+//! - `outage`: nova's failures logged once per outage, not per request.
 //! - `cache`: GET answers kept per (instance, project, path), single flight,
 //!   and served stale while nova fails (`--stale-if-error`).
 //! - `identity`: the signed identity paths, answered here (nova has none).
@@ -20,6 +21,7 @@ mod client;
 pub mod config;
 mod forward;
 mod identity;
+mod outage;
 mod sign;
 mod tls;
 mod watch;
@@ -29,7 +31,7 @@ mod tests;
 
 use std::net::IpAddr;
 
-pub use backend::NovaBackend;
+pub use backend::{NovaBackend, NovaStats};
 
 use crate::{
     backend::guest::Guest,
