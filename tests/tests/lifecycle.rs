@@ -110,7 +110,8 @@ fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
     let net_a = TenantNet::with_router_and_decoy(&host).unwrap();
     let net_b = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net_a, GuestConfig::new(ADDR, MAC)).unwrap();
-    let daemon = Daemon::start(&host).unwrap();
+    // TCX: the link (and its ID) is what shows the attachment is kept.
+    let daemon = Daemon::start_with_args(&host, &["--tap-attach".into(), "tcx".into()]).unwrap();
     let instance = Instance::sample("mover");
     daemon.register(&guest, &instance).unwrap();
     guest.wait_served(&instance.uuid).unwrap();
