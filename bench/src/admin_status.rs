@@ -1,9 +1,10 @@
 //! Asks the daemon, over its admin socket, whether a tap is attached: the
-//! signal the density phase times attaching by. It is the same for both
+//! signal the discovery phase times attaching by (the density phase uses
+//! `port add --wait` instead: this listing grows with every tap). It is the same for both
 //! `--tap-attach` modes (the daemon lists a tap under
 //! `datapath.attached_taps` only once its attach, including removing the
 //! other mode's leftovers, succeeded), and cheap to poll: one keep-alive
-//! connection and a hand-written `GET /v1/status`, not a CLI process per poll.
+//! connection and a hand-written `GET /v1/status?taps=true`, not a CLI process per poll.
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-const REQUEST: &[u8] = b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n";
+const REQUEST: &[u8] = b"GET /v1/status?taps=true HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 pub struct StatusPoller {
     reader: BufReader<UnixStream>,
@@ -32,10 +33,30 @@ impl StatusPoller {
     /// One `GET /v1/status`; the body (JSON) stays in `self.body`.
     fn fetch(&mut self) -> Result<()> {
         self.reader.get_mut().write_all(REQUEST)?;
+        self.read_answer("GET /v1/status")
+    }
+
+    /// `POST /v1/ports?wait=10` with `body` (a `PortAddRequest`) on the
+    /// same keep-alive connection: the admin API's own round trip to an
+    /// attached tap, without the CLI's process start. The answer.
+    pub fn add_port_and_wait(&mut self, body: &[u8]) -> Result<serde_json::Value> {
+        let head = format!(
+            "POST /v1/ports?wait=10 HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        self.read_answer("POST /v1/ports")?;
+        serde_json::from_slice(&self.body).context("POST /v1/ports answered no JSON")
+    }
+
+    /// Reads one 200 answer; its body stays in `self.body`.
+    fn read_answer(&mut self, what: &str) -> Result<()> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         if !line.starts_with("HTTP/1.1 200") {
-            bail!("GET /v1/status answered {:?}", line.trim_end());
+            bail!("{what} answered {:?}", line.trim_end());
         }
         let mut length = None;
         loop {
@@ -53,7 +74,7 @@ impl StatusPoller {
                 length = Some(value.trim().parse::<usize>()?);
             }
         }
-        let length = length.context("GET /v1/status without Content-Length")?;
+        let length = length.with_context(|| format!("{what}: no Content-Length"))?;
         self.body.resize(length, 0);
         self.reader.read_exact(&mut self.body)?;
         Ok(())

@@ -32,10 +32,23 @@ pub struct OursDensity {
     /// The daemon's `--tap-attach`.
     pub tap_attach: TapAttach,
     pub taps: usize,
-    /// `port add` started -> the daemon's status lists the tap as attached, ms.
+    /// `port add --wait` (the CLI returns once the daemon has attached the
+    /// tap): started -> returned, ms. Nothing in it grows with the ports
+    /// already there but the daemon's own work.
     pub attach_ms: Vec<f64>,
-    /// `port add` started -> the CLI returned, ms.
-    pub cli_ms: Vec<f64>,
+    /// The same through the admin API on one keep-alive connection
+    /// (`POST /v1/ports?wait=10`), without the CLI's process start: the
+    /// daemon's own part, ms (every other port is added this way).
+    pub api_attach_ms: Vec<f64>,
+    /// `instance put`, one after the other before the ports, ms.
+    pub instance_put_ms: Vec<f64>,
+    /// `port list --json` with every port registered, ms (median of 5).
+    pub port_list_ms: f64,
+    /// `status` (counts, no per-tap list) with every port attached, ms.
+    pub status_ms: f64,
+    /// SIGKILL, then a new daemon on the same state: started -> its status
+    /// counts every port's tap attached, ms.
+    pub restart_served_ms: f64,
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
     pub hwm_after_kib: u64,
@@ -102,46 +115,81 @@ pub fn ours(
     // hypervisor whose VMs are running: a thousand link events in one burst
     // is not what is measured here.
     let taps = make_taps(&host, count)?;
-    let daemon = world::start_daemon(&host, &dir, None, tap_attach)?;
-    let result = attach_all(&daemon, &taps, tap_attach);
+    let mut daemon = world::start_daemon(&host, &dir, None, tap_attach)?;
+    let result = attach_all(&mut daemon, &taps, tap_attach);
     if result.is_err() {
         on_error(&daemon);
     }
     result
 }
 
-fn attach_all(daemon: &Daemon, taps: &[String], tap_attach: TapAttach) -> Result<OursDensity> {
+fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Result<OursDensity> {
     let count = taps.len();
     let pid = daemon.pid().context("the daemon runs")?;
-    let instances = parallel::map(0..count, |index| {
+    // One after the other: the time of a put at 1 instance and at N.
+    let mut instances = Vec::with_capacity(count);
+    let mut instance_put_ms = Vec::with_capacity(count);
+    for index in 0..count {
         let instance = Instance::sample(&format!("dense-{index}"));
+        let started = Instant::now();
         daemon.put_instance(&instance)?;
-        Ok(instance)
-    })?;
+        instance_put_ms.push(ms(started.elapsed()));
+        instances.push(instance);
+    }
     // Settle, then the baseline: instances stored, no port yet.
     std::thread::sleep(Duration::from_millis(500));
     let rss_before_kib = machine::status_kib(pid, "VmRSS")?;
-    // One signal for both modes: a TCX link pin has no counterpart in tc
-    // mode, and a netlink filter dump none in TCX mode.
-    let mut status = StatusPoller::connect(daemon.admin_socket())?;
+    // `--wait`: the daemon answers once the tap is attached (the same
+    // signal for both modes), so nothing here polls a listing that grows
+    // with the ports.
     let mut attach_ms = Vec::with_capacity(count);
-    let mut cli_ms = Vec::with_capacity(count);
+    let mut api_attach_ms = Vec::with_capacity(count);
+    let mut admin = StatusPoller::connect(daemon.admin_socket())?;
     for (index, (tap, instance)) in taps.iter().zip(&instances).enumerate() {
         let started = Instant::now();
-        daemon.cli_ok(&["port", "add", "--ifname", tap, "--instance", &instance.uuid])?;
-        let returned = Instant::now();
-        let attached = status
-            .wait_attached(tap, Duration::from_secs(10))
+        if index % 2 == 1 {
+            let body = serde_json::json!({"ifname": tap, "instance": instance.uuid});
+            let answer = admin
+                .add_port_and_wait(body.to_string().as_bytes())
+                .with_context(|| format!("attaching tap {index} ({tap})"))?;
+            api_attach_ms.push(ms(started.elapsed()));
+            if answer["datapath"]["state"] != "attached" {
+                bail!("tap {index} ({tap}): {answer}");
+            }
+            continue;
+        }
+        let out = daemon
+            .cli_ok(&[
+                "port",
+                "add",
+                "--ifname",
+                tap,
+                "--instance",
+                &instance.uuid,
+                "--wait",
+                "10",
+            ])
             .with_context(|| format!("attaching tap {index} ({tap})"))?;
-        attach_ms.push(ms(attached - started));
-        cli_ms.push(ms(returned - started));
+        attach_ms.push(ms(started.elapsed()));
+        if !out.contains(": attached") {
+            bail!("tap {index} ({tap}): {}", out.trim());
+        }
     }
     std::thread::sleep(Duration::from_millis(500));
-    let attached = world::attached_taps(daemon)?.len();
+    let attached = attached_count(daemon)?;
     if attached != count {
         bail!("{attached} taps attached, expected {count}");
     }
     let rss_after_kib = machine::status_kib(pid, "VmRSS")?;
+    let port_list_ms = median_of(5, || {
+        daemon.cli_ok(&["port", "list", "--json"])?;
+        Ok(())
+    })?;
+    let status_ms = median_of(5, || {
+        daemon.cli_ok(&["status"])?;
+        Ok(())
+    })?;
+    let hwm_after_kib = machine::status_kib(pid, "VmHWM")?;
     let rss_outlier_mappings = if rss_before_kib.max(rss_after_kib) > RSS_OUTLIER_KIB {
         machine::largest_mappings(pid, 8)?
     } else {
@@ -151,13 +199,56 @@ fn attach_all(daemon: &Daemon, taps: &[String], tap_attach: TapAttach) -> Result
         tap_attach,
         taps: count,
         attach_ms,
-        cli_ms,
+        api_attach_ms,
         rss_before_kib,
         rss_after_kib,
-        hwm_after_kib: machine::status_kib(pid, "VmHWM")?,
+        hwm_after_kib,
         rss_outlier_mappings,
         bpf_maps: bpf_maps(&daemon.bpffs().join("maps"))?,
+        instance_put_ms,
+        port_list_ms,
+        status_ms,
+        restart_served_ms: restart_served(daemon, count)?,
     })
+}
+
+/// SIGKILLs the daemon and starts it again on the same state and pins:
+/// the time until its status counts `count` taps attached (the summary,
+/// one small answer per poll).
+fn restart_served(daemon: &mut Daemon, count: usize) -> Result<f64> {
+    daemon.kill9()?;
+    let started = Instant::now();
+    daemon.restart()?;
+    loop {
+        if attached_count(daemon).unwrap_or(0) == count {
+            return Ok(ms(started.elapsed()));
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the restarted daemon did not attach {count} taps within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The daemon's count of attached taps (`status --json`, no per-tap list).
+fn attached_count(daemon: &Daemon) -> Result<usize> {
+    let out = daemon.cli_ok(&["status", "--json"])?;
+    let status: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+    status["datapath"]["taps"]["attached"]
+        .as_u64()
+        .map(|n| n as usize)
+        .context("status --json has no datapath.taps.attached")
+}
+
+/// The median time of `runs` runs of `f`, ms.
+fn median_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        f()?;
+        times.push(ms(started.elapsed()));
+    }
+    Ok(stats::median(&times))
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -258,6 +349,12 @@ impl OursDensity {
     }
     pub fn attach_p99_ms(&self) -> f64 {
         stats::percentile(&self.attach_ms, 99.0)
+    }
+    pub fn api_attach_median_ms(&self) -> f64 {
+        stats::median(&self.api_attach_ms)
+    }
+    pub fn api_attach_p99_ms(&self) -> f64 {
+        stats::percentile(&self.api_attach_ms, 99.0)
     }
     pub fn bpf_memlock_bytes(&self) -> u64 {
         self.bpf_maps.iter().map(|m| m.memlock_bytes).sum()

@@ -76,9 +76,10 @@ struct Args {
     /// Override the boot-storm sizes.
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     storm_guests: Option<Vec<usize>>,
-    /// Override the number of taps of the density phase.
-    #[arg(long, value_name = "N")]
-    density_taps: Option<usize>,
+    /// Override the numbers of taps of the density phase, comma-separated
+    /// (each a row of its own: e.g. 100,1000,10000).
+    #[arg(long, value_name = "N,...", value_delimiter = ',')]
+    density_taps: Option<Vec<usize>>,
     /// Override the number of domains of the discovery phase.
     #[arg(long, value_name = "N")]
     discovery_domains: Option<usize>,
@@ -280,31 +281,34 @@ fn keep_log(daemon: &mdr_harness::Daemon, out: &std::path::Path, name: &str) {
 /// 4. Density, each side in a world of its own.
 fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<()> {
     check_stop()?;
-    progress(&format!(
-        "density: attaching {} taps one by one",
-        plan.density_taps
-    ));
-    // Both attach modes, each with a fresh daemon and fresh taps, so they
-    // are compared on the same machine in the same run.
-    for tap_attach in world::TapAttach::ALL {
-        check_stop()?;
-        let ours = density::ours(plan.density_taps, tap_attach, |daemon| {
-            keep_log(
-                daemon,
-                out,
-                &format!("daemon-density-{}.log", tap_attach.flag()),
-            )
-        })?;
-        progress(&format!(
-            "density ({}): attach median {:.2} ms, p99 {:.2} ms; daemon RSS {:.1} MiB with {} ports; BPF maps {:.1} MiB",
-            tap_attach.flag(),
-            ours.attach_median_ms(),
-            ours.attach_p99_ms(),
-            ours.rss_after_kib as f64 / 1024.0,
-            ours.taps,
-            ours.bpf_memlock_bytes() as f64 / 1048576.0
-        ));
-        results.density_ours.push(ours);
+    // Each size and both attach modes, each with a fresh daemon and fresh
+    // taps, so they are compared on the same machine in the same run.
+    for &taps in &plan.density_taps {
+        progress(&format!("density: attaching {taps} taps one by one"));
+        for tap_attach in world::TapAttach::ALL {
+            check_stop()?;
+            let ours = density::ours(taps, tap_attach, |daemon| {
+                keep_log(
+                    daemon,
+                    out,
+                    &format!("daemon-density-{}-{taps}.log", tap_attach.flag()),
+                )
+            })?;
+            progress(&format!(
+                "density ({}, {} ports): attach median {:.2} ms, p99 {:.2} ms (API {:.2} / {:.2} ms); daemon RSS {:.1} MiB; BPF maps {:.1} MiB; port list {:.1} ms; restart to served {:.0} ms",
+                tap_attach.flag(),
+                ours.taps,
+                ours.attach_median_ms(),
+                ours.attach_p99_ms(),
+                ours.api_attach_median_ms(),
+                ours.api_attach_p99_ms(),
+                ours.rss_after_kib as f64 / 1024.0,
+                ours.bpf_memlock_bytes() as f64 / 1048576.0,
+                ours.port_list_ms,
+                ours.restart_served_ms,
+            ));
+            results.density_ours.push(ours);
+        }
     }
     check_stop()?;
     progress(&format!(

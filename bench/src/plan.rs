@@ -21,7 +21,8 @@ pub struct Plan {
     /// Guests per tenant network (one router namespace and haproxy each).
     pub guests_per_net: usize,
     pub iperf_seconds: u32,
-    pub density_taps: usize,
+    /// Each size is a row of its own (a fresh daemon and taps), side by side.
+    pub density_taps: Vec<usize>,
     pub density_networks: usize,
     /// Guests flooding SYNs in the flood phase (a quiet guest is timed).
     pub flood_guests: usize,
@@ -54,7 +55,7 @@ impl Plan {
                 storm_guests: vec![5],
                 guests_per_net: 10,
                 iperf_seconds: 1,
-                density_taps: 10,
+                density_taps: vec![10],
                 density_networks: 2,
                 flood_guests: 2,
                 flood_rate: 1000,
@@ -72,7 +73,7 @@ impl Plan {
                 storm_guests: vec![100, 500],
                 guests_per_net: 10,
                 iperf_seconds: 5,
-                density_taps: 1000,
+                density_taps: vec![100, 1000],
                 density_networks: 100,
                 flood_guests: 5,
                 flood_rate: 6000,

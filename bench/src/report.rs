@@ -341,7 +341,15 @@ pub fn targets(results: &Results) -> Vec<TargetCheck> {
         checks.push(
             DAEMON_RSS.check(
                 "",
-                &format!(" with {} ports", results.density_ours[0].taps),
+                &format!(
+                    " with up to {} ports",
+                    results
+                        .density_ours
+                        .iter()
+                        .map(|d| d.taps)
+                        .max()
+                        .unwrap_or(0)
+                ),
                 worst,
                 mbs.iter()
                     .map(|(mode, mb)| format!("{mode}: {mb:.1} MB"))
@@ -567,24 +575,32 @@ pub fn markdown(results: &Results) -> String {
     }
 
     md += "## 4. Density\n\n";
-    if let Some(d) = results.density_ours.first() {
+    if let Some(d) = results.density_ours.last() {
         let _ = writeln!(
             md,
-            "Ours, {} veth taps registered one by one, for each `--tap-attach` mode with a daemon and taps of its own (`port add` started -> the daemon's `GET /v1/status` lists the tap as attached, polled every 0.25 ms over the admin socket; the same signal for both modes):\n\n| mode | attach median | attach p99 | median, first / last tenth | of which the CLI (median) | daemon RSS, instances only | daemon RSS, {} ports | RSS per port |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            d.taps, d.taps
+            "Ours, N veth taps registered one by one, for each size and `--tap-attach` mode with a daemon and taps of its own. Attach: `port add --wait` started -> returned (the daemon answers once the tap is attached; the same signal for both modes, nothing polled), for every other port; API: the other ports through the admin API on one keep-alive connection (`POST /v1/ports?wait=10`), the same without the CLI's process start. Instance put: `instance put` one after the other before the ports, at the first and last tenth. Port list: `port list --json` with every port (median of 5). Restart: SIGKILL, a new daemon on the same state and pins -> its status counts every tap attached.\n\n| mode | ports | attach median | attach p99 | median, first / last tenth | API median / p99 | instance put, first / last tenth | port list | status | restart to served | daemon RSS, instances only | daemon RSS, all ports | RSS per port |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         );
         for d in &results.density_ours {
             let n = d.attach_ms.len();
             let tenth = (n / 10).max(1);
+            let puts = d.instance_put_ms.len();
+            let put_tenth = (puts / 10).max(1);
             let _ = writeln!(
                 md,
-                "| {} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.2} ms | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+                "| {} | {} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.1} ms | {:.1} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
                 d.tap_attach.flag(),
+                d.taps,
                 d.attach_median_ms(),
                 d.attach_p99_ms(),
                 median(&d.attach_ms[..tenth]),
                 median(&d.attach_ms[n.saturating_sub(tenth)..]),
-                median(&d.cli_ms),
+                d.api_attach_median_ms(),
+                d.api_attach_p99_ms(),
+                median(&d.instance_put_ms[..put_tenth.min(puts)]),
+                median(&d.instance_put_ms[puts.saturating_sub(put_tenth)..]),
+                d.port_list_ms,
+                d.status_ms,
+                d.restart_served_ms,
                 d.rss_before_kib as f64 / 1024.0,
                 d.rss_after_kib as f64 / 1024.0,
                 (d.rss_after_kib as f64 - d.rss_before_kib as f64) / d.taps as f64,
@@ -608,7 +624,8 @@ pub fn markdown(results: &Results) -> String {
         }
         let _ = writeln!(
             md,
-            "\ntcx is a pinned TCX link per tap (the kernel waits for an RCU grace period per link); tc is a cls_bpf filter per tap. BPF maps (memlock, all): {:.2} MiB.\n",
+            "\ntcx is a pinned TCX link per tap (the kernel waits for an RCU grace period per link); tc is a cls_bpf filter per tap. BPF maps (memlock, all) with the last row's {} ports: {:.2} MiB.\n",
+            d.taps,
             d.bpf_memlock_bytes() as f64 / 1048576.0
         );
         let after = &results.daemon_after_load;

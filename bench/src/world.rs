@@ -614,8 +614,8 @@ pub fn attached_taps(daemon: &Daemon) -> Result<Vec<String>> {
 
 /// The slot of every attached tap (`status --json`).
 fn tap_slots(daemon: &Daemon) -> Result<HashMap<String, u32>> {
-    let out = daemon.cli_ok(&["status", "--json"])?;
-    let status: serde_json::Value = serde_json::from_str(&out).context("status --json")?;
+    let out = daemon.cli_ok(&["status", "--json", "--taps"])?;
+    let status: serde_json::Value = serde_json::from_str(&out).context("status --json --taps")?;
     let taps = status["datapath"]["attached_taps"]
         .as_object()
         .context("status --json has no datapath.attached_taps")?;

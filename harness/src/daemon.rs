@@ -404,10 +404,11 @@ impl Daemon {
         Ok(())
     }
 
-    /// `status --json`, parsed.
+    /// `status --json --taps` (with every attached tap), parsed.
     pub fn status(&self) -> Result<serde_json::Value> {
-        let out = self.cli_ok(&["status", "--json"])?;
-        serde_json::from_str(&out).with_context(|| format!("`status --json` printed {out:?}"))
+        let out = self.cli_ok(&["status", "--json", "--taps"])?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("`status --json --taps` printed {out:?}"))
     }
 
     /// Stores `instance` and binds `guest`'s tap to it.

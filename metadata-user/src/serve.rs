@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     admin,
+    admin::wire::TapState,
     backend::{
         Backend, Responder,
         local::{ApiConfig, ApiContext, PasswordError, PasswordStore},
@@ -34,7 +35,7 @@ use crate::{
     cli::{ServeArgs, settings::Settings},
     datapath::{
         self, Datapath, FlowTable, netdev,
-        reconcile::Reconciler,
+        reconcile::{Reconciler, TapStates},
         server_link,
         server_netns::{self, ServerNetns},
     },
@@ -51,7 +52,9 @@ use crate::{
     logging,
     metrics::{BackendLabel, Metrics},
     notify,
-    state::{DomainSync, PortAddRequest, PortPolicy, Registry, RegistryError, Source, SyncProblem},
+    state::{
+        DomainSync, Port, PortAddRequest, PortPolicy, Registry, RegistryError, Source, SyncProblem,
+    },
 };
 
 /// File descriptors the daemon needs besides guest connections: the store,
@@ -179,8 +182,8 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         metrics.clone(),
     );
     reconciler.start(&registry.snapshot())?;
-    let attached = reconciler.attached();
-    let attached_at_exit = attached.clone();
+    let tap_states = reconciler.states();
+    let attached_at_exit = tap_states.clone();
     let reconciler_task =
         tokio::spawn(reconciler.run(registry.subscribe(), link_events, netlink.clone()));
     let discovery = match &settings.discover {
@@ -251,7 +254,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     if let Some(listener) = metrics_listener {
         let live = live_values(
             counters.clone(),
-            attached.clone(),
+            tap_states.clone(),
             registry.clone(),
             responder.clone(),
             discovery.clone(),
@@ -265,59 +268,14 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         ));
     }
 
-    let datapath_status: admin::server::StatusFn = {
-        let settings = settings.clone();
-        let responder = responder.clone();
-        let connections = connections.clone();
-        Arc::new(move || {
-            let as_json = |c: &metadata_ebpf::Counters| {
-                c.fields()
-                    .into_iter()
-                    .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
-                    .collect::<serde_json::Map<_, _>>()
-            };
-            let by_family = counters.by_family().unwrap_or_else(|_| {
-                metadata_ebpf::Family::ALL.map(|family| (family, Default::default()))
-            });
-            let mut total = metadata_ebpf::Counters::default();
-            for (_, family) in &by_family {
-                total.accumulate(family);
-            }
-            let counters = as_json(&total);
-            let counters_by_family: serde_json::Map<_, _> = by_family
-                .iter()
-                .map(|(family, c)| (family.name().to_string(), as_json(c).into()))
-                .collect();
-            let taps: serde_json::Map<_, _> = attached
-                .borrow()
-                .iter()
-                .map(|(ifname, tap)| {
-                    (
-                        ifname.clone(),
-                        serde_json::json!({ "ifindex": tap.ifindex, "slot": tap.slot }),
-                    )
-                })
-                .collect();
-            serde_json::json!({
-                "bpffs": settings.bpffs,
-                "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
-                "server_netns": settings.server_netns,
-                "server_ifname": settings.link.server_ifname,
-                "entry_ifname": settings.link.entry_ifname,
-                "tap_attach": settings.tap_attach.as_str(),
-                "backend": responder.status(),
-                "attached_taps": taps,
-                "metadata_addrs": {
-                    "ipv4": settings.metadata.ipv4,
-                    "ipv6": settings.metadata.ipv6,
-                },
-                "counters": counters,
-                "counters_by_family": counters_by_family,
-                "connections": connections.stats(),
-            })
-        })
-    };
-    let mut status_sections = vec![("datapath", datapath_status)];
+    let view = Arc::new(DatapathStatus {
+        settings: settings.clone(),
+        responder: responder.clone(),
+        counters,
+        taps: tap_states.clone(),
+        connections: connections.clone(),
+    });
+    let mut status_sections: Vec<(&'static str, admin::server::StatusFn)> = vec![];
     if let Some(discovery) = &discovery {
         let discovery = discovery.clone();
         status_sections.push((
@@ -328,6 +286,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     let admin_task = tokio::spawn(admin::server::serve(
         admin_listener,
         registry.clone(),
+        view,
         status_sections,
     ));
 
@@ -380,7 +339,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         if settings.tap_attach == datapath::TapAttach::Tc {
             // tc filters are not pinned links: removing the pins below does
             // not take them off the taps.
-            for tap in attached_at_exit.borrow().values() {
+            for tap in attached_at_exit.borrow().attached.values() {
                 datapath::tc_attach::remove_tc_filter(tap.ifindex);
             }
         }
@@ -400,7 +359,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
 /// attached taps, the store's size and nova's cache.
 fn live_values(
     counters: Arc<datapath::CounterTable>,
-    attached: watch::Receiver<std::collections::BTreeMap<String, datapath::AttachedTap>>,
+    taps: watch::Receiver<TapStates>,
     registry: Arc<Registry>,
     responder: Arc<Responder>,
     discovery: Option<Arc<discovery::libvirt::Handle>>,
@@ -416,7 +375,7 @@ fn live_values(
                 }
                 total.fields().to_vec()
             }),
-            ports_attached: attached.borrow().len() as u64,
+            ports_attached: taps.borrow().attached.len() as u64,
             store_instances: snapshot.instances.len() as u64,
             store_ports: snapshot.ports.len() as u64,
             instances_with_ports: snapshot
@@ -535,6 +494,113 @@ impl FlowLookup for FlowTable {
     fn guest_addr(&self, peer: std::net::SocketAddrV4) -> Option<std::net::IpAddr> {
         let origin = FlowTable::origin(self, peer)?;
         Some(origin.flow.guest_ip())
+    }
+}
+
+/// What the admin API shows of the datapath: its settings, the counters
+/// and the taps' states as the reconciler last published them.
+struct DatapathStatus {
+    settings: Settings,
+    responder: Arc<Responder>,
+    counters: Arc<datapath::CounterTable>,
+    taps: watch::Receiver<TapStates>,
+    /// Open guest connections against their caps.
+    connections: Arc<ConnectionLimiter>,
+}
+
+impl admin::server::DatapathView for DatapathStatus {
+    fn status(&self, taps: bool) -> serde_json::Value {
+        let as_json = |c: &metadata_ebpf::Counters| {
+            c.fields()
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), serde_json::json!(value)))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let by_family = self.counters.by_family().unwrap_or_else(|_| {
+            metadata_ebpf::Family::ALL.map(|family| (family, Default::default()))
+        });
+        let mut total = metadata_ebpf::Counters::default();
+        for (_, family) in &by_family {
+            total.accumulate(family);
+        }
+        let counters = as_json(&total);
+        let counters_by_family: serde_json::Map<_, _> = by_family
+            .iter()
+            .map(|(family, c)| (family.name().to_string(), as_json(c).into()))
+            .collect();
+        let states = self.taps.borrow().clone();
+        let settings = &self.settings;
+        let mut status = serde_json::json!({
+            "bpffs": settings.bpffs,
+            "server": format!("{}:{}", settings.identity.server_addr, settings.server_port),
+            "server_netns": settings.server_netns,
+            "server_ifname": settings.link.server_ifname,
+            "entry_ifname": settings.link.entry_ifname,
+            "tap_attach": settings.tap_attach.as_str(),
+            "backend": self.responder.status(),
+            "taps": {
+                "attached": states.attached.len(),
+                "failing": states.failing.len(),
+            },
+            "metadata_addrs": {
+                "ipv4": settings.metadata.ipv4,
+                "ipv6": settings.metadata.ipv6,
+            },
+            "counters": counters,
+            "counters_by_family": counters_by_family,
+            "connections": self.connections.stats(),
+        });
+        if taps {
+            status["attached_taps"] = states
+                .attached
+                .iter()
+                .map(|(ifname, tap)| {
+                    (
+                        ifname.clone(),
+                        serde_json::json!({ "ifindex": tap.ifindex, "slot": tap.slot }),
+                    )
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            status["failing_taps"] = states
+                .failing
+                .iter()
+                .map(|(ifname, error)| (ifname.clone(), serde_json::json!(error)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        status
+    }
+
+    fn tap_state(&self, port: &Port) -> TapState {
+        let ifname = &port.spec.ifname;
+        let states = self.taps.borrow();
+        if let Some(tap) = states.attached.get(ifname) {
+            return TapState::Attached {
+                ifindex: tap.ifindex,
+                slot: tap.slot,
+            };
+        }
+        if let Some(error) = states.failing.get(ifname) {
+            return TapState::Failing {
+                error: error.clone(),
+            };
+        }
+        match netdev::ifindex_of(ifname) {
+            None => TapState::NoTap,
+            Some(_) => TapState::Pending,
+        }
+    }
+
+    fn next_change(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let mut taps = self.taps.clone();
+        taps.mark_unchanged();
+        Box::pin(async move {
+            if taps.changed().await.is_err() {
+                // The reconciler ended: nothing will change any more.
+                std::future::pending::<()>().await;
+            }
+        })
     }
 }
 

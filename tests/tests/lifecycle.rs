@@ -138,7 +138,7 @@ fn a_pinned_map_of_the_same_size_with_another_field_order_is_replaced() {
     assert_eq!(map_id(&ports), own, "the daemon's own map was replaced");
     assert!(!daemon.log().contains("another layout"), "{}", daemon.log());
 
-    // PortEntry with `slot` and `identity_addr` swapped: 24 bytes either way.
+    // PortEntry with `slot` and `identity_addr` swapped: 32 bytes either way.
     daemon.kill9().unwrap();
     std::fs::remove_file(&ports).unwrap();
     let reordered = Layout::Struct {
@@ -147,9 +147,10 @@ fn a_pinned_map_of_the_same_size_with_another_field_order_is_replaced() {
         fields: vec![
             ("identity_addr", Field::U8Array(4), 0),
             ("slot", Field::U32, 4),
-            ("syn_window_start_ns", Field::U64, 8),
-            ("syn_count", Field::U32, 16),
-            ("_pad", Field::U32, 20),
+            ("identity_addrs6", Field::U8Array(8), 8),
+            ("syn_window_start_ns", Field::U64, 16),
+            ("syn_count", Field::U32, 24),
+            ("_pad", Field::U32, 28),
         ],
     };
     pinned_map::create(
@@ -177,7 +178,7 @@ fn a_pinned_map_of_the_same_size_with_another_field_order_is_replaced() {
         .unwrap_or_else(|| panic!("no word of the layout in the log:\n{log}"));
     assert!(
         line.contains("map=\"PORTS\"")
-            && line.contains("value: pinned struct PortEntry/24{identity_addr@0"),
+            && line.contains("value: pinned struct PortEntry/32{identity_addr@0"),
         "{line}"
     );
 }
@@ -214,6 +215,8 @@ fn a_flow_table_of_another_layout_is_replaced_on_restart() {
     let staged = daemon.bpffs().join("old-table");
     let staged_path = staged.to_string_lossy().into_owned();
     let entries = metadata_ebpf::MAX_FLOWS_PER_PORT.to_string();
+    let key_size = std::mem::size_of::<metadata_ebpf::FlowKey>().to_string();
+    let value_size = std::mem::size_of::<metadata_ebpf::FlowEntry>().to_string();
     cmd::checked(&mut cmd::command(&[
         "bpftool",
         "map",
@@ -222,9 +225,9 @@ fn a_flow_table_of_another_layout_is_replaced_on_restart() {
         "type",
         "lru_hash",
         "key",
-        "8",
+        &key_size,
         "value",
-        "24",
+        &value_size,
         "entries",
         &entries,
         "name",
@@ -263,7 +266,8 @@ fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
     let net_a = TenantNet::with_router_and_decoy(&host).unwrap();
     let net_b = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net_a, GuestConfig::new(ADDR, MAC)).unwrap();
-    let daemon = Daemon::start(&host).unwrap();
+    // TCX: the link (and its ID) is what shows the attachment is kept.
+    let daemon = Daemon::start_with_args(&host, &["--tap-attach".into(), "tcx".into()]).unwrap();
     let instance = Instance::sample("mover");
     daemon.register(&guest, &instance).unwrap();
     guest.wait_served(&instance.uuid).unwrap();

@@ -10,6 +10,10 @@ fn tc_mode() -> Vec<String> {
     vec!["--tap-attach".into(), "tc".into()]
 }
 
+fn tcx_mode() -> Vec<String> {
+    vec!["--tap-attach".into(), "tcx".into()]
+}
+
 /// A tenant network, one guest on it and a daemon in tc mode serving the
 /// guest as `name`, with the guest's filter already checked to be ours
 /// (its program id is returned). Bound in this order, the parts drop in
@@ -124,6 +128,73 @@ fn a_tap_attached_with_tc_is_served_and_a_restart_leaves_one_filter() {
     assert!(!daemon.log().contains("attaching:"), "{}", daemon.log());
 }
 
+/// `port add --wait` answers once the tap is attached (served at once),
+/// `port show` says where the datapath is, and `status` shows counts, the
+/// per-tap list only with `--taps`.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn port_add_wait_returns_attached_and_status_lists_taps_only_on_request() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let daemon = Daemon::start(&host).unwrap();
+    let instance = Instance::sample("waiter");
+    daemon.put_instance(&instance).unwrap();
+
+    let tap = guest.tap();
+    let addr = ADDR.to_string();
+    let out = daemon
+        .cli_ok(&[
+            "port",
+            "add",
+            "--ifname",
+            tap,
+            "--instance",
+            &instance.uuid,
+            "--mac",
+            MAC,
+            "--ip",
+            &addr,
+            "--wait",
+            "5",
+        ])
+        .unwrap();
+    assert!(out.contains(": attached (ifindex "), "{out}");
+    check_own_answers(&guest, &instance).unwrap();
+    let shown = daemon.cli_ok(&["port", "show", tap]).unwrap();
+    assert!(shown.contains("\ndatapath: attached (ifindex "), "{shown}");
+    // The default mode is tc: the filter is ours.
+    our_one_filter(&host, tap);
+
+    let status = daemon.cli_ok(&["status"]).unwrap();
+    assert!(status.contains("taps.attached: 1\n"), "{status}");
+    assert!(
+        !status.contains(tap),
+        "the per-tap list by default: {status}"
+    );
+    let with_taps = daemon.cli_ok(&["status", "--taps"]).unwrap();
+    assert!(
+        with_taps.contains(&format!("attached_taps.{tap}.slot: ")),
+        "{with_taps}"
+    );
+
+    // A port whose tap does not exist yet: said so at once, not a timeout.
+    let absent = mdr_harness::names::ifname("nt");
+    let out = daemon
+        .cli_ok(&[
+            "port",
+            "add",
+            "--ifname",
+            &absent,
+            "--instance",
+            &instance.uuid,
+            "--wait",
+            "5",
+        ])
+        .unwrap();
+    assert!(out.contains("no such interface yet"), "{out}");
+}
+
 /// `port del` removes the filter: the guest's request then goes to its
 /// router as if there were no datapath, and the decoy answers.
 #[test]
@@ -155,13 +226,12 @@ fn switching_modes_across_a_restart_leaves_one_attachment() {
     let host = Host::new().unwrap();
     let net = TenantNet::with_router_and_decoy(&host).unwrap();
     let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let mut daemon = Daemon::start(&host).unwrap();
+    let mut daemon = Daemon::start_with_args(&host, &tcx_mode()).unwrap();
     let instance = Instance::sample("switcher");
     daemon.register(&guest, &instance).unwrap();
     guest.wait_served(&instance.uuid).unwrap();
     let pin = tcx_pin(&daemon, guest.tap());
-    // tcx is the default. The program serves as soon as it is attached; the
-    // pin follows.
+    // The program serves as soon as it is attached; the pin follows.
     wait_for(&pin, true);
     assert!(ingress_filters(&host, guest.tap()).is_empty());
 
@@ -187,7 +257,7 @@ fn switching_modes_across_a_restart_leaves_one_attachment() {
     check_own_answers(&guest, &instance).unwrap();
 
     daemon.kill9().unwrap();
-    daemon.set_extra_args(&[]);
+    daemon.set_extra_args(&tcx_mode());
     daemon.restart().unwrap();
     guest.wait_served(&instance.uuid).unwrap();
     wait_for_no_filter(&host, guest.tap());

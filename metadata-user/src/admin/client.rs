@@ -15,7 +15,7 @@ use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
-use super::wire::{ErrorBody, InstanceSummary, encode_segment};
+use super::wire::{ErrorBody, InstanceSummary, PortStatus, TapState, encode_segment};
 use crate::{
     cli::{Command, InstanceCommand, PortCommand},
     state::{
@@ -81,12 +81,45 @@ fn execute(admin_socket: &Path, command: Command) -> anyhow::Result<String> {
             Ok(format!("deleted instance {uuid}\n"))
         }
         Command::Port(PortCommand::Add(args)) => {
+            let wait = args.wait;
             let body = serde_json::to_vec(&PortAddRequest::from(args))?;
-            let port: Port = admin.call(Method::POST, "/v1/ports", Some(body))?;
-            Ok(format!(
-                "added port {} for instance {} (slot {})\n",
-                port.spec.ifname, port.spec.instance, port.slot
-            ))
+            let Some(seconds) = wait else {
+                let port: Port = admin.call(Method::POST, "/v1/ports", Some(body))?;
+                return Ok(added(&port));
+            };
+            if !(seconds.is_finite() && seconds >= 0.0) {
+                bail!("--wait: {seconds} is not a number of seconds");
+            }
+            let status: PortStatus = admin.call(
+                Method::POST,
+                &format!("/v1/ports?wait={seconds}"),
+                Some(body),
+            )?;
+            let line = format!(
+                "{}: {}\n",
+                added(&status.port).trim_end(),
+                tap_state(&status.datapath)
+            );
+            match status.datapath {
+                TapState::Attached { .. } | TapState::NoTap => Ok(line),
+                TapState::Pending => bail!(
+                    "{}not attached within {seconds} s",
+                    line.trim_end_matches("pending\n")
+                ),
+                TapState::Failing { .. } => bail!("{}", line.trim_end()),
+            }
+        }
+        Command::Port(PortCommand::Show { ifname, json }) => {
+            let status: PortStatus = admin.call(
+                Method::GET,
+                &format!("/v1/ports/{}", encode_segment(&ifname)),
+                None,
+            )?;
+            Ok(if json {
+                pretty(&status)
+            } else {
+                port_details(&status)
+            })
         }
         Command::Port(PortCommand::Del { ifname }) => {
             let port: Port = admin.call(
@@ -107,8 +140,13 @@ fn execute(admin_socket: &Path, command: Command) -> anyhow::Result<String> {
                 port_table(&ports)
             })
         }
-        Command::Status { json } => {
-            let status: serde_json::Value = admin.call(Method::GET, "/v1/status", None)?;
+        Command::Status { json, taps } => {
+            let path = if taps {
+                "/v1/status?taps=true"
+            } else {
+                "/v1/status"
+            };
+            let status: serde_json::Value = admin.call(Method::GET, path, None)?;
             Ok(if json {
                 pretty(&status)
             } else {
@@ -266,6 +304,50 @@ fn port_table(ports: &[Port]) -> String {
             })
             .collect(),
     )
+}
+
+fn added(port: &Port) -> String {
+    format!(
+        "added port {} for instance {} (slot {})\n",
+        port.spec.ifname, port.spec.instance, port.slot
+    )
+}
+
+/// The datapath's state of a tap, as the CLI prints it.
+fn tap_state(state: &TapState) -> String {
+    match state {
+        TapState::Attached { ifindex, .. } => format!("attached (ifindex {ifindex})"),
+        TapState::NoTap => "no such interface yet: attached when it appears".into(),
+        TapState::Pending => "pending".into(),
+        TapState::Failing { error } => format!("failing: {error}"),
+    }
+}
+
+/// `port show`: one `key: value` line per field.
+fn port_details(status: &PortStatus) -> String {
+    let port = &status.port;
+    let ips: Vec<String> = port.spec.ips.iter().map(ToString::to_string).collect();
+    let mut out = String::new();
+    for (key, value) in [
+        ("ifname", port.spec.ifname.clone()),
+        ("slot", port.slot.to_string()),
+        ("instance", port.spec.instance.to_string()),
+        (
+            "port_id",
+            or_dash(port.spec.port_id.map(|id| id.to_string()).as_deref()),
+        ),
+        ("mac", or_dash(port.spec.mac.as_deref())),
+        ("ips", or_dash(Some(&ips.join(",")))),
+        (
+            "network_id",
+            or_dash(port.spec.network_id.map(|id| id.to_string()).as_deref()),
+        ),
+        ("project_id", or_dash(port.spec.project_id.as_deref())),
+        ("datapath", tap_state(&status.datapath)),
+    ] {
+        let _ = writeln!(out, "{key}: {value}");
+    }
+    out
 }
 
 /// `manual`, or `libvirt:DOMAIN`.
@@ -437,8 +519,8 @@ mod tests {
     use super::*;
     use crate::{
         admin::{
-            server::{self, StatusFn},
-            wire::MAX_BODY_BYTES,
+            server::{self, DatapathView},
+            wire::{MAX_BODY_BYTES, TapState},
         },
         cli::PortAddArgs,
         state::Registry,
@@ -465,19 +547,42 @@ mod tests {
             .build()
             .unwrap();
         let listener = runtime.block_on(async { server::bind(&socket) }).unwrap();
-        let status: StatusFn = Arc::new(
-            || json!({"attached_taps": 2, "bpffs": "/sys/fs/bpf/x", "counters": {"caught": 5, "arp": [1, 2]}}),
-        );
         runtime.spawn(server::serve(
             listener,
             Arc::clone(&registry),
-            vec![("datapath", status)],
+            Arc::new(FakeDatapath),
+            vec![],
         ));
         Daemon {
             dir,
             socket,
             registry,
             _runtime: runtime,
+        }
+    }
+
+    /// A datapath with two attached taps; the list only when asked for.
+    struct FakeDatapath;
+
+    impl DatapathView for FakeDatapath {
+        fn status(&self, taps: bool) -> serde_json::Value {
+            let mut status = json!({"taps": {"attached": 2, "failing": 0}, "bpffs": "/sys/fs/bpf/x", "counters": {"caught": 5, "arp": [1, 2]}});
+            if taps {
+                status["attached_taps"] =
+                    json!({"tap0": {"ifindex": 7, "slot": 1}, "tap1": {"ifindex": 8, "slot": 2}});
+            }
+            status
+        }
+
+        fn tap_state(&self, port: &Port) -> TapState {
+            TapState::Attached {
+                ifindex: 7,
+                slot: port.slot,
+            }
+        }
+
+        fn next_change(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+            Box::pin(std::future::pending())
         }
     }
 
@@ -537,6 +642,7 @@ mod tests {
             ips: vec![],
             network_id: None,
             project_id: None,
+            wait: None,
         }
     }
 
@@ -618,7 +724,12 @@ mod tests {
         .unwrap();
         assert_eq!(rows[0].ports, vec!["tap%1", "tap-long-name"]);
 
-        let status = daemon.run(Command::Status { json: false }).unwrap();
+        let status = daemon
+            .run(Command::Status {
+                json: false,
+                taps: false,
+            })
+            .unwrap();
         assert!(
             status.starts_with(&format!(
                 "daemon: running (pid {}, version ",
@@ -629,14 +740,38 @@ mod tests {
         assert!(status.contains("\ninstances: 1\nports: 2\n"), "{status}");
         assert!(
             status.ends_with(
-                "\ndatapath:\n  attached_taps: 2\n  bpffs: /sys/fs/bpf/x\n  counters.arp: 1, 2\n  counters.caught: 5\n"
+                "\ndatapath:\n  bpffs: /sys/fs/bpf/x\n  counters.arp: 1, 2\n  counters.caught: 5\n  taps.attached: 2\n  taps.failing: 0\n"
             ),
             "{status}"
         );
-        let status: serde_json::Value =
-            serde_json::from_str(&daemon.run(Command::Status { json: true }).unwrap()).unwrap();
+        // The per-tap list only on request: a dense host has thousands.
+        let with_taps = daemon
+            .run(Command::Status {
+                json: false,
+                taps: true,
+            })
+            .unwrap();
+        assert!(
+            with_taps.contains("\n  attached_taps.tap0.slot: 1\n"),
+            "{with_taps}"
+        );
+        assert!(!status.contains("tap0"), "{status}");
+        let status: serde_json::Value = serde_json::from_str(
+            &daemon
+                .run(Command::Status {
+                    json: true,
+                    taps: false,
+                })
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(status["ports"], 2);
-        assert_eq!(status["datapath"]["attached_taps"], 2);
+        assert_eq!(status["datapath"]["taps"]["attached"], 2);
+        assert!(status["datapath"].get("attached_taps").is_none());
+        let (_, status) = daemon.raw(Method::GET, "/v1/status?taps=true", None);
+        assert_eq!(status["datapath"]["attached_taps"]["tap1"]["ifindex"], 8);
+        let (code, error) = daemon.raw(Method::GET, "/v1/status?taps=maybe", None);
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{error}");
 
         // The percent sign survives the trip through the URL path.
         assert_eq!(
@@ -801,9 +936,15 @@ mod tests {
     fn an_absent_daemon_is_reported_as_such() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("admin.sock");
-        let err = execute(&socket, Command::Status { json: false })
-            .unwrap_err()
-            .to_string();
+        let err = execute(
+            &socket,
+            Command::Status {
+                json: false,
+                taps: false,
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
             format!(

@@ -7,4 +7,4 @@
 pub mod client;
 mod error;
 pub mod server;
-mod wire;
+pub mod wire;

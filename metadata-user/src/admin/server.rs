@@ -7,9 +7,9 @@
 //! | PUT | /v1/instances | create or replace (body: the document) |
 //! | GET | /v1/instances | list (`InstanceSummary` rows) |
 //! | GET, DELETE | /v1/instances/{uuid} | show, delete |
-//! | GET, POST | /v1/ports | list, add (body: `PortAddRequest`) |
-//! | DELETE | /v1/ports/{ifname} | delete (ifname percent-encoded) |
-//! | GET | /v1/status | version, pid, uptime, counts, datapath, discovery |
+//! | GET, POST | /v1/ports | list, add (body: `PortAddRequest`; `?wait=SECONDS`: answer `PortStatus` once the tap is attached, absent or failing) |
+//! | GET, DELETE | /v1/ports/{ifname} | show (`PortStatus`), delete (ifname percent-encoded) |
+//! | GET | /v1/status | version, pid, uptime, counts, datapath (`?taps=true`: every tap), discovery |
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -32,16 +32,28 @@ use tokio::net::UnixListener;
 
 use super::{
     error::AdminError,
-    wire::{self, ErrorBody, InstanceSummary, MAX_BODY_BYTES},
+    wire::{self, ErrorBody, InstanceSummary, MAX_BODY_BYTES, PortStatus, TapState},
 };
 use crate::private_socket;
 use crate::state::{
-    FieldError, PortAddRequest, Registry, RegistryError, Snapshot, port::parse_uuid,
+    FieldError, Port, PortAddRequest, Registry, RegistryError, Snapshot, port::parse_uuid,
 };
 
-/// One section of `GET /v1/status` that another layer supplies (the
-/// datapath's attached taps and counters, discovery's connection and
-/// domains), under its name.
+/// What the admin API asks the datapath, supplied by whoever runs it.
+pub trait DatapathView: Send + Sync {
+    /// The datapath's part of `GET /v1/status`: counts and counters, and
+    /// every tap only when `taps` (thousands of lines on a dense host).
+    fn status(&self, taps: bool) -> serde_json::Value;
+    /// Where the datapath is with `port`'s tap.
+    fn tap_state(&self, port: &Port) -> TapState;
+    /// Resolves at the datapath's next change after this call.
+    fn next_change(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// The longest `?wait=` a request may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// One section of `GET /v1/status` that another layer supplies (discovery's connection and domains), under its name.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Binds the admin socket at `path`, root only (0600), as
@@ -58,9 +70,10 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     registry: Arc<Registry>,
+    datapath: Arc<dyn DatapathView>,
     sections: Vec<(&'static str, StatusFn)>,
 ) {
-    let context = Arc::new(Context::new(registry, sections));
+    let context = Arc::new(Context::new(registry, datapath, sections));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -90,6 +103,7 @@ pub async fn serve(
 /// What every admin request is answered from.
 pub(crate) struct Context {
     registry: Arc<Registry>,
+    datapath: Arc<dyn DatapathView>,
     sections: Vec<(&'static str, StatusFn)>,
     started: Instant,
 }
@@ -103,16 +117,21 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["instances"] => Some("GET, PUT"),
         ["instances", _] => Some("GET, DELETE"),
         ["ports"] => Some("GET, POST"),
-        ["ports", _] => Some("DELETE"),
+        ["ports", _] => Some("GET, DELETE"),
         ["status"] => Some("GET"),
         _ => None,
     }
 }
 
 impl Context {
-    pub(crate) fn new(registry: Arc<Registry>, sections: Vec<(&'static str, StatusFn)>) -> Self {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        datapath: Arc<dyn DatapathView>,
+        sections: Vec<(&'static str, StatusFn)>,
+    ) -> Self {
         Self {
             registry,
+            datapath,
             sections,
             started: Instant::now(),
         }
@@ -152,7 +171,9 @@ impl Context {
         B: hyper::body::Body<Data = Bytes>,
         B::Error: std::fmt::Display,
     {
+        let arrived = Instant::now();
         let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or("").to_owned();
         let segments = path_segments(&path);
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let method = request.method().clone();
@@ -188,13 +209,41 @@ impl Context {
                 Ok(json(StatusCode::OK, &ports))
             }
             (["ports"], &Method::POST) => {
+                let wait = wait_parameter(&query)?;
                 let body = read_body(request).await?;
                 let request: PortAddRequest = serde_json::from_slice(&body)
                     .map_err(|err| FieldError::new("port request", err.to_string()))?;
+                // Watching from before the write: a change that comes
+                // before we look is not missed.
+                let change = self.datapath.next_change();
                 let port = self
                     .blocking(move |registry| registry.add_port(request))
                     .await?;
-                Ok(json(StatusCode::OK, &*port))
+                match wait {
+                    None => Ok(json(StatusCode::OK, &*port)),
+                    Some(wait) => {
+                        let status = self.wait_for_tap(port, change, arrived, wait).await;
+                        Ok(json(StatusCode::OK, &status))
+                    }
+                }
+            }
+            (["ports", ifname], &Method::GET) => {
+                let ifname = path_segment(ifname)?;
+                let port = self
+                    .registry
+                    .snapshot()
+                    .ports
+                    .get(&ifname)
+                    .cloned()
+                    .ok_or_else(|| AdminError::NotFound(format!("no port {ifname}")))?;
+                Ok(json(
+                    StatusCode::OK,
+                    &PortStatus {
+                        datapath: self.datapath.tap_state(&port),
+                        port: (*port).clone(),
+                        waited_us: None,
+                    },
+                ))
             }
             (["ports", ifname], &Method::DELETE) => {
                 let ifname = path_segment(ifname)?;
@@ -203,7 +252,10 @@ impl Context {
                     .await?;
                 Ok(json(StatusCode::OK, &*port))
             }
-            (["status"], &Method::GET) => Ok(json(StatusCode::OK, &self.status())),
+            (["status"], &Method::GET) => {
+                let taps = query_flag(&query, "taps")?;
+                Ok(json(StatusCode::OK, &self.status(taps)))
+            }
             _ if allowed_methods(&segments).is_some() => Err(AdminError::MethodNotAllowed {
                 method: method.clone(),
                 path,
@@ -225,7 +277,36 @@ impl Context {
             .map_err(AdminError::from)
     }
 
-    fn status(&self) -> serde_json::Value {
+    /// Waits (at most `wait`) until `port`'s tap is attached, absent or
+    /// failing; `change` was made before the port was written.
+    async fn wait_for_tap(
+        &self,
+        port: Arc<Port>,
+        mut change: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+        arrived: Instant,
+        wait: Duration,
+    ) -> PortStatus {
+        let deadline = tokio::time::Instant::from_std(arrived + wait);
+        loop {
+            let next = self.datapath.next_change();
+            let state = self.datapath.tap_state(&port);
+            let done = match &state {
+                TapState::Attached { slot, .. } => *slot == port.slot,
+                TapState::NoTap | TapState::Failing { .. } => true,
+                TapState::Pending => false,
+            };
+            if done || tokio::time::timeout_at(deadline, change).await.is_err() {
+                return PortStatus {
+                    port: (*port).clone(),
+                    datapath: state,
+                    waited_us: Some(arrived.elapsed().as_micros() as u64),
+                };
+            }
+            change = next;
+        }
+    }
+
+    fn status(&self, taps: bool) -> serde_json::Value {
         let snapshot = self.registry.snapshot();
         let mut status = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -233,6 +314,7 @@ impl Context {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "instances": snapshot.instances.len(),
             "ports": snapshot.ports.len(),
+            "datapath": self.datapath.status(taps),
         });
         for (name, section) in &self.sections {
             status[*name] = section();
@@ -264,6 +346,35 @@ fn instance_summaries(snapshot: &Snapshot) -> Vec<InstanceSummary> {
         .collect();
     rows.sort_by(|a, b| (&a.name, a.uuid).cmp(&(&b.name, b.uuid)));
     rows
+}
+
+/// `?wait=SECONDS` (at most `MAX_WAIT`); None without it.
+fn wait_parameter(query: &str) -> Result<Option<Duration>, AdminError> {
+    let Some(value) = query_value(query, "wait") else {
+        return Ok(None);
+    };
+    let seconds: f64 = value
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+        .ok_or_else(|| FieldError::new("wait", format!("{value:?} is not a number of seconds")))?;
+    Ok(Some(Duration::from_secs_f64(seconds).min(MAX_WAIT)))
+}
+
+/// `?NAME=true` / `?NAME=1` / `?NAME`; false without it.
+fn query_flag(query: &str, name: &str) -> Result<bool, AdminError> {
+    match query_value(query, name) {
+        None | Some("false" | "0") => Ok(false),
+        Some("" | "true" | "1") => Ok(true),
+        Some(other) => Err(FieldError::new(name, format!("{other:?} is not true or false")).into()),
+    }
+}
+
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
 }
 
 /// Reads the whole body, refusing (413) more than `MAX_BODY_BYTES`.

@@ -35,6 +35,30 @@ pub struct InstanceSummary {
     pub source: Source,
 }
 
+/// Where the datapath is with one registered port's tap.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TapState {
+    /// The program runs on the tap, for this slot.
+    Attached { ifindex: u32, slot: u32 },
+    /// No interface of that name exists: attached when it appears.
+    NoTap,
+    /// The tap exists and the datapath has not got to it yet.
+    Pending,
+    /// Attaching failed; it is retried with a growing delay.
+    Failing { error: String },
+}
+
+/// `GET /v1/ports/{ifname}`, and `POST /v1/ports?wait=SECONDS`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PortStatus {
+    pub port: crate::state::Port,
+    pub datapath: TapState,
+    /// With `?wait`: microseconds from the request's arrival to `datapath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_us: Option<u64>,
+}
+
 /// Percent-encodes a path segment: interface names may hold '%', '?', '#'.
 pub fn encode_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -62,6 +62,10 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also list every attached tap and every failing one (one line
+        /// each; by default only their counts).
+        #[arg(long)]
+        taps: bool,
     },
     /// The signed identity: what verifiers of guests' tokens need (runs
     /// without the daemon).
@@ -168,10 +172,11 @@ pub struct ServeArgs {
     /// restarted daemon resumes with every tap and open flow intact.
     #[arg(long)]
     pub detach_on_exit: bool,
-    /// How the program goes on each tap: `tcx`, a pinned TCX link (coexists
-    /// with any qdisc, but the kernel takes 10-20 ms per tap), or `tc`, a
-    /// cls_bpf filter at pref 1 on a clsact (or existing ingress) qdisc,
-    /// about 0.1 ms per tap [default: tcx].
+    /// How the program goes on each tap: `tc`, a cls_bpf filter at pref 1
+    /// on a clsact (or existing ingress) qdisc, about 0.1 ms per tap, or
+    /// `tcx`, a pinned TCX link (coexists with any qdisc, but the kernel
+    /// waits an RCU grace period per tap, 10-20 ms, holding the RTNL lock)
+    /// [default: tc].
     #[arg(long, value_enum, value_name = "MODE")]
     pub tap_attach: Option<TapAttach>,
     /// Do not serve IPv6 (`ipv6 = false` in the config file): the guests'
@@ -312,6 +317,15 @@ pub enum PortCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show one port and where the datapath is with its tap (attached,
+    /// no tap yet, pending, failing).
+    Show {
+        #[arg(value_name = "TAP")]
+        ifname: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -337,6 +351,10 @@ pub struct PortAddArgs {
     /// The project (tenant) owning the port; defaults to the instance's project_id.
     #[arg(long, value_name = "ID")]
     pub project_id: Option<String>,
+    /// Return only once the tap is attached (or absent, or failing), at
+    /// most SECONDS (10 without a value); fails unless attached or absent.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "10")]
+    pub wait: Option<f64>,
 }
 
 impl From<PortAddArgs> for PortAddRequest {

@@ -635,7 +635,7 @@ mod tests {
     fn tap_attach_from_flag_file_and_default() {
         let settings =
             Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
-        assert_eq!(settings.tap_attach, TapAttach::Tcx, "the default");
+        assert_eq!(settings.tap_attach, TapAttach::Tc, "the default");
         assert_eq!(
             with_file("tap_attach = \"tc\"\n").unwrap().tap_attach,
             TapAttach::Tc

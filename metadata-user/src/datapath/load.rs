@@ -2,7 +2,6 @@
 //! pinned, with the maps a previous daemon pinned reused; then the
 //! datapath's configuration and the return path on the entry end.
 use std::{
-    collections::BTreeMap,
     fs,
     path::Path,
     sync::{Arc, Mutex},
@@ -12,9 +11,10 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
-    programs::{SchedClassifier, TcAttachType},
+    programs::{ProgramInfo, SchedClassifier, TcAttachType},
 };
 use metadata_ebpf::{DatapathConfig, names};
+use tracing::info;
 
 use super::{
     CounterTable, Datapath, FlowTable, IdentityPlan, MetadataAddrs, TapAttach,
@@ -22,6 +22,8 @@ use super::{
     map_layout::{inner_layout_stamp, replace_incompatible_pins},
     pins::remove_pin,
     server_link::ServerLink,
+    table_writer::TableWriter,
+    tcx::attach_program,
 };
 
 /// The pin of the return program's TCX link on the entry end's ingress.
@@ -84,11 +86,27 @@ impl Datapath {
                 .load()
                 .with_context(|| format!("verifying program {name}"))?;
             let pin = progs_dir.join(name);
+            if name == names::TAP_INGRESS && same_program(&pin, program) {
+                // The previous daemon's program is this one, on the same
+                // maps: keep it, and the taps it is attached to need nothing.
+                program
+                    .unload()
+                    .context("unloading the duplicate tap program")?;
+                info!(
+                    "keeping the tap program a previous daemon left (the same instructions and maps)"
+                );
+                continue;
+            }
             remove_pin(&pin)?;
             program
                 .pin(&pin)
                 .with_context(|| format!("pinning {}", pin.display()))?;
         }
+        // Taps get the pinned tap program: the one just loaded, or the
+        // previous daemon's that is the same.
+        let tap_program = SchedClassifier::from_pin(progs_dir.join(names::TAP_INGRESS))
+            .context("opening the pinned tap program")?;
+        let tap_program_id = tap_program.info().context("the tap program's id")?.id();
 
         let mut config: Array<MapData, DatapathConfig> = take_map(&mut ebpf, names::CONFIG)?;
         let (metadata_addrs6, served6) = metadata.ipv6_config();
@@ -110,29 +128,35 @@ impl Datapath {
             )
             .context("writing the datapath configuration")?;
 
+        let layout_stamp = inner_layout_stamp(EBPF_OBJECT, names::FLOWS)?;
+        let flows_pin = maps_dir.join(names::FLOWS);
+        let open_flows = || MapData::from_pin(&flows_pin).context("opening the pinned FLOWS");
         let mut datapath = Self {
             ports: take_map(&mut ebpf, names::PORTS)?,
             flows: Arc::new(FlowTable {
                 tables: Mutex::new(take_map(&mut ebpf, names::FLOWS)?),
-                lookup: MapData::from_pin(maps_dir.join(names::FLOWS))
-                    .context("opening the pinned FLOWS")?,
+                lookup: open_flows()?,
                 open: Mutex::default(),
                 identity,
-                layout_stamp: inner_layout_stamp(EBPF_OBJECT, names::FLOWS)?,
+                writer: TableWriter::start(open_flows()?, layout_stamp)?,
+                layout_stamp,
             }),
             counters: Arc::new(CounterTable {
                 map: take_map(&mut ebpf, names::COUNTERS)?,
             }),
             ebpf,
+            tap_program,
+            tap_program_id,
             identity,
             links_dir,
             tap_attach,
-            attached: BTreeMap::new(),
+            attached: imbl::OrdMap::new(),
         };
         // The server's replies cross the veth pair from the server's
         // namespace and arrive here, in the host's, where their taps are.
-        datapath.attach_program(
-            names::SERVER_EGRESS,
+        attach_program(
+            program_mut(&mut datapath.ebpf, names::SERVER_EGRESS)?,
+            &datapath.links_dir,
             server.entry_ifindex,
             TcAttachType::Ingress,
             RETURN_LINK_PIN,
@@ -140,6 +164,24 @@ impl Datapath {
         remove_pin(&datapath.links_dir.join(OLD_RETURN_LINK_PIN))?;
         Ok(datapath)
     }
+}
+
+/// Whether the program pinned at `pin` is `loaded` again: the same
+/// instructions (the tag leaves map references out) on the same maps.
+fn same_program(pin: &Path, loaded: &SchedClassifier) -> bool {
+    let (Ok(old), Ok(new)) = (ProgramInfo::from_pin(pin), loaded.info()) else {
+        return false;
+    };
+    let sorted_maps = |info: &ProgramInfo| {
+        info.map_ids().ok().flatten().map(|mut ids| {
+            ids.sort_unstable();
+            ids
+        })
+    };
+    old.tag() == new.tag()
+        && old.program_type() == new.program_type()
+        && sorted_maps(&old).is_some()
+        && sorted_maps(&old) == sorted_maps(&new)
 }
 
 pub(super) fn program_mut<'a>(

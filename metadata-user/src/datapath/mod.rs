@@ -8,8 +8,10 @@
 //! - `pins`: the names of the pins, and their removal.
 //! - `taps`: attaching to and detaching from registered taps, pruning.
 //! - `attach_mode`: `--tap-attach`; `tcx` and `tc_attach` do each mode.
-//! - `tables`: each port's flow table (created with the port; who is behind
-//!   a connection) and the counters.
+//! - `tables`: each port's flow table (who is behind a connection; one
+//!   table under each lane's identity address) and the counters;
+//!   `table_writer` adds and removes the tables off the attach path (each
+//!   change of FLOWS waits for an RCU grace period).
 //! - `identity`: the identity addresses that encode a port's slot, one per
 //!   lane (IPv4, then each IPv6 metadata address).
 //! - `metadata_addrs`: the addresses guests ask, IPv4 and IPv6.
@@ -54,16 +56,18 @@ pub mod reconcile;
 pub mod server_link;
 pub mod server_netns;
 mod sys;
+mod table_writer;
 mod tables;
 mod taps;
 pub mod tc_attach;
 mod tcx;
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
+    programs::SchedClassifier,
 };
 use metadata_ebpf::PortEntry;
 
@@ -72,6 +76,7 @@ pub use identity::IdentityPlan;
 pub use metadata_addrs::MetadataAddrs;
 pub use pins::remove_pins;
 pub use tables::{CounterTable, FlowTable};
+pub use taps::TableFate;
 
 /// A registered tap the programs are attached to right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,13 +87,17 @@ pub struct AttachedTap {
 
 pub struct Datapath {
     ebpf: Ebpf,
+    /// The tap ingress program every tap gets (pinned under progs/).
+    tap_program: SchedClassifier,
+    tap_program_id: u32,
     ports: HashMap<MapData, u32, PortEntry>,
     flows: Arc<FlowTable>,
     counters: Arc<CounterTable>,
     identity: IdentityPlan,
     links_dir: PathBuf,
     tap_attach: TapAttach,
-    attached: BTreeMap<String, AttachedTap>,
+    /// Persistent: the reconciler publishes a copy after every pass.
+    attached: imbl::OrdMap<String, AttachedTap>,
 }
 
 impl Datapath {
@@ -100,7 +109,7 @@ impl Datapath {
         self.counters.clone()
     }
 
-    pub fn attached(&self) -> &BTreeMap<String, AttachedTap> {
+    pub fn attached(&self) -> &imbl::OrdMap<String, AttachedTap> {
         &self.attached
     }
 }

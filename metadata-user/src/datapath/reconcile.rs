@@ -15,7 +15,7 @@
 //! index with the kernel, so a tap that is gone, or was re-created, is not
 //! tried again under its old index.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeSet, HashMap},
     sync::Arc,
     time::Duration,
 };
@@ -26,17 +26,40 @@ use tokio::{sync::watch, time::Instant};
 use tracing::{debug, info, warn};
 
 use super::{
-    AttachedTap, Datapath,
+    AttachedTap, Datapath, TableFate,
     netdev::{self, LinkEvent},
 };
 use crate::{metrics::Metrics, state::Snapshot};
+
+/// How many of the slots the registry hands out next get a flow table
+/// ahead of time (see `table_writer`): enough for a burst of adds while the
+/// writer makes the next ones (a batch takes one grace period, ~20 ms).
+const SPARE_TABLES: usize = 64;
+
+/// What the datapath has done with each registered tap, published after
+/// every pass. Persistent maps: a copy per pass costs nothing, however
+/// many taps there are.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TapStates {
+    pub attached: imbl::OrdMap<String, AttachedTap>,
+    /// Registered taps that exist but could not be attached: the error.
+    pub failing: imbl::OrdMap<String, String>,
+}
 
 pub struct Reconciler {
     datapath: Datapath,
     /// Interfaces that exist now, by name.
     links: HashMap<String, u32>,
-    /// What is attached, for status output.
-    attached_tx: watch::Sender<BTreeMap<String, AttachedTap>>,
+    /// The registry as the last pass saw it.
+    seen: Arc<Snapshot>,
+    /// Taps the next pass looks at: changed in the registry or the kernel
+    /// since the last pass, or not done by it. A pass costs what changed,
+    /// not what is registered.
+    dirty: BTreeSet<String>,
+    /// Slots whose spare flow table was asked for.
+    spares: BTreeSet<u32>,
+    states: TapStates,
+    states_tx: watch::Sender<TapStates>,
     /// Where the time each new attachment took is recorded.
     metrics: Arc<Metrics>,
 }
@@ -44,11 +67,15 @@ pub struct Reconciler {
 impl Reconciler {
     /// `existing` is the kernel's current list of links (as `Present` events).
     pub fn new(datapath: Datapath, existing: Vec<LinkEvent>, metrics: Arc<Metrics>) -> Self {
-        let (attached_tx, _) = watch::channel(BTreeMap::new());
+        let (states_tx, _) = watch::channel(TapStates::default());
         let mut reconciler = Self {
             datapath,
             links: HashMap::new(),
-            attached_tx,
+            seen: Arc::new(Snapshot::default()),
+            dirty: BTreeSet::new(),
+            spares: BTreeSet::new(),
+            states: TapStates::default(),
+            states_tx,
             metrics,
         };
         for event in existing {
@@ -57,15 +84,19 @@ impl Reconciler {
         reconciler
     }
 
-    pub fn attached(&self) -> watch::Receiver<BTreeMap<String, AttachedTap>> {
-        self.attached_tx.subscribe()
+    pub fn states(&self) -> watch::Receiver<TapStates> {
+        self.states_tx.subscribe()
     }
 
     /// The first pass after start: attach everything registered, then drop
     /// what a previous daemon left behind for ports that no longer exist.
-    pub fn start(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
-        self.reconcile(snapshot);
-        self.datapath.prune()
+    pub fn start(&mut self, snapshot: &Arc<Snapshot>) -> anyhow::Result<()> {
+        self.follow(snapshot);
+        self.look_at_everything();
+        self.reconcile();
+        let spares: Vec<u32> = self.spares.iter().copied().collect();
+        self.datapath
+            .prune(snapshot.ports.values().map(|port| port.slot), spares)
     }
 
     /// Runs until both inputs end. `netlink` lists the links again when
@@ -84,6 +115,8 @@ impl Reconciler {
                     if changed.is_err() {
                         return;
                     }
+                    let snapshot = registry.borrow_and_update().clone();
+                    self.follow(&snapshot);
                 }
                 event = links.next() => {
                     match event {
@@ -107,10 +140,26 @@ impl Reconciler {
                     info!("retrying what failed to attach");
                 }
             }
-            let snapshot = registry.borrow_and_update().clone();
-            let attached_all = self.reconcile(&snapshot);
+            if self.dirty.is_empty() && !retry.relist {
+                continue;
+            }
+            let attached_all = self.reconcile();
             retry.after_pass(attached_all, Instant::now());
         }
+    }
+
+    /// Takes the registry's new snapshot: the taps whose ports were added,
+    /// removed or changed since the last one become dirty.
+    fn follow(&mut self, snapshot: &Arc<Snapshot>) {
+        self.dirty
+            .extend(snapshot.changed_ports(&self.seen).map(str::to_owned));
+        self.seen = Arc::clone(snapshot);
+    }
+
+    /// Every registered or attached tap is looked at in the next pass.
+    fn look_at_everything(&mut self) {
+        self.dirty.extend(self.seen.ports.keys().cloned());
+        self.dirty.extend(self.datapath.attached().keys().cloned());
     }
 
     /// Replaces what is known about the links with the kernel's list; false
@@ -122,6 +171,7 @@ impl Reconciler {
                 for event in current {
                     self.note(event);
                 }
+                self.look_at_everything();
                 true
             }
             Err(err) => {
@@ -132,43 +182,63 @@ impl Reconciler {
     }
 
     fn note(&mut self, event: LinkEvent) {
-        match event {
+        let ifname = match event {
             LinkEvent::Present { ifname, ifindex } => {
-                self.links.insert(ifname, ifindex);
+                if self.links.insert(ifname.clone(), ifindex) == Some(ifindex) {
+                    return; // nothing new about it
+                }
+                ifname
             }
             LinkEvent::Gone { ifname, ifindex } => {
-                if self.links.get(&ifname) == Some(&ifindex) {
-                    self.links.remove(&ifname);
+                if self.links.get(&ifname) != Some(&ifindex) {
+                    return;
                 }
+                self.links.remove(&ifname);
+                ifname
             }
-            LinkEvent::Lost => {}
+            LinkEvent::Lost => return,
+        };
+        // Only our taps matter; the host's other interfaces come and go.
+        if self.seen.ports.contains_key(&ifname) || self.datapath.attached().contains_key(&ifname) {
+            self.dirty.insert(ifname);
         }
     }
 
-    /// One pass; false when some registered, present tap could not be
-    /// attached (or a stale one detached).
-    fn reconcile(&mut self, snapshot: &Snapshot) -> bool {
-        let mut all_done = true;
-        let stale: Vec<String> = self
-            .datapath
-            .attached()
-            .iter()
-            .filter(|(ifname, tap)| {
+    /// One pass over the dirty taps; false when some registered, present
+    /// tap could not be attached (or a stale one detached): those stay dirty.
+    fn reconcile(&mut self) -> bool {
+        let snapshot = Arc::clone(&self.seen);
+        let dirty = std::mem::take(&mut self.dirty);
+        // The flow tables this pass needs, asked for at once: the writer
+        // adds them in one batch (one grace period) rather than one each.
+        self.datapath
+            .prepare_tables(dirty.iter().filter_map(|ifname| {
+                let port = snapshot.ports.get(ifname)?;
+                self.links.contains_key(ifname).then_some(port.slot)
+            }));
+        for ifname in dirty {
+            let port = snapshot.ports.get(&ifname);
+            let present = self.links.get(&ifname).copied();
+            if let Some(tap) = self.datapath.attached().get(&ifname).copied() {
                 // Unregistered, or its tap is gone or was re-created. A new
                 // slot alone is handled by attach_tap without a detach.
-                !snapshot.ports.contains_key(*ifname)
-                    || self.links.get(*ifname) != Some(&tap.ifindex)
-            })
-            .map(|(ifname, _)| ifname.clone())
-            .collect();
-        for ifname in stale {
-            if let Err(err) = self.datapath.detach_tap(&ifname) {
-                warn!(ifname, "detaching: {err:#}");
-                all_done = false;
+                let fate = if port.is_none() {
+                    Some(TableFate::Remove)
+                } else if present != Some(tap.ifindex) {
+                    Some(TableFate::Keep)
+                } else {
+                    None
+                };
+                if let Some(fate) = fate
+                    && let Err(err) = self.datapath.detach_tap(&ifname, fate)
+                {
+                    warn!(ifname, "detaching: {err:#}");
+                    self.fail(ifname, err);
+                    continue;
+                }
             }
-        }
-        for (ifname, port) in &snapshot.ports {
-            let Some(&ifindex) = self.links.get(ifname) else {
+            self.states.failing.remove(&ifname);
+            let (Some(port), Some(ifindex)) = (port, present) else {
                 continue; // registered before its tap exists: attached when it appears
             };
             // Only a new attachment is timed: a pass over what is already
@@ -176,20 +246,20 @@ impl Reconciler {
             let is_new = self
                 .datapath
                 .attached()
-                .get(ifname)
+                .get(&ifname)
                 .is_none_or(|tap| tap.ifindex != ifindex);
             let started = std::time::Instant::now();
-            let Err(err) = self.datapath.attach_tap(ifname, ifindex, port.slot) else {
+            let Err(err) = self.datapath.attach_tap(&ifname, ifindex, port.slot) else {
                 if is_new {
                     self.metrics.record_attach(started.elapsed());
                 }
                 continue;
             };
             // After lost events, what we know may be stale: ask the kernel.
-            match netdev::ifindex_of(ifname) {
+            match netdev::ifindex_of(&ifname) {
                 Some(current) if current == ifindex => {
                     warn!(ifname, ifindex, "attaching: {err:#}");
-                    all_done = false;
+                    self.fail(ifname, err);
                 }
                 Some(current) => {
                     debug!(
@@ -197,23 +267,42 @@ impl Reconciler {
                         ifindex, current, "the tap was re-created; attaching to it"
                     );
                     self.links.insert(ifname.clone(), current);
-                    all_done = false;
+                    self.dirty.insert(ifname);
                 }
                 None => {
                     debug!(ifname, ifindex, "the tap is gone");
-                    self.links.remove(ifname);
+                    self.links.remove(&ifname);
                 }
             }
         }
-        self.attached_tx.send_if_modified(|attached| {
-            if attached != self.datapath.attached() {
-                *attached = self.datapath.attached().clone();
+        self.prepare_spares(&snapshot);
+        self.states.attached = self.datapath.attached().clone();
+        self.states_tx.send_if_modified(|published| {
+            if *published != self.states {
+                *published = self.states.clone();
                 true
             } else {
                 false
             }
         });
-        all_done
+        self.dirty.is_empty()
+    }
+
+    fn fail(&mut self, ifname: String, err: anyhow::Error) {
+        self.states
+            .failing
+            .insert(ifname.clone(), format!("{err:#}"));
+        self.dirty.insert(ifname);
+    }
+
+    /// Flow tables for the slots the registry hands out next, made ahead.
+    fn prepare_spares(&mut self, snapshot: &Snapshot) {
+        let upcoming: BTreeSet<u32> = snapshot.upcoming_slots(SPARE_TABLES).collect();
+        let new: Vec<u32> = upcoming.difference(&self.spares).copied().collect();
+        self.spares = upcoming;
+        if !new.is_empty() {
+            self.datapath.prepare_tables(new);
+        }
     }
 }
 

@@ -2,8 +2,11 @@
 //! away (dropping the last reference to a link only schedules its release,
 //! and until that runs the same program cannot be attached to the same hook
 //! again: EEXIST), creating an LRU hash map of our own (a port's flow
-//! table, an inner map of FLOWS), and reading the id of a map in a map of
-//! maps without opening it (aya's lookup opens it, two more syscalls).
+//! table, an inner map of FLOWS), reading the id of a map in a map of
+//! maps without opening it (aya's lookup opens it, two more syscalls),
+//! changing many entries of a map of maps in one call (each call waits for
+//! an RCU grace period; see `table_writer`), and what a pinned TCX link is
+//! attached to.
 use std::{
     ffi::CString,
     io,
@@ -16,7 +19,13 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// `enum bpf_link_type` and `enum bpf_attach_type` values of a TCX link.
+const BPF_LINK_TYPE_TCX: u32 = 11;
+const BPF_TCX_INGRESS: u32 = 46;
 
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_OBJ_NAME_LEN: usize = 16;
@@ -64,6 +73,44 @@ struct ObjGetAttr {
     _pad: u32,
 }
 
+/// `union bpf_attr` as the BPF_MAP_*_BATCH commands read it.
+#[repr(C)]
+#[derive(Default)]
+struct MapBatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` as BPF_OBJ_GET_INFO_BY_FD reads it.
+#[repr(C)]
+#[derive(Default)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// The start of `struct bpf_link_info` for a TCX link: type, id, prog_id,
+/// then (8-byte aligned) the union whose `tcx` member is ifindex and
+/// attach_type. The rest of the union is room the kernel may fill.
+#[repr(C)]
+#[derive(Default)]
+struct TcxLinkInfo {
+    link_type: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    ifindex: u32,
+    attach_type: u32,
+    _rest: [u64; 6],
+}
+
 /// `union bpf_attr` as BPF_LINK_DETACH reads it.
 #[repr(C)]
 #[derive(Default)]
@@ -86,15 +133,6 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     } else {
         Ok(ret)
     }
-}
-
-/// `union bpf_attr` as BPF_OBJ_GET_INFO_BY_FD reads it.
-#[repr(C)]
-#[derive(Default)]
-struct InfoByFdAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
 }
 
 /// `union bpf_attr` as BPF_BTF_GET_FD_BY_ID reads it.
@@ -193,6 +231,93 @@ pub fn btf_by_id(id: u32) -> io::Result<Vec<u8>> {
     info_by_fd(&btf, &mut info)?;
     data.truncate(info.btf_size as usize);
     Ok(data)
+}
+
+/// Where the TCX ingress link pinned at `pin` runs which program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcxIngressLink {
+    pub ifindex: u32,
+    pub prog_id: u32,
+}
+
+/// What the link pinned at `pin` is, if it is a TCX ingress link (None for
+/// any other link; an error when there is no such pin).
+pub fn tcx_ingress_link(pin: &Path) -> io::Result<Option<TcxIngressLink>> {
+    let link = obj_get(pin)?;
+    let mut info = TcxLinkInfo::default();
+    let mut attr = InfoByFdAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<TcxLinkInfo>() as u32,
+        info: &mut info as *mut TcxLinkInfo as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(
+        (info.link_type == BPF_LINK_TYPE_TCX && info.attach_type == BPF_TCX_INGRESS).then_some(
+            TcxIngressLink {
+                ifindex: info.ifindex,
+                prog_id: info.prog_id,
+            },
+        ),
+    )
+}
+
+/// The id of the map behind `map`.
+pub fn map_id(map: BorrowedFd<'_>) -> io::Result<u32> {
+    // struct bpf_map_info starts with type, id.
+    let mut info = [0u32; 20];
+    let mut attr = InfoByFdAttr {
+        bpf_fd: map.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[1])
+}
+
+/// Sets `keys[i]` to the map `inner[i]` in the map of maps `map`, in one
+/// call (the kernel waits for one RCU grace period for all of them).
+pub fn put_inner_maps(
+    map: BorrowedFd<'_>,
+    keys: &[[u8; 4]],
+    inner: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    assert_eq!(keys.len(), inner.len());
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<u32> = inner.iter().map(|fd| fd.as_raw_fd() as u32).collect();
+    let mut attr = MapBatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map(drop)
+}
+
+/// Deletes `keys` from the map of maps `map` in one call; keys that are not
+/// there are skipped.
+pub fn delete_inner_maps(map: BorrowedFd<'_>, keys: &[[u8; 4]]) -> io::Result<()> {
+    // The batch stops at the first missing key (ENOENT): go on after it.
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut attr = MapBatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: rest.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(_) => return Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                // `count` now says how many were deleted before the missing one.
+                rest = &rest[(attr.count as usize + 1).min(rest.len())..];
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Detaches the link pinned at `pin` from its hook immediately. The pin

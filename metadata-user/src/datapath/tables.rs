@@ -13,7 +13,10 @@ use aya::maps::{HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray};
 use metadata_ebpf::{Counters, Family, FlowEntry, FlowKey, IDENTITY_LANES};
 use tracing::{debug, warn};
 
-use super::{IdentityPlan, sys};
+use super::{
+    IdentityPlan, sys,
+    table_writer::{TableWriter, table_name},
+};
 
 /// FLOWS: each registered port's own flow table, by identity address (see
 /// the eBPF crate's `datapath.rs`: a guest's traffic can only evict its own
@@ -32,8 +35,11 @@ pub struct FlowTable {
     /// `OPEN_TABLES` are kept (each holds an fd).
     pub(super) open: Mutex<OpenTables>,
     pub(super) identity: IdentityPlan,
+    /// Adds and removes tables off the attach path.
+    pub(super) writer: TableWriter,
     /// The layout stamp of this build's flow tables
-    /// (`map_layout::inner_layout_stamp`), carried in each table's name.
+    /// (`map_layout::inner_layout_stamp`), carried in each table's name
+    /// (`table_writer::table_name`).
     pub(super) layout_stamp: u32,
 }
 
@@ -70,120 +76,170 @@ impl FlowTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The id of the table FLOWS holds for `identity`, if any (one lookup,
+    /// nothing opened).
+    fn table_id(&self, identity: Ipv4Addr) -> Option<u32> {
+        sys::inner_map_id(self.lookup.fd().as_fd(), &identity.octets())
+            .ok()
+            .flatten()
+    }
+
+    /// The id of the port's table if FLOWS holds it under every lane's
+    /// identity address (a port has one table, under each of its lanes).
+    fn table_id_in_every_lane(&self, identities: &[Ipv4Addr; IDENTITY_LANES]) -> Option<u32> {
+        let id = self.table_id(identities[0])?;
+        identities[1..]
+            .iter()
+            .all(|identity| self.table_id(*identity) == Some(id))
+            .then_some(id)
+    }
+
     /// Makes sure the port with `identities` (its identity address in each
     /// lane, lane 0 first; slot `slot`) has a flow table under each of them:
-    /// the one a previous daemon or an earlier attach left under lane 0 (so
-    /// its open connections keep their flows), or a new one.
+    /// the one a previous daemon, an earlier attach or `prepare` left under
+    /// lane 0 (so open connections keep their flows), or a new one. Waits
+    /// for the writer only when the table is not there yet, and then only
+    /// until it is (see `table_writer`).
     pub(super) fn ensure(
         &self,
         identities: &[Ipv4Addr; IDENTITY_LANES],
         slot: u32,
     ) -> anyhow::Result<()> {
         let identity = identities[0];
-        let mut tables = self.tables();
-        let name = self.table_name(slot);
-        let table = match self.reusable_table(&tables, identity, &name)? {
-            Some(table) => table,
-            None => {
-                let fd = sys::create_lru_hash(
-                    &name,
-                    std::mem::size_of::<FlowKey>() as u32,
-                    std::mem::size_of::<FlowEntry>() as u32,
-                    metadata_ebpf::MAX_FLOWS_PER_PORT,
-                )
-                .with_context(|| format!("creating the flow table of {identity}"))?;
-                MapData::from_fd(fd)?
+        let every_lane = || self.table_id_in_every_lane(identities);
+        self.writer.settle(identity, every_lane);
+        if self.has_table_of_our_layout(identity, slot)? {
+            if every_lane().is_none() {
+                // Left by a daemon with fewer lanes (before IPv6): the same
+                // table goes under the others too, here and now (rare).
+                self.add_to_every_lane(identities)?;
             }
-        };
+            return Ok(());
+        }
+        self.writer.insert([(*identities, slot)]);
+        self.writer.settle(identity, every_lane);
+        if every_lane().is_none() {
+            anyhow::bail!("the flow table of {identity} could not be added (see the log)");
+        }
+        Ok(())
+    }
+
+    /// Puts lane 0's table under every other lane's identity address.
+    fn add_to_every_lane(&self, identities: &[Ipv4Addr; IDENTITY_LANES]) -> anyhow::Result<()> {
+        let mut tables = self.tables();
+        let table = tables
+            .get(&identities[0].octets(), 0)
+            .with_context(|| format!("looking up the flow table of {}", identities[0]))?;
         let id = table.info()?.id();
-        for lane_identity in identities {
-            let current = sys::inner_map_id(self.lookup.fd().as_fd(), &lane_identity.octets())
-                .with_context(|| format!("looking up the flow table of {lane_identity}"))?;
-            if current != Some(id) {
+        for identity in &identities[1..] {
+            if self.table_id(*identity) != Some(id) {
                 tables
-                    .insert(lane_identity.octets(), &table, 0)
-                    .with_context(|| format!("adding the flow table of {lane_identity}"))?;
+                    .insert(identity.octets(), &table, 0)
+                    .with_context(|| format!("adding the flow table of {identity}"))?;
             }
         }
         Ok(())
     }
 
-    /// The flow table under `identity` if there is one of this build's
-    /// layout (`name` carries the layout stamp); None when there is none,
-    /// or one to replace.
-    fn reusable_table(
-        &self,
-        tables: &HashOfMaps<MapData, [u8; 4], MapData>,
-        identity: Ipv4Addr,
-        name: &str,
-    ) -> anyhow::Result<Option<MapData>> {
-        match tables.get(&identity.octets(), 0) {
-            Ok(table) => {
-                // The name carries the layout stamp: a table a build with
-                // other FlowKey/FlowEntry fields made is not reused, even
-                // when its sizes match.
-                let layout = table.info().map(|info| {
-                    (
-                        info.map_type().ok(),
-                        info.key_size() as usize,
-                        info.value_size() as usize,
-                        info.max_entries(),
-                        info.name_as_str().map(str::to_owned),
-                    )
-                });
-                let wanted = (
-                    Some(aya::maps::MapType::LruHash),
-                    std::mem::size_of::<FlowKey>(),
-                    std::mem::size_of::<FlowEntry>(),
-                    metadata_ebpf::MAX_FLOWS_PER_PORT,
-                    Some(name.to_owned()),
-                );
-                match layout {
-                    Ok(found) if found == wanted => Ok(Some(table)),
-                    found => {
-                        warn!(%identity, ?found, "flow table of another layout; replacing it");
-                        Ok(None)
-                    }
-                }
-            }
-            Err(MapError::KeyNotFound) => Ok(None),
+    /// Whether the table under `identity` is one of this build's layout:
+    /// its name carries the layout stamp, so a table a build with other
+    /// FlowKey/FlowEntry fields made is not reused, even when its sizes
+    /// match.
+    fn has_table_of_our_layout(&self, identity: Ipv4Addr, slot: u32) -> anyhow::Result<bool> {
+        let tables = self.tables();
+        let table = match tables.get(&identity.octets(), 0) {
+            Ok(table) => table,
+            Err(MapError::KeyNotFound) => return Ok(false),
             Err(err) => {
-                Err(err).with_context(|| format!("looking up the flow table of {identity}"))
+                return Err(err)
+                    .with_context(|| format!("looking up the flow table of {identity}"));
+            }
+        };
+        let layout = table.info().map(|info| {
+            (
+                info.map_type().ok(),
+                info.key_size() as usize,
+                info.value_size() as usize,
+                info.max_entries(),
+                info.name_as_str().map(str::to_owned),
+            )
+        });
+        let wanted = (
+            Some(aya::maps::MapType::LruHash),
+            std::mem::size_of::<FlowKey>(),
+            std::mem::size_of::<FlowEntry>(),
+            metadata_ebpf::MAX_FLOWS_PER_PORT,
+            Some(table_name(self.layout_stamp, slot)),
+        );
+        match layout {
+            Ok(found) if found == wanted => Ok(true),
+            found => {
+                warn!(%identity, ?found, "flow table of another layout; replacing it");
+                Ok(false)
             }
         }
     }
 
-    /// A flow table's name: `f`, the layout stamp, `_`, the slot (hex); 14
-    /// characters at most, within the kernel's 15 for a map name.
-    fn table_name(&self, slot: u32) -> String {
-        format!("f{:08x}_{slot:x}", self.layout_stamp)
+    /// Has fresh tables made, in the background, for ports about to be
+    /// attached (spares for the next slots, or a pass's ports that have
+    /// none): `ensure` then finds them. Ports that have a table in every
+    /// lane or one on its way are skipped.
+    pub(super) fn prepare(
+        &self,
+        wanted: impl IntoIterator<Item = ([Ipv4Addr; IDENTITY_LANES], u32)>,
+    ) {
+        let missing: Vec<([Ipv4Addr; IDENTITY_LANES], u32)> = wanted
+            .into_iter()
+            .filter(|(identities, _)| {
+                !self.writer.is_queued(identities[0])
+                    && self.table_id_in_every_lane(identities).is_none()
+            })
+            .collect();
+        if !missing.is_empty() {
+            self.writer.insert(missing);
+        }
     }
 
-    /// Drops the port's flow table: its key under each identity address.
+    /// Empties the port's table (its flows were a tap's that is gone; the
+    /// port stays registered and keeps the table). One table for every
+    /// lane: lane 0's key finds it.
+    pub(super) fn flush(&self, identities: &[Ipv4Addr; IDENTITY_LANES]) {
+        let table = match self.tables().get(&identities[0].octets(), 0) {
+            Ok(table) => table,
+            Err(_) => return,
+        };
+        let Ok(mut flows) = port_flows(table) else {
+            return;
+        };
+        let keys: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = flows.remove(&key);
+        }
+    }
+
+    /// Drops the port's flow table, its key under each identity address, in
+    /// the background.
     pub(super) fn remove(&self, identities: &[Ipv4Addr; IDENTITY_LANES]) {
         let mut open = self.open_tables();
-        let mut tables = self.tables();
         for identity in identities {
             open.remove(&identity.octets());
-            match tables.remove(&identity.octets()) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(err) => warn!(%identity, %err, "removing a flow table"),
-            }
         }
+        drop(open);
+        self.writer.remove(identities.iter().copied());
     }
 
-    /// Drops every flow table key but those of `identities` (every lane's).
+    /// Drops every flow table key but those of `identities` (every lane's),
+    /// in the background.
     pub(super) fn retain(&self, identities: &HashSet<Ipv4Addr>) {
-        let mut tables = self.tables();
-        let stale: Vec<[u8; 4]> = tables
+        let stale: Vec<Ipv4Addr> = self
+            .tables()
             .keys()
             .filter_map(Result::ok)
-            .filter(|key| !identities.contains(&Ipv4Addr::from(*key)))
+            .map(Ipv4Addr::from)
+            .filter(|identity| !identities.contains(identity))
             .collect();
-        for key in stale {
-            debug!(identity = %Ipv4Addr::from(key), "removing stale flow table");
-            let _ = tables.remove(&key);
-        }
+        debug!(count = stale.len(), "removing stale flow tables");
+        self.writer.remove(stale);
     }
 
     /// The port slot an identity address encodes (None for any other).

@@ -5,16 +5,26 @@ use std::fs;
 
 use anyhow::Context as _;
 use aya::programs::TcAttachType;
-use metadata_ebpf::{PortEntry, names};
+use metadata_ebpf::PortEntry;
 use tracing::{debug, info};
 
 use super::{
-    AttachedTap, Datapath, TapAttach,
-    load::program_mut,
-    netdev,
+    AttachedTap, Datapath, TapAttach, netdev,
     pins::{remove_pin, tap_ifname_of_pin, tap_pin_name},
+    sys,
     tc_attach::{self, remove_tc_filter},
+    tcx::attach_program,
 };
+
+/// What detaching a tap does with its port's flow table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableFate {
+    /// The port is gone: so is its table.
+    Remove,
+    /// The port stays registered (its tap went, or was re-created): the
+    /// table stays, emptied, for when the tap is back.
+    Keep,
+}
 
 impl Datapath {
     /// Starts serving the guest behind `ifname` (now `ifindex`) as `slot`.
@@ -37,8 +47,15 @@ impl Datapath {
                 self.attached.insert(ifname.to_string(), wanted);
                 return Ok(());
             }
-            // Re-created under the same name: the old link died with the old tap.
-            Some(_) => self.detach_tap(ifname)?,
+            // Re-created under the same name: the old link died with the old
+            // tap. The port keeps its table, emptied of the old tap's flows.
+            Some(current) => {
+                let old_slot = current.slot;
+                self.detach_tap(ifname, TableFate::Keep)?;
+                if old_slot != slot {
+                    self.flows.remove(&self.identity.addresses_of(old_slot)?);
+                }
+            }
             None => {}
         }
         let identities = self.identity.addresses_of(slot)?;
@@ -47,36 +64,66 @@ impl Datapath {
         // window where a guest is served wrongly.
         self.flows.ensure(&identities, slot)?;
         let entry = PortEntry::new(slot, identities.map(|a| a.octets()));
-        self.ports
-            .insert(ifindex, entry, 0)
-            .with_context(|| format!("registering {ifname} in the port map"))?;
-        if let Err(err) = self.attach_tap_program(ifname, ifindex) {
-            let _ = self.ports.remove(&ifindex);
-            self.flows.remove(&identities);
-            return Err(err.context(format!("attaching to {ifname}")));
+        if self.ports.get(&ifindex, 0).ok() != Some(entry) {
+            self.ports
+                .insert(ifindex, entry, 0)
+                .with_context(|| format!("registering {ifname} in the port map"))?;
         }
-        info!(
+        let how = if self.runs_our_program(ifname, ifindex) {
+            // A previous daemon attached this tap, and its program is the
+            // one we run (see `load`): nothing to change in the kernel.
+            "kept"
+        } else {
+            if let Err(err) = self.attach_tap_program(ifname, ifindex) {
+                let _ = self.ports.remove(&ifindex);
+                return Err(err.context(format!("attaching to {ifname}")));
+            }
+            "attached"
+        };
+        debug!(
             ifname,
             ifindex,
             slot,
             mode = self.tap_attach.as_str(),
+            how,
             "tap attached"
         );
         self.attached.insert(ifname.to_string(), wanted);
         Ok(())
     }
 
+    /// Whether `ifindex` already runs our tap program the configured way,
+    /// as a previous daemon left it. Only asked the first time a tap is
+    /// seen: after a restart, this is what makes re-attaching thousands of
+    /// taps cost a lookup each instead of an attach.
+    fn runs_our_program(&self, ifname: &str, ifindex: u32) -> bool {
+        match self.tap_attach {
+            TapAttach::Tcx => sys::tcx_ingress_link(&self.links_dir.join(tap_pin_name(ifname)))
+                .ok()
+                .flatten()
+                .is_some_and(|link| link.ifindex == ifindex && link.prog_id == self.tap_program_id),
+            TapAttach::Tc => {
+                tc_attach::our_program(ifindex).ok().flatten() == Some(self.tap_program_id)
+                    && !self.links_dir.join(tap_pin_name(ifname)).exists()
+            }
+        }
+    }
+
     /// Stops serving `ifname`: drops its port entry and its link. Also used
     /// when the tap disappeared (the kernel already dropped the link then).
-    pub fn detach_tap(&mut self, ifname: &str) -> anyhow::Result<()> {
+    /// The port's flow table goes too unless the port stays registered.
+    pub fn detach_tap(&mut self, ifname: &str, table: TableFate) -> anyhow::Result<()> {
         let Some(old) = self.attached.remove(ifname) else {
             return Ok(());
         };
         let _ = self.ports.remove(&old.ifindex);
         // Its open connections cannot get replies any more (the tap is gone,
-        // or no longer ours): the flow table goes too.
+        // or no longer ours): their flows go.
         if let Ok(identities) = self.identity.addresses_of(old.slot) {
-            self.flows.remove(&identities);
+            match table {
+                TableFate::Remove => self.flows.remove(&identities),
+                TableFate::Keep => self.flows.flush(&identities),
+            }
         }
         // Both modes' attachments, whichever this daemon uses: cheap when
         // absent, and a tap never keeps a program we no longer account for.
@@ -86,6 +133,17 @@ impl Datapath {
         Ok(())
     }
 
+    /// Has flow tables made in the background for these ports (identity
+    /// from the slot) unless they have one: for the slots the registry
+    /// hands out next, and for a pass's many ports at once.
+    pub fn prepare_tables(&self, slots: impl IntoIterator<Item = u32>) {
+        self.flows.prepare(
+            slots
+                .into_iter()
+                .filter_map(|slot| Some((self.identity.addresses_of(slot).ok()?, slot))),
+        );
+    }
+
     /// Puts the tap ingress program on `ifindex` the configured way, then
     /// removes what the other mode may have left there (a previous daemon
     /// ran with the other `--tap-attach`): only once the new attachment is
@@ -93,18 +151,19 @@ impl Datapath {
     fn attach_tap_program(&mut self, ifname: &str, ifindex: u32) -> anyhow::Result<()> {
         match self.tap_attach {
             TapAttach::Tcx => {
-                self.attach_program(
-                    names::TAP_INGRESS,
+                let pin = tap_pin_name(ifname);
+                attach_program(
+                    &mut self.tap_program,
+                    &self.links_dir,
                     ifindex,
                     TcAttachType::Ingress,
-                    &tap_pin_name(ifname),
+                    &pin,
                 )?;
                 remove_tc_filter(ifindex);
             }
             TapAttach::Tc => {
                 let current = netdev::ifname_of(ifindex)?;
-                let prog = program_mut(&mut self.ebpf, names::TAP_INGRESS)?;
-                tc_attach::attach(prog, &current)?;
+                tc_attach::attach(&mut self.tap_program, &current)?;
                 self.remove_tcx_link(ifname)?;
             }
         }
@@ -113,11 +172,18 @@ impl Datapath {
 
     /// Forgets port entries, flow tables and link pins that no attached tap
     /// accounts for: what a previous daemon left for ports that are gone now.
-    pub fn prune(&mut self) -> anyhow::Result<()> {
-        let identities: std::collections::HashSet<std::net::Ipv4Addr> = self
-            .attached
-            .values()
-            .filter_map(|tap| self.identity.addresses_of(tap.slot).ok())
+    /// `registered` are the slots of every registered port: their tables
+    /// stay even while their taps are absent, as do spare tables for the
+    /// slots handed out next (`spares`).
+    pub fn prune(
+        &mut self,
+        registered: impl IntoIterator<Item = u32>,
+        spares: impl IntoIterator<Item = u32>,
+    ) -> anyhow::Result<()> {
+        let identities: std::collections::HashSet<std::net::Ipv4Addr> = registered
+            .into_iter()
+            .chain(spares)
+            .filter_map(|slot| self.identity.addresses_of(slot).ok())
             .flatten()
             .collect();
         self.flows.retain(&identities);

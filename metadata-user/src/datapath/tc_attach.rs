@@ -23,10 +23,10 @@ use aya::programs::{
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
 };
 use rtnetlink::{
-    packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Nla as _},
     packet_route::{
         RouteNetlinkMessage,
-        tc::{TcHandle as NlTcHandle, TcMessage},
+        tc::{TcAttribute, TcHandle as NlTcHandle, TcMessage, TcOption},
     },
     sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
 };
@@ -171,4 +171,88 @@ pub fn remove_tc_filter(ifindex: u32) {
         Ok(Detached::NotThere) => {}
         Err(err) => warn!(ifindex, %err, "removing our tc filter"),
     }
+}
+
+/// `TCA_BPF_ID` inside a cls_bpf filter's options: the program's id.
+const TCA_BPF_ID: u16 = 11;
+
+/// The id of the program our filter on `ifindex`'s ingress runs; None when
+/// there is no filter of ours (or no such interface). One netlink dump of
+/// that interface's filters at our priority: how a restarted daemon tells
+/// a tap it can keep as it is from one it must attach to.
+pub fn our_program(ifindex: u32) -> io::Result<Option<u32>> {
+    let mut message = TcMessage::with_index(ifindex as i32);
+    message.header.parent = NlTcHandle {
+        major: 0xffff,
+        minor: NlTcHandle::MIN_INGRESS,
+    };
+    message.header.info = u32::from(PRIORITY) << 16;
+    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetTrafficFilter(message));
+    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&bytes, 0)?;
+    let mut found = None;
+    loop {
+        let mut reply = Vec::with_capacity(32 * 1024);
+        let len = socket.recv(&mut reply, 0)?;
+        let mut offset = 0;
+        while offset < len {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[offset..len])
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::Done(_) => return Ok(found),
+                NetlinkPayload::Error(err) => {
+                    return match err.code {
+                        None => Ok(found),
+                        Some(code)
+                            if matches!(
+                                -code.get(),
+                                libc::ENOENT | libc::ENODEV | libc::EINVAL
+                            ) =>
+                        {
+                            Ok(None)
+                        }
+                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                    };
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(filter))
+                    if filter.header.handle == NlTcHandle::from(HANDLE) =>
+                {
+                    found = found.or_else(|| bpf_program_id(&filter));
+                }
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length.next_multiple_of(4);
+        }
+    }
+}
+
+/// The program id in a cls_bpf filter's options.
+fn bpf_program_id(filter: &TcMessage) -> Option<u32> {
+    filter
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            TcAttribute::Options(options) => options.iter().find_map(|option| match option {
+                TcOption::Other(nla) if nla.kind() == TCA_BPF_ID => {
+                    let mut value = [0u8; 4];
+                    (nla.value_len() == 4).then(|| {
+                        nla.emit_value(&mut value);
+                        u32::from_ne_bytes(value)
+                    })
+                }
+                _ => None,
+            }),
+            _ => None,
+        })
 }

@@ -1,7 +1,7 @@
 //! TCX attachment: a program on a hook as a link pinned under `links/`, so
 //! that it outlives the daemon, and replaced only once its successor is in
 //! place.
-use std::fs;
+use std::{fs, path::Path};
 
 use anyhow::Context as _;
 use aya::programs::{
@@ -12,47 +12,43 @@ use aya::programs::{
 use tracing::debug;
 
 use super::{
-    Datapath,
-    load::program_mut,
-    netdev,
+    Datapath, netdev,
     pins::{remove_pin, tap_pin_name},
     sys,
 };
 
-impl Datapath {
-    /// Attaches `program` with TCX and pins the link as `links/<pin_name>`,
-    /// replacing a link a previous daemon (or a previous tap) left there only
-    /// after the new one is in place.
-    pub(super) fn attach_program(
-        &mut self,
-        program: &str,
-        ifindex: u32,
-        attach_type: TcAttachType,
-        pin_name: &str,
-    ) -> anyhow::Result<()> {
-        let ifname = netdev::ifname_of(ifindex)?;
-        let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
-        let id = prog
-            .attach_with_options(
-                &ifname,
-                attach_type,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .with_context(|| format!("attaching {program} to {ifname}"))?;
-        let link: FdLink = prog.take_link(id)?.try_into()?;
-        let pin = self.links_dir.join(pin_name);
-        let staging = self.links_dir.join(format!("staging-{pin_name}"));
-        remove_pin(&staging)?;
-        let pinned: PinnedLink = link
-            .pin(&staging)
-            .with_context(|| format!("pinning {}", staging.display()))?;
-        // Renaming over the old pin drops the old link (nobody else holds it).
-        fs::rename(&staging, &pin)
-            .with_context(|| format!("moving link pin to {}", pin.display()))?;
-        drop(pinned);
-        Ok(())
-    }
+/// Attaches `prog` with TCX and pins the link as `<links_dir>/<pin_name>`,
+/// replacing a link a previous daemon (or a previous tap) left there only
+/// after the new one is in place.
+pub(super) fn attach_program(
+    prog: &mut SchedClassifier,
+    links_dir: &Path,
+    ifindex: u32,
+    attach_type: TcAttachType,
+    pin_name: &str,
+) -> anyhow::Result<()> {
+    let ifname = netdev::ifname_of(ifindex)?;
+    let id = prog
+        .attach_with_options(
+            &ifname,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .with_context(|| format!("attaching {pin_name} to {ifname}"))?;
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    let pin = links_dir.join(pin_name);
+    let staging = links_dir.join(format!("staging-{pin_name}"));
+    remove_pin(&staging)?;
+    let pinned: PinnedLink = link
+        .pin(&staging)
+        .with_context(|| format!("pinning {}", staging.display()))?;
+    // Renaming over the old pin drops the old link (nobody else holds it).
+    fs::rename(&staging, &pin).with_context(|| format!("moving link pin to {}", pin.display()))?;
+    drop(pinned);
+    Ok(())
+}
 
+impl Datapath {
     /// Removes the TCX link pinned for `ifname`, if any.
     pub(super) fn remove_tcx_link(&self, ifname: &str) -> anyhow::Result<()> {
         let pin = self.links_dir.join(tap_pin_name(ifname));

@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub ports: BTreeMap<String, Arc<Port>>,
     /// The same ports by slot: the server's lookup for every connection.
     by_slot: HashMap<u32, Arc<Port>>,
+    /// The slot handed out last: where the next port's slot is looked for.
+    last_slot: u32,
 }
 
 impl Snapshot {
@@ -117,6 +119,33 @@ impl Snapshot {
             .find(|slot| !self.by_slot.contains_key(slot))
     }
 
+    /// The slots the next ports will get, in order (as long as no port is
+    /// deleted in between): the datapath prepares their flow tables.
+    pub fn upcoming_slots(&self, count: usize) -> impl Iterator<Item = u32> + '_ {
+        (self.last_slot + 1..=MAX_SLOT)
+            .chain(1..=self.last_slot.min(MAX_SLOT))
+            .filter(|slot| !self.by_slot.contains_key(slot))
+            .take(count)
+    }
+
+    /// The interface names of the ports added, removed or changed since
+    /// `older`.
+    pub fn changed_ports<'a>(&'a self, older: &'a Snapshot) -> impl Iterator<Item = &'a str> + 'a {
+        let changed_or_added = self.ports.iter().filter_map(|(ifname, port)| {
+            let unchanged = older
+                .ports
+                .get(ifname)
+                .is_some_and(|old| Arc::ptr_eq(old, port));
+            (!unchanged).then_some(ifname.as_str())
+        });
+        let removed = older
+            .ports
+            .keys()
+            .filter(|ifname| !self.ports.contains_key(*ifname))
+            .map(String::as_str);
+        changed_or_added.chain(removed)
+    }
+
     /// The highest slot in use, where allocation resumes after a restart.
     fn highest_slot(&self) -> u32 {
         self.by_slot.keys().copied().max().unwrap_or(0)
@@ -129,6 +158,7 @@ impl Snapshot {
             instance_sources: self.instance_sources.clone(),
             ports: self.ports.clone(),
             by_slot: self.by_slot.clone(),
+            last_slot: self.last_slot,
         }
     }
 
@@ -226,7 +256,8 @@ impl Registry {
     ) -> anyhow::Result<Arc<Registry>> {
         let max_slot = max_slot.clamp(1, MAX_SLOT);
         let store = Store::open(state_dir)?;
-        let snapshot = load(&store)?;
+        let mut snapshot = load(&store)?;
+        snapshot.last_slot = snapshot.highest_slot();
         for port in snapshot.ports.values().filter(|p| p.slot > max_slot) {
             // Stored under a wider identity network than the configured one:
             // its guest cannot be served until the network is widened again
@@ -633,7 +664,9 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn publish(&self, next: Snapshot) {
+    fn publish(&self, mut next: Snapshot) {
+        // Where the next slot is looked for, whichever path allocated last.
+        next.last_slot = self.last_slot.load(Ordering::Relaxed);
         self.snapshot.send_replace(Arc::new(next));
     }
 }
@@ -994,6 +1027,44 @@ mod tests {
         assert!(registry.snapshot().port_by_slot(2).is_none());
         assert_eq!(registry.add_port(port("tap9", A)).unwrap().slot, 4);
         assert_eq!(registry.add_port(port("tap8", A)).unwrap().slot, 5);
+    }
+
+    #[test]
+    fn the_datapath_sees_only_what_changed_and_the_slots_to_come() {
+        let (_tmp, registry) = populated();
+        registry.add_port(port("tap1", A)).unwrap();
+        let before = registry.snapshot();
+        // What the reconciler's next pass looks at: nothing yet.
+        assert_eq!(before.changed_ports(&before).count(), 0);
+        assert_eq!(before.upcoming_slots(3).collect::<Vec<_>>(), vec![3, 4, 5]);
+
+        registry.add_port(port("tap2", A)).unwrap();
+        registry.delete_port("tap0").unwrap();
+        let after = registry.snapshot();
+        let mut changed: Vec<&str> = after.changed_ports(&before).collect();
+        changed.sort_unstable();
+        assert_eq!(changed, vec!["tap0", "tap2"], "tap1 is the same port");
+        // A replaced port is a change, even with the same slot.
+        registry
+            .add_port(PortAddRequest {
+                ips: vec!["10.0.0.9".into()],
+                ..port("tap1", A)
+            })
+            .unwrap();
+        assert_eq!(
+            registry
+                .snapshot()
+                .changed_ports(&after)
+                .collect::<Vec<_>>(),
+            vec!["tap1"]
+        );
+        // The spare tables go to the slots the next ports get: after the
+        // last one handed out, skipping the freed slot 1 until they wrap.
+        assert_eq!(
+            registry.snapshot().upcoming_slots(2).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        assert_eq!(registry.add_port(port("tap3", A)).unwrap().slot, 4);
     }
 
     #[test]
