@@ -198,8 +198,21 @@ fn a_flow_table_of_another_layout_is_replaced_on_restart() {
     daemon.register(&guest, &instance).unwrap();
     guest.wait_served(&instance.uuid).unwrap();
     let flows = daemon.pinned_map("FLOWS");
+    // The port's table (FLOWS also holds spare tables made ahead for the
+    // slots handed out next): under the port's IPv4 identity address.
+    let port_identity = {
+        let status = daemon.status().unwrap();
+        let slot = status["datapath"]["attached_taps"][guest.tap()]["slot"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no slot for the tap in {status}"));
+        std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(240, 1, 0, 0)) + slot as u32)
+    };
     let table_id = || {
-        let tables = mdr_harness::flows::tables(&flows).unwrap();
+        let tables: Vec<_> = mdr_harness::flows::tables(&flows)
+            .unwrap()
+            .into_iter()
+            .filter(|table| table.identity == port_identity)
+            .collect();
         assert_eq!(tables.len(), 1, "{tables:?}");
         (tables[0].identity, tables[0].map_id)
     };
@@ -247,12 +260,11 @@ fn a_flow_table_of_another_layout_is_replaced_on_restart() {
     daemon.restart().unwrap();
     guest.wait_served(&instance.uuid).unwrap();
     check_own_answers(&guest, &instance).unwrap();
+    // (The replacement may come from the pass that makes tables ahead,
+    // which sees the port without one table under every lane and makes a
+    // fresh one, before any look at the old table's layout: so no log line
+    // is required here, only that the old table is gone.)
     assert_ne!(table_id().1, impostor, "the old build's table was reused");
-    assert!(
-        daemon.log().contains("flow table of another layout"),
-        "{}",
-        daemon.log()
-    );
 }
 
 /// A tap that leaves its bridge and joins another is still the same tap: the
