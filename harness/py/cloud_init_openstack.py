@@ -7,8 +7,10 @@ sources/helpers/openstack.py MetadataReader.read_v2, then
 sources/helpers/ec2.py get_instance_metadata with its MetadataMaterializer
 and MetadataLeafDecoder). Two differences, both to fail closed: no retries
 (cloud-init retries connection errors; here a lost request fails the test),
-and an EC2 crawl error propagates instead of becoming `{}`. Only the IPv4
-URL is probed: the IPv6 one (http://[fe80::a9fe:a9fe]) is not served.
+and an EC2 crawl error propagates instead of becoming `{}`. One base URL is
+probed: the first argument, else http://169.254.169.254 (cloud-init 23.1
+and later try http://[fe80::a9fe:a9fe%<iface>] first; pass that to crawl
+over IPv6).
 
 Prints one JSON object: the version listing and the version chosen, the
 datasource's results (binary user data as base64, random_seed as its decoded
@@ -17,11 +19,12 @@ length) and every request made with its status and content type.
 
 import base64
 import json
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 
-BASE_URL = "http://169.254.169.254"
+BASE_URL = sys.argv[1] if len(sys.argv) > 1 else "http://169.254.169.254"
 # helpers/openstack.py OS_VERSIONS: the versions cloud-init knows, oldest first.
 OS_VERSIONS = (
     "2012-08-10",

@@ -242,6 +242,48 @@ fn botocore_in_ipv6_endpoint_mode_gets_its_instance() {
     assert_eq!(out["instance_id"], instance.ec2_id.as_str(), "{out}");
 }
 
+/// cloud-init's OpenStack datasource crawl (the requests and parsing of
+/// harness/py/cloud_init_openstack.py) from an IPv6-only guest at the
+/// link-local URL cloud-init tries first: the whole OpenStack tree and the
+/// EC2 crawl, every answer this guest's.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn cloud_init_crawls_its_instance_over_ipv6() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(GUEST_ADDR, GUEST_MAC)).unwrap();
+    configure_ipv6(guest.ns(), false);
+    let daemon = Daemon::start(&host).unwrap();
+    let mut instance = Instance::sample("crawl6");
+    // "#cloud-config\n", base64: so that every file of the tree is there.
+    instance.doc["user_data"] = json!("I2Nsb3VkLWNvbmZpZwo=");
+    daemon.register(&guest, &instance).unwrap();
+    wait_served6(guest.ns(), &instance.uuid);
+    let out = mdr_harness::python::run(
+        guest.ns(),
+        "cloud_init_openstack.py",
+        &[LINK_LOCAL_URL],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(out["version"], "2018-08-27", "{out}");
+    let requests = out["requests"].as_array().unwrap();
+    assert!(requests.len() > 7, "{out}");
+    for request in requests {
+        assert_eq!(request["status"], 200, "{request}");
+        let url = request["url"].as_str().unwrap();
+        assert!(url.starts_with(LINK_LOCAL_URL), "{request}");
+    }
+    let results = &out["results"];
+    assert_eq!(results["metadata"]["uuid"], instance.uuid.as_str(), "{out}");
+    assert_eq!(results["userdata"], "I2Nsb3VkLWNvbmZpZwo=", "{out}");
+    assert_eq!(
+        results["ec2-metadata"]["instance-id"],
+        instance.ec2_id.as_str(),
+        "{out}"
+    );
+}
+
 /// With --no-ipv6 the guest's IPv6 requests go where its routes lead
 /// (nowhere that answers) and time out, while IPv4 is served.
 #[test]

@@ -130,16 +130,10 @@ pub fn detach(ifindex: u32) -> io::Result<Detached> {
     message.header.handle = NlTcHandle::from(HANDLE);
     // tcm_info = TC_H_MAKE(priority << 16, htons(ETH_P_ALL)), as aya attached it.
     message.header.info = (u32::from(PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(message));
-    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    request.finalize();
-    let mut bytes = vec![0; request.buffer_len()];
-    request.serialize(&mut bytes);
-
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    socket.send(&bytes, 0)?;
+    let socket = send_request(
+        RouteNetlinkMessage::DelTrafficFilter(message),
+        NLM_F_REQUEST | NLM_F_ACK,
+    )?;
     let mut reply = Vec::with_capacity(8192);
     let len = socket.recv(&mut reply, 0)?;
     let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
@@ -160,6 +154,21 @@ pub fn detach(ifindex: u32) -> io::Result<Detached> {
             format!("unexpected rtnetlink answer: {other:?}"),
         )),
     }
+}
+
+/// Sends one rtnetlink request on a socket of its own, which the caller
+/// reads the answer from.
+fn send_request(payload: RouteNetlinkMessage, flags: u16) -> io::Result<Socket> {
+    let mut request = NetlinkMessage::from(payload);
+    request.header.flags = flags;
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(&bytes, 0)?;
+    Ok(socket)
 }
 
 /// Removes our tc filter from `ifindex` if there is one. A failure only
@@ -187,16 +196,10 @@ pub fn our_program(ifindex: u32) -> io::Result<Option<u32>> {
         minor: NlTcHandle::MIN_INGRESS,
     };
     message.header.info = u32::from(PRIORITY) << 16;
-    let mut request = NetlinkMessage::from(RouteNetlinkMessage::GetTrafficFilter(message));
-    request.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    request.finalize();
-    let mut bytes = vec![0; request.buffer_len()];
-    request.serialize(&mut bytes);
-
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    socket.send(&bytes, 0)?;
+    let socket = send_request(
+        RouteNetlinkMessage::GetTrafficFilter(message),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )?;
     let mut found = None;
     loop {
         let mut reply = Vec::with_capacity(32 * 1024);
