@@ -46,6 +46,9 @@ pub struct DaemonConfig {
     /// Print the log when the daemon is dropped. libtest shows what a test
     /// printed only when it fails, so tests always want this.
     pub print_log_on_drop: bool,
+    /// A listener handed to every daemon started, as fd 3 with
+    /// `LISTEN_FDS=1` (socket activation): it stays open across restarts.
+    pub handed_over: Option<std::sync::Arc<std::net::TcpListener>>,
 }
 
 impl DaemonConfig {
@@ -63,6 +66,7 @@ impl DaemonConfig {
             command_prefix: Vec::new(),
             own_process_group: false,
             print_log_on_drop: true,
+            handed_over: None,
         }
     }
 }
@@ -107,6 +111,34 @@ impl Daemon {
         Self::start_with(host, config, Some(dir))
     }
 
+    /// [`start_with_config_file`](Self::start_with_config_file), socket
+    /// activated: the server namespace is made first, and a listener on the
+    /// daemon's server address in it is held by this `Daemon` and handed to
+    /// every daemon it starts (as systemd does with a socket unit).
+    pub fn start_socket_activated(host: &Host, toml: &str) -> Result<Self> {
+        let dir = TempDir::new("daemon")?;
+        let file = dir.join("config.toml");
+        std::fs::write(&file, toml).with_context(|| format!("writing {}", file.display()))?;
+        let mut config = DaemonConfig {
+            extra_args: vec!["--config".into(), file.to_string_lossy().into_owned()],
+            ..DaemonConfig::in_dir(dir.path())
+        };
+        cmd::run(&["ip", "netns", "add", &config.server_netns])?;
+        let listener = crate::held_listener::bind_in(
+            &config.server_netns,
+            crate::held_listener::SERVER_ADDR,
+            crate::held_listener::SERVER_PORT,
+        );
+        match listener {
+            Ok(listener) => config.handed_over = Some(std::sync::Arc::new(listener)),
+            Err(err) => {
+                remove_netns_if_present(&config.server_netns);
+                return Err(err);
+            }
+        }
+        Self::start_with(host, config, Some(dir))
+    }
+
     /// A fresh set of places for one daemon, and the directory holding them
     /// (removed with the daemon), for tests that adjust the config before
     /// [`start_with`](Self::start_with).
@@ -146,24 +178,34 @@ impl Daemon {
         let admin_socket = config.admin_socket.to_string_lossy();
         let bpffs = config.bpffs.to_string_lossy();
         let prefix: Vec<&str> = config.command_prefix.iter().map(String::as_str).collect();
-        let mut command = self.host.command(
+        let mut args: Vec<&str> = [
+            &prefix[..],
             &[
-                &prefix[..],
-                &[
-                    &bin,
-                    "serve",
-                    "--state-dir",
-                    &state_dir,
-                    "--admin-socket",
-                    &admin_socket,
-                    "--bpffs",
-                    &bpffs,
-                    "--server-netns",
-                    &config.server_netns,
-                ],
-            ]
-            .concat(),
-        );
+                &bin,
+                "serve",
+                "--state-dir",
+                &state_dir,
+                "--admin-socket",
+                &admin_socket,
+                "--bpffs",
+                &bpffs,
+                "--server-netns",
+                &config.server_netns,
+            ],
+        ]
+        .concat();
+        if config.handed_over.is_some() {
+            // sd_listen_fds(3) wants LISTEN_PID to be the daemon's own pid:
+            // the shell's, which exec keeps (after any prefix's own exec).
+            args.splice(
+                0..0,
+                ["sh", "-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#],
+            );
+        }
+        let mut command = self.host.command(&args);
+        if let Some(listener) = &config.handed_over {
+            hand_over_as_fd3(&mut command, listener);
+        }
         command
             .args(&config.extra_args)
             .envs(config.env.iter().map(|(key, value)| (key, value)))
@@ -433,6 +475,28 @@ impl Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Makes `listener` the child's fd 3 (without close-on-exec), where
+/// socket activation puts the first socket.
+fn hand_over_as_fd3(command: &mut Command, listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+    let fd = listener.as_raw_fd();
+    // SAFETY: dup2 and fcntl are async-signal-safe; fd is open in the
+    // parent (held by the Daemon) and so in the forked child.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
 }
 
 /// `ip netns del NAME` unless it is gone already (a daemon run with

@@ -7,10 +7,13 @@ mod cli;
 mod datapath;
 mod discovery;
 mod exporter;
+#[cfg(test)]
+mod fuzz;
 mod ingress;
 mod logging;
 mod metrics;
 mod notify;
+mod private_socket;
 mod serve;
 mod state;
 

@@ -8,7 +8,9 @@
 //! (unless `--detach-on-exit`), and so does the server's network namespace:
 //! while no daemon runs, a guest's connection is refused at once (the server
 //! address has no listener) instead of hanging, and a restarted daemon takes
-//! over every tap without a gap.
+//! over every tap without a gap. With socket activation the listener is not
+//! ours to close: guests' connections wait in its queue until the next
+//! daemon accepts them, so a restart refuses none (`ingress::handed_over`).
 use std::{collections::BTreeMap, process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
@@ -25,7 +27,7 @@ use crate::{
     admin::wire::TapState,
     backend::{
         Backend, Responder,
-        local::{ApiConfig, ApiContext, PasswordConflict, PasswordStore},
+        local::{ApiConfig, ApiContext, PasswordError, PasswordStore},
         nova::{NovaBackend, config::BackendConfig},
         watch::{MAX_WATCHES_PER_PORT, WatchLimiter},
     },
@@ -41,6 +43,7 @@ use crate::{
     exporter::{self, DiscoveryLive, Live, LiveFn, NovaLive},
     ingress::{
         dispatch::Dispatcher,
+        handed_over,
         limits::ConnectionLimiter,
         neutron_agent,
         ratelimit::RateLimiter,
@@ -49,13 +52,45 @@ use crate::{
     logging,
     metrics::{BackendLabel, Metrics},
     notify,
-    state::{DomainSync, Port, PortAddRequest, PortPolicy, Registry, Source, SyncProblem},
+    state::{
+        DomainSync, Port, PortAddRequest, PortPolicy, Registry, RegistryError, Source, SyncProblem,
+    },
 };
 
-/// Open connections one port may hold. cloud-init uses one at a time; a
-/// guest's parallel tooling rarely needs more than a few. Held watches
-/// (`?wait_for_change=true`, at most 16 per port) count here too.
-const MAX_CONNECTIONS_PER_PORT: u32 = 64;
+/// File descriptors the daemon needs besides guest connections: the store,
+/// netlink, BPF objects, the admin and agent sockets, nova's pool.
+const FD_RESERVE: u64 = 1024;
+
+/// Raises the soft limit on open files to what `max_connections` guest
+/// connections need (systemd starts services with a soft limit of 1024),
+/// within the hard limit; warns when the hard limit is lower, since then
+/// accept fails (EMFILE) before the cap is reached.
+fn raise_fd_limit(max_connections: u32) {
+    let wanted = u64::from(max_connections) + FD_RESERVE;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= wanted {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 || raised.rlim_cur < wanted {
+        tracing::warn!(
+            max_connections,
+            limit = raised.rlim_cur,
+            "the open-file limit is lower than max_connections needs; raise LimitNOFILE"
+        );
+    }
+}
 
 pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(args, admin_socket)?;
@@ -75,8 +110,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         BackendConfig::Nova(_) => (PortPolicy::NovaProject, BackendLabel::Nova),
     };
     let metrics = Arc::new(Metrics::new(backend_label));
-    let registry = Registry::open_with_policy(&settings.state_dir, policy)
-        .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
+    let registry =
+        Registry::open_with_policy(&settings.state_dir, policy, settings.identity.max_slot())
+            .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
     // Bind the admin socket first: it refuses to start a second daemon.
     let admin_listener = admin::server::bind(&settings.admin_socket)
         .with_context(|| format!("--admin-socket {}", settings.admin_socket.display()))?;
@@ -105,24 +141,37 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("--bpffs {}", settings.bpffs.display()))?;
     let flows = datapath.flows();
     let counters = datapath.counters();
-    // One listener (and thread) per core for the guest server, made inside
-    // the server's namespace (a socket stays in the namespace it was
-    // created in).
+    // One listener (and thread) per core for the guest server: the ones
+    // handed over by whoever holds them across restarts (socket
+    // activation, see ingress::handed_over), or our own, made inside the
+    // server's namespace (a socket stays in the namespace it was created
+    // in).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (server_addr, server_port) = (settings.identity.server_addr, settings.server_port);
-    let runtime = tokio::runtime::Handle::current();
-    let listeners = netns
-        .run(move || {
-            let _entered = runtime.enter();
-            server::listen(server_addr, server_port, cores)
-        })
-        .and_then(|listeners| Ok(listeners?))
-        .with_context(|| {
-            format!(
-                "listening on {}:{} in network namespace {}",
-                settings.identity.server_addr, settings.server_port, settings.server_netns
-            )
-        })?;
+    let handed_over = handed_over::take(server_addr, server_port, netns.fd())
+        .context("socket activation (LISTEN_FDS)")?;
+    let listeners = if handed_over.is_empty() {
+        let runtime = tokio::runtime::Handle::current();
+        netns
+            .run(move || {
+                let _entered = runtime.enter();
+                server::listen(server_addr, server_port, cores)
+            })
+            .and_then(|listeners| Ok(listeners?))
+            .with_context(|| {
+                format!(
+                    "listening on {}:{} in network namespace {}",
+                    settings.identity.server_addr, settings.server_port, settings.server_netns
+                )
+            })?
+    } else {
+        info!(
+            sockets = handed_over.len(),
+            "listening on the sockets handed over (socket activation): guests' connections \
+             wait in their queue across restarts"
+        );
+        handed_over::spread(handed_over, cores)?
+    };
 
     // Subscribe to link events before listing links, so a tap created in
     // between is not missed.
@@ -199,6 +248,9 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         info!(socket = %path.display(), "serving the neutron-metadata-agent protocol");
     }
 
+    let connections = ConnectionLimiter::new(settings.connection_caps);
+    raise_fd_limit(settings.connection_caps.total);
+
     if let Some(listener) = metrics_listener {
         let live = live_values(
             counters.clone(),
@@ -221,6 +273,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         responder: responder.clone(),
         counters,
         taps: tap_states.clone(),
+        connections: connections.clone(),
     });
     let mut status_sections: Vec<(&'static str, admin::server::StatusFn)> = vec![];
     if let Some(discovery) = &discovery {
@@ -241,7 +294,7 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         flows,
         registry: registry.clone(),
         dispatcher,
-        connections: ConnectionLimiter::new(MAX_CONNECTIONS_PER_PORT),
+        connections,
     });
     let guest_threads = guest_server
         .run_threads(listeners, shutdown_rx)
@@ -451,6 +504,8 @@ struct DatapathStatus {
     responder: Arc<Responder>,
     counters: Arc<datapath::CounterTable>,
     taps: watch::Receiver<TapStates>,
+    /// Open guest connections against their caps.
+    connections: Arc<ConnectionLimiter>,
 }
 
 impl admin::server::DatapathView for DatapathStatus {
@@ -493,6 +548,7 @@ impl admin::server::DatapathView for DatapathStatus {
             },
             "counters": counters,
             "counters_by_family": counters_by_family,
+            "connections": self.connections.stats(),
         });
         if taps {
             status["attached_taps"] = states
@@ -548,16 +604,24 @@ impl admin::server::DatapathView for DatapathStatus {
     }
 }
 
-/// The guest API stores posted passwords in the registry.
+/// The guest API stores posted passwords in the registry. Only a password
+/// already there is the guest's "conflict"; anything else the registry
+/// refuses is the daemon's failure (500), logged here.
 impl PasswordStore for Registry {
-    fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
-        Registry::password(self, uuid)
+    fn password(&self, uuid: &uuid::Uuid) -> Result<Option<String>, PasswordError> {
+        Registry::password(self, uuid).map_err(|err| {
+            tracing::error!(%uuid, "reading the password: {err}");
+            PasswordError::StoreFailed
+        })
     }
 
-    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordConflict> {
-        Registry::set_password(self, uuid, password).map_err(|err| {
-            tracing::warn!(%uuid, "password not stored: {err}");
-            PasswordConflict
+    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordError> {
+        Registry::set_password(self, uuid, password).map_err(|err| match err {
+            RegistryError::Conflict(_) => PasswordError::AlreadySet,
+            err => {
+                tracing::error!(%uuid, "password not stored: {err}");
+                PasswordError::StoreFailed
+            }
         })
     }
 }
@@ -641,5 +705,40 @@ impl PortSink for Registry {
 
     fn owned(&self) -> BTreeMap<Uuid, Vec<String>> {
         self.snapshot().discovered()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "7c1b6e0e-3e4f-4e59-9d5e-0a5a8b0c1d2e";
+
+    /// A store write that fails (here: the table is gone behind the
+    /// registry's back, as with a damaged database) is a StoreFailed, which
+    /// the guest API answers with 500; before, every refusal was a conflict
+    /// (409), telling the guest its password was kept.
+    #[test]
+    fn a_failed_password_write_is_a_store_failure_not_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path()).unwrap();
+        registry
+            .put_instance(format!(r#"{{"uuid": "{UUID}", "name": "a"}}"#).as_bytes())
+            .unwrap();
+        let uuid: uuid::Uuid = UUID.parse().unwrap();
+        let store: &dyn PasswordStore = registry.as_ref();
+        store.set_password(&uuid, "first").unwrap();
+        assert_eq!(
+            store.set_password(&uuid, "second"),
+            Err(PasswordError::AlreadySet)
+        );
+
+        let conn = rusqlite::Connection::open(crate::state::store::db_path(dir.path())).unwrap();
+        conn.execute_batch("DROP TABLE passwords").unwrap();
+        assert_eq!(
+            store.set_password(&uuid, "third"),
+            Err(PasswordError::StoreFailed)
+        );
+        assert_eq!(store.password(&uuid), Err(PasswordError::StoreFailed));
     }
 }

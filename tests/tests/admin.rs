@@ -226,3 +226,58 @@ fn bpftool_dumps_the_pinned_port_map_with_named_fields() {
         assert!(daemon.pinned_map(name).exists(), "{name} is not pinned");
     }
 }
+
+/// With a /24 identity network the daemon has 254 addresses for ports: the
+/// 255th `port add` is refused with a message that says so, and nothing is
+/// stored (before, it was stored, given a slot the network has no address
+/// for, and then failed to attach).
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn port_add_beyond_the_identity_networks_addresses_is_refused() {
+    let host = Host::new().unwrap();
+    let daemon =
+        Daemon::start_with_config_file(&host, "identity_net = \"240.1.0.0/24\"\n").unwrap();
+    let instance = Instance::sample("many");
+    daemon.put_instance(&instance).unwrap();
+    for n in 1..=254 {
+        let ifname = format!("slot{n}");
+        daemon
+            .cli_ok(&[
+                "port",
+                "add",
+                "--ifname",
+                &ifname,
+                "--instance",
+                &instance.uuid,
+            ])
+            .unwrap_or_else(|err| panic!("port {n} of 254: {err:#}"));
+    }
+    let before = store(&daemon);
+    let out = daemon
+        .cli(&[
+            "port",
+            "add",
+            "--ifname",
+            "slot255",
+            "--instance",
+            &instance.uuid,
+        ])
+        .unwrap();
+    assert_refused(&out, "--ifname", "the 255th port of a /24");
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("addresses for 254 ports") && message.contains("identity_net"),
+        "{message}"
+    );
+    assert_eq!(store(&daemon), before, "the refused port was stored");
+    let ports: Value = serde_json::from_str(&before.1).unwrap();
+    assert_eq!(ports.as_array().unwrap().len(), 254);
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|port| (1..=254).contains(&port["slot"].as_u64().unwrap())),
+        "a slot outside the /24: {ports}"
+    );
+}

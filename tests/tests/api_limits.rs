@@ -187,7 +187,7 @@ fn check_flood(flood: &Value) {
     }
 }
 
-/// `MAX_CONNECTIONS_PER_PORT` in the daemon's serve.rs.
+/// `DEFAULT_MAX_PER_PORT` in the daemon's ingress/limits.rs.
 const CONNECTIONS_PER_PORT: usize = 64;
 /// `HEADER_READ_TIMEOUT` in the daemon's metadata/server.rs.
 const HEADER_READ_TIMEOUT: f64 = 10.0;

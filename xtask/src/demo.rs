@@ -60,6 +60,7 @@ pub fn run(serve_args: &[String]) -> Result<()> {
         command_prefix: Vec::new(),
         own_process_group: true,
         print_log_on_drop: false,
+        handed_over: None,
     });
     if result.is_err() {
         let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();

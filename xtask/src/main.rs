@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod guest_kernel;
 mod install;
 mod paths;
@@ -45,6 +46,16 @@ enum Task {
     },
     /// Unit tests, then the root-only integration tests (needs root).
     Test,
+    /// Run each fuzz target of the daemon (instance documents, the admin
+    /// API, guest requests over the wire, the neutron proxy's headers, a
+    /// hostile nova) for a while; `cargo test` runs them briefly. A
+    /// failure prints the smallest failing input and MDR_FUZZ_REPLAY to
+    /// replay it.
+    Fuzz {
+        /// How long each of the five targets runs.
+        #[arg(long, value_name = "N", default_value_t = 60)]
+        seconds: u64,
+    },
     /// Build, then install the binary (/usr/local/bin), the systemd unit
     /// (/etc/systemd/system/metadata-redirector.service) and, unless one is
     /// there, the commented config (/etc/metadata-redirector/config.toml).
@@ -90,6 +101,7 @@ fn main() -> ExitCode {
             serve_args,
         } => demo::run(&serve_args),
         Task::Test => test::run(),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
         Task::Install { root } => install::run(&root),
         Task::Bench {
             smoke,

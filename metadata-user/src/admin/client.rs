@@ -1026,8 +1026,8 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&socket), 0o600);
         assert_eq!(mode(socket.parent().unwrap()), 0o755);
-        let err = server::bind(&socket).unwrap_err().to_string();
-        assert!(err.contains("already serving"), "{err}");
+        let err = format!("{:#}", server::bind(&socket).unwrap_err());
+        assert!(err.contains("another process is serving it"), "{err}");
 
         // The listener goes away but its socket file stays behind: stale.
         drop(live);
@@ -1036,7 +1036,7 @@ mod tests {
 
         let file = dir.path().join("not-a-socket");
         std::fs::write(&file, "x").unwrap();
-        let err = server::bind(&file).unwrap_err().to_string();
+        let err = format!("{:#}", server::bind(&file).unwrap_err());
         assert!(err.contains("is not a socket"), "{err}");
         assert!(file.exists());
     }

@@ -13,20 +13,16 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
-    fs::{self, DirBuilder},
-    io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{
     Method, Request, Response, StatusCode,
-    body::Incoming,
     header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue},
     service::service_fn,
 };
@@ -38,6 +34,7 @@ use super::{
     error::AdminError,
     wire::{self, ErrorBody, InstanceSummary, MAX_BODY_BYTES, PortStatus, TapState},
 };
+use crate::private_socket;
 use crate::state::{
     FieldError, Port, PortAddRequest, Registry, RegistryError, Snapshot, port::parse_uuid,
 };
@@ -59,68 +56,14 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// One section of `GET /v1/status` that another layer supplies (discovery's connection and domains), under its name.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
-/// Binds the admin socket at `path`, root only (0600).
-///
-/// Creates the parent directory (0755) if missing. A socket file already at
-/// `path` is removed only when nothing answers on it; if a daemon answers,
-/// this fails rather than steal its socket. Must be called inside a tokio
-/// runtime.
+/// Binds the admin socket at `path`, root only (0600), as
+/// [`crate::private_socket`] does: a live socket at `path` (another daemon)
+/// is never taken over, and the socket is never reachable with the umask's
+/// mode. Must be called inside a tokio runtime.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.exists()
-    {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    remove_stale_socket(path)?;
-    // Bind under a temporary name, chmod, then rename into place: the socket
-    // is never reachable at `path` with the umask's looser mode.
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("admin socket path {} has no file name", path.display()))?;
-    let temporary = path.with_file_name(format!(
-        ".{}.{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&temporary);
-    let listener = std::os::unix::net::UnixListener::bind(&temporary)
-        .with_context(|| format!("cannot bind the admin socket {}", temporary.display()))?;
-    let placed = fs::set_permissions(&temporary, fs::Permissions::from_mode(0o600))
-        .and_then(|()| fs::rename(&temporary, path));
-    if let Err(err) = placed {
-        let _ = fs::remove_file(&temporary);
-        return Err(err)
-            .with_context(|| format!("cannot place the admin socket at {}", path.display()));
-    }
+    let listener = private_socket::bind(path, 0o600, "--admin-socket")?;
     listener.set_nonblocking(true)?;
     UnixListener::from_std(listener).context("registering the admin socket with tokio")
-}
-
-fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
-    let metadata = match fs::symlink_metadata(path) {
-        Ok(metadata) => metadata,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(err).with_context(|| format!("cannot inspect {}", path.display())),
-    };
-    if !metadata.file_type().is_socket() {
-        bail!(
-            "{} exists and is not a socket; not removing it",
-            path.display()
-        );
-    }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => bail!(
-            "another metadata-redirector is already serving the admin socket {}",
-            path.display()
-        ),
-        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display())),
-        Err(err) => Err(err).with_context(|| format!("cannot check {}", path.display())),
-    }
 }
 
 /// Serves the admin API on `listener` until the task is dropped.
@@ -130,12 +73,7 @@ pub async fn serve(
     datapath: Arc<dyn DatapathView>,
     sections: Vec<(&'static str, StatusFn)>,
 ) {
-    let context = Arc::new(Context {
-        registry,
-        datapath,
-        sections,
-        started: Instant::now(),
-    });
+    let context = Arc::new(Context::new(registry, datapath, sections));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -162,14 +100,15 @@ pub async fn serve(
     }
 }
 
-struct Context {
+/// What every admin request is answered from.
+pub(crate) struct Context {
     registry: Arc<Registry>,
     datapath: Arc<dyn DatapathView>,
     sections: Vec<(&'static str, StatusFn)>,
     started: Instant,
 }
 
-type Answer = Response<Full<Bytes>>;
+pub(crate) type Answer = Response<Full<Bytes>>;
 
 /// The methods a known path accepts (for 405's Allow header); None for an
 /// unknown path.
@@ -185,7 +124,26 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
 }
 
 impl Context {
-    async fn handle(&self, request: Request<Incoming>) -> Answer {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        datapath: Arc<dyn DatapathView>,
+        sections: Vec<(&'static str, StatusFn)>,
+    ) -> Self {
+        Self {
+            registry,
+            datapath,
+            sections,
+            started: Instant::now(),
+        }
+    }
+
+    /// Answers one request (any body type: hyper's on the socket, a plain
+    /// one in tests).
+    pub(crate) async fn handle<B>(&self, request: Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
         let segments = path_segments(request.uri().path());
         let allow = allowed_methods(&segments.iter().map(String::as_str).collect::<Vec<_>>());
         self.route(request).await.unwrap_or_else(|err| {
@@ -208,7 +166,11 @@ impl Context {
         })
     }
 
-    async fn route(&self, request: Request<Incoming>) -> Result<Answer, AdminError> {
+    async fn route<B>(&self, request: Request<B>) -> Result<Answer, AdminError>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: std::fmt::Display,
+    {
         let arrived = Instant::now();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or("").to_owned();
@@ -416,7 +378,11 @@ fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Reads the whole body, refusing (413) more than `MAX_BODY_BYTES`.
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, AdminError> {
+async fn read_body<B>(request: Request<B>) -> Result<Bytes, AdminError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -424,14 +390,18 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, AdminError> {
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
         return Err(AdminError::TooLarge);
     }
-    match Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(AdminError::TooLarge),
-        Err(err) => Err(FieldError::new("request body", err.to_string()).into()),
+    let mut body = std::pin::pin!(request.into_body());
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| FieldError::new("request body", err.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > MAX_BODY_BYTES {
+                return Err(AdminError::TooLarge);
+            }
+            collected.extend_from_slice(&data);
+        }
     }
+    Ok(collected.freeze())
 }
 
 /// `/v1/a/b/` -> ["a", "b"]; anything outside /v1/ -> [].

@@ -138,9 +138,11 @@ pub struct ServeArgs {
     /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
     /// server_netns, server_addr, server_port, identity_net, metadata_addr,
     /// metadata_addrs6, ipv6, domain, detach_on_exit, tap_attach,
-    /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst, discover,
-    /// libvirt_uri, metrics_listen, log_format, and the nova backend's:
-    /// backend, nova_metadata_host, nova_metadata_port,
+    /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst,
+    /// max_connections (open guest connections of the whole host, default
+    /// 8192), max_connections_per_port (default 64), discover, libvirt_uri,
+    /// metrics_listen, log_format, and the nova backend's: backend,
+    /// nova_metadata_host, nova_metadata_port,
     /// nova_metadata_protocol, nova_metadata_insecure, nova_client_cert,
     /// nova_client_priv_key, auth_ca_cert, metadata_proxy_shared_secret_file,
     /// nova_metadata_timeout, metadata_cache_expiration, stale_if_error,

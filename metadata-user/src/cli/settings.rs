@@ -21,7 +21,7 @@ use crate::{
     },
     datapath::{IdentityPlan, MetadataAddrs, TapAttach, server_link::ServerLinkPlan, server_netns},
     discovery::{DiscoverConfig, DiscoverKind, libvirt::DEFAULT_URI},
-    ingress::ratelimit::RateLimitConfig,
+    ingress::{limits::ConnectionCaps, ratelimit::RateLimitConfig},
 };
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
@@ -63,6 +63,10 @@ struct FileConfig {
     rate_limit_per_sec: Option<f64>,
     /// ...and in a burst.
     rate_limit_burst: Option<u32>,
+    /// Open guest connections the whole host may hold...
+    max_connections: Option<u32>,
+    /// ...and one port.
+    max_connections_per_port: Option<u32>,
     /// "libvirt"
     discover: Option<DiscoverKind>,
     libvirt_uri: Option<String>,
@@ -169,6 +173,8 @@ pub struct Settings {
     /// New connections per second one port may open (enforced in the datapath).
     pub syn_rate_per_port: u32,
     pub rate_limit: RateLimitConfig,
+    /// Open guest connections, for the host and per port.
+    pub connection_caps: ConnectionCaps,
     /// Where guests' requests are answered (`--backend`).
     pub backend: BackendConfig,
     /// `--neutron-agent-socket`: serve neutron-metadata-agent's protocol too.
@@ -189,6 +195,7 @@ impl Settings {
             None => FileConfig::default(),
         };
         let rate_limit = rate_limit(&file)?;
+        let connection_caps = connection_caps(&file)?;
         // Flags win over the file; the secret's environment variable is
         // read here so backend::nova::config stays free of process state.
         let backend = args
@@ -309,6 +316,7 @@ impl Settings {
             detach_on_exit: args.detach_on_exit || file.detach_on_exit.unwrap_or(false),
             tap_attach,
             rate_limit,
+            connection_caps,
             syn_rate_per_port: match file.syn_rate_per_port {
                 Some(0) => bail!("syn_rate_per_port: must be at least 1"),
                 Some(rate) => rate,
@@ -399,6 +407,30 @@ fn rate_limit(file: &FileConfig) -> anyhow::Result<RateLimitConfig> {
         config.burst = burst;
     }
     Ok(config)
+}
+
+fn connection_caps(file: &FileConfig) -> anyhow::Result<ConnectionCaps> {
+    let mut caps = ConnectionCaps::default();
+    if let Some(total) = file.max_connections {
+        if total == 0 {
+            bail!("max_connections: must be at least 1");
+        }
+        caps.total = total;
+    }
+    if let Some(per_port) = file.max_connections_per_port {
+        if per_port == 0 {
+            bail!("max_connections_per_port: must be at least 1");
+        }
+        caps.per_port = per_port;
+    }
+    if caps.per_port > caps.total {
+        bail!(
+            "max_connections_per_port ({}) is larger than max_connections ({})",
+            caps.per_port,
+            caps.total
+        );
+    }
+    Ok(caps)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -17,9 +17,13 @@ use metadata_ebpf::{DatapathConfig, names};
 use tracing::info;
 
 use super::{
-    CounterTable, Datapath, FlowTable, IdentityPlan, MetadataAddrs, TapAttach, bpffs::ensure_bpffs,
-    map_layout::replace_incompatible_pins, pins::remove_pin, server_link::ServerLink,
-    table_writer::TableWriter, tcx::attach_program,
+    CounterTable, Datapath, FlowTable, IdentityPlan, MetadataAddrs, TapAttach,
+    bpffs::ensure_bpffs,
+    map_layout::{inner_layout_stamp, replace_incompatible_pins},
+    pins::remove_pin,
+    server_link::ServerLink,
+    table_writer::TableWriter,
+    tcx::attach_program,
 };
 
 /// The pin of the return program's TCX link on the entry end's ingress.
@@ -31,7 +35,12 @@ const RETURN_LINK_PIN: &str = "entry-ingress";
 const OLD_RETURN_LINK_PIN: &str = "server-egress";
 
 /// The object file built from metadata-ebpf by build.rs.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
+pub(super) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/metadata-ebpf"));
+
+/// The maps pinned under `--bpffs DIR/maps/`, reused by the next daemon.
+pub(super) const PINNED_MAPS: [&str; 4] =
+    [names::PORTS, names::FLOWS, names::CONFIG, names::COUNTERS];
 
 impl Datapath {
     /// Loads the programs (reusing pinned maps if a previous daemon left
@@ -58,9 +67,9 @@ impl Datapath {
             })?;
         }
 
-        replace_incompatible_pins(&maps_dir)?;
+        replace_incompatible_pins(&maps_dir, EBPF_OBJECT)?;
         let mut loader = EbpfLoader::new();
-        for name in [names::PORTS, names::FLOWS, names::CONFIG, names::COUNTERS] {
+        for name in PINNED_MAPS {
             loader.map_pin_path(name, maps_dir.join(name));
         }
         let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
@@ -119,6 +128,7 @@ impl Datapath {
             )
             .context("writing the datapath configuration")?;
 
+        let layout_stamp = inner_layout_stamp(EBPF_OBJECT, names::FLOWS)?;
         let flows_pin = maps_dir.join(names::FLOWS);
         let open_flows = || MapData::from_pin(&flows_pin).context("opening the pinned FLOWS");
         let mut datapath = Self {
@@ -128,7 +138,8 @@ impl Datapath {
                 lookup: open_flows()?,
                 open: Mutex::default(),
                 identity,
-                writer: TableWriter::start(open_flows()?)?,
+                writer: TableWriter::start(open_flows()?, layout_stamp)?,
+                layout_stamp,
             }),
             counters: Arc::new(CounterTable {
                 map: take_map(&mut ebpf, names::COUNTERS)?,

@@ -2,7 +2,8 @@
 //! BPF maps. One job per file:
 //!
 //! - `load`: programs verified and pinned, maps reused, configuration set.
-//! - `map_layout`: pinned maps of another layout are replaced, not reused.
+//! - `map_layout`: pinned maps of another layout are replaced, not reused
+//!   (`btf` reads the layouts the kernel and the object describe).
 //! - `bpffs`: `--bpffs` is on bpffs (mounted if nobody has).
 //! - `pins`: the names of the pins, and their removal.
 //! - `taps`: attaching to and detaching from registered taps, pruning.
@@ -44,6 +45,7 @@
 //! new one is in place, so switching modes across a restart leaves one.
 mod attach_mode;
 mod bpffs;
+mod btf;
 pub mod identity;
 mod load;
 mod map_layout;

@@ -18,6 +18,7 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_DETACH: libc::c_long = 34;
@@ -134,6 +135,50 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
+/// `union bpf_attr` as BPF_BTF_GET_FD_BY_ID reads it.
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// The start of `struct bpf_map_info` (the kernel fills what fits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapInfo {
+    pub map_type: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub name: [u8; 16],
+    pub ifindex: u32,
+    pub btf_vmlinux_value_type_id: u32,
+    pub netns_dev: u64,
+    pub netns_ino: u64,
+    /// 0 when the map was created without BTF.
+    pub btf_id: u32,
+    pub btf_key_type_id: u32,
+    pub btf_value_type_id: u32,
+    pub btf_vmlinux_id: u32,
+}
+
+/// The start of `struct bpf_btf_info`.
+#[repr(C)]
+#[derive(Default)]
+struct BtfInfo {
+    btf: u64,
+    btf_size: u32,
+    id: u32,
+    name: u64,
+    name_len: u32,
+    kernel_btf: u32,
+}
+
+/// A new fd for the object pinned at `pin`.
 fn obj_get(pin: &Path) -> io::Result<OwnedFd> {
     let path = CString::new(pin.as_os_str().as_encoded_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -144,6 +189,48 @@ fn obj_get(pin: &Path) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &mut get)?;
     // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Fills `info` (a prefix of the kernel's info struct for `fd`'s kind).
+fn info_by_fd<T>(fd: &OwnedFd, info: &mut T) -> io::Result<()> {
+    let mut attr = InfoByFdAttr {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(fd) as u32,
+        info_len: std::mem::size_of::<T>() as u32,
+        info: info as *mut T as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(())
+}
+
+/// What the map pinned at `pin` was created with.
+pub fn pinned_map_info(pin: &Path) -> io::Result<MapInfo> {
+    let map = obj_get(pin)?;
+    let mut info = MapInfo::default();
+    info_by_fd(&map, &mut info)?;
+    Ok(info)
+}
+
+/// The raw BTF the kernel holds under `id` (what a map was created with).
+pub fn btf_by_id(id: u32) -> io::Result<Vec<u8>> {
+    let mut attr = GetFdByIdAttr {
+        id,
+        ..Default::default()
+    };
+    let fd = bpf(BPF_BTF_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: BPF_BTF_GET_FD_BY_ID returned a new fd that nothing else owns.
+    let btf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // First the size, then the bytes.
+    let mut info = BtfInfo::default();
+    info_by_fd(&btf, &mut info)?;
+    let mut data = vec![0u8; info.btf_size as usize];
+    let mut info = BtfInfo {
+        btf: data.as_mut_ptr() as u64,
+        btf_size: data.len() as u32,
+        ..Default::default()
+    };
+    info_by_fd(&btf, &mut info)?;
+    data.truncate(info.btf_size as usize);
+    Ok(data)
 }
 
 /// Where the TCX ingress link pinned at `pin` runs which program.

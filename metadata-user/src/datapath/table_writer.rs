@@ -78,7 +78,8 @@ pub struct TableWriter {
 
 impl TableWriter {
     /// Starts the writer of the map of maps `flows` (FLOWS, opened again).
-    pub fn start(flows: MapData) -> anyhow::Result<Self> {
+    /// New tables are named with `layout_stamp` (see [`table_name`]).
+    pub fn start(flows: MapData, layout_stamp: u32) -> anyhow::Result<Self> {
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
             changed: Condvar::new(),
@@ -87,7 +88,7 @@ impl TableWriter {
             .name("flow-tables".into())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run(&shared, &flows)
+                move || run(&shared, &flows, layout_stamp)
             })
             .context("starting the flow table writer")?;
         Ok(Self {
@@ -182,7 +183,7 @@ impl Drop for TableWriter {
 
 /// The writer thread: takes everything queued, does it in at most two
 /// calls (removals, then inserts of other keys), and starts over.
-fn run(shared: &Shared, flows: &MapData) {
+fn run(shared: &Shared, flows: &MapData, layout_stamp: u32) {
     loop {
         let (inserts, removals) = {
             let mut queue = shared
@@ -202,7 +203,8 @@ fn run(shared: &Shared, flows: &MapData) {
             // waits for one knows its id before it goes in.
             let mut fresh = Vec::with_capacity(queue.inserts.len());
             for (key, (slot, keys)) in std::mem::take(&mut queue.inserts) {
-                match create_table(slot).and_then(|table| Ok((sys::map_id(table.as_fd())?, table)))
+                match create_table(slot, layout_stamp)
+                    .and_then(|table| Ok((sys::map_id(table.as_fd())?, table)))
                 {
                     Ok((id, table)) => {
                         queue.inserting.insert(key, id);
@@ -242,10 +244,19 @@ fn run(shared: &Shared, flows: &MapData) {
 /// goes back to waiting for the writer's call to return.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(1);
 
-/// A port's flow table: an LRU hash of `MAX_FLOWS_PER_PORT` flows.
-pub fn create_table(slot: u32) -> anyhow::Result<OwnedFd> {
+/// A flow table's name: `f`, the layout stamp, `_`, the slot (hex); 14
+/// characters at most, within the kernel's 15 for a map name. The stamp
+/// is how a later daemon tells a table of another FlowKey/FlowEntry layout
+/// (the kernel keeps no BTF for these maps).
+pub fn table_name(layout_stamp: u32, slot: u32) -> String {
+    format!("f{layout_stamp:08x}_{slot:x}")
+}
+
+/// A port's flow table: an LRU hash of `MAX_FLOWS_PER_PORT` flows, named
+/// with this build's layout stamp.
+pub fn create_table(slot: u32, layout_stamp: u32) -> anyhow::Result<OwnedFd> {
     sys::create_lru_hash(
-        &format!("flows_{slot}"),
+        &table_name(layout_stamp, slot),
         std::mem::size_of::<FlowKey>() as u32,
         std::mem::size_of::<FlowEntry>() as u32,
         metadata_ebpf::MAX_FLOWS_PER_PORT,

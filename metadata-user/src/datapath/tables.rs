@@ -13,7 +13,10 @@ use aya::maps::{HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray};
 use metadata_ebpf::{Counters, Family, FlowEntry, FlowKey, IDENTITY_LANES};
 use tracing::{debug, warn};
 
-use super::{IdentityPlan, sys, table_writer::TableWriter};
+use super::{
+    IdentityPlan, sys,
+    table_writer::{TableWriter, table_name},
+};
 
 /// FLOWS: each registered port's own flow table, by identity address (see
 /// the eBPF crate's `datapath.rs`: a guest's traffic can only evict its own
@@ -34,6 +37,10 @@ pub struct FlowTable {
     pub(super) identity: IdentityPlan,
     /// Adds and removes tables off the attach path.
     pub(super) writer: TableWriter,
+    /// The layout stamp of this build's flow tables
+    /// (`map_layout::inner_layout_stamp`), carried in each table's name
+    /// (`table_writer::table_name`).
+    pub(super) layout_stamp: u32,
 }
 
 type OpenTables = std::collections::HashMap<[u8; 4], (u32, PortFlows)>;
@@ -101,7 +108,7 @@ impl FlowTable {
         let identity = identities[0];
         let every_lane = || self.table_id_in_every_lane(identities);
         self.writer.settle(identity, every_lane);
-        if self.has_table_of_our_layout(identity)? {
+        if self.has_table_of_our_layout(identity, slot)? {
             if every_lane().is_none() {
                 // Left by a daemon with fewer lanes (before IPv6): the same
                 // table goes under the others too, here and now (rare).
@@ -134,7 +141,11 @@ impl FlowTable {
         Ok(())
     }
 
-    fn has_table_of_our_layout(&self, identity: Ipv4Addr) -> anyhow::Result<bool> {
+    /// Whether the table under `identity` is one of this build's layout:
+    /// its name carries the layout stamp, so a table a build with other
+    /// FlowKey/FlowEntry fields made is not reused, even when its sizes
+    /// match.
+    fn has_table_of_our_layout(&self, identity: Ipv4Addr, slot: u32) -> anyhow::Result<bool> {
         let tables = self.tables();
         let table = match tables.get(&identity.octets(), 0) {
             Ok(table) => table,
@@ -150,6 +161,7 @@ impl FlowTable {
                 info.key_size() as usize,
                 info.value_size() as usize,
                 info.max_entries(),
+                info.name_as_str().map(str::to_owned),
             )
         });
         let wanted = (
@@ -157,6 +169,7 @@ impl FlowTable {
             std::mem::size_of::<FlowKey>(),
             std::mem::size_of::<FlowEntry>(),
             metadata_ebpf::MAX_FLOWS_PER_PORT,
+            Some(table_name(self.layout_stamp, slot)),
         );
         match layout {
             Ok(found) if found == wanted => Ok(true),

@@ -32,21 +32,31 @@ impl ConnHandle {
     /// the higher TTL, and a client beyond the hop limit would get the token
     /// by sending one more request on the same connection. Skips the syscall
     /// when the TTL is already that low, so the common path costs nothing.
-    pub fn limit_ip_ttl(&self, ttl: u8) {
-        if self.ttl.fetch_min(ttl, Ordering::Relaxed) <= ttl {
-            return;
+    ///
+    /// An error means the socket still has its previous TTL: the caller must
+    /// not send an answer that needs the lower one (fail closed).
+    pub fn limit_ip_ttl(&self, ttl: u8) -> std::io::Result<()> {
+        if self.ttl.load(Ordering::Relaxed) <= ttl {
+            return Ok(());
         }
         let value = libc::c_int::from(ttl);
         // SAFETY: setsockopt on a socket fd we own, with a correctly sized int.
-        unsafe {
+        let rc = unsafe {
             libc::setsockopt(
                 self.fd,
                 libc::IPPROTO_IP,
                 libc::IP_TTL,
                 (&value as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        // Recorded only once the kernel has it: after a failure the next
+        // answer that needs the lower TTL tries again.
+        self.ttl.fetch_min(ttl, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -88,19 +98,32 @@ mod tests {
         let (server_side, _) = listener.accept().unwrap();
         let conn = ConnHandle::new(server_side.as_raw_fd());
 
-        conn.limit_ip_ttl(DEFAULT_TTL);
+        conn.limit_ip_ttl(DEFAULT_TTL).unwrap();
         assert_eq!(ip_ttl(&server_side), DEFAULT_TTL);
-        conn.limit_ip_ttl(3);
+        conn.limit_ip_ttl(3).unwrap();
         assert_eq!(ip_ttl(&server_side), 3);
-        conn.limit_ip_ttl(DEFAULT_TTL);
+        conn.limit_ip_ttl(DEFAULT_TTL).unwrap();
         assert_eq!(ip_ttl(&server_side), 3, "not raised again");
-        conn.limit_ip_ttl(1);
+        conn.limit_ip_ttl(1).unwrap();
         assert_eq!(ip_ttl(&server_side), 1);
 
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, _) = listener.accept().unwrap();
         let conn = ConnHandle::new(server_side.as_raw_fd());
-        conn.limit_ip_ttl(DEFAULT_TTL);
+        conn.limit_ip_ttl(DEFAULT_TTL).unwrap();
         assert_eq!(ip_ttl(&server_side), DEFAULT_TTL);
+    }
+
+    /// A socket the kernel refuses the TTL for (here: not a socket at all)
+    /// is an error, and is not remembered as lowered: the next attempt
+    /// makes the syscall again instead of assuming it worked.
+    #[test]
+    fn a_refused_ttl_is_an_error_and_not_remembered() {
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let conn = ConnHandle::new(reader.as_raw_fd());
+        assert!(conn.limit_ip_ttl(DEFAULT_TTL).is_ok(), "nothing to lower");
+        let err = conn.limit_ip_ttl(1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTSOCK), "{err}");
+        assert!(conn.limit_ip_ttl(1).is_err(), "tried again, failed again");
     }
 }

@@ -7,6 +7,8 @@
 //!   serve.rs).
 //! - `neutron_agent`: neutron-metadata-agent's unix socket, for the haproxy
 //!   proxies in router and DHCP namespaces; their headers say which port.
+//! - `handed_over`: listeners held across restarts by someone else
+//!   (systemd socket activation), so a restart refuses no guest.
 //! - `forwarded_addr`: the guest address a neutron proxy reports, IPv4 or
 //!   IPv6 (a link-local one names the guest's MAC).
 //! - `conn`: the connection's socket (the IMDSv2 hop limit as IP TTL).
@@ -21,6 +23,7 @@ pub mod audit;
 pub mod conn;
 pub mod dispatch;
 pub mod forwarded_addr;
+pub mod handed_over;
 pub mod limits;
 pub mod neutron_agent;
 pub mod ratelimit;

@@ -27,18 +27,12 @@
 //! request is dispatched; the backend never sees them.
 //!
 //! The socket is created mode 0600 (owner only: haproxy must run as the
-//! daemon's user, root, unless the operator loosens it), replacing a stale
-//! socket at the same path; its directory is created when missing.
-use std::{
-    convert::Infallible,
-    net::IpAddr,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+//! daemon's user, root, unless the operator loosens it) the way the admin
+//! socket is (`crate::private_socket`): a stale socket at the same path is
+//! replaced, a live one never is; its directory is created when missing.
+use std::{convert::Infallible, net::IpAddr, path::Path, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::Full;
@@ -59,6 +53,7 @@ use tracing::{debug, warn};
 use super::forwarded_addr;
 use crate::{
     backend::{Guest, Reply},
+    private_socket,
     state::Port,
 };
 
@@ -156,23 +151,13 @@ fn strip_proxy_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Creates the socket (see the module doc for mode and stale sockets).
+/// Creates the socket, root only (0600), as the admin socket is (see
+/// [`crate::private_socket`]): never taking over a live socket, never
+/// reachable with the umask's mode.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    let flag = || format!("--neutron-agent-socket {}", path.display());
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(flag)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            std::fs::remove_file(path).with_context(flag)?
-        }
-        Ok(_) => bail!("{}: exists and is not a socket", flag()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => return Err(err).with_context(flag),
-    }
-    let listener = UnixListener::bind(path).with_context(flag)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(flag)?;
-    Ok(listener)
+    let listener = private_socket::bind(path, 0o600, "--neutron-agent-socket")?;
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener).context("registering the neutron agent socket with tokio")
 }
 
 fn refusal_response(refusal: Refusal) -> Response<Full<Bytes>> {
@@ -259,6 +244,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
     use crate::state::port::PortSpec;
 
@@ -461,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn bind_replaces_a_stale_socket_but_not_a_file() {
+    fn bind_replaces_a_stale_socket_but_not_a_file_nor_a_live_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/metadata_proxy");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -473,13 +460,23 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
             drop(bind(&path).unwrap());
+
+            // A daemon still serving it keeps it.
+            let _live = bind(&path).unwrap();
+            let err = format!("{:#}", bind(&path).unwrap_err());
+            assert!(
+                err.starts_with("--neutron-agent-socket ")
+                    && err.ends_with("another process is serving it; not taking it over"),
+                "{err}"
+            );
+            std::os::unix::net::UnixStream::connect(&path).expect("still served");
         });
         let file = dir.path().join("file");
         std::fs::write(&file, "x").unwrap();
-        let err = rt.block_on(async { bind(&file).unwrap_err().to_string() });
+        let err = rt.block_on(async { format!("{:#}", bind(&file).unwrap_err()) });
         assert!(
             err.starts_with("--neutron-agent-socket ")
-                && err.ends_with("exists and is not a socket"),
+                && err.ends_with("exists and is not a socket; not removing it"),
             "{err}"
         );
     }

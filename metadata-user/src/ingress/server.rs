@@ -28,7 +28,13 @@ use std::{
     time::Duration,
 };
 
-use hyper::{server::conn::http1, service::service_fn};
+use hyper::{
+    HeaderMap, Method, Request, Response,
+    body::Incoming,
+    header::{ACCEPT, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -38,16 +44,26 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
 };
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
-use super::{conn::ConnHandle, dispatch::Dispatcher, limits::ConnectionLimiter};
-use crate::{backend::Guest, state::Registry};
+use super::{
+    conn::ConnHandle,
+    dispatch::Dispatcher,
+    limits::{ConnectionLimiter, OverCap},
+};
+use crate::{
+    backend::{Guest, Reply, local::response::ApiError},
+    state::Registry,
+};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line + headers) a guest may send; beyond
 /// it hyper answers 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// On shutdown, how long connections accepted just before get to deliver
+/// their first request before idle ones are closed.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(200);
 /// How long in-flight requests get to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Accept queue length asked for, per listener (the kernel caps it at
@@ -150,7 +166,11 @@ impl GuestServer {
 
     /// Serves one listener until `shutdown` flips to true, then drains the
     /// connections it accepted.
-    async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let graceful = GracefulShutdown::new();
         loop {
             let (stream, peer) = tokio::select! {
@@ -169,22 +189,31 @@ impl GuestServer {
                 debug!(%peer, "connection without a datapath identity, closed");
                 continue;
             };
-            let Some(permit) = self.connections.acquire(guest.port.slot) else {
-                debug!(%peer, slot = guest.port.slot, "too many open connections for this port, closed");
-                continue;
+            // Over a cap: closed at once (and counted by the limiter).
+            let permit = match self.connections.acquire(guest.port.slot) {
+                Ok(permit) => permit,
+                Err(OverCap::Port) => {
+                    debug!(%peer, slot = guest.port.slot, "too many open connections for this port, closed");
+                    continue;
+                }
+                Err(OverCap::Host) => {
+                    debug!(%peer, "too many open guest connections on this host, closed");
+                    continue;
+                }
             };
             let conn = Arc::new(ConnHandle::new(stream.as_raw_fd()));
             let server = self.clone();
-            let service = service_fn(move |request| {
+            let service = service_fn(move |request: Request<Incoming>| {
                 let server = server.clone();
                 let guest = guest.clone();
                 let conn = conn.clone();
                 async move {
+                    // Kept for an error page in the guest's format, should
+                    // the answer have to be withheld.
+                    let method = request.method().clone();
+                    let accept = request.headers().get(ACCEPT).cloned();
                     let reply = server.dispatcher.dispatch(&guest, request).await;
-                    // Before hyper writes the answer, and for the rest of
-                    // the connection (see `ConnHandle::limit_ip_ttl`).
-                    conn.limit_ip_ttl(reply.ip_ttl);
-                    Ok::<_, Infallible>(reply.response)
+                    Ok::<_, Infallible>(within_hop_limit(&conn, reply, &method, accept, peer))
                 }
             });
             let connection = http1::Builder::new()
@@ -207,11 +236,46 @@ impl GuestServer {
             });
         }
         drop(listener);
+        // hyper's graceful shutdown closes a connection that has not read a
+        // request yet as idle, and a guest whose request was on its way
+        // then sees a reset. Those accepted just now get the time to send
+        // theirs first (a restart with a held listener must reset none).
+        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
             .is_err()
         {
             warn!("some guest connections were still open after {DRAIN_TIMEOUT:?}; closing them");
+        }
+    }
+}
+
+/// The reply's response, sent with the IP TTL it needs: the connection's
+/// TTL is lowered first (and stays lowered, see `ConnHandle::limit_ip_ttl`).
+/// If the kernel refuses the lower TTL the answer is withheld: an IMDSv2
+/// token would otherwise leave with the default TTL and reach a container
+/// or a host beyond the hop limit. The guest gets a 500 instead, and the
+/// log says why.
+fn within_hop_limit(
+    conn: &ConnHandle,
+    reply: Reply,
+    method: &Method,
+    accept: Option<HeaderValue>,
+    peer: SocketAddr,
+) -> Response<http_body_util::Full<bytes::Bytes>> {
+    match conn.limit_ip_ttl(reply.ip_ttl) {
+        Ok(()) => reply.response,
+        Err(err) => {
+            error!(
+                %peer,
+                ttl = reply.ip_ttl,
+                "cannot set the IP TTL the answer needs (hop limit): {err}; answering 500 instead"
+            );
+            let mut headers = HeaderMap::new();
+            if let Some(accept) = accept {
+                headers.insert(ACCEPT, accept);
+            }
+            ApiError::Internal.into_response(method, &headers)
         }
     }
 }
@@ -264,7 +328,57 @@ impl AsyncWrite for CloseOnDrop {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::StatusCode;
+
     use super::*;
+
+    fn token_reply(ip_ttl: u8) -> Reply {
+        Reply {
+            response: Response::new(Full::new(Bytes::from_static(b"SECRET-TOKEN"))),
+            ip_ttl,
+        }
+    }
+
+    async fn body(response: Response<Full<Bytes>>) -> Bytes {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    /// The hop limit fails closed: when the TTL cannot be set, the token
+    /// is not sent; a 500 is. An answer that needs no lower TTL still goes.
+    #[tokio::test]
+    async fn an_answer_whose_ttl_cannot_be_set_is_withheld() {
+        // Not a socket: setsockopt fails with ENOTSOCK, as it would on a
+        // socket the kernel refuses the option for.
+        let (reader, _writer) = std::io::pipe().unwrap();
+        let conn = ConnHandle::new(reader.as_raw_fd());
+        let peer: SocketAddr = "240.1.0.9:40000".parse().unwrap();
+
+        let answer = within_hop_limit(&conn, token_reply(1), &Method::PUT, None, peer);
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = body(answer).await;
+        assert!(
+            !text.windows(12).any(|w| w == b"SECRET-TOKEN"),
+            "the token left: {text:?}"
+        );
+
+        let default = token_reply(crate::backend::guest::DEFAULT_TTL);
+        let answer = within_hop_limit(&conn, default, &Method::GET, None, peer);
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(body(answer).await, "SECRET-TOKEN");
+    }
+
+    #[tokio::test]
+    async fn an_answer_whose_ttl_is_set_is_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, peer) = listener.accept().unwrap();
+        let conn = ConnHandle::new(server_side.as_raw_fd());
+        let answer = within_hop_limit(&conn, token_reply(1), &Method::PUT, None, peer);
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(body(answer).await, "SECRET-TOKEN");
+    }
 
     /// Accepted sockets inherit TCP_NODELAY from the listener, so the
     /// server sets it once per listener instead of once per connection.

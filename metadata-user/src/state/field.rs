@@ -14,12 +14,30 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// Control characters in either part (a field name or value quoted
+    /// from the input, e.g. a JSON key "\n") are written as escapes, so
+    /// the message stays one line whatever the input held.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
-            field: field.into(),
-            reason: reason.into(),
+            field: one_line(field.into()),
+            reason: one_line(reason.into()),
         }
     }
+}
+
+fn one_line(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -30,5 +48,19 @@ mod tests {
     fn shows_field_then_reason() {
         let err = FieldError::new("--mac", "\"x\" is not a MAC address");
         assert_eq!(err.to_string(), "--mac: \"x\" is not a MAC address");
+    }
+
+    /// Found by the admin API fuzz target: serde quotes an unknown key as
+    /// it came, newline and all.
+    #[test]
+    fn control_characters_are_escaped() {
+        let err = FieldError::new(
+            "port request",
+            "unknown field `\n\u{1b}[31m`, expected one of",
+        );
+        assert_eq!(
+            err.to_string(),
+            "port request: unknown field `\\n\\u{1b}[31m`, expected one of"
+        );
     }
 }

@@ -105,16 +105,17 @@ impl Snapshot {
         Some(port)
     }
 
-    /// The first slot after `last` (wrapping round) that no port holds.
+    /// The first slot in 1..=`max` after `last` (wrapping round) that no
+    /// port holds.
     ///
     /// Slots go round rather than reusing the smallest free one: a slot is
     /// the guest's source address at the server, and the server keeps a
     /// closed connection's TIME_WAIT state for 60 s. A new guest given a
     /// just-freed slot would hit those with older TCP timestamps, and PAWS
     /// would drop its SYNs (seen in `cargo xtask bench`).
-    fn free_slot(&self, last: u32) -> Option<u32> {
-        (last + 1..=MAX_SLOT)
-            .chain(1..=last.min(MAX_SLOT))
+    fn free_slot(&self, last: u32, max: u32) -> Option<u32> {
+        (last + 1..=max)
+            .chain(1..=last.min(max))
             .find(|slot| !self.by_slot.contains_key(slot))
     }
 
@@ -231,6 +232,9 @@ pub struct Registry {
     secrets: Mutex<HashMap<String, [u8; 32]>>,
     /// The slot handed out last (writes happen under the store lock).
     last_slot: std::sync::atomic::AtomicU32,
+    /// The highest slot a port may have: the identity network holds one
+    /// address per slot, and a port beyond it could never be attached.
+    max_slot: u32,
     /// See [`Registry::manual_changes`].
     manual_changes: watch::Sender<u64>,
 }
@@ -240,19 +244,37 @@ impl Registry {
     /// does not parse: that is a damaged database, not something to skip.
     #[cfg(test)]
     pub fn open(state_dir: &Path) -> anyhow::Result<Arc<Registry>> {
-        Self::open_with_policy(state_dir, PortPolicy::default())
+        Self::open_with_policy(state_dir, PortPolicy::default(), MAX_SLOT)
     }
 
-    pub fn open_with_policy(state_dir: &Path, policy: PortPolicy) -> anyhow::Result<Arc<Registry>> {
+    /// `max_slot`: how many ports the identity network has addresses for
+    /// (at most [`MAX_SLOT`]); `port add` beyond it is refused.
+    pub fn open_with_policy(
+        state_dir: &Path,
+        policy: PortPolicy,
+        max_slot: u32,
+    ) -> anyhow::Result<Arc<Registry>> {
+        let max_slot = max_slot.clamp(1, MAX_SLOT);
         let store = Store::open(state_dir)?;
         let mut snapshot = load(&store)?;
         snapshot.last_slot = snapshot.highest_slot();
+        for port in snapshot.ports.values().filter(|p| p.slot > max_slot) {
+            // Stored under a wider identity network than the configured one:
+            // its guest cannot be served until the network is widened again
+            // or the port deleted and added anew.
+            tracing::error!(
+                ifname = %port.spec.ifname,
+                slot = port.slot,
+                "port's slot lies beyond the identity network's {max_slot} addresses; it cannot be attached"
+            );
+        }
         Ok(Arc::new(Registry {
             policy,
             store: Mutex::new(store),
-            last_slot: std::sync::atomic::AtomicU32::new(snapshot.highest_slot()),
+            last_slot: std::sync::atomic::AtomicU32::new(snapshot.highest_slot().min(max_slot)),
             snapshot: watch::Sender::new(Arc::new(snapshot)),
             secrets: Mutex::new(HashMap::new()),
+            max_slot,
             manual_changes: watch::Sender::new(0),
         }))
     }
@@ -570,22 +592,19 @@ impl Registry {
     /// The first free slot after the last one handed out.
     fn free_slot(&self, snapshot: &Snapshot) -> Result<u32, RegistryError> {
         snapshot
-            .free_slot(self.last_slot.load(Ordering::Relaxed))
+            .free_slot(self.last_slot.load(Ordering::Relaxed), self.max_slot)
             .ok_or_else(|| {
                 RegistryError::Conflict(format!(
-                    "--ifname: no free slot, all {MAX_SLOT} slots are taken"
+                    "--ifname: no free slot: the identity network has addresses for {} ports \
+                     and all are taken (identity_net in the config file sets its size)",
+                    self.max_slot
                 ))
             })
     }
 
-    /// The password the guest posted, if any. A store failure reads as "none"
-    /// (and is logged): a guest asking for its password is not worth a 500.
-    pub fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
-        self.lock_store()
-            .password(&uuid.to_string())
-            .inspect_err(|err| tracing::error!("reading the password of {uuid}: {err:#}"))
-            .ok()
-            .flatten()
+    /// The password the guest posted, if any.
+    pub fn password(&self, uuid: &uuid::Uuid) -> Result<Option<String>, RegistryError> {
+        Ok(self.lock_store().password(&uuid.to_string())?)
     }
 
     /// Stores the password a guest posts once (nova's semantics: the first
@@ -808,7 +827,8 @@ mod tests {
     #[test]
     fn nova_mode_needs_a_project_not_a_document() {
         let tmp = tempfile::tempdir().unwrap();
-        let registry = Registry::open_with_policy(tmp.path(), PortPolicy::NovaProject).unwrap();
+        let registry =
+            Registry::open_with_policy(tmp.path(), PortPolicy::NovaProject, MAX_SLOT).unwrap();
         assert_refused_without_change(
             tmp.path(),
             &registry,
@@ -1086,6 +1106,41 @@ mod tests {
         assert_eq!(registry.add_port(port("t70", A)).unwrap().slot, 70);
     }
 
+    /// With a /24 identity network (254 addresses), the 255th port is
+    /// refused with a message that says why, and nothing is stored; before,
+    /// it was stored with a slot the network has no address for and then
+    /// failed to attach.
+    #[test]
+    fn slots_stop_where_the_identity_network_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry =
+            Registry::open_with_policy(tmp.path(), PortPolicy::LocalInstance, 254).unwrap();
+        registry.put_instance(&doc(A, "a")).unwrap();
+        // Filled in memory, as in `slots_run_out`; the last one for real.
+        let mut full = registry.snapshot().next();
+        for slot in 1..254 {
+            let spec = port(&format!("t{slot}"), A).validate().unwrap();
+            full.insert_port(Arc::new(Port {
+                spec,
+                slot,
+                source: Source::Manual,
+            }));
+        }
+        registry.publish(full);
+        registry.last_slot.store(253, Ordering::Relaxed);
+        assert_eq!(registry.add_port(port("t254", A)).unwrap().slot, 254);
+        assert_refused_without_change(
+            tmp.path(),
+            &registry,
+            || registry.add_port(port("t255", A)),
+            |e| matches!(e, RegistryError::Conflict(_)),
+            "--ifname: no free slot: the identity network has addresses for 254 ports",
+        );
+        // Freeing one makes room again, within the network.
+        registry.delete_port("t7").unwrap();
+        assert_eq!(registry.add_port(port("t255", A)).unwrap().slot, 7);
+    }
+
     #[test]
     fn delete_port_unknown_or_invalid() {
         let (tmp, registry) = populated();
@@ -1113,14 +1168,14 @@ mod tests {
         let snapshot = registry.snapshot();
         assert!(snapshot.instance(&uuid(A)).is_none());
         assert_eq!(snapshot.port_by_slot(1).unwrap().spec.instance, uuid(A));
-        assert_eq!(registry.password(&uuid(A)), None);
+        assert_eq!(registry.password(&uuid(A)).unwrap(), None);
         assert!(!dump(tmp.path()).iter().any(|row| row.contains("secret-pw")));
 
         // Back again: the port serves it again, and there is no old password.
         registry.put_instance(&doc(A, "a")).unwrap();
-        assert_eq!(registry.password(&uuid(A)), None);
+        assert_eq!(registry.password(&uuid(A)).unwrap(), None);
         registry.set_password(&uuid(A), "new").unwrap();
-        assert_eq!(registry.password(&uuid(A)).as_deref(), Some("new"));
+        assert_eq!(registry.password(&uuid(A)).unwrap().as_deref(), Some("new"));
     }
 
     #[test]
@@ -1145,7 +1200,7 @@ mod tests {
     #[test]
     fn a_password_is_set_once() {
         let (tmp, registry) = populated();
-        assert_eq!(registry.password(&uuid(A)), None);
+        assert_eq!(registry.password(&uuid(A)).unwrap(), None);
         registry.set_password(&uuid(A), "first").unwrap();
         assert_refused_without_change(
             tmp.path(),
@@ -1170,7 +1225,10 @@ mod tests {
         );
         drop(registry);
         let registry = Registry::open(tmp.path()).unwrap();
-        assert_eq!(registry.password(&uuid(A)).as_deref(), Some("first"));
+        assert_eq!(
+            registry.password(&uuid(A)).unwrap().as_deref(),
+            Some("first")
+        );
     }
 
     #[test]
@@ -1270,7 +1328,7 @@ mod tests {
             .sync_domain(sync(A, Some(&doc_text(A, "dom")), &["tap0"]))
             .unwrap();
         assert_eq!(
-            registry.password(&uuid(A)).as_deref(),
+            registry.password(&uuid(A)).unwrap().as_deref(),
             Some("posted-by-the-guest")
         );
     }
@@ -1396,7 +1454,8 @@ mod tests {
 
         // nova backend: the project is what matters, not a document.
         let tmp = tempfile::tempdir().unwrap();
-        let registry = Registry::open_with_policy(tmp.path(), PortPolicy::NovaProject).unwrap();
+        let registry =
+            Registry::open_with_policy(tmp.path(), PortPolicy::NovaProject, MAX_SLOT).unwrap();
         assert_eq!(
             registry.sync_domain(sync(A, None, &["tap0"])).unwrap(),
             [SyncProblem::NoProject]

@@ -106,15 +106,32 @@ impl Default for ApiConfig {
 
 /// Where guest-posted passwords live (persisted by the daemon's store).
 pub trait PasswordStore: Send + Sync {
-    fn password(&self, uuid: &uuid::Uuid) -> Option<String>;
+    /// The password the guest posted, None when it posted none. An error
+    /// when the store cannot tell: the guest then gets a 500, not "none".
+    fn password(&self, uuid: &uuid::Uuid) -> Result<Option<String>, PasswordError>;
     /// Sets the password unless one is already set.
-    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordConflict>;
+    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordError>;
 }
 
-/// `set_password` found a password already set.
+/// Why a password was not read or stored. Only `AlreadySet` is the guest's
+/// doing (409); a store that failed is ours (500), never a 409 that would
+/// tell the guest a password is kept when none is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the instance already has a password")]
-pub struct PasswordConflict;
+pub enum PasswordError {
+    #[error("the instance already has a password")]
+    AlreadySet,
+    #[error("the password store failed")]
+    StoreFailed,
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(err: PasswordError) -> Self {
+        match err {
+            PasswordError::AlreadySet => ApiError::Conflict,
+            PasswordError::StoreFailed => ApiError::Internal,
+        }
+    }
+}
 
 /// Wall clock, injectable so tests can expire tokens and move the date.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -321,7 +338,7 @@ where
                 return Ok(document_reply(document, method));
             }
             require_read(method, ALLOW_PASSWORD)?;
-            Ok(document_reply(password::read(store, &doc.uuid), method))
+            Ok(document_reply(password::read(store, &doc.uuid)?, method))
         }
     }
 }

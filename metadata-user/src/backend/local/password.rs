@@ -11,15 +11,19 @@ use super::{
 use crate::state::instance::MAX_PASSWORD_BYTES;
 
 /// GET: the stored password, or an empty 200 when none was set. nova returns
-/// the string straight to webob, so the type is webob's default HTML.
-pub fn read(store: &dyn PasswordStore, uuid: &uuid::Uuid) -> Document {
-    Document::new(store.password(uuid).unwrap_or_default(), TEXT_HTML)
+/// the string straight to webob, so the type is webob's default HTML. A
+/// store that cannot be read is a 500, not an empty password.
+pub fn read(store: &dyn PasswordStore, uuid: &uuid::Uuid) -> Result<Document, ApiError> {
+    Ok(Document::new(
+        store.password(uuid)?.unwrap_or_default(),
+        TEXT_HTML,
+    ))
 }
 
 /// The first check nova makes on a POST, before it looks at the body: a
 /// password that is already set cannot be replaced (409).
 pub fn check_unset(store: &dyn PasswordStore, uuid: &uuid::Uuid) -> Result<(), ApiError> {
-    match store.password(uuid) {
+    match store.password(uuid)? {
         Some(_) => Err(ApiError::Conflict),
         None => Ok(()),
     }
@@ -43,9 +47,9 @@ pub fn write(
     let password =
         std::str::from_utf8(body).map_err(|_| ApiError::BadRequest { explanation: None })?;
     if !password.is_empty() {
-        store
-            .set_password(uuid, password)
-            .map_err(|_| ApiError::Conflict)?;
+        // Another POST may have won since `check_unset` (409); a store
+        // failure is a 500.
+        store.set_password(uuid, password)?;
     }
     Ok(Document::new(Bytes::new(), TEXT_HTML))
 }

@@ -92,7 +92,9 @@ pub enum ApiError {
     Forbidden,
     Conflict,
     PayloadTooLarge,
-    /// Something of ours failed (signing); the log says what.
+    /// Something of ours failed (signing, a store write, a socket option
+    /// the answer needs); the log says what, and the guest gets no answer
+    /// it could take for the real one.
     Internal,
 }
 

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode};
 
-use super::{ApiConfig, ApiContext, PasswordConflict, PasswordStore, handle};
+use super::{ApiConfig, ApiContext, PasswordError, PasswordStore, handle};
 use crate::{
     backend::guest::Guest,
     state::{
@@ -135,19 +135,39 @@ pub fn default_guest() -> Guest {
     guest(3, "tap-a", &[Ipv4Addr::new(10, 0, 0, 99)])
 }
 
-/// In-memory passwords, as the store keeps them.
+/// In-memory passwords, as the store keeps them; `break_store` makes every
+/// read and write fail, as a store with a full or damaged disk would.
 #[derive(Default)]
-pub struct MemoryPasswords(Mutex<HashMap<uuid::Uuid, String>>);
+pub struct MemoryPasswords {
+    map: Mutex<HashMap<uuid::Uuid, String>>,
+    broken: std::sync::atomic::AtomicBool,
+}
 
-impl PasswordStore for MemoryPasswords {
-    fn password(&self, uuid: &uuid::Uuid) -> Option<String> {
-        self.0.lock().unwrap().get(uuid).cloned()
+impl MemoryPasswords {
+    pub fn break_store(&self) {
+        self.broken.store(true, Ordering::SeqCst);
     }
 
-    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordConflict> {
-        let mut map = self.0.lock().unwrap();
+    fn check(&self) -> Result<(), PasswordError> {
+        if self.broken.load(Ordering::SeqCst) {
+            Err(PasswordError::StoreFailed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl PasswordStore for MemoryPasswords {
+    fn password(&self, uuid: &uuid::Uuid) -> Result<Option<String>, PasswordError> {
+        self.check()?;
+        Ok(self.map.lock().unwrap().get(uuid).cloned())
+    }
+
+    fn set_password(&self, uuid: &uuid::Uuid, password: &str) -> Result<(), PasswordError> {
+        self.check()?;
+        let mut map = self.map.lock().unwrap();
         if map.contains_key(uuid) {
-            return Err(PasswordConflict);
+            return Err(PasswordError::AlreadySet);
         }
         map.insert(*uuid, password.to_owned());
         Ok(())

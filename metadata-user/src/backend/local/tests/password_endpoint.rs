@@ -36,7 +36,10 @@ async fn post_then_get_then_conflict() {
         .await
         .assert_ok(HTML, secret);
     let uuid: uuid::Uuid = RICH_UUID.parse().unwrap();
-    assert_eq!(h.passwords.password(&uuid).as_deref(), Some(secret));
+    assert_eq!(
+        h.passwords.password(&uuid).unwrap().as_deref(),
+        Some(secret)
+    );
 
     let again = post(&h, "another").await;
     assert_eq!(again.status, StatusCode::CONFLICT);
@@ -44,6 +47,27 @@ async fn post_then_get_then_conflict() {
     let again = post(&h, "x".repeat(2000)).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     h.get(&rich_instance(), PATH).await.assert_ok(HTML, secret);
+}
+
+/// A store that fails is the daemon's fault: 500, never the 409 that would
+/// tell the guest its password is kept (nor an empty 200 that would say
+/// none was posted).
+#[tokio::test]
+async fn a_failing_store_is_a_500_not_a_conflict() {
+    let h = Harness::new();
+    h.passwords.break_store();
+    let answer = post(&h, "c2VjcmV0").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{answer:?}"
+    );
+    assert_eq!(
+        answer.text(),
+        "500 Internal Server Error\n\nThe server has either erred or is incapable of performing the requested operation.\n\n   "
+    );
+    let read = h.get(&rich_instance(), PATH).await;
+    assert_eq!(read.status, StatusCode::INTERNAL_SERVER_ERROR, "{read:?}");
 }
 
 #[tokio::test]
