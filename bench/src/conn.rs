@@ -1,7 +1,7 @@
 //! Where a simulated guest's requests go, and one request on a fresh or
 //! kept connection.
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,18 +13,19 @@ use crate::nsnet::NetnsHandle;
 /// How long one request may take before it counts as an error.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// From inside a guest namespace to `addr` (169.254.169.254:80): the
-/// guest's routes and whatever catches the traffic decide who answers.
+/// From inside a guest namespace to `addr` (169.254.169.254:80, or
+/// [fe80::a9fe:a9fe%eth0]:80): the guest's routes and whatever catches the
+/// traffic decide who answers.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub ns: Arc<NetnsHandle>,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
 }
 
 pub async fn connect(target: &Target) -> io::Result<TcpStream> {
     // Created (synchronously, on this thread) inside the guest.
-    let socket = target.ns.tcp_socket()?;
-    let stream = socket.connect(target.addr.into()).await?;
+    let socket = target.ns.tcp_socket(target.addr.is_ipv6())?;
+    let stream = socket.connect(target.addr).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

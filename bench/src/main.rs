@@ -361,7 +361,12 @@ fn measure_paths(
         "setup: daemon, {guests} guests on {} networks (router namespace + iptables + haproxy each)",
         guests.div_ceil(plan.guests_per_net)
     ));
-    let mut paths = vec![PathKind::Ours, PathKind::Neutron, PathKind::Limit];
+    let mut paths = vec![
+        PathKind::Ours,
+        PathKind::Ours6,
+        PathKind::Neutron,
+        PathKind::Limit,
+    ];
     if baseline_bin.is_some() {
         paths.push(PathKind::Baseline);
     }

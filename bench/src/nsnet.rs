@@ -74,12 +74,13 @@ impl NetnsHandle {
     }
 
     /// A non-blocking TCP socket that lives in this namespace.
-    pub fn tcp_socket(&self) -> io::Result<TcpSocket> {
+    pub fn tcp_socket(&self, ipv6: bool) -> io::Result<TcpSocket> {
         self.enter()?;
+        let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: plain socket(2); the fd is checked and owned by TcpSocket.
         let fd = unsafe {
             libc::socket(
-                libc::AF_INET,
+                family,
                 libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                 0,
             )

@@ -39,6 +39,7 @@ fn color(path: PathKind) -> RGBColor {
         PathKind::Neutron => RGBColor(0xd6, 0x27, 0x28),
         PathKind::Limit => RGBColor(0x2c, 0xa0, 0x2c),
         PathKind::Baseline => RGBColor(0x7f, 0x7f, 0x7f),
+        PathKind::Ours6 => RGBColor(0x94, 0x67, 0xbd),
     }
 }
 

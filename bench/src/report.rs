@@ -87,6 +87,13 @@ const P99_VS_NEUTRON: Target = Target {
     threshold: 1.0 / 3.0,
     unit: Unit::Times,
 };
+/// Ours over IPv6 against ours over IPv4 (issue 11).
+const RPS_IPV6_VS_IPV4: Target = Target {
+    what: "ours over IPv6 {} ours over IPv4 req/s",
+    comparison: Comparison::AtLeast,
+    threshold: 0.9,
+    unit: Unit::Times,
+};
 const RPS_VS_LIMIT: Target = Target {
     what: "ours {} limit req/s",
     comparison: Comparison::AtLeast,
@@ -244,6 +251,16 @@ pub fn targets(results: &Results) -> Vec<TargetCheck> {
                 &suffix,
                 ratio,
                 format!("{ratio:.2}x ({:.0} vs {:.0} req/s)", ours.rps, limit.rps),
+            ));
+        }
+        let ours6 = results.load_summary(PathKind::Ours6, mode, at);
+        if let (Some(ours), Some(ours6)) = (&ours, &ours6) {
+            let ratio = ours6.rps / ours.rps;
+            checks.push(RPS_IPV6_VS_IPV4.check(
+                "",
+                &suffix,
+                ratio,
+                format!("{ratio:.2}x ({:.0} vs {:.0} req/s)", ours6.rps, ours.rps),
             ));
         }
         let baseline = results.load_summary(PathKind::Baseline, mode, at);
@@ -440,7 +457,7 @@ pub fn markdown(results: &Results) -> String {
     );
     for mode in [ConnMode::KeepAlive, ConnMode::Close] {
         let _ = writeln!(md, "### {}\n", mode.label());
-        md += "| guests | ours req/s | neutron-style req/s | limit req/s | baseline req/s | ours/neutron | ours/limit | ours/baseline | p99 ours/neutron |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        md += "| guests | ours req/s | neutron-style req/s | limit req/s | baseline req/s | ours IPv6 req/s | ours/neutron | ours/limit | ours/baseline | IPv6/IPv4 | p99 ours/neutron |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
         for &guests in &plan.load_guests {
             let get = |path| results.load_summary(path, mode, guests);
             let (Some(o), Some(n), Some(l)) = (
@@ -451,16 +468,20 @@ pub fn markdown(results: &Results) -> String {
                 continue;
             };
             let b = get(PathKind::Baseline);
+            let o6 = get(PathKind::Ours6);
             let _ = writeln!(
                 md,
-                "| {guests} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+                "| {guests} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
                 o.rps,
                 n.rps,
                 l.rps,
                 b.as_ref().map_or("-".into(), |b| format!("{:.0}", b.rps)),
+                o6.as_ref()
+                    .map_or("-".into(), |o6| format!("{:.0}", o6.rps)),
                 ratio(o.rps, n.rps),
                 ratio(o.rps, l.rps),
                 b.as_ref().map_or("-".into(), |b| ratio(o.rps, b.rps)),
+                o6.as_ref().map_or("-".into(), |o6| ratio(o6.rps, o.rps)),
                 ratio(o.p99_ms, n.p99_ms)
             );
         }

@@ -84,14 +84,18 @@ pub enum PathKind {
     Limit,
     /// Ours, served by the baseline build of the daemon (`--baseline-bin`).
     Baseline,
+    /// Ours over IPv6: to [fe80::a9fe:a9fe%eth0]:80, translated by the same
+    /// programs onto the same server.
+    Ours6,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 4] = [
+    pub const ALL: [PathKind; 5] = [
         PathKind::Ours,
         PathKind::Neutron,
         PathKind::Limit,
         PathKind::Baseline,
+        PathKind::Ours6,
     ];
 
     pub fn label(self) -> &'static str {
@@ -100,6 +104,7 @@ impl PathKind {
             PathKind::Neutron => "neutron-style",
             PathKind::Limit => "limit",
             PathKind::Baseline => "baseline",
+            PathKind::Ours6 => "ours (IPv6)",
         }
     }
 
@@ -123,6 +128,35 @@ enum Server {
 /// The identity range the daemon uses by default (`identity_net`): slot N
 /// is `240.1.0.0 + N`. The bench keeps the default.
 const IDENTITY_NET: Ipv4Addr = Ipv4Addr::new(240, 1, 0, 0);
+/// OpenStack's IPv6 metadata address, on-link on every guest's eth0.
+const METADATA_ADDR6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe);
+
+/// The link-local address every guest uses for the IPv6 path (one per
+/// network, as on a real cloud where MACs differ; `nodad`, so that it is
+/// usable at once, where the kernel's own would wait out address
+/// duplicate detection).
+const GUEST_LINK_LOCAL: &str = "fe80::5/64";
+
+/// Gives `guest` its link-local IPv6 address and returns the ifindex of its
+/// eth0 (`ip -o link`: "N: eth0@..."), the scope of fe80::a9fe:a9fe.
+fn ipv6_ready(guest: &Guest) -> Result<u32> {
+    guest.ns().ip(&[
+        "-6",
+        "addr",
+        "add",
+        GUEST_LINK_LOCAL,
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    let out = guest.ns().ip(&["-o", "link", "show", "dev", "eth0"])?;
+    out.split(':')
+        .next()
+        .and_then(|index| index.trim().parse().ok())
+        .with_context(|| format!("no ifindex in {out:?}"))
+}
+
 /// The server address and port the daemon listens on by default.
 const SERVER_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 0, 0, 1), 80);
 
@@ -131,6 +165,9 @@ pub struct BenchGuest {
     pub instance: Instance,
     pub net: usize,
     pub netns: Arc<NetnsHandle>,
+    /// The ifindex of the guest's eth0 inside its namespace: the scope of
+    /// fe80::a9fe:a9fe.
+    pub eth0_index: u32,
 }
 
 pub struct Network {
@@ -256,11 +293,13 @@ impl World {
                 &nets[net].id,
             ])?;
             let netns = Arc::new(NetnsHandle::open(&guest.ns().path())?);
+            let eth0_index = ipv6_ready(&guest)?;
             Ok(BenchGuest {
                 guest,
                 instance,
                 net,
                 netns,
+                eth0_index,
             })
         })?;
         Ok(Self {
@@ -353,7 +392,7 @@ impl World {
     /// the router). Registering needs a daemon, so it happens first.
     pub fn prepare(&mut self, path: PathKind, mode: ConnMode) -> Result<()> {
         let want = match path {
-            PathKind::Ours | PathKind::Neutron => Server::Daemon,
+            PathKind::Ours | PathKind::Ours6 | PathKind::Neutron => Server::Daemon,
             PathKind::Baseline => Server::Baseline,
             PathKind::Limit => Server::Responder(mode),
         };
@@ -370,7 +409,7 @@ impl World {
     /// The process(es) whose CPU a cell on `path` charges.
     pub fn watched(&self, path: PathKind) -> Vec<Watched> {
         match path {
-            PathKind::Ours | PathKind::Baseline => vec![Watched {
+            PathKind::Ours | PathKind::Ours6 | PathKind::Baseline => vec![Watched {
                 role: Role::Daemon,
                 pids: self.daemon.pid().into_iter().collect(),
             }],
@@ -511,12 +550,21 @@ impl World {
     /// Where guest `index`'s requests go, and the headers it adds: on
     /// every path the guest asks 169.254.169.254 itself; what is
     /// registered and what listens decides who answers.
-    pub fn target(&self, index: usize, _path: PathKind) -> (Target, Vec<String>) {
+    pub fn target(&self, index: usize, path: PathKind) -> (Target, Vec<String>) {
         let g = &self.guests[index];
+        let addr = match path {
+            PathKind::Ours6 => std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                METADATA_ADDR6,
+                80,
+                0,
+                g.eth0_index,
+            )),
+            _ => SocketAddrV4::new(METADATA_ADDR, 80).into(),
+        };
         (
             Target {
                 ns: g.netns.clone(),
-                addr: SocketAddrV4::new(METADATA_ADDR, 80),
+                addr,
             },
             Vec::new(),
         )
