@@ -690,7 +690,6 @@ impl GuestImage {
     }
 
     fn init_script(&self) -> String {
-        let modules = GUEST_MODULES.join(" ");
         let Self {
             addr,
             prefix_len,
@@ -703,20 +702,9 @@ impl GuestImage {
         } else {
             "poweroff -f".to_owned()
         };
+        let prelude = crate::qemu::init_prelude(addr, prefix_len, gateway);
         format!(
-            r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-for m in {modules}; do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
-i=0
-while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
-ip link set lo up
-ip addr add {addr}/{prefix_len} dev eth0
-ip link set eth0 up
-ip route add default via {gateway}
-answer=$(printf 'GET {path} HTTP/1.0\r\nHost: {METADATA_ADDR}\r\n\r\n' | nc -w 10 {METADATA_ADDR} 80 2>&1 || echo "nc failed: $?")
+            r#"{prelude}answer=$(printf 'GET {path} HTTP/1.0\r\nHost: {METADATA_ADDR}\r\n\r\n' | nc -w 10 {METADATA_ADDR} 80 2>&1 || echo "nc failed: $?")
 echo {BEGIN}
 echo "$answer"
 echo {END}

@@ -23,6 +23,31 @@ use crate::{METADATA_ADDR, cmd, env, names};
 /// The guest kernel's modules the network needs, in load order (each needs
 /// the ones before it). `cargo xtask setup` unpacks them into
 /// `<guest dir>/modules/<name>.ko`.
+/// The start of every test guest's /init: busybox, the network modules,
+/// eth0 up with `addr`/`prefix_len` and a default route via `gateway`.
+pub fn init_prelude(
+    addr: impl std::fmt::Display,
+    prefix_len: impl std::fmt::Display,
+    gateway: impl std::fmt::Display,
+) -> String {
+    let modules = GUEST_MODULES.join(" ");
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+for m in {modules}; do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
+ip link set lo up
+ip addr add {addr}/{prefix_len} dev eth0
+ip link set eth0 up
+ip route add default via {gateway}
+"#
+    )
+}
+
 pub const GUEST_MODULES: [&str; 8] = [
     "virtio_ring",
     "virtio",
@@ -216,24 +241,12 @@ impl QemuGuest {
             fetch_host,
             ..
         } = &self.config;
-        let modules = GUEST_MODULES.join(" ");
         let (gateway, prefix_len) = (self.gateway, self.prefix_len);
         // The fetch is retried: the daemon attaches to the tap
         // asynchronously, and an unanswered SYN only times out.
+        let prelude = init_prelude(*addr, prefix_len, gateway);
         format!(
-            r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-for m in {modules}; do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
-i=0
-while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 100000; i=$((i+1)); done
-ip link set lo up
-ip addr add {addr}/{prefix_len} dev eth0
-ip link set eth0 up
-ip route add default via {gateway}
-echo {LINK_UP}
+            r#"{prelude}echo {LINK_UP}
 answer=
 n=0
 while [ -z "$answer" ] && [ $n -lt 15 ]; do
