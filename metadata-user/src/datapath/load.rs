@@ -217,7 +217,10 @@ fn data_sections(
             && info.max_entries() == 1
             && name.starts_with(b".");
         if !is_data_section {
-            anyhow::bail!("map {id} ({}) is not a data section", String::from_utf8_lossy(&name));
+            anyhow::bail!(
+                "map {id} ({}) is not a data section",
+                String::from_utf8_lossy(&name)
+            );
         }
         let fd = info.fd().with_context(|| format!("opening map {id}"))?;
         let value = sys::map_value(fd.as_fd(), &0u32.to_ne_bytes(), info.value_size() as usize)

@@ -362,7 +362,11 @@ pub fn create_lru_hash(
 /// The `value_size` bytes stored under `key` in `map` (an array's element),
 /// or None when there is no such key. aya reads only typed values, and the
 /// data-section maps `same_program` compares have the object's sizes.
-pub fn map_value(map: BorrowedFd<'_>, key: &[u8], value_size: usize) -> io::Result<Option<Vec<u8>>> {
+pub fn map_value(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value_size: usize,
+) -> io::Result<Option<Vec<u8>>> {
     let mut value = vec![0u8; value_size];
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,

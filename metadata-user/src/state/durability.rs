@@ -17,7 +17,6 @@ pub enum StoreSync {
 }
 
 impl StoreSync {
-
     /// The `PRAGMA synchronous` value.
     pub(super) fn pragma(self) -> &'static str {
         match self {
@@ -33,7 +32,9 @@ impl std::str::FromStr for StoreSync {
         match text {
             "normal" => Ok(StoreSync::Normal),
             "full" => Ok(StoreSync::Full),
-            _ => Err(anyhow!("{text:?} is not a store sync mode (normal or full)")),
+            _ => Err(anyhow!(
+                "{text:?} is not a store sync mode (normal or full)"
+            )),
         }
     }
 }

@@ -413,7 +413,6 @@ mod tests {
         assert_eq!(synchronous(&store), 2, "synchronous=FULL");
     }
 
-
     /// A database a version 1 daemon wrote: its rows stay, as manual ones.
     #[test]
     fn version_1_rows_become_manual() {
