@@ -136,19 +136,16 @@ impl Snapshot {
     /// The interface names of the ports added, removed or changed since
     /// `older`.
     pub fn changed_ports<'a>(&'a self, older: &'a Snapshot) -> impl Iterator<Item = &'a str> + 'a {
-        let changed_or_added = self.ports.iter().filter_map(|(ifname, port)| {
-            let unchanged = older
-                .ports
-                .get(ifname)
-                .is_some_and(|old| Arc::ptr_eq(old, port));
-            (!unchanged).then_some(ifname.as_str())
-        });
-        let removed = older
-            .ports
-            .keys()
-            .filter(|ifname| !self.ports.contains_key(*ifname))
-            .map(String::as_str);
-        changed_or_added.chain(removed)
+        // `diff` skips the subtrees both snapshots share: the cost is the
+        // changes', not the ports' (a walk of every port per write was
+        // 10,000 comparisons per `port add` at 10,000 ports).
+        older.ports.diff(&self.ports).map(|change| match change {
+            imbl::ordmap::DiffItem::Add(ifname, _)
+            | imbl::ordmap::DiffItem::Remove(ifname, _)
+            | imbl::ordmap::DiffItem::Update {
+                new: (ifname, _), ..
+            } => ifname.as_str(),
+        })
     }
 
     /// The highest slot in use, where allocation resumes after a restart.
