@@ -22,7 +22,7 @@
 //! `MDR_FUZZ_SEED=S` replays a run (the seed is printed, and repeated on
 //! failure).
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
 use aya::{
@@ -607,42 +607,14 @@ fn ebpf_object() -> Vec<u8> {
 /// Creates a flow table as the daemon does: an LRU hash of FlowKey ->
 /// FlowEntry with MAX_FLOWS_PER_PORT entries.
 fn new_flow_table() -> MapData {
-    #[repr(C)]
-    #[derive(Default)]
-    struct MapCreate {
-        map_type: u32,
-        key_size: u32,
-        value_size: u32,
-        max_entries: u32,
-        map_flags: u32,
-        inner_map_fd: u32,
-        numa_node: u32,
-        map_name: [u8; 16],
-    }
-    let mut attr = MapCreate {
-        map_type: 9, // BPF_MAP_TYPE_LRU_HASH
-        key_size: size_of::<FlowKey>() as u32,
-        value_size: size_of::<FlowEntry>() as u32,
-        max_entries: MAX_FLOWS_PER_PORT,
-        ..Default::default()
-    };
-    attr.map_name[..10].copy_from_slice(b"test_flows");
-    // SAFETY: BPF_MAP_CREATE (0) with a zero-padded bpf_attr prefix.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            0,
-            &mut attr as *mut MapCreate,
-            size_of::<MapCreate>() as libc::c_uint,
-        )
-    };
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a new fd nothing else owns.
-    MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }).unwrap()
+    let table = mdr_bpffs::sys::create_lru_hash(
+        "test_flows",
+        size_of::<FlowKey>() as u32,
+        size_of::<FlowEntry>() as u32,
+        MAX_FLOWS_PER_PORT,
+    )
+    .expect("BPF_MAP_CREATE");
+    MapData::from_fd(table).unwrap()
 }
 
 /// A second handle on a map, as a typed flow table.
