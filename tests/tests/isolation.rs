@@ -52,6 +52,18 @@ fn scene(name: &str) -> Scene {
     }
 }
 
+impl Scene {
+    /// The guest's plain request is answered, by the daemon (not the decoy).
+    fn assert_served(&self) {
+        let reply = self
+            .guest
+            .http_get("/latest/meta-data/instance-id")
+            .unwrap();
+        assert_eq!(reply.status, 200, "{reply}");
+        assert!(!reply.body.contains(DECOY_MARK), "{reply}");
+    }
+}
+
 /// Flooding guests.
 const FLOODERS: usize = 5;
 /// SYNs per second each flooder sends: the five together insert 30,000 new
@@ -481,12 +493,7 @@ fn vlan_tagged_frames_from_a_registered_tap_pass_untouched() {
     }
 
     // Untagged traffic from the same tap is still served.
-    let reply = scene
-        .guest
-        .http_get("/latest/meta-data/instance-id")
-        .unwrap();
-    assert_eq!(reply.status, 200, "{reply}");
-    assert!(!reply.body.contains(DECOY_MARK), "{reply}");
+    scene.assert_served();
 }
 
 /// A request to the metadata service whose packets carry IPv4 options
@@ -521,12 +528,7 @@ fn requests_with_ip_options_are_dropped_and_counted() {
     assert!(dropped >= 1, "dropped_ip_options grew by {dropped}");
 
     // The same guest without options is served as before.
-    let reply = scene
-        .guest
-        .http_get("/latest/meta-data/instance-id")
-        .unwrap();
-    assert_eq!(reply.status, 200, "{reply}");
-    assert!(!reply.body.contains(DECOY_MARK), "{reply}");
+    scene.assert_served();
 }
 
 /// Each attached port has a flow table of its own in the pinned FLOWS map;
