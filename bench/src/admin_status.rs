@@ -51,6 +51,19 @@ impl StatusPoller {
         serde_json::from_slice(&self.body).context("POST /v1/ports answered no JSON")
     }
 
+    /// `PUT /v1/instances` with `body` (an instance document) on the same
+    /// keep-alive connection: `instance put` without the CLI's process start.
+    pub fn put_instance(&mut self, body: &[u8]) -> Result<()> {
+        let head = format!(
+            "PUT /v1/instances HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let stream = self.reader.get_mut();
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(body)?;
+        self.read_answer("PUT /v1/instances")
+    }
+
     /// Reads one 200 answer; its body stays in `self.body`.
     fn read_answer(&mut self, what: &str) -> Result<()> {
         let mut line = String::new();

@@ -40,8 +40,12 @@ pub struct OursDensity {
     /// (`POST /v1/ports?wait=10`), without the CLI's process start: the
     /// daemon's own part, ms (every other port is added this way).
     pub api_attach_ms: Vec<f64>,
-    /// `instance put`, one after the other before the ports, ms.
+    /// `instance put`, one after the other before the ports, ms (every
+    /// other instance; the others go through the API).
     pub instance_put_ms: Vec<f64>,
+    /// `PUT /v1/instances` on one keep-alive connection, ms: the daemon's
+    /// own part of an `instance put`.
+    pub api_instance_put_ms: Vec<f64>,
     /// `port list --json` with every port registered, ms (median of 5).
     pub port_list_ms: f64,
     /// `status` (counts, no per-tap list) with every port attached, ms.
@@ -129,11 +133,20 @@ fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Re
     // One after the other: the time of a put at 1 instance and at N.
     let mut instances = Vec::with_capacity(count);
     let mut instance_put_ms = Vec::with_capacity(count);
+    let mut api_instance_put_ms = Vec::with_capacity(count);
+    let mut admin = StatusPoller::connect(daemon.admin_socket())?;
     for index in 0..count {
         let instance = Instance::sample(&format!("dense-{index}"));
         let started = Instant::now();
-        daemon.put_instance(&instance)?;
-        instance_put_ms.push(ms(started.elapsed()));
+        if index % 2 == 1 {
+            admin
+                .put_instance(instance.doc.to_string().as_bytes())
+                .with_context(|| format!("instance {index}"))?;
+            api_instance_put_ms.push(ms(started.elapsed()));
+        } else {
+            daemon.put_instance(&instance)?;
+            instance_put_ms.push(ms(started.elapsed()));
+        }
         instances.push(instance);
     }
     // Settle, then the baseline: instances stored, no port yet.
@@ -144,7 +157,6 @@ fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Re
     // with the ports.
     let mut attach_ms = Vec::with_capacity(count);
     let mut api_attach_ms = Vec::with_capacity(count);
-    let mut admin = StatusPoller::connect(daemon.admin_socket())?;
     for (index, (tap, instance)) in taps.iter().zip(&instances).enumerate() {
         let started = Instant::now();
         if index % 2 == 1 {
@@ -206,6 +218,7 @@ fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Re
         rss_outlier_mappings,
         bpf_maps: bpf_maps(&daemon.bpffs().join("maps"))?,
         instance_put_ms,
+        api_instance_put_ms,
         port_list_ms,
         status_ms,
         restart_served_ms: restart_served(daemon, count)?,
@@ -355,6 +368,9 @@ impl OursDensity {
     }
     pub fn api_attach_p99_ms(&self) -> f64 {
         stats::percentile(&self.api_attach_ms, 99.0)
+    }
+    pub fn api_instance_put_median_ms(&self) -> f64 {
+        stats::median(&self.api_instance_put_ms)
     }
     pub fn bpf_memlock_bytes(&self) -> u64 {
         self.bpf_maps.iter().map(|m| m.memlock_bytes).sum()

@@ -80,6 +80,14 @@ struct Args {
     /// (each a row of its own: e.g. 100,1000,10000).
     #[arg(long, value_name = "N,...", value_delimiter = ',')]
     density_taps: Option<Vec<usize>>,
+    /// The `--tap-attach` modes the density phase measures, comma-separated
+    /// [default: tcx,tc].
+    #[arg(long, value_name = "MODE,...", value_delimiter = ',', value_enum)]
+    density_attach: Option<Vec<world::TapAttach>>,
+    /// Leave out the density phase's neutron-style networks (when only our
+    /// rows are rerun, e.g. at 10,000 ports).
+    #[arg(long)]
+    density_no_neutron: bool,
     /// Override the number of domains of the discovery phase.
     #[arg(long, value_name = "N")]
     discovery_domains: Option<usize>,
@@ -157,6 +165,12 @@ fn run(args: Args) -> Result<()> {
     }
     if let Some(taps) = args.density_taps {
         plan.density_taps = taps;
+    }
+    if let Some(modes) = args.density_attach {
+        plan.density_attach = modes;
+    }
+    if args.density_no_neutron {
+        plan.density_networks = 0;
     }
     if let Some(domains) = args.discovery_domains {
         plan.discovery_domains = domains;
@@ -285,7 +299,7 @@ fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<
     // taps, so they are compared on the same machine in the same run.
     for &taps in &plan.density_taps {
         progress(&format!("density: attaching {taps} taps one by one"));
-        for tap_attach in world::TapAttach::ALL {
+        for &tap_attach in &plan.density_attach {
             check_stop()?;
             let ours = density::ours(taps, tap_attach, |daemon| {
                 keep_log(
@@ -295,9 +309,10 @@ fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<
                 )
             })?;
             progress(&format!(
-                "density ({}, {} ports): attach median {:.2} ms, p99 {:.2} ms (API {:.2} / {:.2} ms); daemon RSS {:.1} MiB; BPF maps {:.1} MiB; port list {:.1} ms; restart to served {:.0} ms",
+                "density ({}, {} ports): instance put API median {:.2} ms; attach median {:.2} ms, p99 {:.2} ms (API {:.2} / {:.2} ms); daemon RSS {:.1} MiB; BPF maps {:.1} MiB; port list {:.1} ms; restart to served {:.0} ms",
                 tap_attach.flag(),
                 ours.taps,
+                ours.api_instance_put_median_ms(),
                 ours.attach_median_ms(),
                 ours.attach_p99_ms(),
                 ours.api_attach_median_ms(),
@@ -311,6 +326,9 @@ fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<
         }
     }
     check_stop()?;
+    if plan.density_networks == 0 {
+        return Ok(());
+    }
     progress(&format!(
         "density: {} neutron-style networks (namespace + iptables + haproxy)",
         plan.density_networks

@@ -24,6 +24,8 @@ pub struct Plan {
     /// Each size is a row of its own (a fresh daemon and taps), side by side.
     pub density_taps: Vec<usize>,
     pub density_networks: usize,
+    /// The `--tap-attach` modes of the density phase.
+    pub density_attach: Vec<crate::world::TapAttach>,
     /// Guests flooding SYNs in the flood phase (a quiet guest is timed).
     pub flood_guests: usize,
     /// SYNs per second each flooding guest sends.
@@ -57,6 +59,7 @@ impl Plan {
                 iperf_seconds: 1,
                 density_taps: vec![10],
                 density_networks: 2,
+                density_attach: crate::world::TapAttach::ALL.to_vec(),
                 flood_guests: 2,
                 flood_rate: 1000,
                 flood: Duration::from_secs(6),
@@ -75,6 +78,7 @@ impl Plan {
                 iperf_seconds: 5,
                 density_taps: vec![100, 1000],
                 density_networks: 100,
+                density_attach: crate::world::TapAttach::ALL.to_vec(),
                 flood_guests: 5,
                 flood_rate: 6000,
                 flood: Duration::from_secs(20),

@@ -51,10 +51,10 @@ syn_rate_per_port = 100000000
 ";
 
 /// How the daemon attaches the tap program (its `--tap-attach`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TapAttach {
-    /// A TCX link per tap (the daemon's default).
+    /// A TCX link per tap.
     Tcx,
     /// A cls_bpf filter per tap.
     Tc,

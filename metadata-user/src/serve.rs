@@ -110,9 +110,13 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         BackendConfig::Nova(_) => (PortPolicy::NovaProject, BackendLabel::Nova),
     };
     let metrics = Arc::new(Metrics::new(backend_label));
-    let registry =
-        Registry::open_with_policy(&settings.state_dir, policy, settings.identity.max_slot())
-            .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
+    let registry = Registry::open_with(
+        &settings.state_dir,
+        policy,
+        settings.identity.max_slot(),
+        settings.store_sync,
+    )
+    .with_context(|| format!("--state-dir {}", settings.state_dir.display()))?;
     // Bind the admin socket first: it refuses to start a second daemon.
     let admin_listener = admin::server::bind(&settings.admin_socket)
         .with_context(|| format!("--admin-socket {}", settings.admin_socket.display()))?;

@@ -31,6 +31,64 @@ fn a_sigkilled_daemon_restarted_on_its_state_dir_serves_every_port_again() {
     check_own_answers(&guest_b, &beta).unwrap();
 }
 
+/// A daemon restarted with the same build keeps the previous daemon's tap
+/// program and the TCX links running it: nothing on the taps changes, so a
+/// restart with thousands of ports costs a lookup per tap, not a link (an
+/// RCU grace period each). Same for tc's filters: `tc_attach.rs`.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_restart_keeps_the_previous_daemons_program_and_its_tcx_links() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let mut daemon =
+        Daemon::start_with_args(&host, &["--tap-attach".into(), "tcx".into()]).unwrap();
+    let instance = Instance::sample("kept");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    let pin = daemon
+        .bpffs()
+        .join("links")
+        .join(format!("tap-{}", guest.tap()));
+    let before = link_and_program(&pin);
+
+    daemon.kill9().unwrap();
+    daemon.restart().unwrap();
+
+    guest.wait_served(&instance.uuid).unwrap();
+    check_own_answers(&guest, &instance).unwrap();
+    assert_eq!(
+        link_and_program(&pin),
+        before,
+        "the tap's link (id, program id) was replaced"
+    );
+    assert!(
+        daemon.log().contains("keeping the tap program"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// The id of the TCX link pinned at `pin` and of the program it runs.
+fn link_and_program(pin: &std::path::Path) -> (u64, u64) {
+    let out = cmd::checked(&mut cmd::command(&[
+        "bpftool",
+        "-j",
+        "link",
+        "show",
+        "pinned",
+        &pin.to_string_lossy(),
+    ]))
+    .unwrap();
+    let link: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = |key: &str| {
+        link[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key} in {link}"))
+    };
+    (id("id"), id("prog_id"))
+}
+
 #[test]
 #[ignore = "root: run via cargo xtask test"]
 fn a_tap_deleted_and_recreated_under_the_same_name_is_served_again() {
@@ -260,11 +318,14 @@ fn a_flow_table_of_another_layout_is_replaced_on_restart() {
     daemon.restart().unwrap();
     guest.wait_served(&instance.uuid).unwrap();
     check_own_answers(&guest, &instance).unwrap();
-    // (The replacement may come from the pass that makes tables ahead,
-    // which sees the port without one table under every lane and makes a
-    // fresh one, before any look at the old table's layout: so no log line
-    // is required here, only that the old table is gone.)
     assert_ne!(table_id().1, impostor, "the old build's table was reused");
+    assert!(
+        daemon
+            .log()
+            .contains("flow table of another layout; replacing it"),
+        "{}",
+        daemon.log()
+    );
 }
 
 /// A tap that leaves its bridge and joins another is still the same tap: the

@@ -17,7 +17,7 @@ use crate::{
     backend::nova::config::{BackendKind, NovaOptions, Protocol},
     datapath::TapAttach,
     discovery::DiscoverKind,
-    state::PortAddRequest,
+    state::{PortAddRequest, StoreSync},
 };
 
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/metadata-redirector/admin.sock";
@@ -130,12 +130,19 @@ pub struct ServeArgs {
     /// [default: /var/lib/metadata-redirector].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// How far a store write (`port add`, `instance put`, ...) is on disk
+    /// when it returns: `normal`, it survives the daemon's crash or SIGKILL,
+    /// but an OS crash or power loss may roll back the last few (never
+    /// corrupt the store), or `full`, an fsync per write (1-10 ms each),
+    /// which survives power loss too [default: normal].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub store_sync: Option<StoreSync>,
     /// bpffs directory for the pinned programs, links and maps
     /// [default: /sys/fs/bpf/metadata-redirector].
     #[arg(long, value_name = "DIR")]
     pub bpffs: Option<PathBuf>,
     /// TOML file with any of the settings below (command-line flags win).
-    /// Keys: state_dir, admin_socket, bpffs, server_ifname, entry_ifname,
+    /// Keys: state_dir, store_sync, admin_socket, bpffs, server_ifname, entry_ifname,
     /// server_netns, server_addr, server_port, identity_net, metadata_addr,
     /// metadata_addrs6, ipv6, domain, detach_on_exit, tap_attach,
     /// syn_rate_per_port, rate_limit_per_sec, rate_limit_burst,

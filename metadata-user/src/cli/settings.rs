@@ -22,6 +22,7 @@ use crate::{
     datapath::{IdentityPlan, MetadataAddrs, TapAttach, server_link::ServerLinkPlan, server_netns},
     discovery::{DiscoverConfig, DiscoverKind, libvirt::DEFAULT_URI},
     ingress::{limits::ConnectionCaps, ratelimit::RateLimitConfig},
+    state::StoreSync,
 };
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/metadata-redirector";
@@ -37,6 +38,8 @@ const DEFAULT_DOMAIN: &str = "novalocal";
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     state_dir: Option<PathBuf>,
+    /// "normal" or "full" (parsed here, so that a bad value names the key).
+    store_sync: Option<String>,
     admin_socket: Option<PathBuf>,
     bpffs: Option<PathBuf>,
     server_ifname: Option<String>,
@@ -157,6 +160,8 @@ fn identity_from(flags: &IdentityArgs, file: FileConfig) -> anyhow::Result<Optio
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub state_dir: PathBuf,
+    /// How far a committed store write is on disk (`--store-sync`).
+    pub store_sync: StoreSync,
     pub admin_socket: PathBuf,
     pub bpffs: PathBuf,
     pub link: ServerLinkPlan,
@@ -274,6 +279,11 @@ impl Settings {
             (None, Some(text)) => text.parse().context("tap_attach")?,
             (None, None) => TapAttach::default(),
         };
+        let store_sync = match (args.store_sync, &file.store_sync) {
+            (Some(sync), _) => sync,
+            (None, Some(text)) => text.parse().context("store_sync")?,
+            (None, None) => StoreSync::default(),
+        };
         let log_format = match (args.log_format, &file.log_format) {
             (Some(format), _) => format,
             (None, Some(text)) => text.parse().context("log_format")?,
@@ -294,6 +304,7 @@ impl Settings {
                 .state_dir
                 .or(file.state_dir)
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            store_sync,
             admin_socket,
             bpffs: args
                 .bpffs
@@ -663,6 +674,44 @@ mod tests {
             );
             assert!(err.contains("tap_attach"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn store_sync_from_flag_file_and_default() {
+        let settings =
+            Settings::resolve(ServeArgs::default(), DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.store_sync, StoreSync::Normal, "the default");
+        assert_eq!(
+            with_file("store_sync = \"full\"\n").unwrap().store_sync,
+            StoreSync::Full
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "store_sync = \"full\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            store_sync: Some(StoreSync::Normal),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(args, DEFAULT_ADMIN_SOCKET.into()).unwrap();
+        assert_eq!(settings.store_sync, StoreSync::Normal, "the flag wins");
+        for bad in ["\"FULL\"", "\"off\"", "2"] {
+            let err = format!(
+                "{:#}",
+                with_file(&format!("store_sync = {bad}\n")).unwrap_err()
+            );
+            assert!(err.contains("store_sync"), "{bad}: {err}");
+        }
+        use clap::Parser as _;
+        let err = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--store-sync",
+            "off",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--store-sync"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! pinned, with the maps a previous daemon pinned reused; then the
 //! datapath's configuration and the return path on the entry end.
 use std::{
+    collections::BTreeMap,
     fs,
+    os::fd::AsFd as _,
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -10,11 +12,11 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData},
+    maps::{Array, MapData, MapInfo, MapType},
     programs::{ProgramInfo, SchedClassifier, TcAttachType},
 };
 use metadata_ebpf::{DatapathConfig, names};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::{
     CounterTable, Datapath, FlowTable, IdentityPlan, MetadataAddrs, TapAttach,
@@ -22,6 +24,7 @@ use super::{
     map_layout::{inner_layout_stamp, replace_incompatible_pins},
     pins::remove_pin,
     server_link::ServerLink,
+    sys,
     table_writer::TableWriter,
     tcx::attach_program,
 };
@@ -172,16 +175,61 @@ fn same_program(pin: &Path, loaded: &SchedClassifier) -> bool {
     let (Ok(old), Ok(new)) = (ProgramInfo::from_pin(pin), loaded.info()) else {
         return false;
     };
-    let sorted_maps = |info: &ProgramInfo| {
-        info.map_ids().ok().flatten().map(|mut ids| {
-            ids.sort_unstable();
-            ids
-        })
+    let map_ids = |info: &ProgramInfo| info.map_ids().ok().flatten();
+    let (Some(old_maps), Some(new_maps)) = (map_ids(&old), map_ids(&new)) else {
+        return false;
     };
-    old.tag() == new.tag()
-        && old.program_type() == new.program_type()
-        && sorted_maps(&old).is_some()
-        && sorted_maps(&old) == sorted_maps(&new)
+    if old.tag() != new.tag() || old.program_type() != new.program_type() {
+        return false;
+    }
+    match same_data_maps(&old_maps, &new_maps) {
+        Ok(same) => same,
+        Err(err) => {
+            debug!("cannot compare the tap programs' data: {err:#}");
+            false
+        }
+    }
+}
+
+/// Whether two loads of a program use the same maps. The pinned maps are
+/// shared, so they have the same ids; every load also makes its own maps
+/// for the object's data sections (`.rodata`, `.rodata.cst16`: constants),
+/// which the tag leaves out, so those must hold the same bytes under the
+/// same names. Any other map only one side has (a pinned map replaced since,
+/// say) makes them different.
+fn same_data_maps(old: &[u32], new: &[u32]) -> anyhow::Result<bool> {
+    let own = |ids: &[u32], other: &[u32]| {
+        data_sections(ids.iter().copied().filter(|id| !other.contains(id)))
+    };
+    Ok(own(old, new)? == own(new, old)?)
+}
+
+/// The name and contents of each of `ids`, which must be data-section maps
+/// (one-element arrays); an error for any other map.
+fn data_sections(
+    ids: impl Iterator<Item = u32>,
+) -> anyhow::Result<BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
+    let mut sections = BTreeMap::new();
+    for id in ids {
+        let info = MapInfo::from_id(id).with_context(|| format!("map {id}"))?;
+        let name = info.name().to_vec();
+        let is_data_section = matches!(info.map_type(), Ok(MapType::Array))
+            && info.max_entries() == 1
+            && name.starts_with(b".");
+        if !is_data_section {
+            anyhow::bail!(
+                "map {id} ({}) is not a data section",
+                String::from_utf8_lossy(&name)
+            );
+        }
+        let fd = info.fd().with_context(|| format!("opening map {id}"))?;
+        let value = sys::map_value(fd.as_fd(), &0u32.to_ne_bytes(), info.value_size() as usize)
+            .with_context(|| format!("reading map {id}"))?;
+        if sections.insert(name, value).is_some() {
+            anyhow::bail!("two data sections of the same name");
+        }
+    }
+    Ok(sections)
 }
 
 pub(super) fn program_mut<'a>(

@@ -121,22 +121,22 @@ pub fn watch_links() -> anyhow::Result<impl Stream<Item = LinkEvent>> {
 
 /// Every link that exists now, as `Present` events.
 pub async fn current_links(handle: &Handle) -> anyhow::Result<Vec<LinkEvent>> {
-    let links: Vec<LinkMessage> = handle
+    // Each message is reduced to its name and index as it arrives: a whole
+    // parsed dump held at once (every attribute of every link) took 300 MB
+    // at the peak on a host with 20,000 interfaces.
+    handle
         .link()
         .get()
         .execute()
+        .try_filter_map(|link| async move {
+            Ok(name_of(&link).map(|ifname| LinkEvent::Present {
+                ifname: ifname.to_string(),
+                ifindex: link.header.index,
+            }))
+        })
         .try_collect()
         .await
-        .context("listing interfaces")?;
-    Ok(links
-        .iter()
-        .filter_map(|link| {
-            Some(LinkEvent::Present {
-                ifname: name_of(link)?.to_string(),
-                ifindex: link.header.index,
-            })
-        })
-        .collect())
+        .context("listing interfaces")
 }
 
 /// The name of the interface with `ifindex`, from the kernel.

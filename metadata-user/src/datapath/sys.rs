@@ -5,9 +5,10 @@
 //! table, an inner map of FLOWS), reading the id of a map in a map of
 //! maps without opening it (aya's lookup opens it, two more syscalls),
 //! changing many entries of a map of maps in one call (each call waits for
-//! an RCU grace period; see `table_writer`), and what a pinned TCX link is
-//! attached to. The calls the harness makes too (creating a map, opening a
-//! pin) and the raw syscall live in the shared `mdr_bpffs::sys`.
+//! an RCU grace period; see `table_writer`), what a pinned TCX link is
+//! attached to, and an array element of any size (`map_value`). The calls
+//! the harness makes too (creating a map, opening a pin) and the raw
+//! syscall live in the shared `mdr_bpffs::sys`.
 use std::{
     io,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
@@ -277,6 +278,31 @@ pub fn detach_pinned_link(pin: &Path) -> io::Result<()> {
     // pointers.
     unsafe { bpf(BPF_LINK_DETACH, &mut detach) }?;
     Ok(())
+}
+
+/// The `value_size` bytes stored under `key` in `map` (an array's element),
+/// or None when there is no such key. aya reads only typed values, and the
+/// data-section maps `same_program` compares have the object's sizes.
+pub fn map_value(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value_size: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; value_size];
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: BPF_MAP_LOOKUP_ELEM reads `key` (the map's key size, which
+    // the caller passes) and writes the map's `value_size` bytes, the
+    // buffer's length; both outlive the call.
+    match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+        Ok(_) => Ok(Some(value)),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// The id of the map stored under `key` in the map of maps `map`, or None

@@ -183,16 +183,25 @@ impl FlowTable {
     /// Has fresh tables made, in the background, for ports about to be
     /// attached (spares for the next slots, or a pass's ports that have
     /// none): `ensure` then finds them. Ports that have a table in every
-    /// lane or one on its way are skipped.
+    /// lane or one on its way are skipped, and so are those whose lane 0
+    /// table is of this layout (see `ensure`).
     pub(super) fn prepare(
         &self,
         wanted: impl IntoIterator<Item = ([Ipv4Addr; IDENTITY_LANES], u32)>,
     ) {
         let missing: Vec<([Ipv4Addr; IDENTITY_LANES], u32)> = wanted
             .into_iter()
-            .filter(|(identities, _)| {
-                !self.writer.is_queued(identities[0])
-                    && self.table_id_in_every_lane(identities).is_none()
+            .filter(|(identities, slot)| {
+                if self.writer.is_queued(identities[0])
+                    || self.table_id_in_every_lane(identities).is_some()
+                {
+                    return false;
+                }
+                // A table under lane 0 only: one of this layout (a daemon
+                // with fewer lanes left it) is kept, `ensure` puts it under
+                // the other lanes with its flows; one of another layout is
+                // replaced, and `has_table_of_our_layout` logs that.
+                !matches!(self.has_table_of_our_layout(identities[0], *slot), Ok(true))
             })
             .collect();
         if !missing.is_empty() {

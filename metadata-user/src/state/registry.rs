@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use super::{
-    FieldError, Source,
+    FieldError, Source, StoreSync,
     instance::{InstanceDoc, MAX_PASSWORD_BYTES},
     port::{self, MAX_SLOT, NoProject, Port, PortAddRequest, PortSpec},
     store::{InstanceRow, PortRow, SourceColumns, Store, Write},
@@ -45,16 +45,21 @@ pub enum RegistryError {
 }
 
 /// Everything the daemon serves, at one point in time.
+///
+/// The maps are persistent (`imbl`): the next snapshot starts as a copy that
+/// shares every node with this one, and a write copies only the path to the
+/// entry it changes, O(log N), where a std map's copy was O(N) per write
+/// (10,000 ports and instances: every `port add` copied all of them).
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    pub instances: HashMap<uuid::Uuid, Arc<InstanceDoc>>,
+    pub instances: imbl::HashMap<uuid::Uuid, Arc<InstanceDoc>>,
     /// Who each instance document belongs to, for those that came from a
     /// domain's metadata; the others are manual.
-    pub instance_sources: HashMap<uuid::Uuid, Source>,
+    pub instance_sources: imbl::HashMap<uuid::Uuid, Source>,
     /// By interface name.
-    pub ports: BTreeMap<String, Arc<Port>>,
+    pub ports: imbl::OrdMap<String, Arc<Port>>,
     /// The same ports by slot: the server's lookup for every connection.
-    by_slot: HashMap<u32, Arc<Port>>,
+    by_slot: imbl::HashMap<u32, Arc<Port>>,
     /// The slot handed out last: where the next port's slot is looked for.
     last_slot: u32,
 }
@@ -131,19 +136,16 @@ impl Snapshot {
     /// The interface names of the ports added, removed or changed since
     /// `older`.
     pub fn changed_ports<'a>(&'a self, older: &'a Snapshot) -> impl Iterator<Item = &'a str> + 'a {
-        let changed_or_added = self.ports.iter().filter_map(|(ifname, port)| {
-            let unchanged = older
-                .ports
-                .get(ifname)
-                .is_some_and(|old| Arc::ptr_eq(old, port));
-            (!unchanged).then_some(ifname.as_str())
-        });
-        let removed = older
-            .ports
-            .keys()
-            .filter(|ifname| !self.ports.contains_key(*ifname))
-            .map(String::as_str);
-        changed_or_added.chain(removed)
+        // `diff` skips the subtrees both snapshots share: the cost is the
+        // changes', not the ports' (a walk of every port per write was
+        // 10,000 comparisons per `port add` at 10,000 ports).
+        older.ports.diff(&self.ports).map(|change| match change {
+            imbl::ordmap::DiffItem::Add(ifname, _)
+            | imbl::ordmap::DiffItem::Remove(ifname, _)
+            | imbl::ordmap::DiffItem::Update {
+                new: (ifname, _), ..
+            } => ifname.as_str(),
+        })
     }
 
     /// The highest slot in use, where allocation resumes after a restart.
@@ -151,7 +153,8 @@ impl Snapshot {
         self.by_slot.keys().copied().max().unwrap_or(0)
     }
 
-    /// A copy to modify into the next snapshot (the documents are shared).
+    /// A copy to modify into the next snapshot: O(1), the maps' nodes are
+    /// shared until written.
     fn next(&self) -> Snapshot {
         Snapshot {
             instances: self.instances.clone(),
@@ -247,15 +250,26 @@ impl Registry {
         Self::open_with_policy(state_dir, PortPolicy::default(), MAX_SLOT)
     }
 
-    /// `max_slot`: how many ports the identity network has addresses for
-    /// (at most [`MAX_SLOT`]); `port add` beyond it is refused.
+    #[cfg(test)]
     pub fn open_with_policy(
         state_dir: &Path,
         policy: PortPolicy,
         max_slot: u32,
     ) -> anyhow::Result<Arc<Registry>> {
+        Self::open_with(state_dir, policy, max_slot, StoreSync::default())
+    }
+
+    /// `max_slot`: how many ports the identity network has addresses for
+    /// (at most [`MAX_SLOT`]); `port add` beyond it is refused. `sync`:
+    /// the store's durability (`--store-sync`).
+    pub fn open_with(
+        state_dir: &Path,
+        policy: PortPolicy,
+        max_slot: u32,
+        sync: StoreSync,
+    ) -> anyhow::Result<Arc<Registry>> {
         let max_slot = max_slot.clamp(1, MAX_SLOT);
-        let store = Store::open(state_dir)?;
+        let store = Store::open_with(state_dir, sync)?;
         let mut snapshot = load(&store)?;
         snapshot.last_slot = snapshot.highest_slot();
         for port in snapshot.ports.values().filter(|p| p.slot > max_slot) {

@@ -2,9 +2,10 @@
 //!
 //! The store only keeps rows; what they mean (validation, slots, snapshots) is
 //! the registry's business. Every mutation is one transaction and the
-//! database runs in WAL mode with `synchronous=FULL`, so a crash (SIGKILL,
-//! power loss) leaves either the old row or the new one, never half a write,
-//! and a write that returned is on disk.
+//! database runs in WAL mode, so a crash (SIGKILL, power loss) leaves either
+//! the old row or the new one, never half a write. How far a write that
+//! returned is on disk is [`StoreSync`]'s choice: by default it survives the
+//! daemon's crash, with `full` also the OS's.
 use std::{
     fs::{self, DirBuilder, File},
     os::{
@@ -16,6 +17,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::durability::StoreSync;
 
 /// The schema this binary writes. Bump it and add a step to `MIGRATIONS`.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -115,7 +118,13 @@ impl Store {
     /// Opens (creating if needed) `<state_dir>/state.db` and brings its
     /// schema up to `SCHEMA_VERSION`. The state dir is created 0700: it
     /// holds the guests' passwords and the token secrets.
+    #[cfg(test)]
     pub fn open(state_dir: &Path) -> anyhow::Result<Store> {
+        Self::open_with(state_dir, StoreSync::default())
+    }
+
+    /// [`Store::open`] with `sync` as the commits' durability.
+    pub fn open_with(state_dir: &Path, sync: StoreSync) -> anyhow::Result<Store> {
         if !state_dir.exists() {
             DirBuilder::new()
                 .recursive(true)
@@ -138,7 +147,7 @@ impl Store {
                 path.display()
             );
         }
-        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        conn.pragma_update(None, "synchronous", sync.pragma())?;
         migrate(&mut conn).with_context(|| format!("{}", path.display()))?;
         Ok(Store { conn, _lock: lock })
     }
@@ -385,11 +394,23 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(journal, "wal");
-        let sync: i64 = store
+        // NORMAL by default: no fsync per commit (a SIGKILL loses nothing,
+        // the kernel has the WAL's pages).
+        assert_eq!(synchronous(&store), 1, "synchronous=NORMAL");
+    }
+
+    fn synchronous(store: &Store) -> i64 {
+        store
             .conn
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(sync, 2, "synchronous=FULL");
+            .unwrap()
+    }
+
+    #[test]
+    fn store_sync_full_asks_for_an_fsync_per_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open_with(tmp.path(), StoreSync::Full).unwrap();
+        assert_eq!(synchronous(&store), 2, "synchronous=FULL");
     }
 
     /// A database a version 1 daemon wrote: its rows stay, as manual ones.
