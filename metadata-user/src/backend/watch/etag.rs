@@ -12,9 +12,11 @@ use std::ops::Range;
 use hyper::header::HeaderValue;
 use sha2::{Digest as _, Sha256};
 
-/// An answer's ETag, quoted (`"0123…"`), ready to be a header value.
+/// An answer's ETag, quoted (`"0123…"`), kept as a header value: a kept
+/// answer's tag goes into every response without being copied or checked
+/// again.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ETag(String);
+pub struct ETag(HeaderValue);
 
 /// Hex digits kept of the digest (128 bits: no collision in practice).
 const HEX_DIGITS: usize = 32;
@@ -36,16 +38,17 @@ impl ETag {
             None => digest.update(body),
         }
         let hex = hex::encode(&digest.finalize()[..HEX_DIGITS / 2]);
-        Self(format!("\"{hex}\""))
+        let quoted = format!("\"{hex}\"");
+        Self(HeaderValue::from_str(&quoted).expect("quoted hex is a valid header value"))
     }
 
     /// As it appears in the `ETag` header, quotes included.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.to_str().expect("made from quoted hex")
     }
 
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.0).expect("quoted hex is a valid header value")
+        self.0.clone()
     }
 }
 
