@@ -7,16 +7,17 @@
 //! A body may have a part that is new in every answer without the content
 //! having changed: `meta_data.json`'s `random_seed`. That span is left out,
 //! or a guest watching `meta_data.json` would be woken by every answer.
-use std::ops::Range;
+use std::{ops::Range, sync::Arc};
 
 use hyper::header::HeaderValue;
 use sha2::{Digest as _, Sha256};
 
 /// An answer's ETag, quoted (`"0123…"`), kept as a header value: a kept
 /// answer's tag goes into every response without being copied or checked
-/// again.
+/// again. Behind an Arc, a pointer wide, so the answers that hold one stay
+/// small.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ETag(HeaderValue);
+pub struct ETag(Arc<HeaderValue>);
 
 /// Hex digits kept of the digest (128 bits: no collision in practice).
 const HEX_DIGITS: usize = 32;
@@ -39,7 +40,9 @@ impl ETag {
         }
         let hex = hex::encode(&digest.finalize()[..HEX_DIGITS / 2]);
         let quoted = format!("\"{hex}\"");
-        Self(HeaderValue::from_str(&quoted).expect("quoted hex is a valid header value"))
+        Self(Arc::new(
+            HeaderValue::from_str(&quoted).expect("quoted hex is a valid header value"),
+        ))
     }
 
     /// As it appears in the `ETag` header, quotes included.
@@ -48,7 +51,7 @@ impl ETag {
     }
 
     pub fn header_value(&self) -> HeaderValue {
-        self.0.clone()
+        (*self.0).clone()
     }
 }
 
