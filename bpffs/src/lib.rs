@@ -2,8 +2,11 @@
 //!
 //! The daemon checks `--bpffs` and mounts bpffs when nobody has; the test
 //! harness and `cargo xtask setup` make sure it is mounted before any daemon
-//! starts. All of them ask the same question the same way, here.
+//! starts. All of them ask the same question the same way, here. [`sys`]
+//! holds the raw bpf(2) calls the daemon and the harness both make.
 use std::{ffi::CString, io, path::Path};
+
+pub mod sys;
 
 /// Where bpffs is conventionally mounted (by iproute2, systemd, and us).
 pub const ROOT: &str = "/sys/fs/bpf";

@@ -443,6 +443,21 @@ impl Daemon {
         self.stop();
     }
 
+    /// Sends SIGTERM and waits up to `limit` for the daemon to exit on its
+    /// own, its shutdown run (what `--detach-on-exit` removes, say); an
+    /// error if it is still running then. Nothing is killed.
+    pub fn sigterm_and_wait(&mut self, limit: Duration) -> Result<()> {
+        let pid = self.pid().context("the daemon is not running")?;
+        cmd::signal(pid, libc::SIGTERM);
+        wait::until("the daemon to exit", limit, || {
+            Ok(if self.is_running() {
+                Poll::Pending("running".into())
+            } else {
+                Poll::Ready(())
+            })
+        })
+    }
+
     /// Runs another build of the daemon from the next
     /// [`restart`](Self::restart) on (the same state, socket and pins).
     pub fn set_bin(&mut self, bin: &Path) {

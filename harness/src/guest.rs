@@ -84,18 +84,7 @@ impl Guest {
     /// Creates the veth pair (tap in the host namespace, `eth0` in the
     /// guest's) and configures both ends.
     fn plug(&self) -> Result<()> {
-        self.host.ip(&[
-            "link",
-            "add",
-            &self.tap,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            self.ns.name(),
-        ])?;
+        self.host.add_veth_to(&self.tap, &self.ns)?;
         self.host
             .ip(&["link", "set", &self.tap, "master", &self.bridge, "up"])?;
         self.configure()

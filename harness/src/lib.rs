@@ -40,6 +40,7 @@ pub mod nova;
 pub mod pinned_map;
 pub mod python;
 pub mod qemu;
+pub mod quiet_guest;
 pub mod slow_clients;
 pub mod tempdir;
 pub mod tenant;

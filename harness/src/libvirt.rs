@@ -39,9 +39,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::host::Host;
 use crate::http::Reply;
-use crate::initramfs::Cpio;
 use crate::netns::Netns;
-use crate::qemu::GUEST_MODULES;
 use crate::tempdir::TempDir;
 use crate::wait::{self, Poll};
 use crate::{METADATA_ADDR, cmd, env};
@@ -663,26 +661,7 @@ pub struct GuestImage {
 impl GuestImage {
     /// Writes the initramfs to `file`.
     pub fn write(&self, file: &Path) -> Result<()> {
-        let guest_dir = env::guest_dir();
-        let busybox = cmd::run(&["sh", "-c", "command -v busybox"])?;
-        let busybox = busybox.trim();
-        let mut cpio = Cpio::new();
-        for dir in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
-            cpio.dir(dir);
-        }
-        cpio.char_dev("dev/console", 5, 1);
-        cpio.file(
-            "bin/busybox",
-            0o755,
-            &fs::read(busybox).with_context(|| format!("reading {busybox}"))?,
-        );
-        for module in GUEST_MODULES {
-            let path = guest_dir.join("modules").join(format!("{module}.ko"));
-            let data = fs::read(&path)
-                .with_context(|| format!("reading {} (run `cargo xtask setup`)", path.display()))?;
-            cpio.file(&format!("lib/modules/{module}.ko"), 0o644, &data);
-        }
-        cpio.file("init", 0o755, self.init_script().as_bytes());
+        let mut cpio = crate::qemu::guest_initramfs(&self.init_script())?;
         cpio.file("bin/ask", 0o755, ASK_SCRIPT.as_bytes());
         let mut out = fs::File::create(file)?;
         out.write_all(&cpio.finish())?;

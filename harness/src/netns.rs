@@ -49,6 +49,25 @@ impl Netns {
         cmd::checked(&mut cmd)
     }
 
+    /// A veth pair: `name` here, its peer `eth0` in `peer`. Created straight
+    /// into both namespaces, so that nothing ever appears in the machine's
+    /// own namespace, not even for a moment.
+    pub fn add_veth_to(&self, name: &str, peer: &Netns) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            peer.name(),
+        ])
+        .map(drop)
+    }
+
     /// A command that runs `args` inside this namespace.
     ///
     /// It uses `nsenter --net`, not `ip netns exec`: the latter also

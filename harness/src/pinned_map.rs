@@ -6,13 +6,14 @@
 //! map keys and values need) and loaded with BPF_BTF_LOAD; the map is
 //! created with BPF_MAP_CREATE naming its key and value types, as a loader
 //! does, and pinned with BPF_OBJ_PIN. Nothing here comes from the daemon's
-//! code: the test's map must not share a bug with what it tests.
-use std::ffi::CString;
+//! code: the test's map must not share a bug with what it tests. (The raw
+//! map-create and pin calls are the kernel's ABI, shared from `mdr_bpffs`.)
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use mdr_bpffs::sys::{self as bpf_sys, MapCreateAttr};
 
 /// A field's type.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +37,7 @@ pub enum Layout {
 }
 
 /// `BPF_MAP_TYPE_HASH`.
-pub const MAP_TYPE_HASH: u32 = 1;
+pub const MAP_TYPE_HASH: u32 = bpf_sys::BPF_MAP_TYPE_HASH;
 
 /// Creates a map of `map_type` with `max_entries`, keyed and valued by the
 /// given layouts, and pins it at `pin`.
@@ -51,7 +52,7 @@ pub fn create(
     let key_type = btf.layout(key);
     let value_type = btf.layout(value);
     let btf = load_btf(&btf.finish()).context("BPF_BTF_LOAD")?;
-    let map = create_map(&MapCreateAttr {
+    let map = bpf_sys::create_map(&MapCreateAttr {
         map_type,
         key_size: size_of_layout(key),
         value_size: size_of_layout(value),
@@ -62,7 +63,7 @@ pub fn create(
         ..Default::default()
     })
     .context("BPF_MAP_CREATE")?;
-    pin_fd(&map, pin).with_context(|| format!("pinning {}", pin.display()))
+    bpf_sys::obj_pin(&map, pin).with_context(|| format!("pinning {}", pin.display()))
 }
 
 fn size_of_layout(layout: &Layout) -> u32 {
@@ -162,27 +163,9 @@ impl BtfWriter {
     }
 }
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_BTF_LOAD: libc::c_long = 18;
 
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-    numa_node: u32,
-    map_name: [u8; 16],
-    map_ifindex: u32,
-    btf_fd: u32,
-    btf_key_type_id: u32,
-    btf_value_type_id: u32,
-}
-
+/// `union bpf_attr` as BPF_BTF_LOAD reads it.
 #[repr(C)]
 #[derive(Default)]
 struct BtfLoadAttr {
@@ -193,69 +176,21 @@ struct BtfLoadAttr {
     btf_log_level: u32,
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct ObjPinAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a properly sized, initialised bpf_attr prefix for `cmd`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const T,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: BTF_LOAD and MAP_CREATE return a new fd nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
-}
-
 fn load_btf(blob: &[u8]) -> io::Result<OwnedFd> {
     let mut log = vec![0u8; 64 * 1024];
-    let attr = BtfLoadAttr {
+    let mut attr = BtfLoadAttr {
         btf: blob.as_ptr() as u64,
         btf_size: blob.len() as u32,
         btf_log_buf: log.as_mut_ptr() as u64,
         btf_log_size: log.len() as u32,
         btf_log_level: 1,
     };
-    bpf(BPF_BTF_LOAD, &attr).map_err(|err| {
+    // SAFETY: BPF_BTF_LOAD reads a BtfLoadAttr: `btf_size` bytes of `blob`
+    // and up to `btf_log_size` bytes written to `log`, both outliving it.
+    let fd = unsafe { bpf_sys::bpf(BPF_BTF_LOAD, &mut attr) }.map_err(|err| {
         let log = String::from_utf8_lossy(&log);
         io::Error::new(err.kind(), format!("{err}: {}", log.trim_end_matches('\0')))
-    })
-}
-
-fn create_map(attr: &MapCreateAttr) -> io::Result<OwnedFd> {
-    bpf(BPF_MAP_CREATE, attr)
-}
-
-fn pin_fd(fd: &OwnedFd, pin: &Path) -> io::Result<()> {
-    let path = CString::new(pin.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let attr = ObjPinAttr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    // SAFETY: as in `bpf`; OBJ_PIN returns 0, not an fd, so it is not wrapped.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &attr as *const ObjPinAttr,
-            std::mem::size_of::<ObjPinAttr>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    })?;
+    // SAFETY: BPF_BTF_LOAD returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -20,9 +20,6 @@ use crate::tenant::TenantNet;
 use crate::wait::{self, Poll};
 use crate::{METADATA_ADDR, cmd, env, names};
 
-/// The guest kernel's modules the network needs, in load order (each needs
-/// the ones before it). `cargo xtask setup` unpacks them into
-/// `<guest dir>/modules/<name>.ko`.
 /// The start of every test guest's /init: busybox, the network modules,
 /// eth0 up with `addr`/`prefix_len` and a default route via `gateway`.
 pub fn init_prelude(
@@ -48,6 +45,9 @@ ip route add default via {gateway}
     )
 }
 
+/// The guest kernel's modules the network needs, in load order (each needs
+/// the ones before it). `cargo xtask setup` unpacks them into
+/// `<guest dir>/modules/<name>.ko`.
 pub const GUEST_MODULES: [&str; 8] = [
     "virtio_ring",
     "virtio",
@@ -58,6 +58,32 @@ pub const GUEST_MODULES: [&str; 8] = [
     "net_failover",
     "virtio_net",
 ];
+
+/// The initramfs every test guest (qemu's and libvirt's) boots: busybox,
+/// the network modules from `cargo xtask setup`, /dev/console and `init`
+/// as /init. The caller may add files before it finishes it.
+pub fn guest_initramfs(init: &str) -> Result<Cpio> {
+    let guest_dir = env::guest_dir();
+    let busybox = which("busybox")?;
+    let mut cpio = Cpio::new();
+    for dir in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
+        cpio.dir(dir);
+    }
+    cpio.char_dev("dev/console", 5, 1);
+    cpio.file(
+        "bin/busybox",
+        0o755,
+        &std::fs::read(&busybox).with_context(|| format!("reading {}", busybox.display()))?,
+    );
+    for module in GUEST_MODULES {
+        let path = guest_dir.join("modules").join(format!("{module}.ko"));
+        let data = std::fs::read(&path)
+            .with_context(|| format!("reading {} (run `cargo xtask setup`)", path.display()))?;
+        cpio.file(&format!("lib/modules/{module}.ko"), 0o644, &data);
+    }
+    cpio.file("init", 0o755, init.as_bytes());
+    Ok(cpio)
+}
 
 const BEGIN: &str = "MDR-ANSWER-BEGIN";
 const END: &str = "MDR-ANSWER-END";
@@ -148,7 +174,7 @@ impl QemuGuest {
             );
         }
         let initrd = self.dir.join("initrd.cpio");
-        std::fs::write(&initrd, self.initramfs(&guest_dir)?)?;
+        std::fs::write(&initrd, guest_initramfs(&self.init_script())?.finish())?;
         let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap);
         // romfile= : no iPXE option ROM (not needed for -kernel, and not
         // installed without recommends).
@@ -209,29 +235,6 @@ impl QemuGuest {
         });
         self.child = Some(child);
         Ok(())
-    }
-
-    /// The initramfs: busybox, the network modules, /dev/console and /init.
-    fn initramfs(&self, guest_dir: &std::path::Path) -> Result<Vec<u8>> {
-        let busybox = which("busybox")?;
-        let mut cpio = Cpio::new();
-        for dir in ["bin", "dev", "proc", "sys", "lib", "lib/modules"] {
-            cpio.dir(dir);
-        }
-        cpio.char_dev("dev/console", 5, 1);
-        cpio.file(
-            "bin/busybox",
-            0o755,
-            &std::fs::read(&busybox).with_context(|| format!("reading {}", busybox.display()))?,
-        );
-        for module in GUEST_MODULES {
-            let path = guest_dir.join("modules").join(format!("{module}.ko"));
-            let data = std::fs::read(&path)
-                .with_context(|| format!("reading {} (run `cargo xtask setup`)", path.display()))?;
-            cpio.file(&format!("lib/modules/{module}.ko"), 0o644, &data);
-        }
-        cpio.file("init", 0o755, self.init_script().as_bytes());
-        Ok(cpio.finish())
     }
 
     fn init_script(&self) -> String {

@@ -39,20 +39,7 @@ impl TenantNet {
         let mut net = Self::without_router(host, prefix_len)?;
         let ns = Netns::new("router")?;
         let uplink = names::ifname("rt");
-        // Created straight into both namespaces: nothing of ours ever appears
-        // in the machine's own namespace, not even for a moment.
-        net.host.ip(&[
-            "link",
-            "add",
-            &uplink,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        net.host.add_veth_to(&uplink, &ns)?;
         net.host
             .ip(&["link", "set", &uplink, "master", &net.bridge, "up"])?;
         ns.ip(&[

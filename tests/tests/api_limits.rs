@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use mdr_harness::fixtures::{GUEST_ADDR, GUEST_MAC};
-use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, Request, TenantNet, python};
+use mdr_harness::{
+    Daemon, Guest, GuestConfig, Host, Instance, Request, TenantNet, python, quiet_guest,
+};
 use serde_json::Value;
 
 /// Two registered, served guests on one network.
@@ -62,17 +64,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-fn median(values: &Value) -> f64 {
-    let mut values: Vec<f64> = values
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// A low rate so that the flood certainly exceeds it: 10/s after a burst of
 /// 200, which the quiet guest's requests (2 x 30 a round) stay within.
 const RATE_LIMITED: &str = "rate_limit_per_sec = 10.0\nrate_limit_burst = 200\n";
@@ -100,57 +91,50 @@ fn a_flooding_guest_gets_429s_and_does_not_slow_another() {
     let limit = Duration::from_secs(30);
     let daemon_pid = scene.daemon.pid().unwrap();
 
-    let mut medians = Vec::new();
-    for round in 1..=ROUNDS {
-        let idle = python::run(scene.quiet.ns(), "latency.py", &[path, SAMPLES], limit).unwrap();
-        let daemon_cpu_before = cpu_seconds(daemon_pid);
-        let flood = python::spawn(
-            scene.noisy.ns(),
-            "hammer.py",
-            &[&[path][..], &FLOOD[..]].concat(),
-            limit,
-        )
-        .unwrap();
-        // Let the flood get going, then time the quiet guest amid it.
-        std::thread::sleep(Duration::from_millis(500));
-        let busy = python::run(scene.quiet.ns(), "latency.py", &[path, SAMPLES], limit).unwrap();
-        let flood = python::wait("hammer.py", flood).unwrap();
-        eprintln!(
-            "round {round}: flood {flood}; the daemon used {:.2} s of CPU meanwhile",
-            cpu_seconds(daemon_pid) - daemon_cpu_before
-        );
-        check_flood(&flood);
-
-        // The quiet guest was timed while the flood went on, and served.
-        let (flood_start, flood_end) = (
-            flood["start"].as_f64().unwrap(),
-            flood["end"].as_f64().unwrap(),
-        );
-        assert!(
-            flood_start < busy["start"].as_f64().unwrap()
-                && busy["end"].as_f64().unwrap() < flood_end,
-            "the quiet guest was not timed during the flood: flood {flood}, quiet {busy}"
-        );
-        for run in [&idle, &busy] {
-            assert!(
-                run["statuses"].as_array().unwrap().iter().all(|s| s == 200),
-                "the quiet guest was refused: {run}"
+    quiet_guest::assert_within_twice_in_a_round(
+        ROUNDS,
+        "the flood slowed the quiet guest beyond twice its idle median",
+        |round| {
+            let idle = quiet_guest::time_requests(scene.quiet.ns(), path, SAMPLES, limit).unwrap();
+            let daemon_cpu_before = cpu_seconds(daemon_pid);
+            let flood = python::spawn(
+                scene.noisy.ns(),
+                "hammer.py",
+                &[&[path][..], &FLOOD[..]].concat(),
+                limit,
+            )
+            .unwrap();
+            // Let the flood get going, then time the quiet guest amid it.
+            std::thread::sleep(Duration::from_millis(500));
+            let busy = quiet_guest::time_requests(scene.quiet.ns(), path, SAMPLES, limit).unwrap();
+            let flood = python::wait("hammer.py", flood).unwrap();
+            eprintln!(
+                "round {round}: flood {flood}; the daemon used {:.2} s of CPU meanwhile",
+                cpu_seconds(daemon_pid) - daemon_cpu_before
             );
-        }
-        let (idle_median, busy_median) = (median(&idle["latencies"]), median(&busy["latencies"]));
-        eprintln!(
-            "round {round}: quiet guest median latency {:.3} ms idle, {:.3} ms amid the flood",
-            idle_median * 1e3,
-            busy_median * 1e3
-        );
-        medians.push((idle_median, busy_median));
-        if busy_median <= 2.0 * idle_median {
-            break;
-        }
-    }
-    assert!(
-        medians.iter().any(|(idle, busy)| *busy <= 2.0 * idle),
-        "the flood slowed the quiet guest beyond twice its idle median in every round (idle, busy seconds): {medians:?}"
+            check_flood(&flood);
+
+            // The quiet guest was timed while the flood went on, and served.
+            let (flood_start, flood_end) = (
+                flood["start"].as_f64().unwrap(),
+                flood["end"].as_f64().unwrap(),
+            );
+            assert!(
+                flood_start < busy["start"].as_f64().unwrap()
+                    && busy["end"].as_f64().unwrap() < flood_end,
+                "the quiet guest was not timed during the flood: flood {flood}, quiet {busy}"
+            );
+            quiet_guest::assert_all_answered(&idle);
+            quiet_guest::assert_all_answered(&busy);
+            let (idle_median, busy_median) =
+                (quiet_guest::median(&idle), quiet_guest::median(&busy));
+            eprintln!(
+                "round {round}: quiet guest median latency {:.3} ms idle, {:.3} ms amid the flood",
+                idle_median * 1e3,
+                busy_median * 1e3
+            );
+            (idle_median, busy_median)
+        },
     );
 
     // Waiting as told is enough.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mdr_harness::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC, PREFIX_LEN};
 use mdr_harness::slow_clients::SlowClients;
 use mdr_harness::wait::{self, Poll};
-use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, python};
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, quiet_guest};
 use serde_json::Value;
 
 fn connections(daemon: &Daemon) -> Value {
@@ -89,18 +89,6 @@ fn connections_over_the_host_cap_are_closed_and_counted() {
     );
 }
 
-/// p99 of a list of latencies (seconds).
-fn p99(run: &Value) -> f64 {
-    let mut values: Vec<f64> = run["latencies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    values.sort_by(f64::total_cmp);
-    values[(values.len() * 99).div_ceil(100) - 1]
-}
-
 const SLOW_GUESTS: usize = 100;
 /// Slow connections each slow guest holds (and reopens when cut off).
 const SLOW_PER_GUEST: usize = 2;
@@ -135,11 +123,7 @@ fn a_hundred_slow_header_guests_do_not_slow_a_quiet_one() {
         .collect();
     // The quiet guest's 600 timed requests a round are over the default
     // request rate; this test is about connections, not the rate.
-    let daemon = Daemon::start_with_config_file(
-        &host,
-        "rate_limit_per_sec = 100000.0\nrate_limit_burst = 100000\n",
-    )
-    .unwrap();
+    let daemon = Daemon::start_with_config_file(&host, quiet_guest::NO_RATE_LIMIT).unwrap();
     let quiet_instance = Instance::sample("quiet");
     daemon.register(&quiet, &quiet_instance).unwrap();
     for (n, guest) in slow.iter().enumerate() {
@@ -163,39 +147,31 @@ fn a_hundred_slow_header_guests_do_not_slow_a_quiet_one() {
     let path = "/latest/meta-data/instance-id";
     let limit = Duration::from_secs(60);
     let slow_namespaces: Vec<_> = slow.iter().map(Guest::ns).collect();
-    let mut rounds = Vec::new();
-    for round in 1..=ROUNDS {
-        let idle = python::run(quiet.ns(), "latency.py", &[path, SAMPLES], limit).unwrap();
-        let mut slow_clients = SlowClients::start(&slow_namespaces, SLOW_PER_GUEST).unwrap();
-        let held = connections(&daemon)["open"].as_u64().unwrap();
-        let busy = python::run(quiet.ns(), "latency.py", &[path, SAMPLES], limit).unwrap();
-        let during = connections(&daemon)["open"].as_u64().unwrap();
-        let stats = slow_clients.finish().unwrap();
-        for run in [&idle, &busy] {
+    quiet_guest::assert_within_twice_in_a_round(
+        ROUNDS,
+        "slow-header guests moved the quiet guest's p99 beyond twice its idle value",
+        |round| {
+            let idle = quiet_guest::time_requests(quiet.ns(), path, SAMPLES, limit).unwrap();
+            let mut slow_clients = SlowClients::start(&slow_namespaces, SLOW_PER_GUEST).unwrap();
+            let held = connections(&daemon)["open"].as_u64().unwrap();
+            let busy = quiet_guest::time_requests(quiet.ns(), path, SAMPLES, limit).unwrap();
+            let during = connections(&daemon)["open"].as_u64().unwrap();
+            let stats = slow_clients.finish().unwrap();
+            quiet_guest::assert_all_answered(&idle);
+            quiet_guest::assert_all_answered(&busy);
+            let expected = (SLOW_GUESTS * SLOW_PER_GUEST) as u64;
             assert!(
-                run["statuses"].as_array().unwrap().iter().all(|s| s == 200),
-                "the quiet guest was refused: {run}"
+                held >= expected && during >= expected * 9 / 10,
+                "the slow guests did not hold their connections: {held} then {during} open, {stats:?}"
             );
-        }
-        let expected = (SLOW_GUESTS * SLOW_PER_GUEST) as u64;
-        assert!(
-            held >= expected && during >= expected * 9 / 10,
-            "the slow guests did not hold their connections: {held} then {during} open, {stats:?}"
-        );
-        let (idle_p99, busy_p99) = (p99(&idle), p99(&busy));
-        eprintln!(
-            "round {round}: quiet guest p99 {:.3} ms idle, {:.3} ms amid {held} slow connections \
-             of {SLOW_GUESTS} guests ({stats:?})",
-            idle_p99 * 1e3,
-            busy_p99 * 1e3
-        );
-        rounds.push((idle_p99, busy_p99));
-        if busy_p99 <= 2.0 * idle_p99 {
-            break;
-        }
-    }
-    assert!(
-        rounds.iter().any(|(idle, busy)| *busy <= 2.0 * idle),
-        "slow-header guests moved the quiet guest's p99 beyond twice its idle value in every round (idle, busy seconds): {rounds:?}"
+            let (idle_p99, busy_p99) = (quiet_guest::p99(&idle), quiet_guest::p99(&busy));
+            eprintln!(
+                "round {round}: quiet guest p99 {:.3} ms idle, {:.3} ms amid {held} slow connections \
+                 of {SLOW_GUESTS} guests ({stats:?})",
+                idle_p99 * 1e3,
+                busy_p99 * 1e3
+            );
+            (idle_p99, busy_p99)
+        },
     );
 }

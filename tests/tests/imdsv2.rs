@@ -152,21 +152,7 @@ impl Container {
     fn behind(guest: &Guest) -> Self {
         let ns = Netns::new("container").unwrap();
         let inner = names::ifname("ct");
-        guest
-            .ns()
-            .ip(&[
-                "link",
-                "add",
-                &inner,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])
-            .unwrap();
+        guest.ns().add_veth_to(&inner, &ns).unwrap();
         // Forwarding only inside the guest's own namespace.
         guest
             .ns()

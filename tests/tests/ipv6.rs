@@ -372,19 +372,7 @@ fn a_namespace_behind_the_guest_gets_no_token_over_ipv6() {
     let container = Netns::new("container").unwrap();
     let inner = mdr_harness::names::ifname("ct");
     let g = guest.ns();
-    g.ip(&[
-        "link",
-        "add",
-        &inner,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        container.name(),
-    ])
-    .unwrap();
+    g.add_veth_to(&inner, &container).unwrap();
     // Forwarding only inside the guest's own namespace.
     g.exec_ok(&["busybox", "sysctl", "-w", "net.ipv6.conf.all.forwarding=1"])
         .unwrap();

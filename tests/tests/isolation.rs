@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mdr_harness::fixtures::{GUEST_ADDR, GUEST_MAC};
 use mdr_harness::tenant::DECOY_MARK;
-use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, python};
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, python, quiet_guest};
 use serde_json::Value;
 
 /// The daemon's default identity range: a port's IPv4 identity address is
@@ -52,6 +52,18 @@ fn scene(name: &str) -> Scene {
     }
 }
 
+impl Scene {
+    /// The guest's plain request is answered, by the daemon (not the decoy).
+    fn assert_served(&self) {
+        let reply = self
+            .guest
+            .http_get("/latest/meta-data/instance-id")
+            .unwrap();
+        assert_eq!(reply.status, 200, "{reply}");
+        assert!(!reply.body.contains(DECOY_MARK), "{reply}");
+    }
+}
+
 /// Flooding guests.
 const FLOODERS: usize = 5;
 /// SYNs per second each flooder sends: the five together insert 30,000 new
@@ -87,29 +99,12 @@ fn median_p99(rounds: &[Value]) -> f64 {
     let mut p99s: Vec<f64> = rounds
         .iter()
         .map(|run| {
-            let statuses = &run["statuses"];
-            assert!(
-                statuses.as_array().unwrap().iter().all(|s| s == 200),
-                "the quiet guest was refused: {statuses}"
-            );
-            p99(run)
+            quiet_guest::assert_all_answered(run);
+            quiet_guest::p99(run)
         })
         .collect();
     p99s.sort_by(f64::total_cmp);
     p99s[p99s.len() / 2]
-}
-
-/// The 99th percentile of a latency.py run's latencies, in seconds.
-fn p99(run: &Value) -> f64 {
-    let mut values: Vec<f64> = run["latencies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    values.sort_by(f64::total_cmp);
-    let rank = ((values.len() as f64) * 0.99).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
 }
 
 /// Five guests flood SYNs that never complete for 20 s. A quiet guest's
@@ -131,11 +126,7 @@ fn syn_floods_from_other_guests_do_not_evict_a_quiet_guests_flows() {
         .collect();
     // Per-port request limits out of the way: the quiet guest's timed
     // requests must all be answered.
-    let daemon = Daemon::start_with_config_file(
-        &host,
-        "rate_limit_per_sec = 1000000.0\nrate_limit_burst = 1000000\n",
-    )
-    .unwrap();
+    let daemon = Daemon::start_with_config_file(&host, quiet_guest::NO_RATE_LIMIT).unwrap();
     let quiet_instance = Instance::sample("quiet");
     daemon.register(&quiet, &quiet_instance).unwrap();
     for (i, flooder) in flooders.iter().enumerate() {
@@ -190,7 +181,7 @@ fn with_quiet_priority<T>(f: impl FnOnce() -> T) -> T {
 fn flood_once(daemon: &Daemon, quiet: &Guest, flooders: &[Guest]) -> (f64, u64) {
     let path = "/latest/meta-data/instance-id";
     let limit = Duration::from_secs(60);
-    let timed = || python::run(quiet.ns(), "latency.py", &[path, SAMPLES], limit).unwrap();
+    let timed = || quiet_guest::time_requests(quiet.ns(), path, SAMPLES, limit).unwrap();
     let calm: Vec<Value> = with_quiet_priority(|| (0..ROUNDS).map(|_| timed()).collect());
     let before = counters(daemon);
 
@@ -289,7 +280,7 @@ fn flood_once(daemon: &Daemon, quiet: &Guest, flooders: &[Guest]) -> (f64, u64) 
     let (calm_p99, busy_p99) = (median_p99(&calm), median_p99(&busy));
     let p99s = |runs: &[Value]| -> Vec<String> {
         runs.iter()
-            .map(|run| format!("{:.2}", p99(run) * 1e3))
+            .map(|run| format!("{:.2}", quiet_guest::p99(run) * 1e3))
             .collect()
     };
     eprintln!(
@@ -502,12 +493,7 @@ fn vlan_tagged_frames_from_a_registered_tap_pass_untouched() {
     }
 
     // Untagged traffic from the same tap is still served.
-    let reply = scene
-        .guest
-        .http_get("/latest/meta-data/instance-id")
-        .unwrap();
-    assert_eq!(reply.status, 200, "{reply}");
-    assert!(!reply.body.contains(DECOY_MARK), "{reply}");
+    scene.assert_served();
 }
 
 /// A request to the metadata service whose packets carry IPv4 options
@@ -542,12 +528,7 @@ fn requests_with_ip_options_are_dropped_and_counted() {
     assert!(dropped >= 1, "dropped_ip_options grew by {dropped}");
 
     // The same guest without options is served as before.
-    let reply = scene
-        .guest
-        .http_get("/latest/meta-data/instance-id")
-        .unwrap();
-    assert_eq!(reply.status, 200, "{reply}");
-    assert!(!reply.body.contains(DECOY_MARK), "{reply}");
+    scene.assert_served();
 }
 
 /// Each attached port has a flow table of its own in the pinned FLOWS map;

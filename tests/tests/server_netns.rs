@@ -8,7 +8,6 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use mdr_harness::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
-use mdr_harness::wait::{self, Poll};
 use mdr_harness::{
     Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd,
     tenant::DECOY_MARK,
@@ -446,15 +445,7 @@ fn detach_on_exit_removes_the_namespace() {
     let netns_file = std::path::Path::new("/run/netns").join(daemon.server_netns());
     assert!(netns_file.exists());
 
-    cmd::signal(daemon.pid().unwrap(), libc::SIGTERM);
-    wait::until("the daemon to exit", Duration::from_secs(10), || {
-        Ok(if daemon.is_running() {
-            Poll::Pending("running".into())
-        } else {
-            Poll::Ready(())
-        })
-    })
-    .unwrap();
+    daemon.sigterm_and_wait(Duration::from_secs(10)).unwrap();
     assert!(
         !netns_file.exists(),
         "{} is still there\n{}",

@@ -3,7 +3,7 @@
 use mdr_harness::fixtures::{GUEST_ADDR as ADDR, GUEST_MAC as MAC};
 use mdr_harness::tenant::DECOY_MARK;
 use mdr_harness::wait::{self, Poll};
-use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd};
+use mdr_harness::{Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers};
 use std::time::Duration;
 
 fn tc_mode() -> Vec<String> {
@@ -322,15 +322,7 @@ fn detach_on_exit_removes_the_tc_filters() {
     guest.wait_served(&instance.uuid).unwrap();
     our_one_filter(&host, guest.tap());
 
-    cmd::signal(daemon.pid().unwrap(), libc::SIGTERM);
-    wait::until("the daemon to exit", Duration::from_secs(10), || {
-        Ok(if daemon.is_running() {
-            Poll::Pending("running".into())
-        } else {
-            Poll::Ready(())
-        })
-    })
-    .unwrap();
+    daemon.sigterm_and_wait(Duration::from_secs(10)).unwrap();
     assert!(
         ingress_filters(&host, guest.tap()).is_empty(),
         "{}",

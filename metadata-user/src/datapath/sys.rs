@@ -6,17 +6,18 @@
 //! maps without opening it (aya's lookup opens it, two more syscalls),
 //! changing many entries of a map of maps in one call (each call waits for
 //! an RCU grace period; see `table_writer`), and what a pinned TCX link is
-//! attached to.
+//! attached to. The calls the harness makes too (creating a map, opening a
+//! pin) and the raw syscall live in the shared `mdr_bpffs::sys`.
 use std::{
-    ffi::CString,
     io,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
-const BPF_MAP_CREATE: libc::c_long = 0;
+pub use mdr_bpffs::sys::create_lru_hash;
+use mdr_bpffs::sys::{bpf, obj_get};
+
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -27,30 +28,6 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_LINK_TYPE_TCX: u32 = 11;
 const BPF_TCX_INGRESS: u32 = 46;
 
-const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-const BPF_OBJ_NAME_LEN: usize = 16;
-
-/// `union bpf_attr` as BPF_MAP_CREATE reads it (the fields up to
-/// `map_extra`; the kernel takes the rest as zero).
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    inner_map_fd: u32,
-    numa_node: u32,
-    map_name: [u8; BPF_OBJ_NAME_LEN],
-    map_ifindex: u32,
-    btf_fd: u32,
-    btf_key_type_id: u32,
-    btf_value_type_id: u32,
-    btf_vmlinux_value_type_id: u32,
-    map_extra: u64,
-}
-
 /// `union bpf_attr` as BPF_MAP_LOOKUP_ELEM reads it.
 #[repr(C)]
 #[derive(Default)]
@@ -60,17 +37,6 @@ struct MapElemAttr {
     key: u64,
     value: u64,
     flags: u64,
-}
-
-/// `union bpf_attr` as BPF_OBJ_GET reads it.
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
 }
 
 /// `union bpf_attr` as the BPF_MAP_*_BATCH commands read it.
@@ -118,23 +84,6 @@ struct LinkDetachAttr {
     link_fd: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a properly sized, initialised bpf_attr prefix for `cmd`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T,
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
 /// `union bpf_attr` as BPF_BTF_GET_FD_BY_ID reads it.
 #[repr(C)]
 #[derive(Default)]
@@ -178,19 +127,6 @@ struct BtfInfo {
     kernel_btf: u32,
 }
 
-/// A new fd for the object pinned at `pin`.
-fn obj_get(pin: &Path) -> io::Result<OwnedFd> {
-    let path = CString::new(pin.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut get = ObjGetAttr {
-        pathname: path.as_ptr() as u64,
-        ..Default::default()
-    };
-    let fd = bpf(BPF_OBJ_GET, &mut get)?;
-    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Fills `info` (a prefix of the kernel's info struct for `fd`'s kind).
 fn info_by_fd<T>(fd: &OwnedFd, info: &mut T) -> io::Result<()> {
     let mut attr = InfoByFdAttr {
@@ -198,7 +134,9 @@ fn info_by_fd<T>(fd: &OwnedFd, info: &mut T) -> io::Result<()> {
         info_len: std::mem::size_of::<T>() as u32,
         info: info as *mut T as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD reads an InfoByFdAttr; `info` is as
+    // large as `info_len` says and outlives the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(())
 }
 
@@ -216,7 +154,9 @@ pub fn btf_by_id(id: u32) -> io::Result<Vec<u8>> {
         id,
         ..Default::default()
     };
-    let fd = bpf(BPF_BTF_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: BPF_BTF_GET_FD_BY_ID reads a GetFdByIdAttr, which holds no
+    // pointers.
+    let fd = unsafe { bpf(BPF_BTF_GET_FD_BY_ID, &mut attr) }?;
     // SAFETY: BPF_BTF_GET_FD_BY_ID returned a new fd that nothing else owns.
     let btf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // First the size, then the bytes.
@@ -250,7 +190,8 @@ pub fn tcx_ingress_link(pin: &Path) -> io::Result<Option<TcxIngressLink>> {
         info_len: std::mem::size_of::<TcxLinkInfo>() as u32,
         info: &mut info as *mut TcxLinkInfo as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: as in `info_by_fd`: `info` is a TcxLinkInfo of `info_len`.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(
         (info.link_type == BPF_LINK_TYPE_TCX && info.attach_type == BPF_TCX_INGRESS).then_some(
             TcxIngressLink {
@@ -270,7 +211,8 @@ pub fn map_id(map: BorrowedFd<'_>) -> io::Result<u32> {
         info_len: std::mem::size_of_val(&info) as u32,
         info: info.as_mut_ptr() as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: as in `info_by_fd`: `info` is an array of `info_len` bytes.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(info[1])
 }
 
@@ -293,7 +235,9 @@ pub fn put_inner_maps(
         map_fd: map.as_raw_fd() as u32,
         ..Default::default()
     };
-    bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map(drop)
+    // SAFETY: BPF_MAP_UPDATE_BATCH reads `count` keys and values, which
+    // `keys` and `values` hold and outlive the call.
+    unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }.map(drop)
 }
 
 /// Deletes `keys` from the map of maps `map` in one call; keys that are not
@@ -308,7 +252,9 @@ pub fn delete_inner_maps(map: BorrowedFd<'_>, keys: &[[u8; 4]]) -> io::Result<()
             map_fd: map.as_raw_fd() as u32,
             ..Default::default()
         };
-        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+        // SAFETY: BPF_MAP_DELETE_BATCH reads `count` keys, which `rest`
+        // holds and outlives the call.
+        match unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) } {
             Ok(_) => return Ok(()),
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
                 // `count` now says how many were deleted before the missing one.
@@ -327,36 +273,10 @@ pub fn detach_pinned_link(pin: &Path) -> io::Result<()> {
     let mut detach = LinkDetachAttr {
         link_fd: std::os::fd::AsRawFd::as_raw_fd(&link) as u32,
     };
-    bpf(BPF_LINK_DETACH, &mut detach)?;
+    // SAFETY: BPF_LINK_DETACH reads a LinkDetachAttr, which holds no
+    // pointers.
+    unsafe { bpf(BPF_LINK_DETACH, &mut detach) }?;
     Ok(())
-}
-
-/// Creates a BPF LRU hash map named `name` (at most 15 bytes of
-/// `[A-Za-z0-9_.]`) with these sizes; its fd.
-pub fn create_lru_hash(
-    name: &str,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-) -> io::Result<OwnedFd> {
-    let mut attr = MapCreateAttr {
-        map_type: BPF_MAP_TYPE_LRU_HASH,
-        key_size,
-        value_size,
-        max_entries,
-        ..Default::default()
-    };
-    let bytes = name.as_bytes();
-    if bytes.len() >= BPF_OBJ_NAME_LEN {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("map name {name:?} is too long"),
-        ));
-    }
-    attr.map_name[..bytes.len()].copy_from_slice(bytes);
-    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
-    // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The id of the map stored under `key` in the map of maps `map`, or None
@@ -369,7 +289,9 @@ pub fn inner_map_id(map: BorrowedFd<'_>, key: &[u8; 4]) -> io::Result<Option<u32
         value: &mut id as *mut u32 as u64,
         ..Default::default()
     };
-    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+    // SAFETY: BPF_MAP_LOOKUP_ELEM reads the 4-byte `key` and writes a u32
+    // id (a map of maps' value) to `id`; both outlive the call.
+    match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
         Ok(_) => Ok(Some(id)),
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(err) => Err(err),

@@ -24,6 +24,7 @@ use super::{
 const SECRET: &[u8] = b"s3cret";
 const INSTANCE: &str = "6c8a3b0e-1d6f-4d2b-9a57-0f4ad3a7e001";
 const PROJECT: &str = "d3b07384d113edec49eaa6238ad5ff00";
+const META_DATA: &str = "/openstack/latest/meta_data.json";
 
 fn target() -> ForwardTarget {
     ForwardTarget {
@@ -38,8 +39,13 @@ fn loopback() -> SocketAddr {
 }
 
 async fn fake_nova(secret: &[u8]) -> FakeNova {
+    fake_nova_at(loopback(), secret).await
+}
+
+/// A fake nova on `addr`: a new one, or one back where a stopped one was.
+async fn fake_nova_at(addr: SocketAddr, secret: &[u8]) -> FakeNova {
     FakeNova::start(
-        loopback(),
+        addr,
         fake_nova::Config {
             secret: secret.to_vec(),
             ..Default::default()
@@ -81,6 +87,11 @@ fn get(path: &str) -> Request<Full<Bytes>> {
     request(Method::GET, path, &[], "")
 }
 
+/// The status of a GET of `path`.
+async fn status_of(backend: &NovaBackend, path: &str) -> StatusCode {
+    send(backend, get(path)).await.0
+}
+
 /// Status and body as text.
 async fn send(backend: &NovaBackend, request: Request<Full<Bytes>>) -> (StatusCode, String) {
     let response = backend.forward(&target(), request).await;
@@ -110,16 +121,7 @@ async fn nova_receives_exactly_the_proxy_headers_and_never_the_guests() {
         ("Host", "169.254.169.254"),
         ("Accept", "application/json"),
     ];
-    let (status, body) = send(
-        &backend,
-        request(
-            Method::GET,
-            "/openstack/latest/meta_data.json",
-            &spoofed,
-            "",
-        ),
-    )
-    .await;
+    let (status, body) = send(&backend, request(Method::GET, META_DATA, &spoofed, "")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["uuid"], INSTANCE);
@@ -182,7 +184,7 @@ async fn wrong_secret_is_nova_403_and_not_cached() {
     let nova = fake_nova(b"another secret").await;
     let backend = NovaBackend::new(&config_for(nova.addr()));
     for _ in 0..2 {
-        let (status, body) = send(&backend, get("/openstack/latest/meta_data.json")).await;
+        let (status, body) = send(&backend, get(META_DATA)).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(body.contains("Invalid proxy request signature"), "{body}");
     }
@@ -281,7 +283,7 @@ async fn nova_down_is_503_and_service_resumes_when_it_returns() {
     let addr = nova.addr();
     let backend = NovaBackend::new(&config_for(addr));
     assert_eq!(
-        send(&backend, get("/latest/meta-data/hostname")).await.0,
+        status_of(&backend, "/latest/meta-data/hostname").await,
         StatusCode::OK
     );
     nova.stop();
@@ -293,21 +295,13 @@ async fn nova_down_is_503_and_service_resumes_when_it_returns() {
     assert!(started.elapsed() < Duration::from_secs(5));
     // The 503 was not cached: asked again, still 503 (refused), not a stale answer.
     assert_eq!(
-        send(&backend, get("/latest/meta-data/instance-id")).await.0,
+        status_of(&backend, "/latest/meta-data/instance-id").await,
         StatusCode::SERVICE_UNAVAILABLE
     );
 
-    let nova = FakeNova::start(
-        addr,
-        fake_nova::Config {
-            secret: SECRET.to_vec(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let nova = fake_nova_at(addr, SECRET).await;
     assert_eq!(
-        send(&backend, get("/latest/meta-data/instance-id")).await.0,
+        status_of(&backend, "/latest/meta-data/instance-id").await,
         StatusCode::OK
     );
     assert_eq!(nova.request_count(), 1);
@@ -323,7 +317,7 @@ async fn hung_nova_is_503_at_the_timeout() {
     };
     let backend = NovaBackend::new(&config);
     let started = Instant::now();
-    let (status, _) = send(&backend, get("/openstack/latest/meta_data.json")).await;
+    let (status, _) = send(&backend, get(META_DATA)).await;
     let waited = started.elapsed();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
@@ -332,12 +326,7 @@ async fn hung_nova_is_503_at_the_timeout() {
     );
     // Once nova answers in time again, so do we.
     nova.set_delay(Duration::ZERO);
-    assert_eq!(
-        send(&backend, get("/openstack/latest/meta_data.json"))
-            .await
-            .0,
-        StatusCode::OK
-    );
+    assert_eq!(status_of(&backend, META_DATA).await, StatusCode::OK);
 }
 
 /// An https fake nova and the backend's TLS settings for it.
@@ -352,11 +341,21 @@ async fn https_nova(dir: &Path, require_client_cert: bool) -> (FakeNova, fake_no
     (FakeNova::start(loopback(), config).await.unwrap(), files)
 }
 
-fn https_config(addr: SocketAddr, files: TlsFiles<'_>) -> NovaConfig {
-    NovaConfig {
+/// A backend asking nova at `addr` over https with these TLS settings.
+fn https_backend(addr: SocketAddr, files: TlsFiles<'_>) -> NovaBackend {
+    NovaBackend::new(&NovaConfig {
         protocol: Protocol::Https,
         tls: Some(client_config(&files).unwrap()),
         ..config_for(addr)
+    })
+}
+
+/// TLS settings that trust `ca` and present no client certificate.
+fn trust(ca: &Path) -> TlsFiles<'_> {
+    TlsFiles {
+        ca_cert: Some(ca),
+        client_identity: None,
+        insecure: false,
     }
 }
 
@@ -364,56 +363,30 @@ fn https_config(addr: SocketAddr, files: TlsFiles<'_>) -> NovaConfig {
 async fn https_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (nova, files) = https_nova(dir.path(), false).await;
-    let trusting = NovaBackend::new(&https_config(
-        nova.addr(),
-        TlsFiles {
-            ca_cert: Some(&files.ca),
-            client_identity: None,
-            insecure: false,
-        },
-    ));
-    assert_eq!(
-        send(&trusting, get("/openstack/latest/meta_data.json"))
-            .await
-            .0,
-        StatusCode::OK
-    );
+    let trusting = https_backend(nova.addr(), trust(&files.ca));
+    assert_eq!(status_of(&trusting, META_DATA).await, StatusCode::OK);
 
     // Another CA: the certificate is refused, the guest sees 503.
     let other_dir = tempfile::tempdir().unwrap();
     let other = TestPki::generate(&["127.0.0.1"])
         .write_to(other_dir.path())
         .unwrap();
-    let distrusting = NovaBackend::new(&https_config(
-        nova.addr(),
-        TlsFiles {
-            ca_cert: Some(&other.ca),
-            client_identity: None,
-            insecure: false,
-        },
-    ));
+    let distrusting = https_backend(nova.addr(), trust(&other.ca));
     assert_eq!(
-        send(&distrusting, get("/openstack/latest/meta_data.json"))
-            .await
-            .0,
+        status_of(&distrusting, META_DATA).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
 
     // --nova-metadata-insecure accepts it anyway.
-    let insecure = NovaBackend::new(&https_config(
+    let insecure = https_backend(
         nova.addr(),
         TlsFiles {
             ca_cert: None,
             client_identity: None,
             insecure: true,
         },
-    ));
-    assert_eq!(
-        send(&insecure, get("/openstack/latest/meta_data.json"))
-            .await
-            .0,
-        StatusCode::OK
     );
+    assert_eq!(status_of(&insecure, META_DATA).await, StatusCode::OK);
     assert_eq!(nova.request_count(), 2);
 }
 
@@ -421,35 +394,20 @@ async fn https_with_a_private_ca() {
 async fn https_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let (nova, files) = https_nova(dir.path(), true).await;
-    let with_cert = NovaBackend::new(&https_config(
+    let with_cert = https_backend(
         nova.addr(),
         TlsFiles {
-            ca_cert: Some(&files.ca),
             client_identity: Some((&files.client_cert, &files.client_key)),
-            insecure: false,
+            ..trust(&files.ca)
         },
-    ));
-    assert_eq!(
-        send(&with_cert, get("/openstack/latest/meta_data.json"))
-            .await
-            .0,
-        StatusCode::OK
     );
+    assert_eq!(status_of(&with_cert, META_DATA).await, StatusCode::OK);
     let seen = nova.requests().pop().unwrap();
     assert_eq!(seen.header_values("x-instance-id"), [INSTANCE]);
 
-    let without_cert = NovaBackend::new(&https_config(
-        nova.addr(),
-        TlsFiles {
-            ca_cert: Some(&files.ca),
-            client_identity: None,
-            insecure: false,
-        },
-    ));
+    let without_cert = https_backend(nova.addr(), trust(&files.ca));
     assert_eq!(
-        send(&without_cert, get("/openstack/latest/meta_data.json"))
-            .await
-            .0,
+        status_of(&without_cert, META_DATA).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(nova.request_count(), 1);
@@ -464,9 +422,7 @@ async fn boot_storm_of_identical_gets_is_one_upstream_request() {
     let guests: Vec<_> = (0..200)
         .map(|_| {
             let backend = backend.clone();
-            tokio::spawn(
-                async move { send(&backend, get("/openstack/latest/meta_data.json")).await },
-            )
+            tokio::spawn(async move { send(&backend, get(META_DATA)).await })
         })
         .collect();
     let mut bodies = std::collections::BTreeSet::new();
@@ -491,11 +447,11 @@ async fn cached_answers_expire() {
         ..config_for(nova.addr())
     };
     let backend = NovaBackend::new(&config);
-    let path = "/openstack/latest/meta_data.json";
+    let path = META_DATA;
     let first = send(&backend, get(path)).await.1;
     assert_eq!(send(&backend, get(path)).await.1, first);
     // Same path, other query: its own entry.
-    send(&backend, get("/openstack/latest/meta_data.json?x")).await;
+    send(&backend, get(&format!("{META_DATA}?x"))).await;
     assert_eq!(nova.request_count(), 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let later = send(&backend, get(path)).await.1;
@@ -513,18 +469,14 @@ async fn errors_are_not_cached_but_404_is() {
     nova.script("/openstack/latest/vendor_data2.json", 500, "boom");
     for _ in 0..2 {
         assert_eq!(
-            send(&backend, get("/openstack/latest/vendor_data2.json"))
-                .await
-                .0,
+            status_of(&backend, "/openstack/latest/vendor_data2.json").await,
             StatusCode::INTERNAL_SERVER_ERROR
         );
     }
     assert_eq!(nova.request_count(), 2);
     for _ in 0..2 {
         assert_eq!(
-            send(&backend, get("/openstack/latest/missing.json"))
-                .await
-                .0,
+            status_of(&backend, "/openstack/latest/missing.json").await,
             StatusCode::NOT_FOUND
         );
     }
@@ -540,12 +492,7 @@ async fn zero_expiration_disables_the_cache() {
     };
     let backend = NovaBackend::new(&config);
     for _ in 0..3 {
-        assert_eq!(
-            send(&backend, get("/openstack/latest/meta_data.json"))
-                .await
-                .0,
-            StatusCode::OK
-        );
+        assert_eq!(status_of(&backend, META_DATA).await, StatusCode::OK);
     }
     assert_eq!(nova.request_count(), 3);
 }
@@ -689,7 +636,7 @@ async fn stale_if_error_serves_young_answers_while_nova_is_down() {
         ..config_for(addr)
     };
     let backend = NovaBackend::new(&config);
-    let path = "/openstack/latest/meta_data.json";
+    let path = META_DATA;
     let (status, fresh) = send(&backend, get(path)).await;
     assert_eq!(status, StatusCode::OK);
     nova.stop();
@@ -726,15 +673,7 @@ async fn stale_if_error_serves_young_answers_while_nova_is_down() {
         "older than the limit"
     );
 
-    let nova = FakeNova::start(
-        addr,
-        fake_nova::Config {
-            secret: SECRET.to_vec(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let nova = fake_nova_at(addr, SECRET).await;
     let response = backend.forward(&target(), get(path)).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert!(

@@ -1,0 +1,171 @@
+//! The raw bpf(2) calls that both the daemon and the test harness make and
+//! aya 0.14 does not expose for them: creating a map from a `bpf_attr` of
+//! the caller's choosing (an LRU hash of our own, or one naming BTF types),
+//! pinning an fd and opening a pin. Written once here so that the
+//! `bpf_attr` layouts cannot drift apart between the daemon and its tests.
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+pub const BPF_MAP_CREATE: libc::c_long = 0;
+pub const BPF_OBJ_PIN: libc::c_long = 6;
+pub const BPF_OBJ_GET: libc::c_long = 7;
+
+/// `enum bpf_map_type` values.
+pub const BPF_MAP_TYPE_HASH: u32 = 1;
+pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+
+/// `BPF_OBJ_NAME_LEN`: a map name's room, its NUL included.
+pub const BPF_OBJ_NAME_LEN: usize = 16;
+
+/// Runs the bpf(2) command `cmd` on `attr`; its non-negative return value
+/// (an fd or 0, as `cmd` says).
+///
+/// # Safety
+///
+/// `attr` must be the `union bpf_attr` prefix that `cmd` reads, and every
+/// pointer in it must be valid for what the kernel reads or writes there
+/// for the length given beside it.
+pub unsafe fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for `attr` (see above); the size is its own.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `union bpf_attr` as BPF_MAP_CREATE reads it (the fields up to
+/// `map_extra`; the kernel takes the rest as zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapCreateAttr {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub inner_map_fd: u32,
+    pub numa_node: u32,
+    pub map_name: [u8; BPF_OBJ_NAME_LEN],
+    pub map_ifindex: u32,
+    pub btf_fd: u32,
+    pub btf_key_type_id: u32,
+    pub btf_value_type_id: u32,
+    pub btf_vmlinux_value_type_id: u32,
+    pub map_extra: u64,
+}
+
+/// `union bpf_attr` as BPF_OBJ_PIN and BPF_OBJ_GET read it.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// Creates a map as `attr` describes; its fd.
+pub fn create_map(attr: &MapCreateAttr) -> io::Result<OwnedFd> {
+    let mut attr = *attr;
+    // SAFETY: BPF_MAP_CREATE reads a MapCreateAttr, which holds no pointers.
+    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr) }?;
+    // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Creates a BPF LRU hash map named `name` (at most 15 bytes of
+/// `[A-Za-z0-9_.]`) with these sizes; its fd.
+pub fn create_lru_hash(
+    name: &str,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size,
+        value_size,
+        max_entries,
+        ..Default::default()
+    };
+    let bytes = name.as_bytes();
+    if bytes.len() >= BPF_OBJ_NAME_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("map name {name:?} is too long"),
+        ));
+    }
+    attr.map_name[..bytes.len()].copy_from_slice(bytes);
+    create_map(&attr)
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Pins the BPF object `fd` at `pin` (on bpffs).
+pub fn obj_pin(fd: &OwnedFd, pin: &Path) -> io::Result<()> {
+    let path = c_path(pin)?;
+    let mut attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: BPF_OBJ_PIN reads an ObjAttr; `path` outlives the call.
+    unsafe { bpf(BPF_OBJ_PIN, &mut attr) }.map(drop)
+}
+
+/// A new fd for the object pinned at `pin`.
+pub fn obj_get(pin: &Path) -> io::Result<OwnedFd> {
+    let path = c_path(pin)?;
+    let mut attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: BPF_OBJ_GET reads an ObjAttr; `path` outlives the call.
+    let fd = unsafe { bpf(BPF_OBJ_GET, &mut attr) }?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_name_must_fit_the_kernels_room() {
+        let err = create_lru_hash("sixteen_bytes_xx", 4, 4, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn paths_with_a_nul_are_refused_before_any_call() {
+        let err = obj_get(Path::new("bad\0pin")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn the_attrs_have_the_kernels_layout() {
+        // union bpf_attr's map-create part up to map_extra: 72 bytes, and
+        // the obj part (pathname, bpf_fd, file_flags, path_fd): 20 + padding.
+        assert_eq!(std::mem::size_of::<MapCreateAttr>(), 72);
+        assert_eq!(std::mem::offset_of!(MapCreateAttr, map_extra), 64);
+        assert_eq!(std::mem::offset_of!(ObjAttr, path_fd), 16);
+    }
+}
