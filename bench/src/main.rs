@@ -10,6 +10,7 @@
 //! network namespace: all load starts inside guest namespaces (or goes to
 //! the daemon's unix socket).
 mod admin_status;
+mod baseline_store;
 mod bpfstats;
 mod conn;
 mod cpu;

@@ -119,7 +119,14 @@ pub fn receive_profiles(
         world.prepare(PathKind::Ours, mode)?;
         let pid = world.daemon.pid().context("the daemon is not running")?;
         let clients = world.clients(guests, PathKind::Ours, mode, plan.url_path);
-        let data = scratch.join("receive-profile.data");
+        // Kept for a closer look: `perf report -i <out>/profile-ours-...`.
+        let data = scratch.join(format!(
+            "profile-ours-{}-{guests}.data",
+            match mode {
+                ConnMode::KeepAlive => "keep-alive",
+                ConnMode::Close => "close",
+            }
+        ));
         // Started during the warm-up, ends with the cell.
         let profiler = std::thread::spawn({
             let data = data.clone();
@@ -134,7 +141,6 @@ pub fn receive_profiles(
             .join()
             .map_err(|_| anyhow::anyhow!("the profiler thread panicked"))??;
         let share = profile::receive_share(&data)?;
-        let _ = std::fs::remove_file(&data);
         progress(&format!(
             "receive profile: ours {:<17} {guests:>3} guests: {:.1}% of the daemon's samples under net_rx_action ({} samples)",
             mode.label(),

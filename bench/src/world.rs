@@ -28,6 +28,7 @@ use mdr_harness::{
     names,
 };
 
+use crate::baseline_store::StoreVersion;
 use crate::conn::Target;
 use crate::cpu::{Role, Watched};
 use crate::http1::{self, ConnMode};
@@ -157,6 +158,9 @@ fn ipv6_ready(guest: &Guest) -> Result<u32> {
         .with_context(|| format!("no ifindex in {out:?}"))
 }
 
+/// The daemon's default name for the host's end of its veth pair.
+const ENTRY_IFNAME: &str = "mdr-in";
+
 /// The server address and port the daemon listens on by default.
 const SERVER_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 0, 0, 1), 80);
 
@@ -186,6 +190,8 @@ pub struct World {
     server: Server,
     daemon_bin: PathBuf,
     baseline_bin: Option<PathBuf>,
+    /// The store's real schema version while the baseline has it lowered.
+    lowered_store: Option<StoreVersion>,
     /// Each guest's answer from the daemon, raw, for the responder:
     /// (keep-alive, close), captured on first use.
     captured: Vec<(Vec<u8>, Vec<u8>)>,
@@ -308,6 +314,7 @@ impl World {
             server: Server::Daemon,
             daemon_bin: mdr_harness::env::mdr_bin(),
             baseline_bin,
+            lowered_store: None,
             captured: Vec::new(),
             url_path,
             guests: bench_guests,
@@ -396,7 +403,11 @@ impl World {
             PathKind::Baseline => Server::Baseline,
             PathKind::Limit => Server::Responder(mode),
         };
-        if matches!(self.server, Server::Responder(_)) && self.server != want {
+        // The responder takes over our daemon's datapath and namespace (a
+        // baseline build may lay both out its own way), and leaves them.
+        let responder_involved = matches!(self.server, Server::Responder(_))
+            || (matches!(want, Server::Responder(_)) && self.server == Server::Baseline);
+        if responder_involved && self.server != want {
             self.switch_daemon(Server::Daemon)?;
         }
         self.set_ours(path.uses_redirect())?;
@@ -445,14 +456,49 @@ impl World {
             _ => self.daemon_bin.clone(),
         };
         self.stop_server();
+        if let Some(lowered) = self.lowered_store.take() {
+            lowered.restore()?;
+        }
+        if !mdr_harness::daemon::serves_in_own_netns(&bin)? {
+            self.make_way_for_host_netns_server()?;
+        }
         self.daemon.set_bin(&bin);
-        self.daemon.restart()?;
+        if let Err(refusal) = self.daemon.restart() {
+            // An older build refuses the store's newer schema (see
+            // baseline_store): shown the version it knows, it starts.
+            let lowered = match server {
+                Server::Baseline => StoreVersion::lower_for(self.daemon.state_dir(), &refusal)?,
+                _ => None,
+            };
+            let Some(lowered) = lowered else {
+                return Err(refusal);
+            };
+            self.lowered_store = Some(lowered);
+            self.daemon.restart()?;
+        }
         self.server = server;
         let taps: Vec<String> = (0..self.guests.len())
             .filter(|&i| self.registered[i])
             .map(|i| self.guests[i].guest.tap().to_owned())
             .collect();
         wait_attached(&self.daemon, &taps)
+    }
+
+    /// An older build (the baseline) serves in the hypervisor namespace and
+    /// wants both ends of its veth pair there; it refuses to adopt an entry
+    /// end whose peer is in the server namespace our daemon made. Deleting
+    /// the entry end deletes the pair; our daemon makes it again when it
+    /// comes back (and moves an old-style pair into its namespace).
+    fn make_way_for_host_netns_server(&self) -> Result<()> {
+        let present = self
+            .host
+            .exec(&["ip", "link", "show", "dev", ENTRY_IFNAME])?
+            .status
+            .success();
+        if present {
+            self.host.ip(&["link", "del", "dev", ENTRY_IFNAME])?;
+        }
+        Ok(())
     }
 
     /// Stops whatever listens on the server address.
@@ -660,9 +706,17 @@ pub fn attached_taps(daemon: &Daemon) -> Result<Vec<String>> {
     Ok(tap_slots(daemon)?.into_keys().collect())
 }
 
-/// The slot of every attached tap (`status --json`).
+/// The slot of every attached tap (`status --json --taps`), asked with this
+/// build's CLI whichever build serves: an older daemon (the baseline)
+/// lists the taps without being asked, and its CLI knows no `--taps`.
 fn tap_slots(daemon: &Daemon) -> Result<HashMap<String, u32>> {
-    let out = daemon.cli_ok(&["status", "--json", "--taps"])?;
+    let mut status = std::process::Command::new(mdr_harness::env::mdr_bin());
+    status
+        .arg("--admin-socket")
+        .arg(daemon.admin_socket())
+        .args(["status", "--json", "--taps"])
+        .stdin(std::process::Stdio::null());
+    let out = mdr_harness::cmd::checked(&mut status)?;
     let status: serde_json::Value = serde_json::from_str(&out).context("status --json --taps")?;
     let taps = status["datapath"]["attached_taps"]
         .as_object()

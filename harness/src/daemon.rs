@@ -189,11 +189,14 @@ impl Daemon {
                 &admin_socket,
                 "--bpffs",
                 &bpffs,
-                "--server-netns",
-                &config.server_netns,
             ],
         ]
         .concat();
+        // An older build (the benchmark's baseline) has no server namespace:
+        // it serves in the namespace it runs in, and refuses the flag.
+        if serves_in_own_netns(&config.bin)? {
+            args.extend(["--server-netns", &config.server_netns]);
+        }
         if config.handed_over.is_some() {
             // sd_listen_fds(3) wants LISTEN_PID to be the daemon's own pid:
             // the shell's, which exec keeps (after any prefix's own exec).
@@ -490,6 +493,21 @@ impl Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether the daemon at `bin` puts its server in a network namespace of
+/// its own (`serve --server-netns`, every build since that flag came); an
+/// older build listens in the namespace it runs in.
+pub fn serves_in_own_netns(bin: &Path) -> Result<bool> {
+    let out = cmd::output(Command::new(bin).args(["serve", "--help"]))?;
+    if !out.status.success() {
+        bail!(
+            "`{} serve --help` failed: {}",
+            bin.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).contains("--server-netns"))
 }
 
 /// Makes `listener` the child's fd 3 (without close-on-exec), where

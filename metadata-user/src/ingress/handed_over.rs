@@ -78,7 +78,7 @@ fn check(listener: &TcpListener, wanted: SocketAddr, netns: BorrowedFd<'_>) -> a
     if set != 0 {
         return Err(std::io::Error::last_os_error()).context("setting TCP_NODELAY");
     }
-    Ok(())
+    super::server::defer_accept(listener).context("setting TCP_DEFER_ACCEPT")
 }
 
 /// Whether `listener` belongs to the network namespace `netns` (same nsfs

@@ -195,13 +195,13 @@ fn meta_data_json(view: &InstanceView<'_>, version: OpenStackVersion) -> Rendere
         rest.insert("dedicated_cpus", cpus);
     }
     let (prefix, suffix) = pyjson::dumps_around_string(&md, "random_seed", &rest);
-    Rendered {
-        body: RenderedBody::AroundSeed {
+    Rendered::new(
+        RenderedBody::AroundSeed {
             prefix: prefix.into(),
             suffix: suffix.into(),
         },
-        content_type: APPLICATION_JSON,
-    }
+        APPLICATION_JSON,
+    )
 }
 
 /// `_get_device_metadata`: the document stores devices as nova renders them

@@ -1,11 +1,13 @@
 //! An answer rendered once and kept: its bytes, whole or around the one
-//! part that differs per request (meta_data.json's random seed), and its
-//! content type. What else belongs to the bytes (an ETag) goes here too.
+//! part that differs per request (meta_data.json's random seed), its
+//! content type, and its ETag (a SHA-256 of the bytes: computed once here,
+//! not for every answer).
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use rand::Rng as _;
 
 use super::response::{APPLICATION_JSON, Document, TEXT_PLAIN};
+use crate::backend::watch::ETag;
 
 /// Random bytes in each `random_seed` (nova: `os.urandom(512)`).
 const SEED_BYTES: usize = 512;
@@ -14,8 +16,10 @@ const SEED_BASE64_LEN: usize = SEED_BYTES.div_ceil(3) * 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rendered {
-    pub body: RenderedBody,
-    pub content_type: &'static str,
+    body: RenderedBody,
+    content_type: &'static str,
+    /// Of the bytes without the seed, as `Document::etag` would compute it.
+    etag: ETag,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,23 +33,33 @@ pub enum RenderedBody {
 }
 
 impl Rendered {
+    pub fn new(body: RenderedBody, content_type: &'static str) -> Self {
+        let mut rendered = Self {
+            body,
+            content_type,
+            etag: ETag::of(content_type, &[], None),
+        };
+        // The tag of a document as served (the seed left out), so it is
+        // the one every answer carries whichever way it was made.
+        rendered.etag = rendered.fresh_document().etag();
+        rendered
+    }
+
     pub fn text(body: impl Into<Bytes>) -> Self {
-        Self {
-            body: RenderedBody::Whole(body.into()),
-            content_type: TEXT_PLAIN,
-        }
+        Self::new(RenderedBody::Whole(body.into()), TEXT_PLAIN)
     }
 
     pub fn json(body: impl Into<Bytes>) -> Self {
-        Self {
-            body: RenderedBody::Whole(body.into()),
-            content_type: APPLICATION_JSON,
-        }
+        Self::new(RenderedBody::Whole(body.into()), APPLICATION_JSON)
     }
 
     /// The document for one answer: the kept bytes, with a new seed where
-    /// there is one.
+    /// there is one, and the kept ETag.
     pub fn document(&self) -> Document {
+        self.fresh_document().with_etag(self.etag.clone())
+    }
+
+    fn fresh_document(&self) -> Document {
         match &self.body {
             RenderedBody::Whole(bytes) => Document::new(bytes.clone(), self.content_type),
             RenderedBody::AroundSeed { prefix, suffix } => {
@@ -59,6 +73,7 @@ impl Rendered {
                     content_type: self.content_type,
                     // New in every answer: left out of the ETag.
                     volatile: Some(prefix.len()..prefix.len() + SEED_BASE64_LEN),
+                    etag: None,
                 }
             }
         }
@@ -84,13 +99,13 @@ mod tests {
 
     #[test]
     fn every_document_gets_its_own_seed_between_the_kept_parts() {
-        let rendered = Rendered {
-            body: RenderedBody::AroundSeed {
+        let rendered = Rendered::new(
+            RenderedBody::AroundSeed {
                 prefix: Bytes::from_static(b"{\"random_seed\": \""),
                 suffix: Bytes::from_static(b"\"}"),
             },
-            content_type: APPLICATION_JSON,
-        };
+            APPLICATION_JSON,
+        );
         let first = rendered.document();
         let second = rendered.document();
         assert_ne!(first.body, second.body);
@@ -110,6 +125,29 @@ mod tests {
             seed.as_bytes()
         );
         assert_eq!(first.etag(), second.etag());
+    }
+
+    /// The kept ETag is the one computed from an answer's bytes.
+    #[test]
+    fn the_kept_etag_is_the_documents_own() {
+        for rendered in [
+            Rendered::text("hostname"),
+            Rendered::new(
+                RenderedBody::AroundSeed {
+                    prefix: Bytes::from_static(b"{\"a\": 1, \"random_seed\": \""),
+                    suffix: Bytes::from_static(b"\"}"),
+                },
+                APPLICATION_JSON,
+            ),
+        ] {
+            let document = rendered.document();
+            let computed = Document {
+                etag: None,
+                ..document.clone()
+            }
+            .etag();
+            assert_eq!(document.etag(), computed);
+        }
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Document {
     /// A span of `body` that is new in every answer (meta_data.json's
     /// random_seed), left out of the ETag.
     pub volatile: Option<Range<usize>>,
+    /// The ETag when it is known already (a kept answer's): not computed
+    /// again from the bytes.
+    pub etag: Option<ETag>,
 }
 
 impl Document {
@@ -46,6 +49,15 @@ impl Document {
             body: body.into(),
             content_type,
             volatile: None,
+            etag: None,
+        }
+    }
+
+    /// With its ETag known (`etag` must be what [`Document::etag`] computes).
+    pub fn with_etag(self, etag: ETag) -> Self {
+        Self {
+            etag: Some(etag),
+            ..self
         }
     }
 
@@ -56,7 +68,10 @@ impl Document {
     /// Derived from the bytes (volatile span excluded): a render cache can
     /// keep it next to them.
     pub fn etag(&self) -> ETag {
-        ETag::of(self.content_type, &self.body, self.volatile.clone())
+        match &self.etag {
+            Some(known) => known.clone(),
+            None => ETag::of(self.content_type, &self.body, self.volatile.clone()),
+        }
     }
 
     pub fn into_response(self, method: &Method) -> HttpResponse {

@@ -7,14 +7,17 @@
 //! A body may have a part that is new in every answer without the content
 //! having changed: `meta_data.json`'s `random_seed`. That span is left out,
 //! or a guest watching `meta_data.json` would be woken by every answer.
-use std::ops::Range;
+use std::{ops::Range, sync::Arc};
 
 use hyper::header::HeaderValue;
 use sha2::{Digest as _, Sha256};
 
-/// An answer's ETag, quoted (`"0123…"`), ready to be a header value.
+/// An answer's ETag, quoted (`"0123…"`), kept as a header value: a kept
+/// answer's tag goes into every response without being copied or checked
+/// again. Behind an Arc, a pointer wide, so the answers that hold one stay
+/// small.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ETag(String);
+pub struct ETag(Arc<HeaderValue>);
 
 /// Hex digits kept of the digest (128 bits: no collision in practice).
 const HEX_DIGITS: usize = 32;
@@ -36,16 +39,19 @@ impl ETag {
             None => digest.update(body),
         }
         let hex = hex::encode(&digest.finalize()[..HEX_DIGITS / 2]);
-        Self(format!("\"{hex}\""))
+        let quoted = format!("\"{hex}\"");
+        Self(Arc::new(
+            HeaderValue::from_str(&quoted).expect("quoted hex is a valid header value"),
+        ))
     }
 
     /// As it appears in the `ETag` header, quotes included.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.to_str().expect("made from quoted hex")
     }
 
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.0).expect("quoted hex is a valid header value")
+        (*self.0).clone()
     }
 }
 
