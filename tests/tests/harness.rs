@@ -105,10 +105,12 @@ fn a_qemu_guest_boots_and_fetches_over_its_tap() {
 }
 
 /// A stand-in daemon: `serve` makes its bpffs dir and "socket" and sleeps;
-/// `status` succeeds once the socket exists.
+/// `status` succeeds once the socket exists; `serve --help` names
+/// `--server-netns`, as today's daemon does (the harness asks).
 const FAKE_DAEMON: &str = r#"#!/bin/sh
 while [ $# -gt 0 ]; do
   case "$1" in
+    --help) echo "  --server-netns <NAME>"; exit 0 ;;
     --admin-socket) sock=$2; shift ;;
     --bpffs) bpffs=$2; shift ;;
     serve) mode=serve ;;
