@@ -1,7 +1,7 @@
-//! Where packets or connections were lost during a measurement: the
-//! hypervisor namespace's TCP counters (an accept queue that overflows
-//! shows as ListenOverflows, and costs the guest a 1 s SYN retransmit) and
-//! the datapath's own drop counters.
+//! Where packets or connections were lost during a measurement: the TCP
+//! counters of the namespaces a server listens in (an accept queue that
+//! overflows shows as ListenOverflows, and costs the guest a 1 s SYN
+//! retransmit) and the datapath's own drop counters.
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -20,24 +20,29 @@ const TCP_EXT: [&str; 6] = [
 
 pub type Counters = BTreeMap<String, u64>;
 
-/// The counters now: `tcp.*` from the namespace's /proc/net/netstat (read
-/// from inside it), `datapath.dropped_*` from the pinned COUNTERS map under
-/// `bpffs` (read with bpftool, so also while no daemon runs).
-pub fn snapshot(host: &Netns, bpffs: &Path) -> Result<Counters> {
+/// The counters now: `tcp.*` summed over the namespaces' /proc/net/netstat
+/// (read from inside each: the hypervisor namespace, where an older
+/// baseline build listens, and the daemon's server namespace, where ours
+/// and the limit listen), `datapath.dropped_*` from the pinned COUNTERS map
+/// under `bpffs` (read with bpftool, so also while no daemon runs).
+pub fn snapshot(namespaces: &[&Netns], bpffs: &Path) -> Result<Counters> {
     let mut counters = Counters::new();
-    let netstat = host.exec_ok(&["cat", "/proc/net/netstat"])?;
-    let lines: Vec<&str> = netstat
-        .lines()
-        .filter(|l| l.starts_with("TcpExt:"))
-        .collect();
-    if let [names, values] = lines[..] {
-        for (name, value) in names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .skip(1)
-        {
-            if TCP_EXT.contains(&name) {
-                counters.insert(format!("tcp.{name}"), value.parse().unwrap_or(0));
+    for netns in namespaces {
+        let netstat = netns.exec_ok(&["cat", "/proc/net/netstat"])?;
+        let lines: Vec<&str> = netstat
+            .lines()
+            .filter(|l| l.starts_with("TcpExt:"))
+            .collect();
+        if let [names, values] = lines[..] {
+            for (name, value) in names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .skip(1)
+            {
+                if TCP_EXT.contains(&name) {
+                    *counters.entry(format!("tcp.{name}")).or_default() +=
+                        value.parse::<u64>().unwrap_or(0);
+                }
             }
         }
     }

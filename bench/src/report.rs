@@ -513,7 +513,7 @@ pub fn markdown(results: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "Latency distributions: `latency-*.png`. \"lost\": loss counters that grew during the cells, in the hypervisor namespace (TCP: `ListenOverflows` = the daemon's accept queue was full and a handshake was dropped, which costs the guest a 1 s retransmit) and in the datapath; the neutron-style path's router namespaces are not watched.\n"
+        "Latency distributions: `latency-*.png`. \"lost\": loss counters that grew during the cells, in the hypervisor and server namespaces (TCP: `ListenOverflows` = the daemon's accept queue was full and a handshake was dropped, which costs the guest a 1 s retransmit) and in the datapath; the neutron-style path's router namespaces are not watched.\n"
     );
     md += &datapath_cost(results);
 

@@ -671,7 +671,8 @@ impl World {
 
     /// Loss counters of the hypervisor namespace and the datapath.
     pub fn drop_counters(&self) -> Result<crate::drops::Counters> {
-        crate::drops::snapshot(&self.host, self.daemon.bpffs())
+        let server_ns = Netns::existing(self.daemon.server_netns());
+        crate::drops::snapshot(&[&self.host, &server_ns], self.daemon.bpffs())
     }
 
     pub fn proxy_pids(&self) -> Vec<u32> {
