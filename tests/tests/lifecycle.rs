@@ -38,14 +38,7 @@ fn a_sigkilled_daemon_restarted_on_its_state_dir_serves_every_port_again() {
 #[test]
 #[ignore = "root: run via cargo xtask test"]
 fn a_restart_keeps_the_previous_daemons_program_and_its_tcx_links() {
-    let host = Host::new().unwrap();
-    let net = TenantNet::with_router_and_decoy(&host).unwrap();
-    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let mut daemon =
-        Daemon::start_with_args(&host, &["--tap-attach".into(), "tcx".into()]).unwrap();
-    let instance = Instance::sample("kept");
-    daemon.register(&guest, &instance).unwrap();
-    guest.wait_served(&instance.uuid).unwrap();
+    let (_host, _net, guest, mut daemon, instance) = served_guest("kept", &tcx());
     let pin = daemon
         .bpffs()
         .join("links")
@@ -92,13 +85,7 @@ fn link_and_program(pin: &std::path::Path) -> (u64, u64) {
 #[test]
 #[ignore = "root: run via cargo xtask test"]
 fn a_tap_deleted_and_recreated_under_the_same_name_is_served_again() {
-    let host = Host::new().unwrap();
-    let net = TenantNet::with_router_and_decoy(&host).unwrap();
-    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let daemon = Daemon::start(&host).unwrap();
-    let instance = Instance::sample("phoenix");
-    daemon.register(&guest, &instance).unwrap();
-    guest.wait_served(&instance.uuid).unwrap();
+    let (host, _net, guest, _daemon, instance) = served_guest("phoenix", &[]);
     let before = host.ifindex(guest.tap()).unwrap();
 
     guest.replug().unwrap();
@@ -112,13 +99,7 @@ fn a_tap_deleted_and_recreated_under_the_same_name_is_served_again() {
 #[test]
 #[ignore = "root: run via cargo xtask test"]
 fn a_pinned_map_with_another_layout_is_replaced_on_restart() {
-    let host = Host::new().unwrap();
-    let net = TenantNet::with_router_and_decoy(&host).unwrap();
-    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let mut daemon = Daemon::start(&host).unwrap();
-    let instance = Instance::sample("upgraded");
-    daemon.register(&guest, &instance).unwrap();
-    guest.wait_served(&instance.uuid).unwrap();
+    let (_host, _net, guest, mut daemon, instance) = served_guest("upgraded", &[]);
 
     // What an older version with another PortEntry layout would have left.
     daemon.kill9().unwrap();
@@ -179,13 +160,7 @@ fn map_id(pin: &std::path::Path) -> u64 {
 fn a_pinned_map_of_the_same_size_with_another_field_order_is_replaced() {
     use mdr_harness::pinned_map::{self, Field, Layout};
 
-    let host = Host::new().unwrap();
-    let net = TenantNet::with_router_and_decoy(&host).unwrap();
-    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let mut daemon = Daemon::start(&host).unwrap();
-    let instance = Instance::sample("relaid");
-    daemon.register(&guest, &instance).unwrap();
-    guest.wait_served(&instance.uuid).unwrap();
+    let (_host, _net, guest, mut daemon, instance) = served_guest("relaid", &[]);
     let ports = daemon.pinned_map("PORTS");
 
     // Its own map, same build: reused.
@@ -248,13 +223,7 @@ fn a_pinned_map_of_the_same_size_with_another_field_order_is_replaced() {
 #[test]
 #[ignore = "root: run via cargo xtask test"]
 fn a_flow_table_of_another_layout_is_replaced_on_restart() {
-    let host = Host::new().unwrap();
-    let net = TenantNet::with_router_and_decoy(&host).unwrap();
-    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let mut daemon = Daemon::start(&host).unwrap();
-    let instance = Instance::sample("tables");
-    daemon.register(&guest, &instance).unwrap();
-    guest.wait_served(&instance.uuid).unwrap();
+    let (_host, _net, guest, mut daemon, instance) = served_guest("tables", &[]);
     let flows = daemon.pinned_map("FLOWS");
     // The port's table (FLOWS also holds spare tables made ahead for the
     // slots handed out next): under the port's IPv4 identity address.
@@ -405,13 +374,7 @@ fn a_tap_moved_to_another_bridge_keeps_its_datapath() {
 #[test]
 #[ignore = "root: run via cargo xtask test"]
 fn a_port_deleted_and_added_again_at_once_is_served() {
-    let host = Host::new().unwrap();
-    let net = TenantNet::with_router_and_decoy(&host).unwrap();
-    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
-    let daemon = Daemon::start(&host).unwrap();
-    let instance = Instance::sample("again");
-    daemon.register(&guest, &instance).unwrap();
-    guest.wait_served(&instance.uuid).unwrap();
+    let (_host, _net, guest, daemon, instance) = served_guest("again", &[]);
 
     for _ in 0..5 {
         daemon
@@ -422,4 +385,23 @@ fn a_port_deleted_and_added_again_at_once_is_served() {
     }
     check_own_answers(&guest, &instance).unwrap();
     assert!(!daemon.log().contains("attaching:"), "{}", daemon.log());
+}
+
+/// The start of most tests here: a tenant network with one guest, a daemon
+/// (`serve` with `args`), and the guest registered as `name` and served.
+/// Bound as a tuple in this order, the parts drop as locals would: the
+/// instance, the daemon, the guest, the network, the host.
+fn served_guest(name: &str, args: &[String]) -> (Host, TenantNet, Guest, Daemon, Instance) {
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let daemon = Daemon::start_with_args(&host, args).unwrap();
+    let instance = Instance::sample(name);
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    (host, net, guest, daemon, instance)
+}
+
+fn tcx() -> [String; 2] {
+    ["--tap-attach".into(), "tcx".into()]
 }
