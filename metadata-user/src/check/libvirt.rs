@@ -14,10 +14,7 @@ pub fn item() -> Item {
 
 fn outcome(loaded: Result<(), String>) -> Item {
     match loaded {
-        Ok(()) => Item::ok(
-            NAME,
-            format!("{} loads (--discover libvirt)", ffi::LIBRARY),
-        ),
+        Ok(()) => Item::ok(NAME, format!("{} loads (--discover libvirt)", ffi::LIBRARY)),
         Err(err) => Item::fail(
             NAME,
             format!("--discover libvirt: {err}"),
