@@ -6,19 +6,19 @@
 //! rtnetlink takes about 0.1 ms. What it costs: the tap needs an `ingress`
 //! qdisc (one already there, as neutron's QoS policing adds, or a clsact, is
 //! used as it is: filters on parent ffff:fff2 land on its ingress block), and
-//! a filter is not a link we own and pin.
+//! a filter is not a link we own and pin. It belongs to the tap, outlives the
+//! daemon (even a SIGKILLed one), and is found again only by where it sits:
+//! ingress, priority [`PRIORITY`], handle [`HANDLE`]. Everything here
+//! addresses that one spot and never touches other filters.
 //!
 //! Why `ingress` and not clsact: creating a qdisc with a filter block on a
 //! device that cannot offload tc (a tap, a veth) enters the block into one
-//! host-wide list of such blocks, and the kernel walks that list for every
-//! new one (`flow_indr_dev_setup_offload`, 60% of the daemon's CPU while
-//! adding ports at 8,000 taps). A clsact has two blocks (ingress and
-//! egress), so each new one walked a list of two entries per tap, twice;
-//! an `ingress` qdisc has one block: a quarter of the walking. The walk is
-//! still there (see docs/benchmark.md, Density). It belongs to the tap, outlives the daemon
-//! (even a SIGKILLed one), and is found again only by where it sits: ingress,
-//! priority [`PRIORITY`], handle [`HANDLE`]. Everything here addresses that
-//! one spot and never touches other filters.
+//! host-wide list of such blocks, and the kernel searches that list for
+//! every new one (`flow_indr_dev_setup_offload`, 60% of the daemon's CPU
+//! while adding ports at 8,000 taps with clsact). A clsact has two blocks
+//! (ingress and egress), so each new one searched a list of two entries per
+//! tap, twice; an `ingress` qdisc has one block: a quarter of the searching.
+//! The search is still there (see docs/benchmark.md, Density).
 //!
 //! Deleting goes by ifindex over our own rtnetlink request, not through
 //! aya's `SchedClassifierLink::attached`, which takes an interface *name*:
