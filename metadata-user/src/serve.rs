@@ -97,6 +97,13 @@ pub fn run(args: ServeArgs, admin_socket: std::path::PathBuf) -> anyhow::Result<
     logging::init(settings.log_format);
     // Before anything is touched, and in the words `check` uses.
     check::kernel::require_supported()?;
+    // libvirt is loaded only for discovery: a host without it fails here,
+    // before anything is touched, not half way through the start.
+    if let Some(DiscoverConfig::Libvirt { .. }) = &settings.discover {
+        discovery::libvirt::ffi::load()
+            .map_err(anyhow::Error::msg)
+            .context("--discover libvirt")?;
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

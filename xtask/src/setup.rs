@@ -52,11 +52,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "openssl",
         "the identity test verifies signatures with AWS's published openssl commands",
     ),
-    // `serve --discover libvirt`: the daemon links libvirt's client library
-    // (crate `virt` builds against libvirt-dev); the tests and the benchmark
+    // `serve --discover libvirt`: the daemon loads libvirt's client library
+    // at run time (nothing to build against); the tests and the benchmark
     // run a private libvirtd of their own (no systemd unit is installed or
     // started: libvirt-daemon-system is not among these) with qemu domains.
-    ("libvirt-dev", "building the daemon's libvirt discovery"),
+    (
+        "libvirt0",
+        "libvirt's client library: the discovery's unit tests (libvirt's test driver) and serve --discover libvirt",
+    ),
     (
         "libvirt-daemon",
         "the libvirt discovery tests' private libvirtd",

@@ -12,6 +12,7 @@ pub mod caps;
 pub mod files;
 pub mod firewall;
 pub mod kernel;
+pub mod libvirt;
 pub mod namespace;
 pub mod routes;
 
@@ -87,6 +88,9 @@ pub async fn items(settings: &Settings) -> Vec<Item> {
     items.extend(namespace::network_items(settings).await);
     items.push(files::admin_socket_dir(&settings.admin_socket));
     items.push(files::state_dir(&settings.state_dir));
+    if settings.discover.is_some() {
+        items.push(libvirt::item());
+    }
     items
 }
 

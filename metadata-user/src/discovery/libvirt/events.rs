@@ -5,18 +5,17 @@
 //! (`virEventRunDefaultImpl`). One such thread runs for the daemon's life.
 //! The callbacks run on it; they only read the domain's UUID (no call to
 //! libvirtd) and send a message to discovery's worker thread, which does
-//! the rest. `virt` 0.4 wraps neither domain events nor the close callback,
-//! so they are registered here through `virt-sys`.
+//! the rest. Everything goes through [`ffi`], libvirt loaded at run time.
 use std::{
-    ffi::{CStr, c_char, c_int, c_void},
+    ffi::{c_char, c_int, c_void},
     sync::{OnceLock, mpsc::Sender},
     time::Instant,
 };
 
 use tracing::warn;
 use uuid::Uuid;
-use virt::connect::Connect;
-use virt_sys as sys;
+
+use super::ffi::{self, Connect, ConnectPtr, DomainPtr, GenericCallback};
 
 /// What the worker thread is told.
 #[derive(Debug)]
@@ -52,20 +51,19 @@ pub enum Why {
 static EVENT_LOOP: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Registers libvirt's default event loop and starts the thread that runs
-/// it, once per process. Must happen before the first connection is opened.
+/// it, once per process (loading libvirt first). Must happen before the
+/// first connection is opened.
 pub fn start_event_loop() -> Result<(), String> {
     EVENT_LOOP
         .get_or_init(|| {
-            // libvirt's default error handler prints every error to stderr;
-            // discovery logs the ones that matter itself.
-            virt::error::clear_error_callback();
-            virt::event::event_register_default_impl()
+            ffi::silence_errors()?;
+            ffi::event_register_default_impl()
                 .map_err(|err| format!("registering libvirt's event loop: {err}"))?;
             std::thread::Builder::new()
                 .name("libvirt-events".into())
                 .spawn(|| {
                     loop {
-                        if let Err(err) = virt::event::event_run_default_impl() {
+                        if let Err(err) = ffi::event_run_default_impl() {
                             warn!("libvirt's event loop: {err}");
                             std::thread::sleep(std::time::Duration::from_millis(100));
                         }
@@ -95,7 +93,7 @@ pub fn subscribe(
     conn: &Connect,
     tx: &Sender<Msg>,
     generation: u64,
-) -> Result<Subscription, virt::error::Error> {
+) -> Result<Subscription, ffi::Error> {
     let mut subscription = Subscription {
         ids: Vec::new(),
         close_registered: false,
@@ -106,56 +104,34 @@ pub fn subscribe(
     // free_opaque exactly once, when the callback is deregistered or the
     // connection is freed.
     unsafe {
-        let callbacks: [(c_int, sys::virConnectDomainEventGenericCallback); 4] = [
+        let callbacks: [(c_int, GenericCallback); 4] = [
             (
-                sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
-                Some(std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        c_int,
-                        c_int,
-                        *mut c_void,
-                    ) -> c_int,
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(on_lifecycle)),
+                ffi::EVENT_ID_LIFECYCLE,
+                std::mem::transmute::<
+                    unsafe extern "C" fn(ConnectPtr, DomainPtr, c_int, c_int, *mut c_void) -> c_int,
+                    GenericCallback,
+                >(on_lifecycle),
             ),
             (
-                sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED as c_int,
-                Some(std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        *const c_char,
-                        *mut c_void,
-                    ),
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(on_device_added)),
+                ffi::EVENT_ID_DEVICE_ADDED,
+                std::mem::transmute::<
+                    unsafe extern "C" fn(ConnectPtr, DomainPtr, *const c_char, *mut c_void),
+                    GenericCallback,
+                >(on_device_added),
             ),
             (
-                sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED as c_int,
-                Some(std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        *const c_char,
-                        *mut c_void,
-                    ),
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(on_device_removed)),
+                ffi::EVENT_ID_DEVICE_REMOVED,
+                std::mem::transmute::<
+                    unsafe extern "C" fn(ConnectPtr, DomainPtr, *const c_char, *mut c_void),
+                    GenericCallback,
+                >(on_device_removed),
             ),
             (
-                sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE as c_int,
-                Some(std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        c_int,
-                        *const c_char,
-                        *mut c_void,
-                    ),
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(on_metadata_change)),
+                ffi::EVENT_ID_METADATA_CHANGE,
+                std::mem::transmute::<
+                    unsafe extern "C" fn(ConnectPtr, DomainPtr, c_int, *const c_char, *mut c_void),
+                    GenericCallback,
+                >(on_metadata_change),
             ),
         ];
         for (event_id, callback) in callbacks {
@@ -163,35 +139,21 @@ pub fn subscribe(
                 tx: tx.clone(),
                 generation,
             }));
-            let id = sys::virConnectDomainEventRegisterAny(
-                conn.as_ptr(),
-                std::ptr::null_mut(),
-                event_id,
-                callback,
-                opaque.cast(),
-                Some(free_opaque),
-            );
-            if id < 0 {
-                drop(Box::from_raw(opaque));
-                let err = virt::error::Error::last_error();
-                unsubscribe(conn, subscription);
-                return Err(err);
+            match conn.domain_event_register_any(event_id, callback, opaque.cast(), free_opaque) {
+                Ok(id) => subscription.ids.push(id),
+                Err(err) => {
+                    drop(Box::from_raw(opaque));
+                    unsubscribe(conn, subscription);
+                    return Err(err);
+                }
             }
-            subscription.ids.push(id);
         }
         let opaque = Box::into_raw(Box::new(Opaque {
             tx: tx.clone(),
             generation,
         }));
-        if sys::virConnectRegisterCloseCallback(
-            conn.as_ptr(),
-            Some(on_close),
-            opaque.cast(),
-            Some(free_opaque),
-        ) < 0
-        {
+        if let Err(err) = conn.register_close_callback(on_close, opaque.cast(), free_opaque) {
             drop(Box::from_raw(opaque));
-            let err = virt::error::Error::last_error();
             unsubscribe(conn, subscription);
             return Err(err);
         }
@@ -203,15 +165,11 @@ pub fn subscribe(
 /// Deregisters what [`subscribe`] registered (best effort: on a connection
 /// that is already closed this fails, and closing frees them anyway).
 pub fn unsubscribe(conn: &Connect, subscription: Subscription) {
-    // SAFETY: ids and the callback come from the registrations above on
-    // this connection.
-    unsafe {
-        for id in subscription.ids {
-            sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id);
-        }
-        if subscription.close_registered {
-            sys::virConnectUnregisterCloseCallback(conn.as_ptr(), Some(on_close));
-        }
+    for id in subscription.ids {
+        conn.domain_event_deregister_any(id);
+    }
+    if subscription.close_registered {
+        conn.unregister_close_callback(on_close);
     }
 }
 
@@ -222,32 +180,20 @@ unsafe extern "C" fn free_opaque(opaque: *mut c_void) {
     }
 }
 
-/// The domain's UUID, read from the pointer libvirt passed (no RPC).
-unsafe fn domain_uuid(dom: sys::virDomainPtr) -> Option<Uuid> {
-    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
-    // SAFETY: dom is valid during the callback; buf has the documented size.
-    if unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } < 0 {
-        return None;
-    }
-    // SAFETY: libvirt wrote a NUL-terminated string into buf.
-    let text = unsafe { CStr::from_ptr(buf.as_ptr()) };
-    Uuid::parse_str(&text.to_string_lossy()).ok()
-}
-
-unsafe fn send_domain(dom: sys::virDomainPtr, opaque: *mut c_void, why: Why) {
+unsafe fn send_domain(dom: DomainPtr, opaque: *mut c_void, why: Why) {
     let at = Instant::now();
     // SAFETY: opaque is the Box<Opaque> registered with this callback.
     let opaque = unsafe { &*opaque.cast::<Opaque>() };
     // SAFETY: dom is valid for the callback's duration.
-    if let Some(uuid) = unsafe { domain_uuid(dom) } {
+    if let Some(uuid) = unsafe { ffi::callback_domain_uuid(dom) } {
         // The worker gone means the daemon is exiting: nothing to do.
         let _ = opaque.tx.send(Msg::Domain { uuid, why, at });
     }
 }
 
 unsafe extern "C" fn on_lifecycle(
-    _conn: sys::virConnectPtr,
-    dom: sys::virDomainPtr,
+    _conn: ConnectPtr,
+    dom: DomainPtr,
     event: c_int,
     detail: c_int,
     opaque: *mut c_void,
@@ -258,8 +204,8 @@ unsafe extern "C" fn on_lifecycle(
 }
 
 unsafe extern "C" fn on_device_added(
-    _conn: sys::virConnectPtr,
-    dom: sys::virDomainPtr,
+    _conn: ConnectPtr,
+    dom: DomainPtr,
     _alias: *const c_char,
     opaque: *mut c_void,
 ) {
@@ -268,8 +214,8 @@ unsafe extern "C" fn on_device_added(
 }
 
 unsafe extern "C" fn on_device_removed(
-    _conn: sys::virConnectPtr,
-    dom: sys::virDomainPtr,
+    _conn: ConnectPtr,
+    dom: DomainPtr,
     _alias: *const c_char,
     opaque: *mut c_void,
 ) {
@@ -278,8 +224,8 @@ unsafe extern "C" fn on_device_removed(
 }
 
 unsafe extern "C" fn on_metadata_change(
-    _conn: sys::virConnectPtr,
-    dom: sys::virDomainPtr,
+    _conn: ConnectPtr,
+    dom: DomainPtr,
     _kind: c_int,
     _nsuri: *const c_char,
     opaque: *mut c_void,
@@ -288,7 +234,7 @@ unsafe extern "C" fn on_metadata_change(
     unsafe { send_domain(dom, opaque, Why::MetadataChanged) };
 }
 
-unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: *mut c_void) {
+unsafe extern "C" fn on_close(_conn: ConnectPtr, reason: c_int, opaque: *mut c_void) {
     // SAFETY: opaque is the Box<Opaque> registered with the close callback.
     let opaque = unsafe { &*opaque.cast::<Opaque>() };
     let _ = opaque.tx.send(Msg::Closed {
@@ -299,11 +245,11 @@ unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: 
 
 /// `VIR_CONNECT_CLOSE_REASON_*` in words.
 pub fn close_reason(reason: i32) -> &'static str {
-    match reason as u32 {
-        sys::VIR_CONNECT_CLOSE_REASON_ERROR => "a socket error",
-        sys::VIR_CONNECT_CLOSE_REASON_EOF => "libvirtd closed it",
-        sys::VIR_CONNECT_CLOSE_REASON_KEEPALIVE => "keepalive timeout",
-        sys::VIR_CONNECT_CLOSE_REASON_CLIENT => "closed by us",
+    match reason {
+        ffi::CLOSE_REASON_ERROR => "a socket error",
+        ffi::CLOSE_REASON_EOF => "libvirtd closed it",
+        ffi::CLOSE_REASON_KEEPALIVE => "keepalive timeout",
+        ffi::CLOSE_REASON_CLIENT => "closed by us",
         _ => "unknown reason",
     }
 }

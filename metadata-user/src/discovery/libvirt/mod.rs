@@ -11,9 +11,11 @@
 //! owns. Nothing polls: between events the thread sleeps.
 //!
 //! What it reads is the domain's live XML ([`domain_xml`]), through
-//! libvirt's own API.
+//! libvirt's own API, loaded at run time ([`ffi`]): only this command needs
+//! libvirt installed.
 pub mod domain_xml;
 pub mod events;
+pub mod ffi;
 
 use std::{
     collections::BTreeSet,
@@ -27,11 +29,11 @@ use std::{
 use anyhow::Context as _;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
-use virt::{connect::Connect, domain::Domain, error::ErrorNumber};
 
 use self::{
     domain_xml::DomainDesc,
     events::{Msg, Subscription},
+    ffi::{Connect, Domain},
 };
 use super::{Book, ConnectionState, Observation, PortSink, Status};
 
@@ -208,7 +210,7 @@ impl Worker {
     }
 
     fn connect(&mut self) -> anyhow::Result<()> {
-        let conn = Connect::open(Some(&self.uri))
+        let conn = Connect::open(&self.uri)
             .map_err(|err| anyhow::anyhow!("connecting to {}: {}", self.uri, err.message()))?;
         if let Err(err) = conn.set_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT) {
             debug!("libvirt keepalive not set: {}", err.message());
@@ -217,8 +219,7 @@ impl Worker {
         let subscription = match events::subscribe(&conn, &self.tx, self.generation) {
             Ok(subscription) => subscription,
             Err(err) => {
-                let mut conn = conn;
-                let _ = conn.close();
+                conn.close();
                 anyhow::bail!(
                     "subscribing to {}'s domain events: {}",
                     self.uri,
@@ -239,13 +240,9 @@ impl Worker {
     }
 
     fn close(&mut self) {
-        if let Some(Live {
-            mut conn,
-            subscription,
-        }) = self.live.take()
-        {
+        if let Some(Live { conn, subscription }) = self.live.take() {
             events::unsubscribe(&conn, subscription);
-            let _ = conn.close();
+            conn.close();
         }
     }
 
@@ -290,7 +287,7 @@ impl Worker {
         };
         let result = live
             .conn
-            .list_all_domains(virt_sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .list_active_domains()
             .map_err(|err| err.message().to_owned())
             .and_then(|domains| {
                 domains
@@ -334,13 +331,13 @@ impl Worker {
         let Some(live) = &self.live else {
             return;
         };
-        let observation = match Domain::lookup_by_uuid_string(&live.conn, &uuid.to_string()) {
+        let observation = match live.conn.lookup_by_uuid(&uuid) {
             Ok(dom) => describe(&dom),
             Err(err) => Err(err),
         };
         match observation {
             Ok(observation) => self.book.observe(&*self.sink, observation),
-            Err(err) if err.code() == ErrorNumber::NoDomain => {
+            Err(err) if err.is_no_domain() => {
                 self.book.observe(&*self.sink, Observation::Gone(uuid));
             }
             Err(err) => self.call_failed(format!("reading domain {uuid}: {}", err.message())),
@@ -356,10 +353,7 @@ impl Worker {
         let Some(live) = &self.live else {
             return;
         };
-        let domains = match live
-            .conn
-            .list_all_domains(virt_sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-        {
+        let domains = match live.conn.list_active_domains() {
             Ok(domains) => domains,
             Err(err) => {
                 self.call_failed(format!("listing the running domains: {}", err.message()));
@@ -370,7 +364,7 @@ impl Worker {
         // are looked at again too.
         let again: BTreeSet<Uuid> = self.book.without_ports().into_iter().collect();
         for dom in domains {
-            let Ok(uuid) = dom.get_uuid() else {
+            let Ok(uuid) = dom.uuid() else {
                 continue;
             };
             if self.book.knows(&uuid) && !again.contains(&uuid) {
@@ -378,7 +372,7 @@ impl Worker {
             }
             match describe(&dom) {
                 Ok(observation) => self.book.observe(&*self.sink, observation),
-                Err(err) if err.code() == ErrorNumber::NoDomain => {}
+                Err(err) if err.is_no_domain() => {}
                 Err(err) => debug!(%uuid, "reading a starting domain: {}", err.message()),
             }
         }
@@ -386,11 +380,11 @@ impl Worker {
 }
 
 /// One domain as discovery sees it now.
-fn describe(dom: &Domain) -> Result<Observation, virt::error::Error> {
-    let uuid = dom.get_uuid()?;
-    let xml = match dom.get_xml_desc(0) {
+fn describe(dom: &Domain) -> Result<Observation, ffi::Error> {
+    let uuid = dom.uuid()?;
+    let xml = match dom.xml_desc(0) {
         Ok(xml) => xml,
-        Err(err) if err.code() == ErrorNumber::NoDomain => return Ok(Observation::Gone(uuid)),
+        Err(err) if err.is_no_domain() => return Ok(Observation::Gone(uuid)),
         Err(err) => return Err(err),
     };
     Ok(match DomainDesc::parse(&xml) {
@@ -402,7 +396,7 @@ fn describe(dom: &Domain) -> Result<Observation, virt::error::Error> {
             }
             Observation::Unparsable {
                 uuid,
-                name: dom.get_name().unwrap_or_else(|_| uuid.to_string()),
+                name: dom.name().unwrap_or_else(|_| uuid.to_string()),
                 error,
             }
         }
@@ -461,7 +455,7 @@ mod tests {
     fn follows_domains_of_libvirts_test_driver() {
         let sink = Arc::new(FakeSink::default());
         let handle = start("test:///default", sink.clone()).unwrap();
-        let conn = Connect::open(Some("test:///default")).unwrap();
+        let conn = Connect::open("test:///default").unwrap();
         // The driver's own running domain, found by the first full pass.
         wait_for(&sink, "the test driver's domain", |sink| {
             sink.owned().values().any(|taps| taps == &["testnet0"])
@@ -489,7 +483,7 @@ mod tests {
                </domain>"#,
             nova = domain_xml::NOVA_NS_1_1,
         );
-        let dom = Domain::create_xml(&conn, &xml, 0).unwrap();
+        let dom = conn.create_xml(&xml).unwrap();
         wait_for(&sink, "the started domain", |sink| {
             sink.applied.lock().unwrap().contains_key(&uuid)
         });
@@ -507,12 +501,10 @@ mod tests {
         );
 
         // A document set live arrives with the metadata-change event.
-        dom.set_metadata(
-            virt_sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-            Some(r#"<instance>{"hostname": "unit"}</instance>"#),
-            Some(domain_xml::DOCUMENT_KEY),
-            Some(domain_xml::DOCUMENT_NS),
-            virt_sys::VIR_DOMAIN_AFFECT_LIVE,
+        dom.set_metadata_element(
+            r#"<instance>{"hostname": "unit"}</instance>"#,
+            domain_xml::DOCUMENT_KEY,
+            domain_xml::DOCUMENT_NS,
         )
         .unwrap();
         wait_for(&sink, "the document", |sink| {
@@ -531,8 +523,7 @@ mod tests {
         assert!(sink.take_calls().contains(&format!("remove {uuid}")));
         handle.stop();
         drop(dom);
-        let mut conn = conn;
-        conn.close().unwrap();
+        conn.close();
     }
 
     #[test]
