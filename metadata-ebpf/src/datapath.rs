@@ -3,7 +3,7 @@ use core::mem::{offset_of, size_of};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_F_PSEUDO_HDR, TC_ACT_SHOT, TC_ACT_UNSPEC},
     btf_maps::{Array, HashMap, HashOfMaps, LruHashMap, PerCpuArray},
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
@@ -160,13 +160,24 @@ enum Verdict {
     Drop(Counter),
     /// Rewritten; send it out of this ifindex.
     Redirect(Counter, u32),
+    /// Rewritten; hand it to the ingress of this veth's peer, in the
+    /// peer's namespace (`bpf_redirect_peer`). Requests go to the server
+    /// this way: in the same softirq pass, where a redirect out of the
+    /// entry end would queue each packet to the backlog and take it
+    /// through the stack a second time (veth_xmit, netif_rx). Only valid
+    /// from TC ingress, and only to a peer in another namespace; the
+    /// kernel drops the packet otherwise.
+    RedirectPeer(Counter, u32),
 }
 
 /// Bumps one counter in this CPU's copy of the family's row.
 #[inline(always)]
 fn count(family: Family, counter: Counter) {
     if let Some(counters) = COUNTERS.get_ptr_mut(family as u32) {
-        let index = counter as usize;
+        // LLVM knows a Counter's range and drops the bound check below once
+        // the counter comes from a merged path (a value reloaded from the
+        // stack); the verifier needs to see it. black_box hides the range.
+        let index = core::hint::black_box(counter as usize);
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         let slots = unsafe { (*counters).as_array_mut() };
         if index < slots.len() {
@@ -191,6 +202,11 @@ fn finish((family, verdict): (Family, Verdict)) -> i32 {
             count(family, counter);
             // SAFETY: plain helper call.
             unsafe { bpf_redirect(ifindex, 0) as i32 }
+        }
+        Verdict::RedirectPeer(counter, ifindex) => {
+            count(family, counter);
+            // SAFETY: plain helper call.
+            unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
         }
     }
 }
@@ -372,7 +388,7 @@ fn tap_ipv4(ctx: &TcContext, config: &DatapathConfig) -> Verdict {
     if rewritten.is_err() {
         return Verdict::Drop(Counter::DroppedRewrite);
     }
-    Verdict::Redirect(Counter::Caught, config.redirect_ifindex)
+    Verdict::RedirectPeer(Counter::Caught, config.redirect_ifindex)
 }
 
 /// A guest's TCP segment to the metadata service, as far as its flow is

@@ -363,7 +363,9 @@ pub struct DatapathConfig {
     pub server_port_be: u16,
     /// MAC of the server end, so the redirected frame is addressed to the host.
     pub server_mac: [u8; 6],
-    /// The outer end of the veth pair: a frame sent out of it arrives at the server end.
+    /// The entry end of the veth pair, in the host's namespace: caught
+    /// requests are handed straight to the ingress of its peer, the server
+    /// end (`bpf_redirect_peer`).
     pub redirect_ifindex: u32,
     /// Non-zero once the daemon has filled this in.
     pub ready: u32,

@@ -725,7 +725,7 @@ struct Rig {
     tap_c: u32,
     /// Registered, MTU 1200 (under IPv6's minimum), no flow table.
     tap_m: u32,
-    /// Where caught packets are redirected (CONFIG.redirect_ifindex).
+    /// Whose peer caught packets are redirected to (CONFIG.redirect_ifindex).
     entry: u32,
     /// The device server egress runs on.
     server_end: u32,

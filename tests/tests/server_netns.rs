@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mdr_harness::fixtures::{GATEWAY, GUEST_ADDR, GUEST_MAC};
 use mdr_harness::{
-    Daemon, Guest, GuestConfig, Host, Instance, TenantNet, check_own_answers, cmd,
+    Daemon, Guest, GuestConfig, Host, Instance, Request, TenantNet, check_own_answers, cmd,
     tenant::DECOY_MARK,
 };
 
@@ -480,4 +480,98 @@ fn a_second_daemon_on_the_same_namespace_refuses_to_start() {
     };
     assert!(err.contains("choose another --server-netns"), "{err}");
     check_own_answers(&world.registered, &world.instance).unwrap();
+}
+
+/// The packets and bytes a link sent and received (`ip -s -j link show`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LinkStats {
+    tx_packets: u64,
+    rx_packets: u64,
+}
+
+impl LinkStats {
+    fn parse(json: &str) -> Self {
+        let links: serde_json::Value = serde_json::from_str(json).unwrap();
+        let stats = &links[0]["stats64"];
+        let field = |dir: &str| {
+            stats[dir]["packets"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no {dir} packets in {json}"))
+        };
+        Self {
+            tx_packets: field("tx"),
+            rx_packets: field("rx"),
+        }
+    }
+}
+
+/// Requests are handed by the tap's program straight to the server end's
+/// ingress in the server's namespace (`bpf_redirect_peer`): they never
+/// leave through the entry end (whose transmit would queue each packet to
+/// the backlog for a second pass through the stack). Only the replies
+/// cross the pair, back to the entry end's ingress program. IPv4 and IPv6.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn requests_go_straight_to_the_server_end_and_only_replies_cross_the_pair() {
+    let world = World::new();
+    let guest = &world.registered;
+    guest
+        .ns()
+        .ip(&["-6", "addr", "add", "fe80::5/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    let entry = || {
+        LinkStats::parse(
+            &world
+                .host
+                .ip(&["-s", "-j", "link", "show", "dev", "mdr-in"])
+                .unwrap(),
+        )
+    };
+    let server_end = || {
+        LinkStats::parse(
+            &world
+                .daemon
+                .server_ns_ip(&["-s", "-j", "link", "show", "dev", "mdr-srv"])
+                .unwrap(),
+        )
+    };
+    let (entry_before, server_before) = (entry(), server_end());
+    const REQUESTS: u64 = 10;
+    for _ in 0..REQUESTS {
+        check_own_answers(guest, &world.instance).unwrap();
+        let reply = Request::new(
+            "GET",
+            "http://[fe80::a9fe:a9fe%eth0]/openstack/latest/meta_data.json",
+        )
+        .timeout(Duration::from_secs(5))
+        .send(guest.ns())
+        .unwrap();
+        assert_eq!(reply.status, 200, "over IPv6: {reply}");
+    }
+    let (entry_after, server_after) = (entry(), server_end());
+    // Each request is a connection of its own: at least SYN, ACK, data and
+    // FIN from the guest, and from the server SYN-ACK, data and FIN. Three
+    // requests per round (two over IPv4, one over IPv6).
+    let connections = 3 * REQUESTS;
+    let received = server_after.rx_packets - server_before.rx_packets;
+    assert!(
+        received >= 4 * connections,
+        "the server end received {received} packets for {connections} connections"
+    );
+    assert_eq!(
+        entry_after.tx_packets, entry_before.tx_packets,
+        "requests were sent out of the entry end (a redirect to its egress, not to its peer); \
+         the server end received {received}"
+    );
+    let replies = entry_after.rx_packets - entry_before.rx_packets;
+    assert!(
+        replies >= 3 * connections,
+        "the entry end received {replies} reply packets for {connections} connections"
+    );
+    // The server end, for its part, sends only what crossed to the entry end.
+    assert_eq!(
+        server_after.tx_packets - server_before.tx_packets,
+        replies,
+        "{server_before:?} -> {server_after:?}, entry {entry_before:?} -> {entry_after:?}"
+    );
 }

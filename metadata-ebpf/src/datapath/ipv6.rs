@@ -214,7 +214,7 @@ fn catch_tcp(ctx: &TcContext, config: &DatapathConfig, index: usize) -> Verdict 
     if translated.is_err() {
         return Verdict::Drop(Counter::DroppedRewrite);
     }
-    Verdict::Redirect(Counter::Caught, config.redirect_ifindex)
+    Verdict::RedirectPeer(Counter::Caught, config.redirect_ifindex)
 }
 
 /// Whether the tap the packet came in on has at least IPv6's minimum MTU.

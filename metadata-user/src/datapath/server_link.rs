@@ -2,15 +2,17 @@
 //!
 //! ```text
 //!  host namespace                      server namespace (server_netns)
-//!  tap --redirect--> entry end ======= server end: server_addr/32,
-//!   ^                (no address)      identity range via next_hop onlink
-//!   |                                  listener on server_addr:port
+//!  tap --redirect_peer-----------------> server end: server_addr/32,
+//!   ^                entry end ======= server end  identity range via
+//!   |                (no address)      next_hop onlink; listener on
+//!   |                                  server_addr:port
 //!   +--redirect-- [return program on the entry end's TCX ingress]
 //! ```
 //!
-//! Caught requests are redirected out of the *entry* end, which stays in the
-//! host's namespace with no address, and arrive on the *server* end, the
-//! only interface of the server's namespace besides its loopback. The
+//! Caught requests are handed, through the *entry* end (which stays in the
+//! host's namespace with no address), straight to the ingress of its peer,
+//! the *server* end (`bpf_redirect_peer`), the only interface of the
+//! server's namespace besides its loopback. The
 //! server's replies cross back and arrive on the entry end, whose ingress
 //! program rewrites them and redirects them to their tap (the program cannot
 //! run on the server end: a redirect resolves the tap's ifindex in the
@@ -50,7 +52,7 @@ const SERVER_LINK_MTU: u32 = 65_535;
 pub struct ServerLinkPlan {
     /// In the server's namespace; holds `server_addr`, the server listens here.
     pub server_ifname: String,
-    /// In the host's namespace; caught requests are redirected out of it.
+    /// In the host's namespace; caught requests are redirected to its peer.
     pub entry_ifname: String,
     pub server_addr: Ipv4Addr,
     /// The identity ranges (one per lane), routed to the server end...
@@ -62,8 +64,8 @@ pub struct ServerLinkPlan {
 /// The pair as it exists in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerLink {
-    /// The entry end's ifindex in the host's namespace: where caught
-    /// requests are redirected, and where the return program runs.
+    /// The entry end's ifindex in the host's namespace: whose peer caught
+    /// requests are redirected to, and where the return program runs.
     pub entry_ifindex: u32,
     /// The server end's MAC, the destination of redirected requests.
     pub server_mac: [u8; 6],
