@@ -79,8 +79,27 @@ pub struct NeutronDensity {
 }
 
 /// N veth pairs in `host`, in one `ip -batch` (a thousand `ip` runs would
-/// take longer than what is measured).
+/// take longer than what is measured), with IPv6 off on them.
+///
+/// Why IPv6 off: both ends of every pair sit in the host namespace, and with
+/// IPv6 on each end sends its own DAD, router solicitations and MLD reports
+/// and gets a link-local route. At 10,000 pairs that chatter kept the
+/// kernel busy for minutes after the taps were made: routing each packet
+/// walked the 20,000 link-local routes (`__find_rr_leaf`, 26% of the
+/// daemon's CPU in softirqs it happened to run), and address configuration
+/// held the rtnl lock the daemon's tc requests wait for. A real tap's peer
+/// is a guest, not a second host interface; and the datapath catches the
+/// guest's frames at tc ingress, before any of the tap's own IP config.
 fn make_taps(host: &Host, count: usize) -> Result<Vec<String>> {
+    // New interfaces take `default`; the daemon's own veth pair is made
+    // after this is set back.
+    host.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+    let taps = make_veths(host, count);
+    host.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0"])?;
+    taps
+}
+
+fn make_veths(host: &Host, count: usize) -> Result<Vec<String>> {
     let mut script = String::new();
     let mut taps = Vec::with_capacity(count);
     for _ in 0..count {

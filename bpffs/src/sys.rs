@@ -1,18 +1,25 @@
 //! The raw bpf(2) calls that both the daemon and the test harness make and
 //! aya 0.14 does not expose for them: creating a map from a `bpf_attr` of
 //! the caller's choosing (an LRU hash of our own, or one naming BTF types),
-//! pinning an fd and opening a pin. Written once here so that the
-//! `bpf_attr` layouts cannot drift apart between the daemon and its tests.
+//! pinning an fd and opening a pin, and reading a map's keys, values and
+//! size (the harness reads FLOWS and every port's flow table this way: two
+//! bpftool runs per table took 16 minutes for 10,000 ports). Written once
+//! here so that the `bpf_attr` layouts cannot drift apart between the
+//! daemon and its tests.
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
 pub const BPF_MAP_CREATE: libc::c_long = 0;
+pub const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+pub const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 pub const BPF_OBJ_PIN: libc::c_long = 6;
 pub const BPF_OBJ_GET: libc::c_long = 7;
+pub const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+pub const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 /// `enum bpf_map_type` values.
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
@@ -141,6 +148,141 @@ pub fn obj_get(pin: &Path) -> io::Result<OwnedFd> {
     let fd = unsafe { bpf(BPF_OBJ_GET, &mut attr) }?;
     // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `union bpf_attr` as BPF_MAP_LOOKUP_ELEM and BPF_MAP_GET_NEXT_KEY read
+/// it (`value` is `next_key` for the latter).
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` as BPF_MAP_GET_FD_BY_ID reads it.
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// `union bpf_attr` as BPF_OBJ_GET_INFO_BY_FD reads it.
+#[repr(C)]
+#[derive(Default)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// Every key of the map `map` (keys of `key_size` bytes), in the kernel's
+/// order. A key deleted while this walks may end the walk early (the
+/// kernel then starts over from the first key, which is detected).
+pub fn map_keys(map: BorrowedFd<'_>, key_size: usize) -> io::Result<Vec<Vec<u8>>> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let mut next = vec![0u8; key_size];
+        let mut attr = MapElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            // No key: the first one.
+            key: keys.last().map_or(0, |key| key.as_ptr() as u64),
+            value: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: BPF_MAP_GET_NEXT_KEY reads `key_size` bytes at `key` (or
+        // none when it is 0) and writes as many to `next`; both outlive it.
+        match unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
+            Ok(_) if seen.insert(next.clone()) => keys.push(next),
+            // Back at a key already seen: the last one went meanwhile.
+            Ok(_) => return Ok(keys),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The `value_size` bytes under `key` in `map`, or None when there is no
+/// such key. For a map of maps the value is the inner map's id (4 bytes).
+pub fn map_lookup(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value_size: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; value_size];
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: BPF_MAP_LOOKUP_ELEM reads the map's key size at `key` (the
+    // caller's key) and writes `value_size` bytes, the buffer's length.
+    match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+        Ok(_) => Ok(Some(value)),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// A new fd for the map with id `id`; None when there is no such map (any
+/// more).
+pub fn map_fd_by_id(id: u32) -> io::Result<Option<OwnedFd>> {
+    let mut attr = GetFdByIdAttr {
+        id,
+        ..Default::default()
+    };
+    // SAFETY: BPF_MAP_GET_FD_BY_ID reads a GetFdByIdAttr, no pointers.
+    match unsafe { bpf(BPF_MAP_GET_FD_BY_ID, &mut attr) } {
+        // SAFETY: the kernel returned a new fd that nothing else owns.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// What the harness reads about a map: `struct bpf_map_info`'s start and
+/// the kernel memory it is charged (`memlock` in its fdinfo, as bpftool
+/// prints `bytes_memlock`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSize {
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub memlock_bytes: u64,
+}
+
+/// The id, sizes and kernel memory of the map `map`.
+pub fn map_size(map: BorrowedFd<'_>) -> io::Result<MapSize> {
+    // struct bpf_map_info: type, id, key_size, value_size, max_entries, ...
+    let mut info = [0u32; 20];
+    let mut attr = InfoByFdAttr {
+        bpf_fd: map.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes to
+    // `info`, which is that large and outlives the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.as_raw_fd()))?;
+    let memlock_bytes = fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("memlock:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no memlock in fdinfo"))?;
+    Ok(MapSize {
+        id: info[1],
+        key_size: info[2],
+        value_size: info[3],
+        max_entries: info[4],
+        memlock_bytes,
+    })
 }
 
 #[cfg(test)]

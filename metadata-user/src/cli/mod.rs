@@ -180,7 +180,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub detach_on_exit: bool,
     /// How the program goes on each tap: `tc`, a cls_bpf filter at pref 1
-    /// on a clsact (or existing ingress) qdisc, about 0.1 ms per tap, or
+    /// on an ingress qdisc (added, or an ingress or clsact one already
+    /// there), about 0.1 ms per tap, or
     /// `tcx`, a pinned TCX link (coexists with any qdisc, but the kernel
     /// waits an RCU grace period per tap, 10-20 ms, holding the RTNL lock)
     /// [default: tc].

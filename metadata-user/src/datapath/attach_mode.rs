@@ -8,7 +8,8 @@ pub enum TapAttach {
     /// (10-20 ms) under the RTNL lock, so links cannot be made faster by
     /// making them from several threads.
     Tcx,
-    /// A cls_bpf filter on the tap's clsact (or ingress) qdisc: about 0.1 ms.
+    /// A cls_bpf filter on the tap's ingress qdisc (added, or an ingress or
+    /// clsact one already there): about 0.1 ms.
     /// The default: attaching is on the path of every VM's boot.
     #[default]
     Tc,

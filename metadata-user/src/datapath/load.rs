@@ -154,6 +154,7 @@ impl Datapath {
             links_dir,
             tap_attach,
             attached: imbl::OrdMap::new(),
+            started: false,
         };
         // The server's replies cross the veth pair from the server's
         // namespace and arrive here, in the host's, where their taps are.

@@ -98,6 +98,9 @@ pub struct Datapath {
     tap_attach: TapAttach,
     /// Persistent: the reconciler publishes a copy after every pass.
     attached: imbl::OrdMap<String, AttachedTap>,
+    /// Set once the first pass after start has attached what a previous
+    /// daemon left and pruned the rest (`prune`).
+    started: bool,
 }
 
 impl Datapath {

@@ -96,8 +96,15 @@ impl Datapath {
     /// as a previous daemon left it. Only asked the first time a tap is
     /// seen: after a restart, this is what makes re-attaching thousands of
     /// taps cost a lookup each instead of an attach.
+    ///
+    /// In tc mode only until the first pass is done (`prune`): the lookup
+    /// is a filter dump that waits for the rtnl lock, and a tap first seen
+    /// later carries no filter a previous daemon left in place for it (the
+    /// first pass attached or pruned those). Should one be there anyway,
+    /// attaching finds it (EEXIST) and swaps its program.
     fn runs_our_program(&self, ifname: &str, ifindex: u32) -> bool {
         match self.tap_attach {
+            TapAttach::Tc if self.started => false,
             TapAttach::Tcx => sys::tcx_ingress_link(&self.links_dir.join(tap_pin_name(ifname)))
                 .ok()
                 .flatten()
@@ -163,7 +170,7 @@ impl Datapath {
             }
             TapAttach::Tc => {
                 let current = netdev::ifname_of(ifindex)?;
-                tc_attach::attach(&mut self.tap_program, &current)?;
+                tc_attach::attach(&mut self.tap_program, &current, ifindex)?;
                 self.remove_tcx_link(ifname)?;
             }
         }
@@ -202,6 +209,7 @@ impl Datapath {
             // links are handled with their pins below).
             remove_tc_filter(ifindex);
         }
+        self.started = true;
         for entry in fs::read_dir(&self.links_dir)? {
             let name = entry?.file_name();
             let name = name.to_string_lossy();

@@ -3,13 +3,22 @@
 //!
 //! Why it exists: creating a TCX link waits for an RCU grace period, 11-20 ms
 //! per tap on the kernels we run on, while adding a cls_bpf filter over
-//! rtnetlink takes about 0.1 ms. What it costs: the tap needs a clsact qdisc
-//! (an `ingress` qdisc already there, as neutron's QoS policing adds, is used
-//! as it is: filters on parent ffff:fff2 land on its one block), and a filter
-//! is not a link we own and pin. It belongs to the tap, outlives the daemon
-//! (even a SIGKILLed one), and is found again only by where it sits: ingress,
-//! priority [`PRIORITY`], handle [`HANDLE`]. Everything here addresses that
-//! one spot and never touches other filters.
+//! rtnetlink takes about 0.1 ms. What it costs: the tap needs an `ingress`
+//! qdisc (one already there, as neutron's QoS policing adds, or a clsact, is
+//! used as it is: filters on parent ffff:fff2 land on its ingress block), and
+//! a filter is not a link we own and pin. It belongs to the tap, outlives the
+//! daemon (even a SIGKILLed one), and is found again only by where it sits:
+//! ingress, priority [`PRIORITY`], handle [`HANDLE`]. Everything here
+//! addresses that one spot and never touches other filters.
+//!
+//! Why `ingress` and not clsact: creating a qdisc with a filter block on a
+//! device that cannot offload tc (a tap, a veth) enters the block into one
+//! host-wide list of such blocks, and the kernel searches that list for
+//! every new one (`flow_indr_dev_setup_offload`, 60% of the daemon's CPU
+//! while adding ports at 8,000 taps with clsact). A clsact has two blocks
+//! (ingress and egress), so each new one searched a list of two entries per
+//! tap, twice; an `ingress` qdisc has one block: a quarter of the searching.
+//! The search is still there (see docs/benchmark.md, Density).
 //!
 //! Deleting goes by ifindex over our own rtnetlink request, not through
 //! aya's `SchedClassifierLink::attached`, which takes an interface *name*:
@@ -20,10 +29,13 @@ use std::io;
 use anyhow::Context as _;
 use aya::programs::{
     SchedClassifier, TcAttachType,
-    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
 };
 use rtnetlink::{
-    packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Nla as _},
+    packet_core::{
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
+        NetlinkPayload, Nla as _,
+    },
     packet_route::{
         RouteNetlinkMessage,
         tc::{TcAttribute, TcHandle as NlTcHandle, TcMessage, TcOption},
@@ -46,8 +58,9 @@ pub const HANDLE: u32 = 0x6d64;
 /// filter is already there (left by a previous daemon: the normal restart
 /// case) its program is replaced in one netlink request, so the tap is never
 /// without a program.
-pub fn attach(program: &mut SchedClassifier, ifname: &str) -> anyhow::Result<()> {
-    ensure_clsact(ifname)?;
+pub fn attach(program: &mut SchedClassifier, ifname: &str, ifindex: u32) -> anyhow::Result<()> {
+    ensure_ingress_qdisc(ifindex)
+        .with_context(|| format!("adding an ingress qdisc to {ifname}"))?;
     let options = NlOptions {
         priority: PRIORITY,
         handle: TcHandle::from(HANDLE),
@@ -94,14 +107,46 @@ pub fn attach(program: &mut SchedClassifier, ifname: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Adds a clsact qdisc to `ifname` unless a clsact or ingress qdisc is
-/// already there (the kernel answers EEXIST for both: they share the ffff:
-/// handle). Either takes our filter on parent ffff:fff2.
-fn ensure_clsact(ifname: &str) -> anyhow::Result<()> {
-    match tc::qdisc_add_clsact(ifname) {
-        Ok(()) => Ok(()),
-        Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("adding a clsact qdisc to {ifname}")),
+/// Adds an `ingress` qdisc to interface `ifindex` unless an ingress or
+/// clsact qdisc is already there (the kernel answers EEXIST for both: they
+/// share the ffff: handle). Either takes our filter on parent ffff:fff2.
+fn ensure_ingress_qdisc(ifindex: u32) -> io::Result<()> {
+    let mut message = TcMessage::with_index(ifindex as i32);
+    message.header.parent = NlTcHandle::INGRESS;
+    message.header.handle = NlTcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    message
+        .attributes
+        .push(TcAttribute::Kind(INGRESS_QDISC.to_string()));
+    let socket = send_request(
+        RouteNetlinkMessage::NewQueueDiscipline(message),
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+    )?;
+    match acknowledgement(&socket)? {
+        None => Ok(()),
+        Some(libc::EEXIST) => Ok(()),
+        Some(code) => Err(io::Error::from_raw_os_error(code)),
+    }
+}
+
+/// The qdisc kind we add: one filter block (see the module's comment).
+const INGRESS_QDISC: &str = "ingress";
+
+/// Reads the answer to a request sent with NLM_F_ACK: None when it was
+/// done, or the kernel's error number.
+fn acknowledgement(socket: &Socket) -> io::Result<Option<i32>> {
+    let mut reply = Vec::with_capacity(8192);
+    let len = socket.recv(&mut reply, 0)?;
+    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+    match reply.payload {
+        NetlinkPayload::Error(err) => Ok(err.code.map(|code| -code.get())),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected rtnetlink answer: {other:?}"),
+        )),
     }
 }
 
@@ -134,25 +179,13 @@ pub fn detach(ifindex: u32) -> io::Result<Detached> {
         RouteNetlinkMessage::DelTrafficFilter(message),
         NLM_F_REQUEST | NLM_F_ACK,
     )?;
-    let mut reply = Vec::with_capacity(8192);
-    let len = socket.recv(&mut reply, 0)?;
-    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
-        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
-    match reply.payload {
-        NetlinkPayload::Error(err) => match err.code {
-            None => Ok(Detached::Removed),
-            // ENOENT: no filter there; ENODEV: the tap is gone (and its
-            // filters with it); EINVAL: no ingress/clsact qdisc ("Parent
-            // Qdisc doesn't exists"), so no filter either.
-            Some(code) if matches!(-code.get(), libc::ENOENT | libc::ENODEV | libc::EINVAL) => {
-                Ok(Detached::NotThere)
-            }
-            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-        },
-        other => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected rtnetlink answer: {other:?}"),
-        )),
+    match acknowledgement(&socket)? {
+        None => Ok(Detached::Removed),
+        // ENOENT: no filter there; ENODEV: the tap is gone (and its
+        // filters with it); EINVAL: no ingress/clsact qdisc ("Parent
+        // Qdisc doesn't exists"), so no filter either.
+        Some(libc::ENOENT | libc::ENODEV | libc::EINVAL) => Ok(Detached::NotThere),
+        Some(code) => Err(io::Error::from_raw_os_error(code)),
     }
 }
 
