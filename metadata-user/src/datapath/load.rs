@@ -224,7 +224,7 @@ fn data_sections(
             );
         }
         let fd = info.fd().with_context(|| format!("opening map {id}"))?;
-        let value = sys::map_value(fd.as_fd(), &0u32.to_ne_bytes(), info.value_size() as usize)
+        let value = sys::map_lookup(fd.as_fd(), &0u32.to_ne_bytes(), info.value_size() as usize)
             .with_context(|| format!("reading map {id}"))?;
         if sections.insert(name, value).is_some() {
             anyhow::bail!("two data sections of the same name");

@@ -6,9 +6,9 @@
 //! maps without opening it (aya's lookup opens it, two more syscalls),
 //! changing many entries of a map of maps in one call (each call waits for
 //! an RCU grace period; see `table_writer`), what a pinned TCX link is
-//! attached to, and an array element of any size (`map_value`). The calls
-//! the harness makes too (creating a map, opening a pin) and the raw
-//! syscall live in the shared `mdr_bpffs::sys`.
+//! attached to. The calls the harness makes too (creating a map, opening a
+//! pin, reading an element of any size) and the raw syscall live in the
+//! shared `mdr_bpffs::sys`.
 use std::{
     io,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
@@ -16,9 +16,12 @@ use std::{
 };
 
 pub use mdr_bpffs::sys::create_lru_hash;
+/// The `value_size` bytes under a key of a map: aya reads only typed
+/// values, and the data-section maps `same_program` compares have the
+/// object's sizes.
+pub use mdr_bpffs::sys::map_lookup;
 use mdr_bpffs::sys::{bpf, obj_get};
 
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -28,17 +31,6 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 /// `enum bpf_link_type` and `enum bpf_attach_type` values of a TCX link.
 const BPF_LINK_TYPE_TCX: u32 = 11;
 const BPF_TCX_INGRESS: u32 = 46;
-
-/// `union bpf_attr` as BPF_MAP_LOOKUP_ELEM reads it.
-#[repr(C)]
-#[derive(Default)]
-struct MapElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
 
 /// `union bpf_attr` as the BPF_MAP_*_BATCH commands read it.
 #[repr(C)]
@@ -280,46 +272,9 @@ pub fn detach_pinned_link(pin: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The `value_size` bytes stored under `key` in `map` (an array's element),
-/// or None when there is no such key. aya reads only typed values, and the
-/// data-section maps `same_program` compares have the object's sizes.
-pub fn map_value(
-    map: BorrowedFd<'_>,
-    key: &[u8],
-    value_size: usize,
-) -> io::Result<Option<Vec<u8>>> {
-    let mut value = vec![0u8; value_size];
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    // SAFETY: BPF_MAP_LOOKUP_ELEM reads `key` (the map's key size, which
-    // the caller passes) and writes the map's `value_size` bytes, the
-    // buffer's length; both outlive the call.
-    match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
-        Ok(_) => Ok(Some(value)),
-        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(err) => Err(err),
-    }
-}
-
 /// The id of the map stored under `key` in the map of maps `map`, or None
 /// when there is no such key.
 pub fn inner_map_id(map: BorrowedFd<'_>, key: &[u8; 4]) -> io::Result<Option<u32>> {
-    let mut id = 0u32;
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key.as_ptr() as u64,
-        value: &mut id as *mut u32 as u64,
-        ..Default::default()
-    };
-    // SAFETY: BPF_MAP_LOOKUP_ELEM reads the 4-byte `key` and writes a u32
-    // id (a map of maps' value) to `id`; both outlive the call.
-    match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
-        Ok(_) => Ok(Some(id)),
-        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(err) => Err(err),
-    }
+    let value = map_lookup(map, key, 4)?;
+    Ok(value.map(|id| u32::from_ne_bytes(id[..4].try_into().expect("4 bytes"))))
 }
