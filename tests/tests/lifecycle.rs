@@ -43,7 +43,18 @@ fn a_restart_keeps_the_previous_daemons_program_and_its_tcx_links() {
         .bpffs()
         .join("links")
         .join(format!("tap-{}", guest.tap()));
-    let before = link_and_program(&pin);
+    // The guest can be served before the pin exists: the kernel makes a
+    // TCX link live and then waits out an RCU grace period (about 15 ms)
+    // inside the attach call, and the daemon pins the link once it returns.
+    wait::until("the tap's link pin", Duration::from_secs(5), || {
+        Ok(if pin.exists() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("no {}", pin.display()))
+        })
+    })
+    .unwrap();
+    let before = link_and_program(&pin, "before the restart");
 
     daemon.kill9().unwrap();
     daemon.restart().unwrap();
@@ -51,7 +62,7 @@ fn a_restart_keeps_the_previous_daemons_program_and_its_tcx_links() {
     guest.wait_served(&instance.uuid).unwrap();
     check_own_answers(&guest, &instance).unwrap();
     assert_eq!(
-        link_and_program(&pin),
+        link_and_program(&pin, "after the restart"),
         before,
         "the tap's link (id, program id) was replaced"
     );
@@ -63,7 +74,7 @@ fn a_restart_keeps_the_previous_daemons_program_and_its_tcx_links() {
 }
 
 /// The id of the TCX link pinned at `pin` and of the program it runs.
-fn link_and_program(pin: &std::path::Path) -> (u64, u64) {
+fn link_and_program(pin: &std::path::Path, when: &str) -> (u64, u64) {
     let out = cmd::checked(&mut cmd::command(&[
         "bpftool",
         "-j",
@@ -72,7 +83,7 @@ fn link_and_program(pin: &std::path::Path) -> (u64, u64) {
         "pinned",
         &pin.to_string_lossy(),
     ]))
-    .unwrap();
+    .unwrap_or_else(|err| panic!("the tap's link pin {when}: {err:#}"));
     let link: serde_json::Value = serde_json::from_str(&out).unwrap();
     let id = |key: &str| {
         link[key]
