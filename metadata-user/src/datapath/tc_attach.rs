@@ -227,18 +227,34 @@ const TCA_BPF_ID: u16 = 11;
 /// that interface's filters at our priority: how a restarted daemon tells
 /// a tap it can keep as it is from one it must attach to.
 pub fn our_program(ifindex: u32) -> io::Result<Option<u32>> {
+    // A filter on a shared block (`tc_block`) is listed too, by block
+    // (another ifindex): not a filter of this tap's own.
+    Ok(filter_at_our_spot(ingress_filters_request(ifindex))?
+        .filter(|filter| filter.header.index == ifindex as i32)
+        .and_then(|filter| bpf_program_id(&filter)))
+}
+
+/// A dump request for the filters at our priority on `ifindex`'s ingress.
+pub(super) fn ingress_filters_request(ifindex: u32) -> TcMessage {
     let mut message = TcMessage::with_index(ifindex as i32);
     message.header.parent = NlTcHandle {
         major: 0xffff,
         minor: NlTcHandle::MIN_INGRESS,
     };
     message.header.info = u32::from(PRIORITY) << 16;
-    program_at_our_spot(message)
+    message
 }
 
 /// The program id of the filter at our priority and handle among those
 /// `request` (a filter dump request: a device's ingress, or a block) lists.
 pub(super) fn program_at_our_spot(request: TcMessage) -> io::Result<Option<u32>> {
+    Ok(filter_at_our_spot(request)?.and_then(|filter| bpf_program_id(&filter)))
+}
+
+/// The filter at our priority and handle among those `request` (a filter
+/// dump request) lists; None when there is none, or no such qdisc or
+/// interface.
+pub(super) fn filter_at_our_spot(request: TcMessage) -> io::Result<Option<TcMessage>> {
     let socket = send_request(
         RouteNetlinkMessage::GetTrafficFilter(request),
         NLM_F_REQUEST | NLM_F_DUMP,
@@ -269,9 +285,9 @@ pub(super) fn program_at_our_spot(request: TcMessage) -> io::Result<Option<u32>>
                     };
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(filter))
-                    if filter.header.handle == NlTcHandle::from(HANDLE) =>
+                    if filter.header.handle == NlTcHandle::from(HANDLE) && found.is_none() =>
                 {
-                    found = found.or_else(|| bpf_program_id(&filter));
+                    found = Some(filter);
                 }
                 _ => {}
             }

@@ -33,8 +33,7 @@ use std::io;
 use anyhow::Context as _;
 use aya::programs::SchedClassifier;
 use rtnetlink::{
-    packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage},
-    packet_core::{NetlinkPayload, Nla as _},
+    packet_core::{DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST},
     packet_route::{
         RouteNetlinkMessage,
         tc::{TcAttribute, TcHandle as NlTcHandle, TcHeader, TcMessage, TcOption},
@@ -126,40 +125,20 @@ pub fn is_bound(ifindex: u32) -> bool {
     matches!(ingress_block_of(ifindex), Ok(Some(BLOCK)))
 }
 
-/// The block `ifindex`'s ingress (of an ingress or clsact qdisc) is bound
-/// to; None without such a qdisc or shared block (or without the device).
+/// The shared block `ifindex`'s ingress is bound to, if it holds our
+/// filter; None without a qdisc, a shared block or our filter on it.
+///
+/// Asked through a dump of the tap's ingress filters at our priority: the
+/// kernel's answer to a qdisc get leaves the ingress qdisc out, while a
+/// filter on a shared block is listed by block (ifindex
+/// TCM_IFINDEX_MAGIC_BLOCK, the block's index in place of the parent).
+/// One block with one filter: the same cost at any number of taps.
 fn ingress_block_of(ifindex: u32) -> io::Result<Option<u32>> {
-    let socket = send_request(
-        RouteNetlinkMessage::GetQueueDiscipline(ingress_qdisc_message(ifindex)),
-        NLM_F_REQUEST,
-    )?;
-    let mut reply = Vec::with_capacity(8192);
-    let len = socket.recv(&mut reply, 0)?;
-    let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
-        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
-    match reply.payload {
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(qdisc)) => {
-            Ok(qdisc.attributes.iter().find_map(|attribute| match attribute {
-                TcAttribute::Other(nla) if nla.kind() == TCA_INGRESS_BLOCK => {
-                    let mut value = [0u8; 4];
-                    (nla.value_len() == 4).then(|| {
-                        nla.emit_value(&mut value);
-                        u32::from_ne_bytes(value)
-                    })
-                }
-                _ => None,
-            }))
-        }
-        NetlinkPayload::Error(err) => match err.code.map(|code| -code.get()) {
-            Some(libc::ENOENT | libc::ENODEV | libc::EINVAL) => Ok(None),
-            Some(code) => Err(io::Error::from_raw_os_error(code)),
-            None => Ok(None),
-        },
-        other => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected rtnetlink answer: {other:?}"),
-        )),
-    }
+    Ok(
+        tc_attach::filter_at_our_spot(tc_attach::ingress_filters_request(ifindex))?
+            .filter(|filter| filter.header.index as u32 == TcHeader::TCM_IFINDEX_MAGIC_BLOCK)
+            .map(|filter| u32::from(filter.header.parent)),
+    )
 }
 
 /// Addresses `ifindex`'s ingress qdisc (ingress or clsact: handle ffff:).
