@@ -345,7 +345,7 @@ pub fn targets(results: &Results) -> Vec<TargetCheck> {
             .iter()
             .map(|(_, median)| *median)
             .fold(f64::INFINITY, f64::min);
-        checks.push(ATTACH_MEDIAN.check("", " (in either --tap-attach mode)", best, measured));
+        checks.push(ATTACH_MEDIAN.check("", " (in any --tap-attach mode)", best, measured));
         let mbs: Vec<(&str, f64)> = results
             .density_ours
             .iter()
