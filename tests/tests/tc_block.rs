@@ -77,7 +77,11 @@ fn a_tap_on_the_shared_block_is_served_and_a_restart_keeps_the_filter() {
 
     let status = daemon.status().unwrap();
     assert_eq!(status["datapath"]["tap_attach"], "tc-block", "{status}");
-    assert!(bound_to_the_block(&host, guest.tap()), "{}", qdiscs(&host, guest.tap()));
+    assert!(
+        bound_to_the_block(&host, guest.tap()),
+        "{}",
+        qdiscs(&host, guest.tap())
+    );
     let before = the_blocks_one_filter(&host);
     assert!(
         !daemon
@@ -100,7 +104,11 @@ fn a_tap_on_the_shared_block_is_served_and_a_restart_keeps_the_filter() {
 
     guest.wait_served(&instance.uuid).unwrap();
     check_own_answers(&guest, &instance).unwrap();
-    assert_eq!(before, the_blocks_one_filter(&host), "the program was replaced");
+    assert_eq!(
+        before,
+        the_blocks_one_filter(&host),
+        "the program was replaced"
+    );
     assert!(bound_to_the_block(&host, guest.tap()));
     assert!(
         daemon.log().contains("keeping the shared block's filter"),
@@ -120,8 +128,21 @@ fn a_filter_added_by_device_is_refused_on_the_shared_block() {
     let (_net, guest, _daemon, instance) = served_on_the_block(&host, "block-guarded");
     let out = host
         .exec(&[
-            "tc", "filter", "add", "dev", guest.tap(), "ingress", "protocol", "ip", "pref",
-            "49", "u32", "match", "u32", "0", "0",
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            guest.tap(),
+            "ingress",
+            "protocol",
+            "ip",
+            "pref",
+            "49",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
         ])
         .unwrap();
     assert!(!out.status.success(), "{out:?}");
@@ -257,6 +278,11 @@ fn leaving_tc_block_mode_across_a_restart_leaves_one_attachment() {
     guest.wait_served(&instance.uuid).unwrap();
     check_own_answers(&guest, &instance).unwrap();
     assert!(!bound_to_the_block(&host, guest.tap()));
-    let block = host.exec(&["tc", "filter", "show", "block", BLOCK]).unwrap();
-    assert!(!block.status.success(), "the block is still there: {block:?}");
+    let block = host
+        .exec(&["tc", "filter", "show", "block", BLOCK])
+        .unwrap();
+    assert!(
+        !block.status.success(),
+        "the block is still there: {block:?}"
+    );
 }

@@ -181,7 +181,9 @@ pub fn ensure(
     message.header.info = (u32::from(PRIORITY) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
     let mut name = metadata_ebpf::names::TAP_INGRESS.as_bytes().to_vec();
     name.push(0);
-    message.attributes.push(TcAttribute::Kind("bpf".to_string()));
+    message
+        .attributes
+        .push(TcAttribute::Kind("bpf".to_string()));
     message.attributes.push(TcAttribute::Options(vec![
         TcOption::Other(DefaultNla::new(
             TCA_BPF_FD,
@@ -206,7 +208,11 @@ pub fn ensure(
             )
         });
     }
-    info!(block = BLOCK, replaced = current.is_some(), "shared block's filter in place");
+    info!(
+        block = BLOCK,
+        replaced = current.is_some(),
+        "shared block's filter in place"
+    );
     Ok(())
 }
 
