@@ -286,3 +286,81 @@ fn leaving_tc_block_mode_across_a_restart_leaves_one_attachment() {
         "the block is still there: {block:?}"
     );
 }
+
+/// A restarted daemon that finds another program in the block's filter (a
+/// previous version's, say; here the server-side program put there by
+/// hand) swaps its own in, in place: one filter, running the tap program,
+/// and the guest served.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn a_restart_replaces_another_program_in_the_blocks_filter() {
+    let host = Host::new().unwrap();
+    let (_net, guest, mut daemon, instance) = served_on_the_block(&host, "block-upgraded");
+    let ours = the_blocks_one_filter(&host);
+    daemon.kill9().unwrap();
+    let other = daemon.bpffs().join("progs").join("server_egress");
+    host.exec_ok(&[
+        "tc",
+        "filter",
+        "replace",
+        "block",
+        BLOCK,
+        "protocol",
+        "all",
+        "pref",
+        "1",
+        "handle",
+        "0x6d64",
+        "bpf",
+        "direct-action",
+        "pinned",
+        &other.to_string_lossy(),
+    ])
+    .unwrap();
+    assert_ne!(the_blocks_one_filter(&host), ours);
+
+    daemon.restart().unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    assert_eq!(the_blocks_one_filter(&host), ours);
+    check_own_answers(&guest, &instance).unwrap();
+    assert!(
+        daemon.log().contains("shared block's filter in place")
+            && daemon.log().contains("replaced=true"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// `--detach-on-exit` in tc-block mode takes the taps' qdiscs off too (the
+/// block goes with the last of them and the entry end): the guest's
+/// request then reaches its router.
+#[test]
+#[ignore = "root: run via cargo xtask test"]
+fn detach_on_exit_removes_the_taps_qdiscs_and_the_block() {
+    let host = Host::new().unwrap();
+    let net = TenantNet::with_router_and_decoy(&host).unwrap();
+    let guest = Guest::new(&net, GuestConfig::new(ADDR, MAC)).unwrap();
+    let mut args = block_mode();
+    args.push("--detach-on-exit".into());
+    let mut daemon = Daemon::start_with_args(&host, &args).unwrap();
+    let instance = Instance::sample("block-leaver-on-exit");
+    daemon.register(&guest, &instance).unwrap();
+    guest.wait_served(&instance.uuid).unwrap();
+    assert!(bound_to_the_block(&host, guest.tap()));
+
+    daemon.sigterm_and_wait(Duration::from_secs(10)).unwrap();
+    let shown = qdiscs(&host, guest.tap());
+    assert!(
+        !shown.contains("qdisc ingress"),
+        "{shown}\n{}",
+        daemon.log()
+    );
+    let block = host
+        .exec(&["tc", "filter", "show", "block", BLOCK])
+        .unwrap();
+    assert!(
+        !block.status.success(),
+        "the block is still there: {block:?}"
+    );
+    reaches_the_decoy(&guest);
+}
