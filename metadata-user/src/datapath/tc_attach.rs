@@ -18,7 +18,8 @@
 //! while adding ports at 8,000 taps with clsact). A clsact has two blocks
 //! (ingress and egress), so each new one searched a list of two entries per
 //! tap, twice; an `ingress` qdisc has one block: a quarter of the searching.
-//! The search is still there (see docs/benchmark.md, Density).
+//! The search is still there (see docs/benchmark.md, Density); `tc_block`
+//! (`--tap-attach tc-block`) shares one block among all taps instead.
 //!
 //! Deleting goes by ifindex over our own rtnetlink request, not through
 //! aya's `SchedClassifierLink::attached`, which takes an interface *name*:

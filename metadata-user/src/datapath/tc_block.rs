@@ -28,7 +28,10 @@
 //! are the server's replies, which the entry end's TCX program redirects
 //! before tc sees them; anything else it passes runs our filter, which
 //! passes it too (the entry end is no registered port).
-use std::io;
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::Context as _;
 use aya::programs::SchedClassifier;
@@ -39,7 +42,6 @@ use rtnetlink::{
         tc::{TcAttribute, TcHandle as NlTcHandle, TcHeader, TcMessage, TcOption},
     },
 };
-use std::os::fd::{AsFd as _, AsRawFd as _};
 use tracing::{debug, info, warn};
 
 use super::tc_attach::{self, HANDLE, PRIORITY, acknowledgement, send_request};
