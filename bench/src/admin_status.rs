@@ -64,6 +64,15 @@ impl StatusPoller {
         self.read_answer("PUT /v1/instances")
     }
 
+    /// `DELETE /v1/ports/{ifname}` on the same keep-alive connection (the
+    /// bench's tap names need no percent-encoding). The daemon answers once
+    /// the port is out of its registry; the tap's detach follows.
+    pub fn delete_port(&mut self, ifname: &str) -> Result<()> {
+        let head = format!("DELETE /v1/ports/{ifname} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        self.reader.get_mut().write_all(head.as_bytes())?;
+        self.read_answer("DELETE /v1/ports")
+    }
+
     /// Reads one 200 answer; its body stays in `self.body`.
     fn read_answer(&mut self, what: &str) -> Result<()> {
         let mut line = String::new();

@@ -40,6 +40,15 @@ pub struct OursDensity {
     /// (`POST /v1/ports?wait=10`), without the CLI's process start: the
     /// daemon's own part, ms (every other port is added this way).
     pub api_attach_ms: Vec<f64>,
+    /// Adding a port with N-1 others there: with all N attached, a port is
+    /// deleted and added again, [`AT_SIZE_SAMPLES`] times over ports spread
+    /// across the N, every other one with the CLI (`port add --wait`), ms.
+    /// The same number of samples at every N, so medians and p99s of
+    /// different sizes compare (the fill's own samples grow with N, and at
+    /// 100 ports its p99 is the largest of 50).
+    pub at_size_cli_ms: Vec<f64>,
+    /// The other half of those re-adds, through the admin API, ms.
+    pub at_size_api_ms: Vec<f64>,
     /// `instance put`, one after the other before the ports, ms (every
     /// other instance; the others go through the API).
     pub instance_put_ms: Vec<f64>,
@@ -61,6 +70,15 @@ pub struct OursDensity {
     pub rss_outlier_mappings: Vec<(String, u64)>,
     pub bpf_maps: Vec<BpfMap>,
 }
+
+/// Re-adds timed with every port attached (half CLI, half API).
+const AT_SIZE_SAMPLES: usize = 200;
+
+/// After a port's delete, before it is added again: the daemon answers the
+/// delete once the registry has dropped the port and detaches the tap in
+/// the background (a qdisc or link removal, well under a millisecond), so
+/// the add that follows would otherwise time that detach too.
+const DETACH_SETTLE: Duration = Duration::from_millis(20);
 
 /// An RSS above this (with or without ports) is an outlier worth its smaps:
 /// every run so far stayed near 26 MiB, and issue 14 saw 51 MiB once.
@@ -212,6 +230,7 @@ fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Re
         bail!("{attached} taps attached, expected {count}");
     }
     let rss_after_kib = machine::status_kib(pid, "VmRSS")?;
+    let (at_size_cli_ms, at_size_api_ms) = re_add_at_size(daemon, &mut admin, taps, &instances)?;
     let port_list_ms = median_of(5, || {
         daemon.cli_ok(&["port", "list", "--json"])?;
         Ok(())
@@ -231,6 +250,8 @@ fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Re
         taps: count,
         attach_ms,
         api_attach_ms,
+        at_size_cli_ms,
+        at_size_api_ms,
         rss_before_kib,
         rss_after_kib,
         hwm_after_kib,
@@ -242,6 +263,56 @@ fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Re
         status_ms,
         restart_served_ms: restart_served(daemon, count)?,
     })
+}
+
+/// Deletes and re-adds [`AT_SIZE_SAMPLES`] ports spread over `taps` (all
+/// attached), timing each add: what adding a port costs at this size. The
+/// CLI's and the API's times.
+fn re_add_at_size(
+    daemon: &Daemon,
+    admin: &mut StatusPoller,
+    taps: &[String],
+    instances: &[Instance],
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut cli_ms = Vec::with_capacity(AT_SIZE_SAMPLES / 2);
+    let mut api_ms = Vec::with_capacity(AT_SIZE_SAMPLES / 2);
+    for sample in 0..AT_SIZE_SAMPLES {
+        let index = sample * taps.len() / AT_SIZE_SAMPLES;
+        let (tap, instance) = (&taps[index], &instances[index]);
+        admin
+            .delete_port(tap)
+            .with_context(|| format!("deleting the port of tap {index} ({tap})"))?;
+        std::thread::sleep(DETACH_SETTLE);
+        let started = Instant::now();
+        if sample % 2 == 1 {
+            let body = serde_json::json!({"ifname": tap, "instance": instance.uuid});
+            let answer = admin
+                .add_port_and_wait(body.to_string().as_bytes())
+                .with_context(|| format!("re-adding tap {index} ({tap})"))?;
+            api_ms.push(ms(started.elapsed()));
+            if answer["datapath"]["state"] != "attached" {
+                bail!("re-added tap {index} ({tap}): {answer}");
+            }
+        } else {
+            let out = daemon
+                .cli_ok(&[
+                    "port",
+                    "add",
+                    "--ifname",
+                    tap,
+                    "--instance",
+                    &instance.uuid,
+                    "--wait",
+                    "10",
+                ])
+                .with_context(|| format!("re-adding tap {index} ({tap})"))?;
+            cli_ms.push(ms(started.elapsed()));
+            if !out.contains(": attached") {
+                bail!("re-added tap {index} ({tap}): {}", out.trim());
+            }
+        }
+    }
+    Ok((cli_ms, api_ms))
 }
 
 /// SIGKILLs the daemon and starts it again on the same state and pins:
@@ -387,6 +458,18 @@ impl OursDensity {
     }
     pub fn api_attach_p99_ms(&self) -> f64 {
         stats::percentile(&self.api_attach_ms, 99.0)
+    }
+    pub fn at_size_cli_median_ms(&self) -> f64 {
+        stats::median(&self.at_size_cli_ms)
+    }
+    pub fn at_size_cli_p99_ms(&self) -> f64 {
+        stats::percentile(&self.at_size_cli_ms, 99.0)
+    }
+    pub fn at_size_api_median_ms(&self) -> f64 {
+        stats::median(&self.at_size_api_ms)
+    }
+    pub fn at_size_api_p99_ms(&self) -> f64 {
+        stats::percentile(&self.at_size_api_ms, 99.0)
     }
     pub fn api_instance_put_median_ms(&self) -> f64 {
         stats::median(&self.api_instance_put_ms)

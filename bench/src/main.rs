@@ -310,7 +310,7 @@ fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<
                 )
             })?;
             progress(&format!(
-                "density ({}, {} ports): instance put API median {:.2} ms; attach median {:.2} ms, p99 {:.2} ms (API {:.2} / {:.2} ms); daemon RSS {:.1} MiB; BPF maps {:.1} MiB; port list {:.1} ms; restart to served {:.0} ms",
+                "density ({}, {} ports): instance put API median {:.2} ms; attach median {:.2} ms, p99 {:.2} ms (API {:.2} / {:.2} ms); at {} ports CLI {:.2} / {:.2} ms, API {:.2} / {:.2} ms; daemon RSS {:.1} MiB; BPF maps {:.1} MiB; port list {:.1} ms; restart to served {:.0} ms",
                 tap_attach.flag(),
                 ours.taps,
                 ours.api_instance_put_median_ms(),
@@ -318,6 +318,11 @@ fn density(plan: &Plan, results: &mut Results, out: &std::path::Path) -> Result<
                 ours.attach_p99_ms(),
                 ours.api_attach_median_ms(),
                 ours.api_attach_p99_ms(),
+                ours.taps,
+                ours.at_size_cli_median_ms(),
+                ours.at_size_cli_p99_ms(),
+                ours.at_size_api_median_ms(),
+                ours.at_size_api_p99_ms(),
                 ours.rss_after_kib as f64 / 1024.0,
                 ours.bpf_memlock_bytes() as f64 / 1048576.0,
                 ours.port_list_ms,

@@ -627,6 +627,22 @@ pub fn markdown(results: &Results) -> String {
                 (d.rss_after_kib as f64 - d.rss_before_kib as f64) / d.taps as f64,
             );
         }
+        let _ = writeln!(
+            md,
+            "\nAdding a port at N: with all N attached, 200 ports spread over the N deleted and added again one at a time, every other one with the CLI (`port add --wait`) and the others through the API: the same number of samples at every size.\n\n| mode | ports | CLI median / p99 | API median / p99 |\n| --- | ---: | ---: | ---: |"
+        );
+        for d in &results.density_ours {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} / {:.2} ms | {:.2} / {:.2} ms |",
+                d.tap_attach.flag(),
+                d.taps,
+                d.at_size_cli_median_ms(),
+                d.at_size_cli_p99_ms(),
+                d.at_size_api_median_ms(),
+                d.at_size_api_p99_ms(),
+            );
+        }
         for d in results
             .density_ours
             .iter()
