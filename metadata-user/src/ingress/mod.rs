@@ -12,6 +12,9 @@
 //! - `forwarded_addr`: the guest address a neutron proxy reports, IPv4 or
 //!   IPv6 (a link-local one names the guest's MAC).
 //! - `conn`: the connection's socket (the IMDSv2 hop limit as IP TTL).
+//! - `header_deadline`: how long a guest connection may take to send a
+//!   request head, one ticker per server thread instead of a timer per
+//!   request.
 //! - `limits`, `ratelimit`: a per-port cap on open connections and on the
 //!   request rate, so one guest never crowds out the others.
 //! - `dispatch`: the rate limit, then the backend; then the metrics and,
@@ -24,6 +27,7 @@ pub mod conn;
 pub mod dispatch;
 pub mod forwarded_addr;
 pub mod handed_over;
+pub mod header_deadline;
 pub mod limits;
 pub mod neutron_agent;
 pub mod ratelimit;

@@ -17,6 +17,8 @@
 //! listener of its own on the same address (SO_REUSEPORT): the kernel
 //! spreads connections over them, and a connection is served start to end
 //! on the thread that accepted it, with no hand-over between threads.
+//! The header read timeout is the thread's too (`header_deadline`): one
+//! ticker per thread, not a timer per request.
 use std::{
     convert::Infallible,
     io,
@@ -35,10 +37,7 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -49,6 +48,7 @@ use tracing::{debug, error, warn};
 use super::{
     conn::ConnHandle,
     dispatch::Dispatcher,
+    header_deadline::{HeaderDeadlines, WithDeadline},
     limits::{ConnectionLimiter, OverCap},
 };
 use crate::{
@@ -58,6 +58,9 @@ use crate::{
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a thread checks its connections' header deadlines: a silent
+/// connection is closed between 10 and 11 s after it began to wait.
+const HEADER_DEADLINE_TICK: Duration = Duration::from_secs(1);
 /// Largest request head (request line + headers) a guest may send; beyond
 /// it hyper answers 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -200,6 +203,8 @@ impl GuestServer {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let graceful = GracefulShutdown::new();
+        let deadlines = HeaderDeadlines::new(HEADER_READ_TIMEOUT, HEADER_DEADLINE_TICK);
+        let ticker = tokio::spawn(deadlines.clone().run_ticker());
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -230,31 +235,38 @@ impl GuestServer {
                 }
             };
             let conn = Arc::new(ConnHandle::new(stream.as_raw_fd()));
+            let deadline = deadlines.watch();
+            let stream = WithDeadline::new(CloseOnDrop(stream), deadline.clone());
             let server = self.clone();
             let service = service_fn(move |request: Request<Incoming>| {
                 let server = server.clone();
                 let guest = guest.clone();
                 let conn = conn.clone();
+                let deadline = deadline.clone();
+                deadline.head_received();
                 async move {
                     // Kept for an error page in the guest's format, should
                     // the answer have to be withheld.
                     let method = request.method().clone();
                     let accept = request.headers().get(ACCEPT).cloned();
                     let reply = server.dispatcher.dispatch(&guest, request).await;
-                    Ok::<_, Infallible>(within_hop_limit(&conn, reply, &method, accept, peer))
+                    let response = within_hop_limit(&conn, reply, &method, accept, peer);
+                    deadline.wait_for_head();
+                    Ok::<_, Infallible>(response)
                 }
             });
             let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
                 // A guest may shut down its sending side once its request
                 // is out (`printf ... | nc`, as minimal images fetch): that
                 // is not the end of the connection, and the answer must
                 // still go out. Without this, hyper drops the request when
                 // it sees the EOF before the answer is ready.
                 .half_close(true)
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                // Ours instead (`deadlines`): hyper's arms a timer per
+                // request head. Without a timer hyper has none either.
+                .header_read_timeout(None)
                 .max_buf_size(MAX_REQUEST_HEAD)
-                .serve_connection(TokioIo::new(CloseOnDrop(stream)), service);
+                .serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
@@ -264,6 +276,9 @@ impl GuestServer {
             });
         }
         drop(listener);
+        // Connections still waiting for a head keep their deadline while
+        // they drain.
+        let _ticker = AbortOnDrop(ticker);
         // hyper's graceful shutdown closes a connection that has not read a
         // request yet as idle, and a guest whose request was on its way
         // then sees a reset. Those accepted just now get the time to send
@@ -305,6 +320,15 @@ fn within_hop_limit(
             }
             ApiError::Internal.into_response(method, &headers)
         }
+    }
+}
+
+/// Stops the thread's header deadline ticker once the server is done.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -8,6 +8,8 @@
 //! makes nova answer `//anything` with the EC2 version list; no client relies
 //! on that).
 
+use std::borrow::Cow;
+
 /// EC2 versions as nova lists them (`base.py` `VERSIONS`); `latest` is the last.
 pub const EC2_VERSIONS: [&str; 9] = [
     "1.0",
@@ -105,26 +107,28 @@ impl Route {
     /// Routes a raw request path (as in the request line, without the query).
     pub fn from_request_path(raw: &str) -> Self {
         let decoded = percent_decode(raw);
-        let mut segments = normalise(&decoded);
-        match segments.first().map(String::as_str) {
-            Some("openstack") => Self::OpenStack(segments.split_off(1)),
-            Some("ec2") => Self::Ec2(segments.split_off(1)),
-            _ => Self::Ec2(segments),
+        let segments = normalise(&decoded);
+        // Only the segments the tree modules get are copied out.
+        let owned = |segments: &[&str]| segments.iter().map(|s| (*s).to_owned()).collect();
+        match segments.first().copied() {
+            Some("openstack") => Self::OpenStack(owned(&segments[1..])),
+            Some("ec2") => Self::Ec2(owned(&segments[1..])),
+            _ => Self::Ec2(owned(&segments)),
         }
     }
 }
 
 /// `posixpath.normpath` on an absolute path, returned as its segments: empty
 /// and `.` segments vanish, `..` drops the previous one (never above `/`).
-pub fn normalise(path: &str) -> Vec<String> {
-    let mut segments: Vec<String> = Vec::new();
+fn normalise(path: &str) -> Vec<&str> {
+    let mut segments = Vec::with_capacity(4);
     for segment in path.split('/') {
         match segment {
             "" | "." => {}
             ".." => {
                 segments.pop();
             }
-            other => segments.push(other.to_owned()),
+            other => segments.push(other),
         }
     }
     segments
@@ -132,8 +136,12 @@ pub fn normalise(path: &str) -> Vec<String> {
 
 /// URL-decodes `%XX` escapes the way WSGI's PATH_INFO arrives at nova;
 /// malformed escapes stay literal, invalid UTF-8 becomes U+FFFD (and so never
-/// matches a known path).
-fn percent_decode(raw: &str) -> String {
+/// matches a known path). A path without escapes (nearly every one) is
+/// borrowed as it is.
+fn percent_decode(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('%') {
+        return Cow::Borrowed(raw);
+    }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -151,7 +159,10 @@ fn percent_decode(raw: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    match String::from_utf8(out) {
+        Ok(text) => Cow::Owned(text),
+        Err(err) => Cow::Owned(String::from_utf8_lossy(err.as_bytes()).into_owned()),
+    }
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -226,6 +237,11 @@ mod tests {
         assert_eq!(
             Route::from_request_path("/openstack%2Flatest"),
             openstack(&["latest"])
+        );
+        // Invalid UTF-8 once decoded: U+FFFD, which names no file.
+        assert_eq!(
+            Route::from_request_path("/latest/%ff"),
+            ec2(&["latest", "\u{fffd}"])
         );
     }
 
