@@ -246,9 +246,62 @@ pub fn map_fd_by_id(id: u32) -> io::Result<Option<OwnedFd>> {
     }
 }
 
-/// What the harness reads about a map: `struct bpf_map_info`'s start and
-/// the kernel memory it is charged (`memlock` in its fdinfo, as bpftool
-/// prints `bytes_memlock`).
+/// The start of `struct bpf_map_info` (the kernel fills what fits).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapInfo {
+    pub map_type: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub name: [u8; 16],
+    pub ifindex: u32,
+    pub btf_vmlinux_value_type_id: u32,
+    pub netns_dev: u64,
+    pub netns_ino: u64,
+    /// 0 when the map was created without BTF.
+    pub btf_id: u32,
+    pub btf_key_type_id: u32,
+    pub btf_value_type_id: u32,
+    pub btf_vmlinux_id: u32,
+}
+
+/// Fills `info` with what BPF_OBJ_GET_INFO_BY_FD says about `fd` (a map, a
+/// program, a link or BTF: the kernel writes the start of its info struct
+/// for that kind, as much as fits).
+///
+/// # Safety
+///
+/// `T` must be plain data (`repr(C)`, every bit pattern valid) laid out as
+/// the start of the kernel's info struct for `fd`'s kind, and any pointer
+/// the caller put in it must be valid for the length given beside it.
+pub unsafe fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
+    let mut attr = InfoByFdAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<T>() as u32,
+        info: info as *mut T as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes to
+    // `info`, which is that large and outlives the call; the caller vouches
+    // for the layout and the pointers in it.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    Ok(())
+}
+
+/// What the map behind `map` was created with, and its id.
+pub fn map_info(map: BorrowedFd<'_>) -> io::Result<MapInfo> {
+    let mut info = MapInfo::default();
+    // SAFETY: MapInfo is plain data laid out as `struct bpf_map_info`'s
+    // start and holds no pointers.
+    unsafe { obj_info(map, &mut info) }?;
+    Ok(info)
+}
+
+/// What the harness reads about a map: its id and sizes, and the kernel
+/// memory it is charged (`memlock` in its fdinfo, as bpftool prints
+/// `bytes_memlock`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSize {
     pub id: u32,
@@ -260,16 +313,7 @@ pub struct MapSize {
 
 /// The id, sizes and kernel memory of the map `map`.
 pub fn map_size(map: BorrowedFd<'_>) -> io::Result<MapSize> {
-    // struct bpf_map_info: type, id, key_size, value_size, max_entries, ...
-    let mut info = [0u32; 20];
-    let mut attr = InfoByFdAttr {
-        bpf_fd: map.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most `info_len` bytes to
-    // `info`, which is that large and outlives the call.
-    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    let info = map_info(map)?;
     let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.as_raw_fd()))?;
     let memlock_bytes = fdinfo
         .lines()
@@ -277,10 +321,10 @@ pub fn map_size(map: BorrowedFd<'_>) -> io::Result<MapSize> {
         .and_then(|value| value.trim().parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no memlock in fdinfo"))?;
     Ok(MapSize {
-        id: info[1],
-        key_size: info[2],
-        value_size: info[3],
-        max_entries: info[4],
+        id: info.id,
+        key_size: info.key_size,
+        value_size: info.value_size,
+        max_entries: info.max_entries,
         memlock_bytes,
     })
 }

@@ -21,6 +21,7 @@
 //! test` sets them; see [`env`]).
 
 pub mod bpffs;
+pub mod check;
 pub mod cmd;
 pub mod daemon;
 pub mod env;

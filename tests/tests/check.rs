@@ -3,43 +3,15 @@
 //! and exits non-zero. Each broken host is a namespace of the test's own.
 use std::process::Output;
 
-use mdr_harness::{Host, Netns, bpffs, env, names, tempdir::TempDir};
+use mdr_harness::{Host, Netns, bpffs, check::item, tempdir::TempDir};
 
-/// `check` in `host`'s network namespace, with places of its own and the
-/// server namespace `server` (the network items look there), run through
-/// `wrapper` (e.g. a private mount namespace) when given.
+/// `check` with the test's own places (see `mdr_harness::check::run`).
 fn check(host: &Host, server: &Netns, dir: &TempDir, wrapper: &[&str]) -> Output {
-    let bin = env::mdr_bin();
-    let bpffs_dir = std::path::Path::new(bpffs::ROOT).join(names::global("check"));
-    let args = [
-        bin.to_string_lossy().into_owned(),
-        "check".into(),
-        "--bpffs".into(),
-        bpffs_dir.to_string_lossy().into_owned(),
-        "--state-dir".into(),
-        dir.join("state").to_string_lossy().into_owned(),
-        "--admin-socket".into(),
-        dir.join("run/admin.sock").to_string_lossy().into_owned(),
-        "--server-netns".into(),
-        server.name().to_owned(),
-    ];
-    let args: Vec<&str> = wrapper
-        .iter()
-        .copied()
-        .chain(args.iter().map(String::as_str))
-        .collect();
-    host.exec(&args).unwrap()
+    mdr_harness::check::run(host, server, dir, wrapper, &[])
 }
 
 fn lines(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The line of `item`.
-fn item<'a>(text: &'a str, item: &str) -> &'a str {
-    text.lines()
-        .find(|line| line[6..].starts_with(&format!("{item}:")))
-        .unwrap_or_else(|| panic!("no {item} line in:\n{text}"))
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! it): the machine's library stays as it is.
 use std::process::Output;
 
-use mdr_harness::{Daemon, Host, Netns, env, tempdir::TempDir};
+use mdr_harness::{Daemon, Host, Netns, check, env, tempdir::TempDir};
 
 /// Runs the rest of its arguments with libvirt's client library hidden.
 const WITHOUT_LIBVIRT: &[&str] = &[
@@ -102,29 +102,15 @@ fn every_command_but_libvirt_discovery_runs_without_libvirt() {
 
     // `check --discover libvirt` names the item and the fix.
     let server = Netns::new("srv").unwrap();
-    let out = without_libvirt(
+    let out = check::run(
         &host,
-        &[
-            "check",
-            "--state-dir",
-            &state,
-            "--admin-socket",
-            &admin,
-            "--server-netns",
-            server.name(),
-            "--discover",
-            "libvirt",
-        ],
+        &server,
+        &dir,
+        WITHOUT_LIBVIRT,
+        &["--discover", "libvirt"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find(|line| {
-            line.get(6..)
-                .is_some_and(|rest| rest.starts_with("libvirt:"))
-        })
-        .unwrap_or_else(|| panic!("no libvirt line: {}", text(&out)));
+    let line = check::item(&String::from_utf8_lossy(&out.stdout), "libvirt").to_owned();
     assert!(
         line.starts_with("FAIL  libvirt: --discover libvirt: cannot load"),
         "{line}"
@@ -139,28 +125,10 @@ fn check_finds_libvirt_where_it_is_installed() {
     let host = Host::new().unwrap();
     let server = Netns::new("srv").unwrap();
     let dir = TempDir::new("withlibvirt").unwrap();
-    let bin = env::mdr_bin();
-    let state = dir.join("state").to_string_lossy().into_owned();
-    let admin = dir.join("run/admin.sock").to_string_lossy().into_owned();
-    let out = host
-        .exec(&[
-            &bin.to_string_lossy(),
-            "check",
-            "--state-dir",
-            &state,
-            "--admin-socket",
-            &admin,
-            "--server-netns",
-            server.name(),
-            "--discover",
-            "libvirt",
-        ])
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout
-            .lines()
-            .any(|line| line == "ok    libvirt: libvirt.so.0 loads (--discover libvirt)"),
+    let out = check::run(&host, &server, &dir, &[], &["--discover", "libvirt"]);
+    assert_eq!(
+        check::item(&String::from_utf8_lossy(&out.stdout), "libvirt"),
+        "ok    libvirt: libvirt.so.0 loads (--discover libvirt)",
         "{}",
         text(&out)
     );

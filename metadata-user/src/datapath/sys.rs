@@ -11,18 +11,18 @@
 //! shared `mdr_bpffs::sys`.
 use std::{
     io,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
+pub use mdr_bpffs::sys::MapInfo;
 pub use mdr_bpffs::sys::create_lru_hash;
 /// The `value_size` bytes under a key of a map: aya reads only typed
 /// values, and the data-section maps `same_program` compares have the
 /// object's sizes.
 pub use mdr_bpffs::sys::map_lookup;
-use mdr_bpffs::sys::{bpf, obj_get};
+use mdr_bpffs::sys::{bpf, map_info, obj_get, obj_info};
 
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -44,15 +44,6 @@ struct MapBatchAttr {
     map_fd: u32,
     elem_flags: u64,
     flags: u64,
-}
-
-/// `union bpf_attr` as BPF_OBJ_GET_INFO_BY_FD reads it.
-#[repr(C)]
-#[derive(Default)]
-struct InfoByFdAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
 }
 
 /// The start of `struct bpf_link_info` for a TCX link: type, id, prog_id,
@@ -86,28 +77,6 @@ struct GetFdByIdAttr {
     open_flags: u32,
 }
 
-/// The start of `struct bpf_map_info` (the kernel fills what fits).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MapInfo {
-    pub map_type: u32,
-    pub id: u32,
-    pub key_size: u32,
-    pub value_size: u32,
-    pub max_entries: u32,
-    pub map_flags: u32,
-    pub name: [u8; 16],
-    pub ifindex: u32,
-    pub btf_vmlinux_value_type_id: u32,
-    pub netns_dev: u64,
-    pub netns_ino: u64,
-    /// 0 when the map was created without BTF.
-    pub btf_id: u32,
-    pub btf_key_type_id: u32,
-    pub btf_value_type_id: u32,
-    pub btf_vmlinux_id: u32,
-}
-
 /// The start of `struct bpf_btf_info`.
 #[repr(C)]
 #[derive(Default)]
@@ -120,25 +89,9 @@ struct BtfInfo {
     kernel_btf: u32,
 }
 
-/// Fills `info` (a prefix of the kernel's info struct for `fd`'s kind).
-fn info_by_fd<T>(fd: &OwnedFd, info: &mut T) -> io::Result<()> {
-    let mut attr = InfoByFdAttr {
-        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(fd) as u32,
-        info_len: std::mem::size_of::<T>() as u32,
-        info: info as *mut T as u64,
-    };
-    // SAFETY: BPF_OBJ_GET_INFO_BY_FD reads an InfoByFdAttr; `info` is as
-    // large as `info_len` says and outlives the call.
-    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
-    Ok(())
-}
-
 /// What the map pinned at `pin` was created with.
 pub fn pinned_map_info(pin: &Path) -> io::Result<MapInfo> {
-    let map = obj_get(pin)?;
-    let mut info = MapInfo::default();
-    info_by_fd(&map, &mut info)?;
-    Ok(info)
+    map_info(obj_get(pin)?.as_fd())
 }
 
 /// The raw BTF the kernel holds under `id` (what a map was created with).
@@ -154,14 +107,18 @@ pub fn btf_by_id(id: u32) -> io::Result<Vec<u8>> {
     let btf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // First the size, then the bytes.
     let mut info = BtfInfo::default();
-    info_by_fd(&btf, &mut info)?;
+    // SAFETY: BtfInfo is plain data laid out as `struct bpf_btf_info`'s
+    // start; its pointer is null (size only).
+    unsafe { obj_info(btf.as_fd(), &mut info) }?;
     let mut data = vec![0u8; info.btf_size as usize];
     let mut info = BtfInfo {
         btf: data.as_mut_ptr() as u64,
         btf_size: data.len() as u32,
         ..Default::default()
     };
-    info_by_fd(&btf, &mut info)?;
+    // SAFETY: as above; `btf` points to `data`, `btf_size` bytes, which
+    // outlives the call.
+    unsafe { obj_info(btf.as_fd(), &mut info) }?;
     data.truncate(info.btf_size as usize);
     Ok(data)
 }
@@ -178,13 +135,9 @@ pub struct TcxIngressLink {
 pub fn tcx_ingress_link(pin: &Path) -> io::Result<Option<TcxIngressLink>> {
     let link = obj_get(pin)?;
     let mut info = TcxLinkInfo::default();
-    let mut attr = InfoByFdAttr {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<TcxLinkInfo>() as u32,
-        info: &mut info as *mut TcxLinkInfo as u64,
-    };
-    // SAFETY: as in `info_by_fd`: `info` is a TcxLinkInfo of `info_len`.
-    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    // SAFETY: TcxLinkInfo is plain data laid out as `struct bpf_link_info`'s
+    // start and holds no pointers.
+    unsafe { obj_info(link.as_fd(), &mut info) }?;
     Ok(
         (info.link_type == BPF_LINK_TYPE_TCX && info.attach_type == BPF_TCX_INGRESS).then_some(
             TcxIngressLink {
@@ -197,16 +150,7 @@ pub fn tcx_ingress_link(pin: &Path) -> io::Result<Option<TcxIngressLink>> {
 
 /// The id of the map behind `map`.
 pub fn map_id(map: BorrowedFd<'_>) -> io::Result<u32> {
-    // struct bpf_map_info starts with type, id.
-    let mut info = [0u32; 20];
-    let mut attr = InfoByFdAttr {
-        bpf_fd: map.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    // SAFETY: as in `info_by_fd`: `info` is an array of `info_len` bytes.
-    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
-    Ok(info[1])
+    Ok(map_info(map)?.id)
 }
 
 /// Sets `keys[i]` to the map `inner[i]` in the map of maps `map`, in one
