@@ -82,7 +82,7 @@ struct Args {
     #[arg(long, value_name = "N,...", value_delimiter = ',')]
     density_taps: Option<Vec<usize>>,
     /// The `--tap-attach` modes the density phase measures, comma-separated
-    /// [default: tcx,tc].
+    /// [default: tcx,tc,tc-block].
     #[arg(long, value_name = "MODE,...", value_delimiter = ',', value_enum)]
     density_attach: Option<Vec<world::TapAttach>>,
     /// Leave out the density phase's neutron-style networks (when only our

@@ -345,7 +345,7 @@ pub fn targets(results: &Results) -> Vec<TargetCheck> {
             .iter()
             .map(|(_, median)| *median)
             .fold(f64::INFINITY, f64::min);
-        checks.push(ATTACH_MEDIAN.check("", " (in either --tap-attach mode)", best, measured));
+        checks.push(ATTACH_MEDIAN.check("", " (in any --tap-attach mode)", best, measured));
         let mbs: Vec<(&str, f64)> = results
             .density_ours
             .iter()
@@ -645,7 +645,7 @@ pub fn markdown(results: &Results) -> String {
         }
         let _ = writeln!(
             md,
-            "\ntcx is a pinned TCX link per tap (the kernel waits for an RCU grace period per link); tc is a cls_bpf filter per tap. BPF maps (memlock, all) with the last row's {} ports: {:.2} MiB.\n",
+            "\ntcx is a pinned TCX link per tap (the kernel waits for an RCU grace period per link); tc is a cls_bpf filter per tap; tc-block binds every tap's ingress qdisc to one shared block holding that filter once. BPF maps (memlock, all) with the last row's {} ports: {:.2} MiB.\n",
             d.taps,
             d.bpf_memlock_bytes() as f64 / 1048576.0
         );

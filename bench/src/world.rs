@@ -59,15 +59,18 @@ pub enum TapAttach {
     Tcx,
     /// A cls_bpf filter per tap.
     Tc,
+    /// Every tap's ingress qdisc on one shared block holding the filter.
+    TcBlock,
 }
 
 impl TapAttach {
-    pub const ALL: [TapAttach; 2] = [TapAttach::Tcx, TapAttach::Tc];
+    pub const ALL: [TapAttach; 3] = [TapAttach::Tcx, TapAttach::Tc, TapAttach::TcBlock];
 
     pub fn flag(self) -> &'static str {
         match self {
             TapAttach::Tcx => "tcx",
             TapAttach::Tc => "tc",
+            TapAttach::TcBlock => "tc-block",
         }
     }
 }

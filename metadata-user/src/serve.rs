@@ -347,11 +347,11 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         // Stopped first, so that nothing is attached behind our back.
         reconciler_task.abort();
         let _ = reconciler_task.await;
-        if settings.tap_attach == datapath::TapAttach::Tc {
-            // tc filters are not pinned links: removing the pins below does
-            // not take them off the taps.
+        if settings.tap_attach != datapath::TapAttach::Tcx {
+            // tc filters and qdiscs are not pinned links: removing the pins
+            // below does not take them off the taps.
             for tap in attached_at_exit.borrow().attached.values() {
-                datapath::tc_attach::remove_tc_filter(tap.ifindex);
+                datapath::remove_tc_attachments(tap.ifindex);
             }
         }
         datapath::remove_pins(&settings.bpffs)?;

@@ -100,6 +100,10 @@ pub fn items(tap_attach: TapAttach) -> Vec<Item> {
                 TapAttach::Tc => {
                     "available for the server end; taps get cls_bpf filters (--tap-attach tc)"
                 }
+                TapAttach::TcBlock => {
+                    "available for the server end; taps share one tc filter block \
+                     (--tap-attach tc-block)"
+                }
             },
         )
     };

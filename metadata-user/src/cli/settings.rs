@@ -655,6 +655,10 @@ mod tests {
             with_file("tap_attach = \"tcx\"\n").unwrap().tap_attach,
             TapAttach::Tcx
         );
+        assert_eq!(
+            with_file("tap_attach = \"tc-block\"\n").unwrap().tap_attach,
+            TapAttach::TcBlock
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -724,6 +728,17 @@ mod tests {
             panic!("expected serve");
         };
         assert_eq!(args.tap_attach, Some(TapAttach::Tc));
+        let cli = crate::cli::Cli::try_parse_from([
+            "metadata-redirector",
+            "serve",
+            "--tap-attach",
+            "tc-block",
+        ])
+        .unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.tap_attach, Some(TapAttach::TcBlock));
         let err = crate::cli::Cli::try_parse_from([
             "metadata-redirector",
             "serve",
@@ -733,7 +748,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--tap-attach"), "{err}");
-        assert!(err.contains("tcx") && err.contains("tc"), "{err}");
+        assert!(err.contains("tcx") && err.contains("tc-block"), "{err}");
     }
 
     /// The commented config file `cargo xtask install` puts in /etc.

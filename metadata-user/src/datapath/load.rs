@@ -26,6 +26,7 @@ use super::{
     server_link::ServerLink,
     sys,
     table_writer::TableWriter,
+    tc_block,
     tcx::attach_program,
 };
 
@@ -166,6 +167,18 @@ impl Datapath {
             RETURN_LINK_PIN,
         )?;
         remove_pin(&datapath.links_dir.join(OLD_RETURN_LINK_PIN))?;
+        if tap_attach == TapAttach::TcBlock {
+            // The block and its filter, before any tap is bound to it.
+            tc_block::ensure(
+                &datapath.tap_program,
+                datapath.tap_program_id,
+                server.entry_ifindex,
+            )?;
+        } else {
+            // A previous daemon's, in tc-block mode: the block goes with
+            // the last qdisc bound to it (taps are unbound as attached).
+            tc_block::release(server.entry_ifindex);
+        }
         Ok(datapath)
     }
 }

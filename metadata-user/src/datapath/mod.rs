@@ -7,7 +7,8 @@
 //! - `bpffs`: `--bpffs` is on bpffs (mounted if nobody has).
 //! - `pins`: the names of the pins, and their removal.
 //! - `taps`: attaching to and detaching from registered taps, pruning.
-//! - `attach_mode`: `--tap-attach`; `tcx` and `tc_attach` do each mode.
+//! - `attach_mode`: `--tap-attach`; `tcx`, `tc_attach` and `tc_block` do
+//!   each mode.
 //! - `tables`: each port's flow table (who is behind a connection; one
 //!   table under each lane's identity address) and the counters;
 //!   `table_writer` adds and removes the tables off the attach path (each
@@ -40,7 +41,9 @@
 //! and only then removes them, so there is no moment without a program.
 //!
 //! With `--tap-attach tc` the taps get a tc filter instead of a TCX link
-//! (see [`tc_attach`]); the entry end stays on TCX either way. Whichever
+//! (see [`tc_attach`]), with `tc-block` an ingress qdisc bound to one shared
+//! block that holds the filter once (see [`tc_block`]); the entry end stays
+//! on TCX either way. Whichever
 //! mode runs, attaching a tap removes the other mode's attachment after the
 //! new one is in place, so switching modes across a restart leaves one.
 mod attach_mode;
@@ -60,6 +63,7 @@ mod table_writer;
 mod tables;
 mod taps;
 pub mod tc_attach;
+pub mod tc_block;
 mod tcx;
 
 use std::{path::PathBuf, sync::Arc};
@@ -76,7 +80,7 @@ pub use identity::IdentityPlan;
 pub use metadata_addrs::MetadataAddrs;
 pub use pins::remove_pins;
 pub use tables::{CounterTable, FlowTable};
-pub use taps::TableFate;
+pub use taps::{TableFate, remove_tc_attachments};
 
 /// A registered tap the programs are attached to right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

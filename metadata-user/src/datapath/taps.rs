@@ -13,6 +13,7 @@ use super::{
     pins::{remove_pin, tap_ifname_of_pin, tap_pin_name},
     sys,
     tc_attach::{self, remove_tc_filter},
+    tc_block::{self, Binding},
     tcx::attach_program,
 };
 
@@ -104,7 +105,7 @@ impl Datapath {
     /// attaching finds it (EEXIST) and swaps its program.
     fn runs_our_program(&self, ifname: &str, ifindex: u32) -> bool {
         match self.tap_attach {
-            TapAttach::Tc if self.started => false,
+            TapAttach::Tc | TapAttach::TcBlock if self.started => false,
             TapAttach::Tcx => sys::tcx_ingress_link(&self.links_dir.join(tap_pin_name(ifname)))
                 .ok()
                 .flatten()
@@ -112,6 +113,12 @@ impl Datapath {
             TapAttach::Tc => {
                 tc_attach::our_program(ifindex).ok().flatten() == Some(self.tap_program_id)
                     && !self.links_dir.join(tap_pin_name(ifname)).exists()
+            }
+            // The block's filter runs our program (`load` made sure); a
+            // tap on another qdisc (the fallback) is attached again, which
+            // finds its filter and keeps it (EEXIST).
+            TapAttach::TcBlock => {
+                tc_block::is_bound(ifindex) && !self.links_dir.join(tap_pin_name(ifname)).exists()
             }
         }
     }
@@ -132,9 +139,9 @@ impl Datapath {
                 TableFate::Keep => self.flows.flush(&identities),
             }
         }
-        // Both modes' attachments, whichever this daemon uses: cheap when
+        // Every mode's attachments, whichever this daemon uses: cheap when
         // absent, and a tap never keeps a program we no longer account for.
-        remove_tc_filter(old.ifindex);
+        remove_tc_attachments(old.ifindex);
         self.remove_tcx_link(ifname)?;
         info!(ifname, ifindex = old.ifindex, "tap detached");
         Ok(())
@@ -166,11 +173,36 @@ impl Datapath {
                     TcAttachType::Ingress,
                     &pin,
                 )?;
-                remove_tc_filter(ifindex);
+                remove_tc_attachments(ifindex);
             }
             TapAttach::Tc => {
                 let current = netdev::ifname_of(ifindex)?;
-                tc_attach::attach(&mut self.tap_program, &current, ifindex)?;
+                if let Err(err) = tc_attach::attach(&mut self.tap_program, &current, ifindex) {
+                    // A previous daemon in tc-block mode bound the tap's
+                    // qdisc to the shared block, which takes no filter by
+                    // device: the qdisc goes (the tap is without a program
+                    // until the next line), then the filter is added.
+                    if !tc_block::is_bound(ifindex) {
+                        return Err(err);
+                    }
+                    tc_block::unbind(ifindex).context("leaving the shared tc block")?;
+                    tc_attach::attach(&mut self.tap_program, &current, ifindex)?;
+                }
+                self.remove_tcx_link(ifname)?;
+            }
+            TapAttach::TcBlock => {
+                match tc_block::bind(ifindex)
+                    .context("adding an ingress qdisc on the shared tc block")?
+                {
+                    Binding::Ours => {}
+                    // Someone else's ingress or clsact qdisc: it stays, and
+                    // takes a filter of its own, as in tc mode.
+                    Binding::Foreign => {
+                        let current = netdev::ifname_of(ifindex)?;
+                        debug!(ifname, "an ingress qdisc of its own: per-tap filter");
+                        tc_attach::attach(&mut self.tap_program, &current, ifindex)?;
+                    }
+                }
                 self.remove_tcx_link(ifname)?;
             }
         }
@@ -205,9 +237,9 @@ impl Datapath {
         for ifindex in stale {
             debug!(ifindex, "removing stale port entry");
             let _ = self.ports.remove(&ifindex);
-            // A previous daemon in tc mode left its filter on that tap (TCX
-            // links are handled with their pins below).
-            remove_tc_filter(ifindex);
+            // A previous daemon in tc or tc-block mode left its filter or
+            // qdisc on that tap (TCX links are handled with their pins below).
+            remove_tc_attachments(ifindex);
         }
         self.started = true;
         for entry in fs::read_dir(&self.links_dir)? {
@@ -223,4 +255,12 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// Removes what either tc mode put on `ifindex`: our ingress qdisc on the
+/// shared block (only if bound to it), then our per-tap filter. Failures
+/// are logged: what stays passes everything for a tap that is no port.
+pub fn remove_tc_attachments(ifindex: u32) {
+    tc_block::release(ifindex);
+    remove_tc_filter(ifindex);
 }

@@ -18,7 +18,8 @@
 //! while adding ports at 8,000 taps with clsact). A clsact has two blocks
 //! (ingress and egress), so each new one searched a list of two entries per
 //! tap, twice; an `ingress` qdisc has one block: a quarter of the searching.
-//! The search is still there (see docs/benchmark.md, Density).
+//! The search is still there (see docs/benchmark.md, Density); `tc_block`
+//! (`--tap-attach tc-block`) shares one block among all taps instead.
 //!
 //! Deleting goes by ifindex over our own rtnetlink request, not through
 //! aya's `SchedClassifierLink::attached`, which takes an interface *name*:
@@ -34,7 +35,7 @@ use aya::programs::{
 use rtnetlink::{
     packet_core::{
         NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage,
-        NetlinkPayload, Nla as _,
+        NetlinkPayload, Nla as _, NlasIterator,
     },
     packet_route::{
         RouteNetlinkMessage,
@@ -136,7 +137,7 @@ const INGRESS_QDISC: &str = "ingress";
 
 /// Reads the answer to a request sent with NLM_F_ACK: None when it was
 /// done, or the kernel's error number.
-fn acknowledgement(socket: &Socket) -> io::Result<Option<i32>> {
+pub(super) fn acknowledgement(socket: &Socket) -> io::Result<Option<i32>> {
     let mut reply = Vec::with_capacity(8192);
     let len = socket.recv(&mut reply, 0)?;
     let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[..len])
@@ -183,15 +184,19 @@ pub fn detach(ifindex: u32) -> io::Result<Detached> {
         None => Ok(Detached::Removed),
         // ENOENT: no filter there; ENODEV: the tap is gone (and its
         // filters with it); EINVAL: no ingress/clsact qdisc ("Parent
-        // Qdisc doesn't exists"), so no filter either.
-        Some(libc::ENOENT | libc::ENODEV | libc::EINVAL) => Ok(Detached::NotThere),
+        // Qdisc doesn't exists"), so no filter either; EOPNOTSUPP: the
+        // ingress block is shared (`tc_block`), which holds no filter
+        // addressed by device.
+        Some(libc::ENOENT | libc::ENODEV | libc::EINVAL | libc::EOPNOTSUPP) => {
+            Ok(Detached::NotThere)
+        }
         Some(code) => Err(io::Error::from_raw_os_error(code)),
     }
 }
 
 /// Sends one rtnetlink request on a socket of its own, which the caller
 /// reads the answer from.
-fn send_request(payload: RouteNetlinkMessage, flags: u16) -> io::Result<Socket> {
+pub(super) fn send_request(payload: RouteNetlinkMessage, flags: u16) -> io::Result<Socket> {
     let mut request = NetlinkMessage::from(payload);
     request.header.flags = flags;
     request.finalize();
@@ -223,14 +228,36 @@ const TCA_BPF_ID: u16 = 11;
 /// that interface's filters at our priority: how a restarted daemon tells
 /// a tap it can keep as it is from one it must attach to.
 pub fn our_program(ifindex: u32) -> io::Result<Option<u32>> {
+    // A filter on a shared block (`tc_block`) is listed too, by block
+    // (another ifindex): not a filter of this tap's own.
+    Ok(filter_at_our_spot(ingress_filters_request(ifindex))?
+        .filter(|filter| filter.header.index == ifindex as i32)
+        .and_then(|filter| bpf_program_id(&filter)))
+}
+
+/// A dump request for the filters at our priority on `ifindex`'s ingress.
+pub(super) fn ingress_filters_request(ifindex: u32) -> TcMessage {
     let mut message = TcMessage::with_index(ifindex as i32);
     message.header.parent = NlTcHandle {
         major: 0xffff,
         minor: NlTcHandle::MIN_INGRESS,
     };
     message.header.info = u32::from(PRIORITY) << 16;
+    message
+}
+
+/// The program id of the filter at our priority and handle among those
+/// `request` (a filter dump request: a device's ingress, or a block) lists.
+pub(super) fn program_at_our_spot(request: TcMessage) -> io::Result<Option<u32>> {
+    Ok(filter_at_our_spot(request)?.and_then(|filter| bpf_program_id(&filter)))
+}
+
+/// The filter at our priority and handle among those `request` (a filter
+/// dump request) lists; None when there is none, or no such qdisc or
+/// interface.
+pub(super) fn filter_at_our_spot(request: TcMessage) -> io::Result<Option<TcMessage>> {
     let socket = send_request(
-        RouteNetlinkMessage::GetTrafficFilter(message),
+        RouteNetlinkMessage::GetTrafficFilter(request),
         NLM_F_REQUEST | NLM_F_DUMP,
     )?;
     let mut found = None;
@@ -259,9 +286,9 @@ pub fn our_program(ifindex: u32) -> io::Result<Option<u32>> {
                     };
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(filter))
-                    if filter.header.handle == NlTcHandle::from(HANDLE) =>
+                    if filter.header.handle == NlTcHandle::from(HANDLE) && found.is_none() =>
                 {
-                    found = found.or_else(|| bpf_program_id(&filter));
+                    found = Some(filter);
                 }
                 _ => {}
             }
@@ -273,22 +300,36 @@ pub fn our_program(ifindex: u32) -> io::Result<Option<u32>> {
     }
 }
 
-/// The program id in a cls_bpf filter's options.
+/// The program id in a cls_bpf filter's options. netlink-packet-route
+/// has no parser for cls_bpf ("bpf") options: it hands the whole nest over
+/// as one unparsed attribute, whose nested attributes are read here.
 fn bpf_program_id(filter: &TcMessage) -> Option<u32> {
     filter
         .attributes
         .iter()
-        .find_map(|attribute| match attribute {
-            TcAttribute::Options(options) => options.iter().find_map(|option| match option {
-                TcOption::Other(nla) if nla.kind() == TCA_BPF_ID => {
-                    let mut value = [0u8; 4];
-                    (nla.value_len() == 4).then(|| {
-                        nla.emit_value(&mut value);
-                        u32::from_ne_bytes(value)
-                    })
-                }
-                _ => None,
-            }),
+        .filter_map(|attribute| match attribute {
+            TcAttribute::Options(options) => Some(options),
             _ => None,
         })
+        .flatten()
+        .find_map(|option| match option {
+            TcOption::Other(nla) if nla.kind() == TCA_BPF_ID => u32_value(nla),
+            TcOption::Other(nest) => {
+                let mut bytes = vec![0u8; nest.value_len()];
+                nest.emit_value(&mut bytes);
+                NlasIterator::new(&bytes[..])
+                    .filter_map(Result::ok)
+                    .find(|nla| nla.kind() == TCA_BPF_ID)
+                    .and_then(|nla| Some(u32::from_ne_bytes(nla.value().try_into().ok()?)))
+            }
+            _ => None,
+        })
+}
+
+fn u32_value(nla: &impl rtnetlink::packet_core::Nla) -> Option<u32> {
+    let mut value = [0u8; 4];
+    (nla.value_len() == 4).then(|| {
+        nla.emit_value(&mut value);
+        u32::from_ne_bytes(value)
+    })
 }
