@@ -45,9 +45,12 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "libssl-dev",
-        "the daemon's signed identity (the openssl crate links the system's libssl)",
+        "the daemon's signed identity (libssl.a and libcrypto.a, linked statically: .cargo/config.toml)",
     ),
-    ("pkg-config", "finding libssl for the openssl crate"),
+    (
+        "pkg-config",
+        "finding libssl for the openssl crate on other targets than x86_64",
+    ),
     (
         "openssl",
         "the identity test verifies signatures with AWS's published openssl commands",

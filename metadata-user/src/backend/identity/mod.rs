@@ -10,7 +10,8 @@
 //! - `jwks`: the public key as a JWK Set, for verifiers.
 //!
 //! The crypto is the `openssl` crate over the system's libssl (Debian's
-//! libssl-dev, installed by `cargo xtask setup`): PKCS#7 SignedData is what
+//! libssl-dev, installed by `cargo xtask setup`; linked statically, see
+//! .cargo/config.toml): PKCS#7 SignedData is what
 //! AWS's verification command (`openssl smime -verify`) reads, and the same
 //! library signing it is the surest way to match it; RustCrypto's `cms`
 //! crate can build it too, but with far more code of ours around it. JWS is
