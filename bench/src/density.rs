@@ -195,33 +195,12 @@ fn attach_all(daemon: &mut Daemon, taps: &[String], tap_attach: TapAttach) -> Re
     let mut attach_ms = Vec::with_capacity(count);
     let mut api_attach_ms = Vec::with_capacity(count);
     for (index, (tap, instance)) in taps.iter().zip(&instances).enumerate() {
-        let started = Instant::now();
-        if index % 2 == 1 {
-            let body = serde_json::json!({"ifname": tap, "instance": instance.uuid});
-            let answer = admin
-                .add_port_and_wait(body.to_string().as_bytes())
-                .with_context(|| format!("attaching tap {index} ({tap})"))?;
-            api_attach_ms.push(ms(started.elapsed()));
-            if answer["datapath"]["state"] != "attached" {
-                bail!("tap {index} ({tap}): {answer}");
-            }
-            continue;
-        }
-        let out = daemon
-            .cli_ok(&[
-                "port",
-                "add",
-                "--ifname",
-                tap,
-                "--instance",
-                &instance.uuid,
-                "--wait",
-                "10",
-            ])
+        let via = if index % 2 == 1 { Via::Api } else { Via::Cli };
+        let took = add_port(daemon, &mut admin, via, tap, instance)
             .with_context(|| format!("attaching tap {index} ({tap})"))?;
-        attach_ms.push(ms(started.elapsed()));
-        if !out.contains(": attached") {
-            bail!("tap {index} ({tap}): {}", out.trim());
+        match via {
+            Via::Api => api_attach_ms.push(took),
+            Via::Cli => attach_ms.push(took),
         }
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -283,36 +262,64 @@ fn re_add_at_size(
             .delete_port(tap)
             .with_context(|| format!("deleting the port of tap {index} ({tap})"))?;
         std::thread::sleep(DETACH_SETTLE);
-        let started = Instant::now();
-        if sample % 2 == 1 {
-            let body = serde_json::json!({"ifname": tap, "instance": instance.uuid});
-            let answer = admin
-                .add_port_and_wait(body.to_string().as_bytes())
-                .with_context(|| format!("re-adding tap {index} ({tap})"))?;
-            api_ms.push(ms(started.elapsed()));
-            if answer["datapath"]["state"] != "attached" {
-                bail!("re-added tap {index} ({tap}): {answer}");
-            }
-        } else {
-            let out = daemon
-                .cli_ok(&[
-                    "port",
-                    "add",
-                    "--ifname",
-                    tap,
-                    "--instance",
-                    &instance.uuid,
-                    "--wait",
-                    "10",
-                ])
-                .with_context(|| format!("re-adding tap {index} ({tap})"))?;
-            cli_ms.push(ms(started.elapsed()));
-            if !out.contains(": attached") {
-                bail!("re-added tap {index} ({tap}): {}", out.trim());
-            }
+        let via = if sample % 2 == 1 { Via::Api } else { Via::Cli };
+        let took = add_port(daemon, admin, via, tap, instance)
+            .with_context(|| format!("re-adding tap {index} ({tap})"))?;
+        match via {
+            Via::Api => api_ms.push(took),
+            Via::Cli => cli_ms.push(took),
         }
     }
     Ok((cli_ms, api_ms))
+}
+
+/// How a port is added: the CLI's `port add --wait` (a process start and
+/// the admin API) or the same request on the bench's keep-alive admin
+/// connection (the daemon's own part).
+#[derive(Clone, Copy)]
+enum Via {
+    Cli,
+    Api,
+}
+
+/// Adds `tap`'s port for `instance` and waits for the attach; the time
+/// from the request (or the CLI's start) to the answer, ms.
+fn add_port(
+    daemon: &Daemon,
+    admin: &mut StatusPoller,
+    via: Via,
+    tap: &str,
+    instance: &Instance,
+) -> Result<f64> {
+    let started = Instant::now();
+    match via {
+        Via::Api => {
+            let body = serde_json::json!({"ifname": tap, "instance": instance.uuid});
+            let answer = admin.add_port_and_wait(body.to_string().as_bytes())?;
+            let took = ms(started.elapsed());
+            if answer["datapath"]["state"] != "attached" {
+                bail!("not attached: {answer}");
+            }
+            Ok(took)
+        }
+        Via::Cli => {
+            let out = daemon.cli_ok(&[
+                "port",
+                "add",
+                "--ifname",
+                tap,
+                "--instance",
+                &instance.uuid,
+                "--wait",
+                "10",
+            ])?;
+            let took = ms(started.elapsed());
+            if !out.contains(": attached") {
+                bail!("not attached: {}", out.trim());
+            }
+            Ok(took)
+        }
+    }
 }
 
 /// SIGKILLs the daemon and starts it again on the same state and pins:

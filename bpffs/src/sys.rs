@@ -230,20 +230,28 @@ pub fn map_lookup(
     }
 }
 
-/// A new fd for the map with id `id`; None when there is no such map (any
-/// more).
-pub fn map_fd_by_id(id: u32) -> io::Result<Option<OwnedFd>> {
+/// A new fd for the object with id `id` by the `BPF_*_GET_FD_BY_ID`
+/// command `cmd` (a map, a program, a link, BTF); None when there is no
+/// such object (any more).
+pub fn obj_fd_by_id(cmd: libc::c_long, id: u32) -> io::Result<Option<OwnedFd>> {
     let mut attr = GetFdByIdAttr {
         id,
         ..Default::default()
     };
-    // SAFETY: BPF_MAP_GET_FD_BY_ID reads a GetFdByIdAttr, no pointers.
-    match unsafe { bpf(BPF_MAP_GET_FD_BY_ID, &mut attr) } {
+    // SAFETY: the BPF_*_GET_FD_BY_ID commands read a GetFdByIdAttr, which
+    // holds no pointers.
+    match unsafe { bpf(cmd, &mut attr) } {
         // SAFETY: the kernel returned a new fd that nothing else owns.
         Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })),
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(err) => Err(err),
     }
+}
+
+/// A new fd for the map with id `id`; None when there is no such map (any
+/// more).
+pub fn map_fd_by_id(id: u32) -> io::Result<Option<OwnedFd>> {
+    obj_fd_by_id(BPF_MAP_GET_FD_BY_ID, id)
 }
 
 /// The start of `struct bpf_map_info` (the kernel fills what fits).

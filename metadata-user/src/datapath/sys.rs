@@ -11,7 +11,7 @@
 //! shared `mdr_bpffs::sys`.
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::Path,
 };
 
@@ -21,7 +21,7 @@ pub use mdr_bpffs::sys::create_lru_hash;
 /// values, and the data-section maps `same_program` compares have the
 /// object's sizes.
 pub use mdr_bpffs::sys::map_lookup;
-use mdr_bpffs::sys::{bpf, map_info, obj_get, obj_info};
+use mdr_bpffs::sys::{bpf, map_info, obj_fd_by_id, obj_get, obj_info};
 
 const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -68,15 +68,6 @@ struct LinkDetachAttr {
     link_fd: u32,
 }
 
-/// `union bpf_attr` as BPF_BTF_GET_FD_BY_ID reads it.
-#[repr(C)]
-#[derive(Default)]
-struct GetFdByIdAttr {
-    id: u32,
-    next_id: u32,
-    open_flags: u32,
-}
-
 /// The start of `struct bpf_btf_info`.
 #[repr(C)]
 #[derive(Default)]
@@ -96,15 +87,8 @@ pub fn pinned_map_info(pin: &Path) -> io::Result<MapInfo> {
 
 /// The raw BTF the kernel holds under `id` (what a map was created with).
 pub fn btf_by_id(id: u32) -> io::Result<Vec<u8>> {
-    let mut attr = GetFdByIdAttr {
-        id,
-        ..Default::default()
-    };
-    // SAFETY: BPF_BTF_GET_FD_BY_ID reads a GetFdByIdAttr, which holds no
-    // pointers.
-    let fd = unsafe { bpf(BPF_BTF_GET_FD_BY_ID, &mut attr) }?;
-    // SAFETY: BPF_BTF_GET_FD_BY_ID returned a new fd that nothing else owns.
-    let btf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let btf = obj_fd_by_id(BPF_BTF_GET_FD_BY_ID, id)?
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
     // First the size, then the bytes.
     let mut info = BtfInfo::default();
     // SAFETY: BtfInfo is plain data laid out as `struct bpf_btf_info`'s

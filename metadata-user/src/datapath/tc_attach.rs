@@ -108,16 +108,22 @@ pub fn attach(program: &mut SchedClassifier, ifname: &str, ifindex: u32) -> anyh
     Ok(())
 }
 
-/// Adds an `ingress` qdisc to interface `ifindex` unless an ingress or
-/// clsact qdisc is already there (the kernel answers EEXIST for both: they
-/// share the ffff: handle). Either takes our filter on parent ffff:fff2.
-fn ensure_ingress_qdisc(ifindex: u32) -> io::Result<()> {
+/// Addresses `ifindex`'s ingress qdisc (ingress or clsact: handle ffff:).
+pub(super) fn ingress_qdisc_message(ifindex: u32) -> TcMessage {
     let mut message = TcMessage::with_index(ifindex as i32);
     message.header.parent = NlTcHandle::INGRESS;
     message.header.handle = NlTcHandle {
         major: 0xffff,
         minor: 0,
     };
+    message
+}
+
+/// Adds an `ingress` qdisc to interface `ifindex` unless an ingress or
+/// clsact qdisc is already there (the kernel answers EEXIST for both: they
+/// share the ffff: handle). Either takes our filter on parent ffff:fff2.
+fn ensure_ingress_qdisc(ifindex: u32) -> io::Result<()> {
+    let mut message = ingress_qdisc_message(ifindex);
     message
         .attributes
         .push(TcAttribute::Kind(INGRESS_QDISC.to_string()));

@@ -44,7 +44,9 @@ use rtnetlink::{
 };
 use tracing::{debug, info, warn};
 
-use super::tc_attach::{self, HANDLE, PRIORITY, acknowledgement, send_request};
+use super::tc_attach::{
+    self, HANDLE, PRIORITY, acknowledgement, ingress_qdisc_message, send_request,
+};
 
 /// The shared block's index ("md" in ASCII, like our filter's handle):
 /// `ingress_block 28004` in `tc qdisc show`, `tc filter show block 28004`.
@@ -141,17 +143,6 @@ fn ingress_block_of(ifindex: u32) -> io::Result<Option<u32>> {
             .filter(|filter| filter.header.index as u32 == TcHeader::TCM_IFINDEX_MAGIC_BLOCK)
             .map(|filter| u32::from(filter.header.parent)),
     )
-}
-
-/// Addresses `ifindex`'s ingress qdisc (ingress or clsact: handle ffff:).
-fn ingress_qdisc_message(ifindex: u32) -> TcMessage {
-    let mut message = TcMessage::with_index(ifindex as i32);
-    message.header.parent = NlTcHandle::INGRESS;
-    message.header.handle = NlTcHandle {
-        major: 0xffff,
-        minor: 0,
-    };
-    message
 }
 
 /// Makes sure the block exists with our filter running `program`: binds
