@@ -436,6 +436,25 @@ impl Daemon {
         self.spawn()
     }
 
+    /// SIGKILLs the daemon, checks that `guest`'s request is still caught
+    /// while it is down (refused at once, nobody listens, rather than
+    /// answered by the decoy router: what the daemon attached outlives it),
+    /// then starts it again and waits until `guest` is served as `uuid`.
+    pub fn kill9_keeps_guest_caught_and_restart(
+        &mut self,
+        guest: &Guest,
+        uuid: &str,
+    ) -> Result<()> {
+        self.kill9()?;
+        let reply = guest.http_get_with("/", &[], Duration::from_secs(2))?;
+        if reply.body.contains(crate::tenant::DECOY_MARK) {
+            bail!("with the daemon down the guest reached its router: {reply}");
+        }
+        self.restart()?;
+        guest.wait_served(uuid)?;
+        Ok(())
+    }
+
     /// Stops the daemon as an operator would (SIGTERM; SIGKILL after 5 s)
     /// and reaps it. The datapath stays pinned for the next
     /// [`restart`](Self::restart), as in production.
