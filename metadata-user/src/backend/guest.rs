@@ -1,6 +1,12 @@
 //! What ingress hands the backend and gets back: who asks, and the answer
 //! with how far it may travel.
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -41,5 +47,92 @@ impl Reply {
             response,
             ip_ttl: DEFAULT_TTL,
         }
+    }
+}
+
+/// A reply now, or one that has to wait (a nova round trip, a held watch,
+/// a password body still arriving). Awaited like any future; built without
+/// one for what is answered at once, which is nearly every request: hyper
+/// keeps a request's future in place for the whole connection and moves it
+/// on every request, and an `async fn` chain from ingress down to the
+/// answer would be kilobytes (each layer keeps its own copy of the request)
+/// to copy per request and to allocate per connection.
+pub enum Answer<'a> {
+    Ready(Option<Reply>),
+    Later(Pin<Box<dyn Future<Output = Reply> + Send + 'a>>),
+}
+
+impl<'a> Answer<'a> {
+    pub fn ready(reply: Reply) -> Self {
+        Self::Ready(Some(reply))
+    }
+
+    pub fn later(reply: impl Future<Output = Reply> + Send + 'a) -> Self {
+        Self::Later(Box::pin(reply))
+    }
+
+    /// The same answer with `then` applied once it is there.
+    pub fn map(self, then: impl FnOnce(Reply) -> Reply + Send + 'a) -> Self {
+        match self {
+            Self::Ready(reply) => Self::Ready(reply.map(then)),
+            Self::Later(reply) => Self::later(async move { then(reply.await) }),
+        }
+    }
+}
+
+impl Future for Answer<'_> {
+    type Output = Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        match self.get_mut() {
+            Self::Ready(reply) => Poll::Ready(reply.take().expect("an answer is awaited once")),
+            Self::Later(reply) => reply.as_mut().poll(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn reply(text: &'static str) -> Reply {
+        Reply::new(Response::new(Full::new(Bytes::from_static(
+            text.as_bytes(),
+        ))))
+    }
+
+    fn ttl(ttl: u8) -> impl FnOnce(Reply) -> Reply + Send {
+        move |mut reply| {
+            reply.ip_ttl = ttl;
+            reply
+        }
+    }
+
+    #[tokio::test]
+    async fn ready_and_later_answers_are_awaited_and_mapped_alike() {
+        let now = Answer::ready(reply("now")).map(ttl(1)).await;
+        assert_eq!(now.ip_ttl, 1);
+        let later = Answer::later(async {
+            tokio::task::yield_now().await;
+            reply("later")
+        })
+        .map(ttl(2))
+        .await;
+        assert_eq!(later.ip_ttl, 2);
+        let body = later.response.into_body().collect().await.unwrap();
+        assert_eq!(body.to_bytes(), "later");
+    }
+
+    /// The point of `Answer`: what is answered at once is no bigger than
+    /// the reply itself plus a tag, whatever the backends' futures weigh.
+    #[test]
+    fn an_answer_is_small() {
+        assert!(
+            std::mem::size_of::<Answer<'static>>() <= std::mem::size_of::<Reply>() + 16,
+            "{} bytes",
+            std::mem::size_of::<Answer<'static>>()
+        );
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use hyper::{Method, Request, body::Incoming};
 use tokio::sync::watch as signal;
 
-pub use guest::{Guest, Reply};
+pub use guest::{Answer, Guest, Reply};
 use local::{
     ApiContext,
     response::{ApiError, too_many_requests},
@@ -48,22 +48,24 @@ pub struct Responder {
 }
 
 impl Responder {
-    pub async fn respond(&self, guest: &Guest, request: Request<Incoming>) -> Reply {
+    /// The answer to an identified guest's request: at once from the
+    /// local store, later for a watch or a nova round trip.
+    pub fn respond<'a>(&'a self, guest: &'a Guest, request: Request<Incoming>) -> Answer<'a> {
         // Only a request with a query string pays for this. GETs only: in
         // nova mode a watch's answer is cached, and a HEAD's has no body.
         let watch = match WatchQuery::parse(request.uri().query()) {
             Ok(watch) => watch.filter(|_| request.method() == Method::GET),
             Err(err) => {
-                return Reply::new(
+                return Answer::ready(Reply::new(
                     ApiError::BadRequest {
                         explanation: Some(err.explanation()),
                     }
                     .into_response(request.method(), request.headers()),
-                );
+                ));
             }
         };
         if let Some(watch) = watch {
-            return self.watch(guest, request, &watch).await;
+            return Answer::later(async move { self.watch(guest, request, &watch).await });
         }
         // Looked up per request: `instance put` and `instance del` take
         // effect on the next request, even on an open connection.
@@ -73,11 +75,11 @@ impl Responder {
             .instance(&guest.port.spec.instance)
             .cloned();
         match &self.backend {
-            Backend::Local(api) => local::handle(api, guest, instance, request).await,
-            Backend::Nova(nova) => {
+            Backend::Local(api) => local::handle(api, guest, instance, request),
+            Backend::Nova(nova) => Answer::later(async move {
                 let project = instance.as_ref().and_then(|i| i.project_id.as_deref());
                 Reply::new(nova.serve_guest(guest, project, request).await)
-            }
+            }),
         }
     }
 

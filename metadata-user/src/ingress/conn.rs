@@ -1,5 +1,6 @@
 //! What we may do to a guest connection's socket: lower its IP TTL for the
-//! IMDSv2 hop limit, and never raise it again.
+//! IMDSv2 hop limit, and never raise it again; send its last answer and its
+//! FIN in one segment.
 use std::{
     os::fd::RawFd,
     sync::atomic::{AtomicU8, Ordering},
@@ -58,11 +59,41 @@ impl ConnHandle {
         self.ttl.fetch_min(ttl, Ordering::Relaxed);
         Ok(())
     }
+
+    /// For an answer after which the connection is closed: holds back the
+    /// answer's last, partial segment (TCP_CORK) until the close, which then
+    /// sets the FIN on it instead of sending one segment more. Each segment
+    /// the daemon sends costs its transmit, the datapath's egress program
+    /// and the peer's receive work; with a new connection per request the
+    /// separate FIN was about a tenth of the daemon's CPU per request.
+    /// Full segments still leave at once, and the close follows the write
+    /// in the same poll, so nothing waits (the kernel would flush a held
+    /// segment by itself after 200 ms, should the close not come).
+    ///
+    /// Only an optimisation: an error leaves the socket as it was.
+    pub fn send_fin_with_last_answer(&self) -> std::io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket fd we own, with a correctly sized int.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::{
+        io::{Read as _, Write as _},
         net::{TcpListener, TcpStream},
         os::fd::AsRawFd as _,
     };
@@ -125,5 +156,57 @@ mod tests {
         let err = conn.limit_ip_ttl(1).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOTSOCK), "{err}");
         assert!(conn.limit_ip_ttl(1).is_err(), "tried again, failed again");
+    }
+
+    /// Segments a socket has received so far, from the kernel's TCP_INFO.
+    fn segments_in(stream: &TcpStream) -> u32 {
+        // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: getsockopt on an open socket into a correctly sized struct.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        info.tcpi_segs_in
+    }
+
+    /// What a client receives when the server answers and closes, and in
+    /// how many segments: the answer and the EOF always; with the FIN sent
+    /// along, one segment fewer than without.
+    fn answer_then_close(fin_with_answer: bool) -> (Vec<u8>, u32) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server_side, _) = listener.accept().unwrap();
+        server_side.set_nodelay(true).unwrap();
+        let before = segments_in(&client);
+        if fin_with_answer {
+            ConnHandle::new(server_side.as_raw_fd())
+                .send_fin_with_last_answer()
+                .unwrap();
+        }
+        server_side
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap();
+        drop(server_side);
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).unwrap();
+        (received, segments_in(&client) - before)
+    }
+
+    #[test]
+    fn the_last_answer_carries_the_fin() {
+        let (plain, plain_segments) = answer_then_close(false);
+        let (corked, corked_segments) = answer_then_close(true);
+        assert_eq!(corked, plain, "the whole answer, then EOF");
+        assert!(corked.ends_with(b"ok"));
+        assert_eq!(plain_segments, 2, "answer, then FIN");
+        assert_eq!(corked_segments, 1, "answer and FIN together");
     }
 }

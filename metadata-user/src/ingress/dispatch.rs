@@ -9,7 +9,10 @@ use super::{
     ratelimit::{RateLimiter, too_many_requests},
 };
 use crate::{
-    backend::{Guest, Reply, Responder, kind::PathKind},
+    backend::{
+        Answer, Guest, Reply, Responder,
+        kind::{PathKind, Secret},
+    },
     metrics::{Metrics, Tree},
 };
 
@@ -27,41 +30,62 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub async fn dispatch(&self, guest: &Guest, request: Request<Incoming>) -> Reply {
-        let started = Instant::now();
+    /// The answer, counted and audited once it is there; at once when the
+    /// backend answers at once (see [`Answer`]).
+    pub fn dispatch<'a>(&'a self, guest: &'a Guest, request: Request<Incoming>) -> Answer<'a> {
         let kind = PathKind::of(request.uri().path());
-        let has_token = request.headers().contains_key(TOKEN_HEADER);
-        // Kept only for what gets an audit record (a path is small, and
-        // these requests are a handful per boot).
-        let audited = kind.secret.map(|secret| {
-            (
-                secret,
-                request.method().clone(),
-                request.uri().path().to_owned(),
-            )
-        });
-        let reply = match self.requests.check(guest.port.slot) {
-            Ok(()) => self.responder.respond(guest, request).await,
-            Err(retry_after) => Reply::new(too_many_requests(
+        let record = Record {
+            started: Instant::now(),
+            kind,
+            has_token: request.headers().contains_key(TOKEN_HEADER),
+            // Kept only for what gets an audit record (a path is small, and
+            // these requests are a handful per boot).
+            audited: kind.secret.map(|secret| {
+                (
+                    secret,
+                    request.method().clone(),
+                    request.uri().path().to_owned(),
+                )
+            }),
+        };
+        let answer = match self.requests.check(guest.port.slot) {
+            Ok(()) => self.responder.respond(guest, request),
+            Err(retry_after) => Answer::ready(Reply::new(too_many_requests(
                 retry_after,
                 request.method(),
                 request.headers(),
-            )),
+            ))),
         };
+        answer.map(move |reply| {
+            self.record(guest, record, &reply);
+            reply
+        })
+    }
+
+    /// What the operator sees of an answered request: metrics, audit log.
+    fn record(&self, guest: &Guest, record: Record, reply: &Reply) {
         let status = reply.response.status().as_u16();
+        let kind = record.kind;
         self.metrics
-            .record_request(kind.tree, status, started.elapsed());
+            .record_request(kind.tree, status, record.started.elapsed());
         // IMDSv1 use, as AWS's MetadataNoToken counts it: answered without a
         // token, not refused for the lack of one (401) or for the rate (429).
-        if kind.tree == Tree::Ec2 && !has_token && status != 401 && status != 429 {
+        if kind.tree == Tree::Ec2 && !record.has_token && status != 401 && status != 429 {
             self.metrics.record_tokenless(guest.port.spec.instance);
         }
-        if let Some((secret, method, path)) = audited {
+        if let Some((secret, method, path)) = record.audited {
             if kind.tree == Tree::Token && method == Method::PUT && status == 200 {
                 self.metrics.record_token_minted();
             }
             audit::record(guest, secret, &method, &path, status);
         }
-        reply
     }
+}
+
+/// What is noted of a request before it is answered, for `record`.
+struct Record {
+    started: Instant,
+    kind: PathKind,
+    has_token: bool,
+    audited: Option<(Secret, Method, String)>,
 }

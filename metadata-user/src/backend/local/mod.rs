@@ -69,7 +69,7 @@ use hyper::{
 
 use crate::{
     backend::{
-        guest::{Guest, Reply},
+        guest::{Answer, Guest, Reply},
         identity::Identity,
     },
     state::instance::{InstanceDoc, TokenMode},
@@ -191,22 +191,36 @@ impl ApiContext {
 
 /// Answers one guest request. `instance` is the current document for the
 /// guest's port (None: the instance was deleted -> 404 for everything).
-pub async fn handle<B>(
-    ctx: &ApiContext,
-    guest: &Guest,
+/// At once, except a password POST, which waits for its body.
+pub fn handle<'a, B>(
+    ctx: &'a ApiContext,
+    guest: &'a Guest,
     instance: Option<Arc<InstanceDoc>>,
     req: Request<B>,
-) -> Reply
+) -> Answer<'a>
 where
-    B: hyper::body::Body<Data = Bytes> + Send,
+    B: hyper::body::Body<Data = Bytes> + Send + 'a,
     B::Error: std::fmt::Display,
 {
     let (parts, body) = req.into_parts();
-    let reply = match &instance {
-        Some(doc) => answer(ctx, guest, doc, &parts, body).await,
-        None => Err(ApiError::NotFound),
+    let Some(doc) = instance else {
+        return Answer::ready(finish(Err(ApiError::NotFound), None, &parts));
     };
-    finish(reply, instance.as_deref(), &parts)
+    match answer(ctx, guest, &doc, &parts, body) {
+        Ok(Step::Done(reply)) => Answer::ready(finish(Ok(reply), Some(&doc), &parts)),
+        Err(error) => Answer::ready(finish(Err(error), Some(&doc), &parts)),
+        Ok(Step::SetPassword(body)) => Answer::later(async move {
+            let reply = set_password(ctx, &doc, &parts, body).await;
+            finish(reply, Some(&doc), &parts)
+        }),
+    }
+}
+
+/// What is left to answer a request once its head is looked at.
+enum Step<B> {
+    Done(Reply),
+    /// A password POST: its body is still to be read (a wait), then stored.
+    SetPassword(B),
 }
 
 /// The answer as it leaves: an error rendered, and the IP TTL. The TTL is
@@ -240,14 +254,21 @@ fn is_read(method: &Method) -> bool {
 
 /// Answers a GET or HEAD from its request head alone: what a watch renders
 /// again when the instance changes.
-pub async fn answer_read(
+pub fn answer_read(
     ctx: &ApiContext,
     guest: &Guest,
     instance: Option<&Arc<InstanceDoc>>,
     parts: &Parts,
 ) -> Reply {
     let reply = match instance {
-        Some(doc) => answer(ctx, guest, doc, parts, Empty::<Bytes>::new()).await,
+        Some(doc) => match answer(ctx, guest, doc, parts, Empty::<Bytes>::new()) {
+            Ok(Step::Done(reply)) => Ok(reply),
+            // Only a POST sets a password, and a read is no POST.
+            Ok(Step::SetPassword(_)) => Err(ApiError::MethodNotAllowed {
+                allow: ALLOW_PASSWORD,
+            }),
+            Err(error) => Err(error),
+        },
         None => Err(ApiError::NotFound),
     };
     finish(reply, instance.map(Arc::as_ref), parts)
@@ -257,35 +278,31 @@ const ALLOW_READ: &str = "GET, HEAD";
 const ALLOW_PASSWORD: &str = "GET, HEAD, POST";
 const ALLOW_TOKEN: &str = "PUT";
 
-async fn answer<B>(
+fn answer<B>(
     ctx: &ApiContext,
     guest: &Guest,
     doc: &Arc<InstanceDoc>,
     parts: &Parts,
     body: B,
-) -> Result<Reply, ApiError>
-where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: std::fmt::Display,
-{
+) -> Result<Step<B>, ApiError> {
     let view = InstanceView::new(doc, guest, &ctx.config);
     let method = &parts.method;
     match Route::from_request_path(parts.uri.path()) {
         Route::Ec2(segments) if is_token_path(&segments) => {
-            issue_token(ctx, &view, method, &parts.headers)
+            issue_token(ctx, &view, method, &parts.headers).map(Step::Done)
         }
         Route::Ec2(segments) => {
             check_session(ctx, &view, &parts.headers, view.token_mode())?;
             let document = ec2_document(ctx, &view, doc, &segments)?;
             require_read(method, ALLOW_READ)?;
-            Ok(document_reply(document, method))
+            Ok(Step::Done(document_reply(document, method)))
         }
         Route::OpenStack(segments) if segments == ["identity"] => {
             // A credential like the EC2 tree's: the same IMDSv2 rules.
             check_session(ctx, &view, &parts.headers, view.token_mode())?;
             require_read(method, ALLOW_READ)?;
             let document = identity::jwt(ctx, &view, parts.uri.query())?;
-            Ok(document_reply(document, method))
+            Ok(Step::Done(document_reply(document, method)))
         }
         Route::OpenStack(segments) => {
             // nova's tree knows no sessions, unless the instance asks for
@@ -294,29 +311,25 @@ where
             if mode == TokenMode::Required {
                 check_session(ctx, &view, &parts.headers, mode)?;
             }
-            answer_openstack(ctx, doc, &view, &segments, parts, body).await
+            answer_openstack(ctx, doc, &view, &segments, parts, body)
         }
     }
 }
 
 /// The OpenStack tree: documents, and the password endpoint.
-async fn answer_openstack<B>(
+fn answer_openstack<B>(
     ctx: &ApiContext,
     doc: &Arc<InstanceDoc>,
     view: &InstanceView<'_>,
     segments: &[String],
     parts: &Parts,
     body: B,
-) -> Result<Reply, ApiError>
-where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: std::fmt::Display,
-{
+) -> Result<Step<B>, ApiError> {
     let method = &parts.method;
-    match openstack::resolve(segments)? {
+    let reply = match openstack::resolve(segments)? {
         Resource::Versions => {
             require_read(method, ALLOW_READ)?;
-            Ok(document_reply(openstack::versions(ctx.now()), method))
+            document_reply(openstack::versions(ctx.now()), method)
         }
         Resource::File(version, file) => {
             let answers = ctx.answers.for_guest(view.guest, doc);
@@ -324,23 +337,40 @@ where
                 openstack::render(view, version, file, answers.user_data())
             })?;
             require_read(method, ALLOW_READ)?;
-            Ok(document_reply(rendered.document(), method))
+            document_reply(rendered.document(), method)
         }
         Resource::Password => {
             let store = ctx.passwords.as_ref();
             if *method == Method::POST {
                 password::check_unset(store, &doc.uuid)?;
-                let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
-                let document = password::write(store, &doc.uuid, &body)?;
-                // Wakes watchers of the password (the registry publishes
-                // no snapshot for it).
-                ctx.passwords_set.send_modify(|count| *count += 1);
-                return Ok(document_reply(document, method));
+                return Ok(Step::SetPassword(body));
             }
             require_read(method, ALLOW_PASSWORD)?;
-            Ok(document_reply(password::read(store, &doc.uuid)?, method))
+            document_reply(password::read(store, &doc.uuid)?, method)
         }
-    }
+    };
+    Ok(Step::Done(reply))
+}
+
+/// A password POST, once `answer` has let it through: reads its body and
+/// stores the password.
+async fn set_password<B>(
+    ctx: &ApiContext,
+    doc: &InstanceDoc,
+    parts: &Parts,
+    body: B,
+) -> Result<Reply, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::fmt::Display,
+{
+    let store = ctx.passwords.as_ref();
+    let body = read_body(body, &parts.headers, ctx.config.max_body).await?;
+    let document = password::write(store, &doc.uuid, &body)?;
+    // Wakes watchers of the password (the registry publishes no snapshot
+    // for it).
+    ctx.passwords_set.send_modify(|count| *count += 1);
+    Ok(document_reply(document, &parts.method))
 }
 
 /// A GET on the EC2 tree (any method: the caller checks it afterwards, as

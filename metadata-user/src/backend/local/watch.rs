@@ -35,7 +35,7 @@ impl LocalWatch<'_> {
     pub async fn run(mut self, parts: &Parts, query: &WatchQuery) -> Reply {
         let uuid = self.guest.port.spec.instance;
         let mut doc = self.snapshots.borrow_and_update().instance(&uuid).cloned();
-        let reply = self.render(doc.as_ref(), parts).await;
+        let reply = self.render(doc.as_ref(), parts);
         if reply.response.status() != StatusCode::OK || !query.has(etag_of(&reply)) {
             return reply;
         }
@@ -63,16 +63,16 @@ impl LocalWatch<'_> {
                 }
             }
             // Deleted: the watch ends with the 404 every request now gets.
-            let reply = self.render(doc.as_ref(), parts).await;
+            let reply = self.render(doc.as_ref(), parts);
             if etag_of(&reply) != last.as_deref() {
                 return reply;
             }
         }
-        self.render(doc.as_ref(), parts).await
+        self.render(doc.as_ref(), parts)
     }
 
-    async fn render(&self, doc: Option<&Arc<InstanceDoc>>, parts: &Parts) -> Reply {
-        answer_read(self.ctx, self.guest, doc, parts).await
+    fn render(&self, doc: Option<&Arc<InstanceDoc>>, parts: &Parts) -> Reply {
+        answer_read(self.ctx, self.guest, doc, parts)
     }
 }
 
