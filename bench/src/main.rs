@@ -420,7 +420,7 @@ fn run_paths(
     if phases.contains(&Phase::Metadata) {
         phases::metadata(world, plan, paths, results, &STOP)?;
         let guests = report::target_guests(results);
-        phases::receive_profiles(world, plan, guests, results, &STOP, out)?;
+        phases::receive_profiles(world, plan, paths, guests, results, &STOP, out)?;
     }
     if phases.contains(&Phase::Storm) {
         progress("boot storm: cloud-init's first-boot fetch on every guest at once");

@@ -96,11 +96,13 @@ pub fn metadata(
 }
 
 /// How much of the daemon's CPU is the test guests' receive path: one
-/// extra cell per mode on our path at `guests`, profiled with perf (not
-/// part of the measured cells, so the profiler's cost never shows in them).
+/// extra cell per mode at `guests` on our path, and on the baseline's when
+/// `paths` has it, profiled with perf (not part of the measured cells, so
+/// the profiler's cost never shows in them).
 pub fn receive_profiles(
     world: &mut World,
     plan: &Plan,
+    paths: &[PathKind],
     guests: usize,
     results: &mut Results,
     stop: &AtomicBool,
@@ -114,44 +116,53 @@ pub fn receive_profiles(
         warmup: plan.warmup,
         measure: plan.measure.min(std::time::Duration::from_secs(3)),
     };
-    for mode in MODES {
-        check_stop()?;
-        world.prepare(PathKind::Ours, mode)?;
-        let pid = world.daemon.pid().context("the daemon is not running")?;
-        let clients = world.clients(guests, PathKind::Ours, mode, plan.url_path);
-        // Kept for a closer look: `perf report -i <out>/profile-ours-...`.
-        let data = scratch.join(format!(
-            "profile-ours-{}-{guests}.data",
-            match mode {
-                ConnMode::KeepAlive => "keep-alive",
-                ConnMode::Close => "close",
-            }
-        ));
-        // Started during the warm-up, ends with the cell.
-        let profiler = std::thread::spawn({
-            let data = data.clone();
-            let (delay, duration) = (window.warmup / 2, window.warmup / 2 + window.measure);
-            move || {
-                std::thread::sleep(delay);
-                profile::record(pid, duration, &data)
-            }
-        });
-        load::run(&clients, mode, window, stop, Vec::new())?;
-        profiler
-            .join()
-            .map_err(|_| anyhow::anyhow!("the profiler thread panicked"))??;
-        let share = profile::receive_share(&data)?;
-        progress(&format!(
-            "receive profile: ours {:<17} {guests:>3} guests: {:.1}% of the daemon's samples under net_rx_action ({} samples)",
-            mode.label(),
-            share.share() * 100.0,
-            share.samples
-        ));
-        results.receive_profiles.push(ReceiveProfile {
-            mode,
-            guests,
-            profile: share,
-        });
+    for path in [PathKind::Ours, PathKind::Baseline] {
+        if !paths.contains(&path) {
+            continue;
+        }
+        for mode in MODES {
+            check_stop()?;
+            world.prepare(path, mode)?;
+            let pid = world.daemon.pid().context("the daemon is not running")?;
+            let clients = world.clients(guests, path, mode, plan.url_path);
+            // Kept for a closer look: `perf report -i <out>/profile-ours-...`
+            // (or `profile-baseline-...`).
+            let data = scratch.join(format!(
+                "profile-{}-{}-{guests}.data",
+                path.label(),
+                match mode {
+                    ConnMode::KeepAlive => "keep-alive",
+                    ConnMode::Close => "close",
+                }
+            ));
+            // Started during the warm-up, ends with the cell.
+            let profiler = std::thread::spawn({
+                let data = data.clone();
+                let (delay, duration) = (window.warmup / 2, window.warmup / 2 + window.measure);
+                move || {
+                    std::thread::sleep(delay);
+                    profile::record(pid, duration, &data)
+                }
+            });
+            load::run(&clients, mode, window, stop, Vec::new())?;
+            profiler
+                .join()
+                .map_err(|_| anyhow::anyhow!("the profiler thread panicked"))??;
+            let share = profile::receive_share(&data)?;
+            progress(&format!(
+                "receive profile: {:<8} {:<17} {guests:>3} guests: {:.1}% of the daemon's samples under net_rx_action ({} samples)",
+                path.label(),
+                mode.label(),
+                share.share() * 100.0,
+                share.samples
+            ));
+            results.receive_profiles.push(ReceiveProfile {
+                path,
+                mode,
+                guests,
+                profile: share,
+            });
+        }
     }
     Ok(())
 }

@@ -78,9 +78,32 @@ pub struct LoadSummary {
 /// context (the test guests' receive path), from an extra profiled cell.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReceiveProfile {
+    /// Ours, or the baseline build's daemon.
+    pub path: PathKind,
     pub mode: ConnMode,
     pub guests: usize,
     pub profile: ReceiveShare,
+}
+
+/// A daemon's CPU per request split by a receive profile: what is the
+/// test guests' receive path and what stays its own.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnCpu {
+    /// Median CPU µs per request, all of it.
+    pub total_us: f64,
+    pub profile: ReceiveShare,
+}
+
+impl OwnCpu {
+    /// µs per request that are the guests' receive path.
+    pub fn receive_us(&self) -> f64 {
+        self.total_us * self.profile.share()
+    }
+
+    /// µs per request without it: the daemon's own.
+    pub fn own_us(&self) -> f64 {
+        self.total_us * (1.0 - self.profile.share())
+    }
 }
 
 /// The flood phase: guests flooding SYNs they never complete (each port's
@@ -245,6 +268,23 @@ impl Results {
             .find(|s| s.path == path && s.mode == mode && s.guests == guests)
     }
 
+    /// `path`'s CPU per request in `mode` at the guests it was profiled
+    /// at, split by its receive profile (None without one).
+    pub fn own_cpu(&self, path: PathKind, mode: ConnMode) -> Option<(usize, OwnCpu)> {
+        let profile = self
+            .receive_profiles
+            .iter()
+            .find(|p| p.path == path && p.mode == mode)?;
+        let summary = self.load_summary(path, mode, profile.guests)?;
+        Some((
+            profile.guests,
+            OwnCpu {
+                total_us: summary.cpu_us,
+                profile: profile.profile,
+            },
+        ))
+    }
+
     pub fn storm_summaries(&self) -> Vec<StormSummary> {
         let mut keys: Vec<(PathKind, usize)> = Vec::new();
         for run in &self.storm_runs {
@@ -284,5 +324,29 @@ impl Results {
             .collect();
         runs.sort_by(|a, b| a.makespan_ms.total_cmp(&b.makespan_ms));
         runs.get(runs.len() / 2).copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_is_the_total_without_the_receive_share() {
+        let cpu = OwnCpu {
+            total_us: 20.0,
+            profile: ReceiveShare {
+                samples: 1000,
+                net_rx_samples: 250,
+            },
+        };
+        assert!((cpu.receive_us() - 5.0).abs() < 1e-9);
+        assert!((cpu.own_us() - 15.0).abs() < 1e-9);
+        // No samples: no split, rather than a made-up one.
+        let unknown = OwnCpu {
+            total_us: 20.0,
+            profile: ReceiveShare::default(),
+        };
+        assert!(unknown.own_us().is_nan());
     }
 }
