@@ -90,6 +90,27 @@ impl ConnHandle {
     }
 }
 
+/// Segments a socket has received so far, and how many of them carried
+/// data (the kernel's TCP_INFO): what the tests count a FIN by.
+#[cfg(test)]
+pub(super) fn segments_in(socket: RawFd) -> (u32, u32) {
+    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt on an open socket into a correctly sized struct.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    (info.tcpi_segs_in, info.tcpi_data_segs_in)
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -158,25 +179,6 @@ mod tests {
         assert!(conn.limit_ip_ttl(1).is_err(), "tried again, failed again");
     }
 
-    /// Segments a socket has received so far, from the kernel's TCP_INFO.
-    fn segments_in(stream: &TcpStream) -> u32 {
-        // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: getsockopt on an open socket into a correctly sized struct.
-        let rc = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0);
-        info.tcpi_segs_in
-    }
-
     /// What a client receives when the server answers and closes, and in
     /// how many segments: the answer and the EOF always; with the FIN sent
     /// along, one segment fewer than without.
@@ -185,7 +187,7 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut server_side, _) = listener.accept().unwrap();
         server_side.set_nodelay(true).unwrap();
-        let before = segments_in(&client);
+        let before = segments_in(client.as_raw_fd()).0;
         if fin_with_answer {
             ConnHandle::new(server_side.as_raw_fd())
                 .send_fin_with_last_answer()
@@ -197,7 +199,7 @@ mod tests {
         drop(server_side);
         let mut received = Vec::new();
         client.read_to_end(&mut received).unwrap();
-        (received, segments_in(&client) - before)
+        (received, segments_in(client.as_raw_fd()).0 - before)
     }
 
     #[test]

@@ -411,6 +411,7 @@ mod tests {
     use hyper::StatusCode;
 
     use super::*;
+    use crate::ingress::conn::segments_in;
 
     fn token_reply(ip_ttl: u8) -> Reply {
         Reply {
@@ -584,39 +585,19 @@ mod tests {
         (address, tokio::spawn(server.run(listener, shutdown)))
     }
 
-    /// Segments a socket has received so far, and how many carried data
-    /// (the kernel's TCP_INFO).
-    fn segments_in(stream: &TcpStream) -> (u32, u32) {
-        // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: getsockopt on an open socket into a correctly sized struct.
-        let rc = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&mut info as *mut libc::tcp_info).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0);
-        (info.tcpi_segs_in, info.tcpi_data_segs_in)
-    }
-
     /// One request on a new connection, read until the server closes: the
     /// answer, and the segments that brought it (all, with data).
     async fn one_request(server: SocketAddr, connection: &str) -> (String, u32, u32) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut client = TcpStream::connect(server).await.unwrap();
-        let before = segments_in(&client);
+        let before = segments_in(client.as_raw_fd());
         let request = format!("GET /openstack HTTP/1.1\r\nHost: x\r\n{connection}\r\n");
         client.write_all(request.as_bytes()).await.unwrap();
         if connection.is_empty() {
             // Keep-alive: the client ends it once the answer is in.
             let mut answer = vec![0u8; 4096];
             let n = client.read(&mut answer).await.unwrap();
-            let after = segments_in(&client);
+            let after = segments_in(client.as_raw_fd());
             return (
                 String::from_utf8_lossy(&answer[..n]).into(),
                 after.0 - before.0,
@@ -625,7 +606,7 @@ mod tests {
         }
         let mut answer = Vec::new();
         client.read_to_end(&mut answer).await.unwrap();
-        let after = segments_in(&client);
+        let after = segments_in(client.as_raw_fd());
         (
             String::from_utf8(answer).unwrap(),
             after.0 - before.0,
