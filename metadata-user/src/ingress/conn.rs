@@ -40,20 +40,7 @@ impl ConnHandle {
         if self.ttl.load(Ordering::Relaxed) <= ttl {
             return Ok(());
         }
-        let value = libc::c_int::from(ttl);
-        // SAFETY: setsockopt on a socket fd we own, with a correctly sized int.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd,
-                libc::IPPROTO_IP,
-                libc::IP_TTL,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        set_int_option(self.fd, libc::IPPROTO_IP, libc::IP_TTL, ttl.into())?;
         // Recorded only once the kernel has it: after a failure the next
         // answer that needs the lower TTL tries again.
         self.ttl.fetch_min(ttl, Ordering::Relaxed);
@@ -72,22 +59,32 @@ impl ConnHandle {
     ///
     /// Only an optimisation: an error leaves the socket as it was.
     pub fn send_fin_with_last_answer(&self) -> std::io::Result<()> {
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt on a socket fd we own, with a correctly sized int.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_CORK,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        set_int_option(self.fd, libc::IPPROTO_TCP, libc::TCP_CORK, 1)
     }
+}
+
+/// setsockopt of an int-valued option (neither std nor tokio has IP_TTL
+/// after accept, TCP_CORK or TCP_DEFER_ACCEPT).
+pub(super) fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: setsockopt on an fd the caller owns, with a correctly sized int.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Segments a socket has received so far, and how many of them carried

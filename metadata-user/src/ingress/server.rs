@@ -126,21 +126,12 @@ pub fn listen(addr: Ipv4Addr, port: u16, count: usize) -> io::Result<Vec<std::ne
 /// Sets TCP_DEFER_ACCEPT on a listener (ours, or one handed over).
 /// Neither tokio nor std has it, hence the setsockopt.
 pub(super) fn defer_accept(socket: &impl std::os::fd::AsRawFd) -> io::Result<()> {
-    let secs = DEFER_ACCEPT_SECS;
-    // SAFETY: setsockopt on a socket fd we own, with a correctly sized int.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&secs as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    super::conn::set_int_option(
+        socket.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        DEFER_ACCEPT_SECS,
+    )
 }
 
 impl GuestServer {
