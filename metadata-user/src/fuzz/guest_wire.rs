@@ -21,7 +21,7 @@ use proptest::{collection, prelude::*, prop_assert, prop_assert_eq};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::watch,
 };
 

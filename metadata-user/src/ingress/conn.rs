@@ -123,7 +123,6 @@ pub(super) fn segments_in(socket: RawFd) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use std::{
-        io::{Read as _, Write as _},
         net::{TcpListener, TcpStream},
         os::fd::AsRawFd as _,
     };

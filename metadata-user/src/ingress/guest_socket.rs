@@ -65,19 +65,21 @@ fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAd
     // SAFETY: accept4 writes at most `len` bytes of address into the
     // storage try_init provides, and sets `len` to what it wrote.
     let (fd, peer) = unsafe {
-        SockAddr::try_init(|storage, len| loop {
-            let fd = libc::accept4(
-                listener.as_raw_fd(),
-                storage.cast(),
-                len,
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            );
-            if fd >= 0 {
-                return Ok(fd);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
+        SockAddr::try_init(|storage, len| {
+            loop {
+                let fd = libc::accept4(
+                    listener.as_raw_fd(),
+                    storage.cast(),
+                    len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                );
+                if fd >= 0 {
+                    return Ok(fd);
+                }
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
             }
         })?
     };
@@ -159,7 +161,11 @@ impl AsyncRead for GuestSocket {
 }
 
 impl AsyncWrite for GuestSocket {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
@@ -326,7 +332,10 @@ mod tests {
         socket.write_all(&answer).await.unwrap();
         assert!(socket.is_registered(), "8 MiB do not fit a send buffer");
         drop(socket);
-        assert!(reader.join().unwrap() == answer, "the whole answer, in order");
+        assert!(
+            reader.join().unwrap() == answer,
+            "the whole answer, in order"
+        );
     }
 
     /// What the client receives when the server answers and closes, and in
@@ -338,7 +347,10 @@ mod tests {
         if fin_with_answer {
             conn.send_fin_with_last_answer();
         }
-        socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
         socket.shutdown().await.unwrap();
         drop(socket);
         let mut received = Vec::new();

@@ -224,7 +224,8 @@ impl GuestServer {
             };
             let conn = Arc::new(ConnHandle::new(stream.as_raw_fd()));
             let deadline = deadlines.watch();
-            let stream = WithDeadline::new(GuestSocket::new(stream, conn.clone()), deadline.clone());
+            let stream =
+                WithDeadline::new(GuestSocket::new(stream, conn.clone()), deadline.clone());
             let server = self.clone();
             let service = service_fn(move |request: Request<Incoming>| {
                 let server = server.clone();
