@@ -21,7 +21,7 @@ use proptest::{collection, prelude::*, prop_assert, prop_assert_eq};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::watch,
 };
 
@@ -409,7 +409,7 @@ fn fuzz_guest_requests_over_the_wire() {
     assert!(!b_token.is_empty());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = listener.local_addr().unwrap();
     let server = Arc::new(GuestServer {
         flows: Arc::new(AllFromA),

@@ -11,7 +11,10 @@
 //!   (systemd socket activation), so a restart refuses no guest.
 //! - `forwarded_addr`: the guest address a neutron proxy reports, IPv4 or
 //!   IPv6 (a link-local one names the guest's MAC).
-//! - `conn`: the connection's socket (the IMDSv2 hop limit as IP TTL).
+//! - `guest_socket`: a guest connection's socket, accepted and served
+//!   without epoll until it has to wait.
+//! - `conn`: what an answer sets on its connection (the IMDSv2 hop limit as
+//!   IP TTL, the FIN with the last answer).
 //! - `header_deadline`: how long a guest connection may take to send a
 //!   request head, one ticker per server thread instead of a timer per
 //!   request.
@@ -26,6 +29,7 @@ pub mod audit;
 pub mod conn;
 pub mod dispatch;
 pub mod forwarded_addr;
+mod guest_socket;
 pub mod handed_over;
 pub mod header_deadline;
 pub mod limits;

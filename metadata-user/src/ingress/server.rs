@@ -24,9 +24,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::Duration,
 };
 
@@ -38,16 +36,13 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
+use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
 use super::{
     conn::ConnHandle,
     dispatch::Dispatcher,
+    guest_socket::{GuestListener, GuestSocket},
     header_deadline::{HeaderDeadlines, WithDeadline},
     limits::{ConnectionLimiter, OverCap},
 };
@@ -175,12 +170,7 @@ impl GuestServer {
                 std::thread::Builder::new()
                     .name(format!("guest-server-{index}"))
                     .spawn(move || {
-                        runtime.block_on(async move {
-                            match TcpListener::from_std(listener) {
-                                Ok(listener) => server.run(listener, shutdown).await,
-                                Err(err) => warn!("guest listener {index}: {err}"),
-                            }
-                        });
+                        runtime.block_on(server.run(listener, shutdown));
                     })
             })
             .collect()
@@ -190,9 +180,16 @@ impl GuestServer {
     /// connections it accepted.
     pub(crate) async fn run(
         self: Arc<Self>,
-        listener: TcpListener,
+        listener: std::net::TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let listener = match GuestListener::new(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                error!("cannot serve the guest listener: {err}");
+                return;
+            }
+        };
         let graceful = GracefulShutdown::new();
         let deadlines = HeaderDeadlines::new(HEADER_READ_TIMEOUT, HEADER_DEADLINE_TICK);
         let ticker = tokio::spawn(deadlines.clone().run_ticker());
@@ -227,7 +224,8 @@ impl GuestServer {
             };
             let conn = Arc::new(ConnHandle::new(stream.as_raw_fd()));
             let deadline = deadlines.watch();
-            let stream = WithDeadline::new(CloseOnDrop(stream), deadline.clone());
+            let stream =
+                WithDeadline::new(GuestSocket::new(stream, conn.clone()), deadline.clone());
             let server = self.clone();
             let service = service_fn(move |request: Request<Incoming>| {
                 let server = server.clone();
@@ -243,8 +241,8 @@ impl GuestServer {
                     let last = closes_after_answer(&request);
                     let reply = server.dispatcher.dispatch(&guest, request).await;
                     let response = within_hop_limit(&conn, reply, &method, accept, peer);
-                    if last && let Err(err) = conn.send_fin_with_last_answer() {
-                        debug!(%peer, "cannot send the FIN with the answer: {err}");
+                    if last {
+                        conn.send_fin_with_last_answer();
                     }
                     deadline.wait_for_head();
                     Ok::<_, Infallible>(response)
@@ -349,57 +347,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A guest connection whose end is its close: hyper shuts the write side
-/// down before it lets go of a connection, which costs a shutdown(2) right
-/// before the close(2) that sends the same FIN (or the same RST, when the
-/// guest left data unread).
-struct CloseOnDrop(TcpStream);
-
-impl AsyncRead for CloseOnDrop {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for CloseOnDrop {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
     use http_body_util::{BodyExt as _, Full};
     use hyper::StatusCode;
+
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::ingress::conn::segments_in;
@@ -572,7 +526,6 @@ mod tests {
         });
         let listener = listen(Ipv4Addr::LOCALHOST, 0, 1).unwrap().remove(0);
         let address = listener.local_addr().unwrap();
-        let listener = TcpListener::from_std(listener).unwrap();
         (address, tokio::spawn(server.run(listener, shutdown)))
     }
 
