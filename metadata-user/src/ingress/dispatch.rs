@@ -12,12 +12,10 @@ use crate::{
     backend::{
         Answer, Guest, Reply, Responder,
         kind::{PathKind, Secret},
+        local::token::TOKEN_HEADER,
     },
     metrics::{Metrics, Tree},
 };
-
-/// The IMDSv2 token header (a request with it is not counted as tokenless).
-const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 
 /// Hands an identified guest's request to the backend, unless the guest's
 /// port is over its request rate (429). Both entry points share one, so a
@@ -34,10 +32,13 @@ impl Dispatcher {
     /// backend answers at once (see [`Answer`]).
     pub fn dispatch<'a>(&'a self, guest: &'a Guest, request: Request<Incoming>) -> Answer<'a> {
         let kind = PathKind::of(request.uri().path());
+        // One clock read for the rate and the latency.
+        let started = Instant::now();
         let record = Record {
-            started: Instant::now(),
+            started,
             kind,
-            has_token: request.headers().contains_key(TOKEN_HEADER),
+            // A request with the IMDSv2 token header is not counted as tokenless.
+            has_token: request.headers().contains_key(&TOKEN_HEADER),
             // Kept only for what gets an audit record (a path is small, and
             // these requests are a handful per boot).
             audited: kind.secret.map(|secret| {
@@ -48,7 +49,7 @@ impl Dispatcher {
                 )
             }),
         };
-        let answer = match self.requests.check(guest.port.slot) {
+        let answer = match self.requests.check(guest.port.slot, started) {
             Ok(()) => self.responder.respond(guest, request),
             Err(retry_after) => Answer::ready(Reply::new(too_many_requests(
                 retry_after,

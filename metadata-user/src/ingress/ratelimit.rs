@@ -73,14 +73,10 @@ impl RateLimiter {
         Self::new(config.rate_per_sec, config.burst)
     }
 
-    /// Takes one request from `key`'s bucket (`key`: the port slot), or says
-    /// how long until one is available.
-    pub fn check(&self, key: u32) -> Result<(), Duration> {
-        self.check_at(key, Instant::now())
-    }
-
-    /// [`check`](Self::check) at a given time (tests).
-    pub fn check_at(&self, key: u32, now: Instant) -> Result<(), Duration> {
+    /// Takes one request from `key`'s bucket (`key`: the port slot) at
+    /// `now` (the caller's clock read, or a test's), or says how long until
+    /// one is available.
+    pub fn check(&self, key: u32, now: Instant) -> Result<(), Duration> {
         let mut shard = self.shards[key as usize % SHARDS]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -153,9 +149,9 @@ mod tests {
         let limiter = RateLimiter::new(20.0, 100);
         let start = Instant::now();
         for request in 0..100 {
-            assert_eq!(limiter.check_at(7, start), Ok(()), "request {request}");
+            assert_eq!(limiter.check(7, start), Ok(()), "request {request}");
         }
-        let wait = limiter.check_at(7, start).unwrap_err();
+        let wait = limiter.check(7, start).unwrap_err();
         // One token comes back every 1/20 s.
         assert!((wait.as_secs_f64() - 0.05).abs() < 1e-9, "{wait:?}");
     }
@@ -165,22 +161,22 @@ mod tests {
         let limiter = RateLimiter::new(10.0, 5);
         let start = Instant::now();
         for _ in 0..5 {
-            limiter.check_at(1, start).unwrap();
+            limiter.check(1, start).unwrap();
         }
-        assert!(limiter.check_at(1, start).is_err());
+        assert!(limiter.check(1, start).is_err());
         // 0.35 s later: 3.5 tokens back, so 3 requests pass.
         let later = start + Duration::from_millis(350);
         for _ in 0..3 {
-            assert_eq!(limiter.check_at(1, later), Ok(()));
+            assert_eq!(limiter.check(1, later), Ok(()));
         }
-        let wait = limiter.check_at(1, later).unwrap_err();
+        let wait = limiter.check(1, later).unwrap_err();
         assert!((wait.as_secs_f64() - 0.05).abs() < 1e-9, "{wait:?}");
         // Never more than the burst, however long the idle time.
         let much_later = later + Duration::from_secs(3600);
         for _ in 0..5 {
-            limiter.check_at(1, much_later).unwrap();
+            limiter.check(1, much_later).unwrap();
         }
-        assert!(limiter.check_at(1, much_later).is_err());
+        assert!(limiter.check(1, much_later).is_err());
     }
 
     #[test]
@@ -188,12 +184,12 @@ mod tests {
         let limiter = RateLimiter::new(1.0, 3);
         let now = Instant::now();
         for _ in 0..3 {
-            limiter.check_at(1, now).unwrap();
+            limiter.check(1, now).unwrap();
         }
-        assert!(limiter.check_at(1, now).is_err());
+        assert!(limiter.check(1, now).is_err());
         // Slot 17 shares slot 1's shard, not its bucket.
         for _ in 0..3 {
-            assert_eq!(limiter.check_at(17, now), Ok(()));
+            assert_eq!(limiter.check(17, now), Ok(()));
         }
     }
 
@@ -202,7 +198,7 @@ mod tests {
         let limiter = RateLimiter::from_config(RateLimitConfig::default());
         let now = Instant::now();
         for _ in 0..35 {
-            assert_eq!(limiter.check_at(0, now), Ok(()));
+            assert_eq!(limiter.check(0, now), Ok(()));
         }
     }
 
@@ -212,14 +208,14 @@ mod tests {
         let start = Instant::now();
         // Fill one shard (keys ≡ 0 mod SHARDS) past the threshold.
         for n in 0..PRUNE_THRESHOLD as u32 {
-            limiter.check_at(n * SHARDS as u32, start).unwrap();
+            limiter.check(n * SHARDS as u32, start).unwrap();
         }
         assert_eq!(limiter.tracked(), PRUNE_THRESHOLD);
         // A second later every one of them is full again: a new key in that
         // shard sweeps them out.
         let later = start + Duration::from_secs(1);
         limiter
-            .check_at(PRUNE_THRESHOLD as u32 * SHARDS as u32, later)
+            .check(PRUNE_THRESHOLD as u32 * SHARDS as u32, later)
             .unwrap();
         assert_eq!(limiter.tracked(), 1);
         limiter.prune();

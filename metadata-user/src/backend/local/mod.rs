@@ -46,7 +46,7 @@ pub mod paths;
 mod pyjson;
 mod rendered;
 pub mod response;
-mod token;
+pub mod token;
 mod view;
 pub mod watch;
 
@@ -428,7 +428,7 @@ fn issue_token(
         return Err(ApiError::Forbidden);
     }
     let ttl = headers
-        .get(token::TTL_HEADER)
+        .get(&token::TTL_HEADER)
         .and_then(|value| token::parse_ttl(value.as_bytes()))
         .ok_or(ApiError::BadRequest { explanation: None })?;
     let token = ctx
@@ -453,7 +453,7 @@ fn check_session(
     headers: &HeaderMap,
     mode: TokenMode,
 ) -> Result<(), ApiError> {
-    match headers.get(token::TOKEN_HEADER) {
+    match headers.get(&token::TOKEN_HEADER) {
         Some(value) => {
             let token = value.to_str().map_err(|_| ApiError::Unauthorized)?;
             ctx.token_key

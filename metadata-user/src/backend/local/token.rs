@@ -8,14 +8,17 @@
 //! tokens survive a daemon restart and memory does not grow with them.
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
+use hyper::header::HeaderName;
 use sha2::Sha256;
 
 /// AWS's limits on `X-aws-ec2-metadata-token-ttl-seconds`.
 pub const MIN_TTL_SECONDS: u64 = 1;
 pub const MAX_TTL_SECONDS: u64 = 21_600;
 
-pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
-pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+// As `HeaderName`s: a map lookup by a `&str` parses and checks the name
+// first, on every request.
+pub const TTL_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token-ttl-seconds");
+pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-aws-ec2-metadata-token");
 
 /// Changes if the layout or the MAC input ever changes, so old tokens are
 /// refused instead of misread.
