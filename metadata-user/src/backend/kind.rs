@@ -4,7 +4,7 @@
 //! `.`, `..` and `//` resolved), so an encoded or roundabout spelling of
 //! `user_data` is audited like the plain one. Either backend: nova sees the
 //! same paths.
-use super::local::paths::Route;
+use super::local::paths::{Route, segments_of};
 use crate::metrics::Tree;
 
 /// A guest secret whose every access leaves an audit record.
@@ -113,7 +113,7 @@ fn plain_segments(raw: &str) -> Option<([&str; MAX_SEGMENTS + 1], usize)> {
     if path.is_empty() {
         return Some((segments, 0));
     }
-    for segment in path.split('/') {
+    for segment in segments_of(path) {
         if segment.is_empty() || segment == "." || segment == ".." {
             return None;
         }

@@ -18,7 +18,8 @@ pub mod watch;
 
 use std::sync::Arc;
 
-use hyper::{Method, Request, body::Incoming};
+use bytes::Bytes;
+use hyper::{Method, Request};
 use tokio::sync::watch as signal;
 
 pub use guest::{Answer, Guest, Reply};
@@ -50,7 +51,13 @@ pub struct Responder {
 impl Responder {
     /// The answer to an identified guest's request: at once from the
     /// local store, later for a watch or a nova round trip.
-    pub fn respond<'a>(&'a self, guest: &'a Guest, request: Request<Incoming>) -> Answer<'a> {
+    /// `B`: hyper's body on a connection it serves, an empty one for a
+    /// plain request read without it (`ingress::guest_http`).
+    pub fn respond<'a, B>(&'a self, guest: &'a Guest, request: Request<B>) -> Answer<'a>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+    {
         // Only a request with a query string pays for this. GETs only: in
         // nova mode a watch's answer is cached, and a HEAD's has no body.
         let watch = match WatchQuery::parse(request.uri().query()) {
@@ -85,7 +92,11 @@ impl Responder {
 
     /// A watch: one of the port's [`watch::MAX_WATCHES_PER_PORT`] places
     /// (429 beyond), held until the backend says the answer changed.
-    async fn watch(&self, guest: &Guest, request: Request<Incoming>, query: &WatchQuery) -> Reply {
+    async fn watch<B>(&self, guest: &Guest, request: Request<B>, query: &WatchQuery) -> Reply
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+    {
         let Some(_permit) = self.watches.acquire(guest.port.slot) else {
             return Reply::new(too_many_requests(request.method(), request.headers()));
         };

@@ -2,7 +2,8 @@
 //! then what the operator sees of the answer (metrics, the audit log).
 use std::{sync::Arc, time::Instant};
 
-use hyper::{Method, Request, body::Incoming};
+use bytes::Bytes;
+use hyper::{Method, Request};
 
 use super::{
     audit,
@@ -30,7 +31,11 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// The answer, counted and audited once it is there; at once when the
     /// backend answers at once (see [`Answer`]).
-    pub fn dispatch<'a>(&'a self, guest: &'a Guest, request: Request<Incoming>) -> Answer<'a> {
+    pub fn dispatch<'a, B>(&'a self, guest: &'a Guest, request: Request<B>) -> Answer<'a>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+    {
         let kind = PathKind::of(request.uri().path());
         // One clock read for the rate and the latency.
         let started = Instant::now();

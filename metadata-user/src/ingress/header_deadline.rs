@@ -43,6 +43,8 @@ pub struct HeaderDeadlines {
     tick: Duration,
     /// Every connection of the thread; the ticker drops those that ended.
     connections: Mutex<Vec<Weak<Deadline>>>,
+    /// The server is shutting down: no connection waits for another head.
+    closing: AtomicBool,
 }
 
 impl HeaderDeadlines {
@@ -54,6 +56,7 @@ impl HeaderDeadlines {
             timeout_ticks: timeout.as_nanos().div_ceil(tick.as_nanos().max(1)) as u64,
             tick,
             connections: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -83,6 +86,26 @@ impl HeaderDeadlines {
             interval.tick().await;
             self.expire();
         }
+    }
+
+    /// Shutdown: every connection waiting for a head is closed now, as if
+    /// its deadline had passed; one whose request is being answered sees
+    /// `Deadline::closing` once its answer is out.
+    pub fn close_idle(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.connections
+            .lock()
+            .expect("deadline list lock")
+            .retain(|connection| {
+                let Some(connection) = connection.upgrade() else {
+                    return false;
+                };
+                if connection.at.load(Ordering::Relaxed) != NONE {
+                    connection.expired.store(true, Ordering::Relaxed);
+                    connection.waker.wake();
+                }
+                true
+            });
     }
 
     /// One tick: the clock moves on, and every connection whose deadline
@@ -131,6 +154,12 @@ impl Deadline {
     /// A head is in: no deadline while it is answered.
     pub fn head_received(&self) {
         self.at.store(NONE, Ordering::Relaxed);
+    }
+
+    /// The server is shutting down (`HeaderDeadlines::close_idle`): end
+    /// the connection instead of waiting for another head.
+    pub fn closing(&self) -> bool {
+        self.deadlines.closing.load(Ordering::Relaxed)
     }
 }
 
@@ -260,6 +289,39 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// Shutdown closes the connections waiting for a head at once; one
+    /// whose request is being answered keeps reading, and is told to close
+    /// once it is done.
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_at_once() {
+        let deadlines = HeaderDeadlines::new(Duration::from_secs(60), TICK);
+        let (_idle_client, idle) = tokio::io::duplex(64);
+        let idle_deadline = deadlines.watch();
+        let mut idle = WithDeadline::new(idle, idle_deadline.clone());
+        let (mut busy_client, busy) = tokio::io::duplex(64);
+        let busy_deadline = deadlines.watch();
+        busy_deadline.head_received();
+        let mut busy = WithDeadline::new(busy, busy_deadline.clone());
+
+        let mut buf = [0u8; 8];
+        let waiting = tokio::spawn(async move {
+            let started = Instant::now();
+            let read = idle.read(&mut buf).await;
+            (started.elapsed(), read)
+        });
+        tokio::time::sleep(TICK).await;
+        assert!(!idle_deadline.closing());
+        deadlines.close_idle();
+        let (after, read) = waiting.await.unwrap();
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(after < Duration::from_secs(5), "{after:?}");
+
+        busy_client.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(busy.read(&mut buf).await.unwrap(), 1, "still open");
+        assert!(busy_deadline.closing());
     }
 
     /// Ended connections leave the thread's list at the next tick.

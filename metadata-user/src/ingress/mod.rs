@@ -11,6 +11,8 @@
 //!   (systemd socket activation), so a restart refuses no guest.
 //! - `forwarded_addr`: the guest address a neutron proxy reports, IPv4 or
 //!   IPv6 (a link-local one names the guest's MAC).
+//! - `guest_http`: a guest connection's plain HTTP/1.1 requests, read
+//!   and answered without hyper; anything else is handed to hyper.
 //! - `guest_socket`: a guest connection's socket, accepted and served
 //!   without epoll until it has to wait.
 //! - `conn`: what an answer sets on its connection (the IMDSv2 hop limit as
@@ -29,6 +31,7 @@ pub mod audit;
 pub mod conn;
 pub mod dispatch;
 pub mod forwarded_addr;
+mod guest_http;
 mod guest_socket;
 pub mod handed_over;
 pub mod header_deadline;

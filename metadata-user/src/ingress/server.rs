@@ -28,6 +28,8 @@ use std::{
     time::Duration,
 };
 
+use bytes::{Bytes, BytesMut};
+use http_body_util::Full;
 use hyper::{
     HeaderMap, Method, Request, Response, Version,
     body::Incoming,
@@ -35,15 +37,19 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
-use tokio::sync::watch;
+use hyper_util::{
+    rt::TokioIo,
+    server::graceful::{GracefulShutdown, Watcher},
+};
+use tokio::{io::AsyncReadExt as _, sync::watch};
 use tracing::{debug, error, warn};
 
 use super::{
     conn::ConnHandle,
     dispatch::Dispatcher,
+    guest_http::{self, Head, PlainRequest, Prefixed, has_token},
     guest_socket::{GuestListener, GuestSocket},
-    header_deadline::{HeaderDeadlines, WithDeadline},
+    header_deadline::{Deadline, HeaderDeadlines, WithDeadline},
     limits::{ConnectionLimiter, OverCap},
 };
 use crate::{
@@ -59,6 +65,9 @@ const HEADER_DEADLINE_TICK: Duration = Duration::from_secs(1);
 /// Largest request head (request line + headers) a guest may send; beyond
 /// it hyper answers 431.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// What a guest connection reads into at a time: a request head is a few
+/// hundred bytes, so several pipelined ones fit.
+const READ_BUFFER: usize = 4 * 1024;
 /// On shutdown, how long connections accepted just before get to deliver
 /// their first request before idle ones are closed.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(200);
@@ -190,6 +199,8 @@ impl GuestServer {
                 return;
             }
         };
+        // Every connection task holds a watcher of it, used once a
+        // connection goes to hyper: its shutdown waits for all of them.
         let graceful = GracefulShutdown::new();
         let deadlines = HeaderDeadlines::new(HEADER_READ_TIMEOUT, HEADER_DEADLINE_TICK);
         let ticker = tokio::spawn(deadlines.clone().run_ticker());
@@ -227,44 +238,11 @@ impl GuestServer {
             let stream =
                 WithDeadline::new(GuestSocket::new(stream, conn.clone()), deadline.clone());
             let server = self.clone();
-            let service = service_fn(move |request: Request<Incoming>| {
-                let server = server.clone();
-                let guest = guest.clone();
-                let conn = conn.clone();
-                let deadline = deadline.clone();
-                deadline.head_received();
-                async move {
-                    // Kept for an error page in the guest's format, should
-                    // the answer have to be withheld.
-                    let method = request.method().clone();
-                    let accept = request.headers().get(ACCEPT).cloned();
-                    let last = closes_after_answer(&request);
-                    let reply = server.dispatcher.dispatch(&guest, request).await;
-                    let response = within_hop_limit(&conn, reply, &method, accept, peer);
-                    if last {
-                        conn.send_fin_with_last_answer();
-                    }
-                    deadline.wait_for_head();
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let connection = http1::Builder::new()
-                // A guest may shut down its sending side once its request
-                // is out (`printf ... | nc`, as minimal images fetch): that
-                // is not the end of the connection, and the answer must
-                // still go out. Without this, hyper drops the request when
-                // it sees the EOF before the answer is ready.
-                .half_close(true)
-                // Ours instead (`deadlines`): hyper's arms a timer per
-                // request head. Without a timer hyper has none either.
-                .header_read_timeout(None)
-                .max_buf_size(MAX_REQUEST_HEAD)
-                .serve_connection(TokioIo::new(stream), service);
-            let connection = graceful.watch(connection);
+            let hyper_watcher = graceful.watcher();
             tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    debug!(%peer, "connection: {err}");
-                }
+                server
+                    .serve_connection(stream, guest, conn, deadline, peer, hyper_watcher)
+                    .await;
                 drop(permit);
             });
         }
@@ -272,17 +250,150 @@ impl GuestServer {
         // Connections still waiting for a head keep their deadline while
         // they drain.
         let _ticker = AbortOnDrop(ticker);
-        // hyper's graceful shutdown closes a connection that has not read a
-        // request yet as idle, and a guest whose request was on its way
-        // then sees a reset. Those accepted just now get the time to send
-        // theirs first (a restart with a held listener must reset none).
+        // Shutdown closes a connection that has not read a request yet as
+        // idle, and a guest whose request was on its way then sees a
+        // reset. Those accepted just now get the time to send theirs first
+        // (a restart with a held listener must reset none).
         tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+        // Idle connections close now, the others once their answer is out.
+        deadlines.close_idle();
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
             .is_err()
         {
             warn!("some guest connections were still open after {DRAIN_TIMEOUT:?}; closing them");
         }
+    }
+}
+
+impl GuestServer {
+    /// Serves one guest connection: its plain requests here
+    /// (`guest_http`), and from the first one that is not, the rest of the
+    /// connection with hyper.
+    async fn serve_connection(
+        self: Arc<Self>,
+        mut stream: WithDeadline<GuestSocket>,
+        guest: Guest,
+        conn: Arc<ConnHandle>,
+        deadline: Arc<Deadline>,
+        peer: SocketAddr,
+        hyper_watcher: Watcher,
+    ) {
+        let Some(taken_in) = self
+            .serve_plain(&mut stream, &guest, &conn, &deadline, peer)
+            .await
+        else {
+            return;
+        };
+        let server = self.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let server = server.clone();
+            let guest = guest.clone();
+            let conn = conn.clone();
+            let deadline = deadline.clone();
+            deadline.head_received();
+            async move {
+                let closes = closes_after_answer(&request);
+                let response = server.answer(&guest, &conn, peer, request, closes).await;
+                deadline.wait_for_head();
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = http1::Builder::new()
+            // A guest may shut down its sending side once its request
+            // is out (`printf ... | nc`, as minimal images fetch): that
+            // is not the end of the connection, and the answer must
+            // still go out. Without this, hyper drops the request when
+            // it sees the EOF before the answer is ready.
+            .half_close(true)
+            // Ours instead (`deadlines`): hyper's arms a timer per
+            // request head. Without a timer hyper has none either.
+            .header_read_timeout(None)
+            .max_buf_size(MAX_REQUEST_HEAD)
+            .serve_connection(TokioIo::new(Prefixed::new(taken_in, stream)), service);
+        if let Err(err) = hyper_watcher.watch(connection).await {
+            debug!(%peer, "connection: {err}");
+        }
+    }
+
+    /// Answers the connection's plain requests until it ends (None) or a
+    /// request comes that is hyper's: then the bytes read and not yet
+    /// answered, from that request's first byte on.
+    async fn serve_plain(
+        &self,
+        stream: &mut WithDeadline<GuestSocket>,
+        guest: &Guest,
+        conn: &ConnHandle,
+        deadline: &Deadline,
+        peer: SocketAddr,
+    ) -> Option<Bytes> {
+        let mut buffer = BytesMut::with_capacity(READ_BUFFER);
+        let mut head = Vec::new();
+        loop {
+            match guest_http::take_head(&mut buffer, MAX_REQUEST_HEAD) {
+                Head::Plain(PlainRequest { request, closes }) => {
+                    deadline.head_received();
+                    let method = request.method().clone();
+                    let response = self.answer(guest, conn, peer, request, closes).await;
+                    let answer = guest_http::encode(response, &method, head);
+                    if answer.closes {
+                        conn.send_fin_with_last_answer();
+                    }
+                    if let Err(err) =
+                        guest_http::write_answer(stream, &answer.head, &answer.body).await
+                    {
+                        debug!(%peer, "connection: {err}");
+                        return None;
+                    }
+                    if closes || answer.closes || deadline.closing() {
+                        return None;
+                    }
+                    head = answer.head;
+                    deadline.wait_for_head();
+                    continue;
+                }
+                Head::Partial => {}
+                Head::Other => return Some(buffer.freeze()),
+            }
+            if buffer.capacity() - buffer.len() < READ_BUFFER / 4 {
+                buffer.reserve(READ_BUFFER);
+            }
+            match stream.read_buf(&mut buffer).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(err) => {
+                    debug!(%peer, "connection: {err}");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The answer to an identified guest's request, as it may leave
+    /// (`within_hop_limit`). `closes`: the connection ends after it, so
+    /// its FIN goes with it.
+    async fn answer<B>(
+        &self,
+        guest: &Guest,
+        conn: &ConnHandle,
+        peer: SocketAddr,
+        request: Request<B>,
+        closes: bool,
+    ) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+    {
+        // Kept for an error page in the guest's format, should the answer
+        // have to be withheld.
+        let method = request.method().clone();
+        let accept = request.headers().get(ACCEPT).cloned();
+        let reply = self.dispatcher.dispatch(guest, request).await;
+        let response = within_hop_limit(conn, reply, &method, accept, peer);
+        if closes {
+            conn.send_fin_with_last_answer();
+        }
+        response
     }
 }
 
@@ -329,13 +440,6 @@ fn closes_after_answer<B>(request: &Request<B>) -> bool {
             .get_all(CONNECTION)
             .iter()
             .any(|value| has_token(value.as_bytes(), b"close"))
-}
-
-/// A comma-separated header value lists `token` (case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&byte| byte == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Stops the thread's header deadline ticker once the server is done.
@@ -583,6 +687,191 @@ mod tests {
 
         stop.send(true).unwrap();
         served.await.unwrap();
+    }
+
+    /// Writes `requests` on one connection and reads until the server
+    /// closes it (a reset, when the server left part of the requests
+    /// unread, ends it too: what came before it is kept).
+    async fn exchange(server: SocketAddr, requests: &str) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut client = TcpStream::connect(server).await.unwrap();
+        client.write_all(requests.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = client.read_to_end(&mut answer);
+        let _ = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the server closed the connection");
+        String::from_utf8(answer).unwrap()
+    }
+
+    /// Plain requests are answered without hyper; the first that is not
+    /// (a body) goes to hyper with what was read of it, and hyper serves
+    /// it and the rest of the connection: every answer arrives, in order.
+    #[tokio::test]
+    async fn plain_requests_and_one_with_a_body_share_a_connection() {
+        let state = tempfile::tempdir().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let (server, served) = loopback_server(state.path(), shutdown);
+
+        let wire = exchange(
+            server,
+            concat!(
+                "GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n\r\n",
+                "HEAD /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n\r\n",
+                "POST /openstack/latest/password HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nsecret",
+                "GET /openstack/latest/password HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /latest/meta-data/instance-id HTTP/1.1\r\nConnection: close\r\n\r\n",
+            ),
+        )
+        .await;
+        let answers: Vec<&str> = wire.split("HTTP/1.1 ").skip(1).collect();
+        assert_eq!(answers.len(), 5, "{wire}");
+        assert!(answers[0].starts_with("200 OK\r\n"), "{wire}");
+        assert!(answers[0].contains("content-length: 10\r\n"), "{wire}");
+        assert!(answers[0].contains("\r\ndate: "), "{wire}");
+        assert!(answers[0].ends_with("\r\n\r\ni-0000000a"), "{wire}");
+        assert!(answers[1].contains("content-length: 10\r\n"), "{wire}");
+        assert!(answers[1].ends_with("\r\n\r\n"), "HEAD has no body: {wire}");
+        assert!(answers[2].starts_with("200 OK\r\n"), "{wire}");
+        assert!(answers[3].ends_with("\r\n\r\nsecret"), "{wire}");
+        assert!(answers[4].ends_with("\r\n\r\ni-0000000a"), "{wire}");
+
+        stop.send(true).unwrap();
+        served.await.unwrap();
+    }
+
+    /// What the plain path leaves to hyper gets hyper's answers: HTTP/1.0,
+    /// a malformed head (400), a head over the limit (431).
+    #[tokio::test]
+    async fn what_is_not_plain_gets_hyper_answers() {
+        let state = tempfile::tempdir().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let (server, served) = loopback_server(state.path(), shutdown);
+
+        let old = exchange(server, "GET /latest/meta-data/instance-id HTTP/1.0\r\n\r\n").await;
+        assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
+        assert!(old.ends_with("i-0000000a"), "{old}");
+        let bad = exchange(server, "GET /x HTTP/1.1\r\nBad Header: y\r\n\r\n").await;
+        assert!(bad.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{bad}");
+        let big = format!("GET /x HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(9000));
+        let big = exchange(server, &big).await;
+        assert!(big.starts_with("HTTP/1.1 431 "), "{big}");
+
+        stop.send(true).unwrap();
+        served.await.unwrap();
+    }
+
+    /// A guest that shuts its sending side after the request still gets
+    /// the answer, and then the connection closes.
+    #[tokio::test]
+    async fn a_half_closed_request_is_answered() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let state = tempfile::tempdir().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let (server, served) = loopback_server(state.path(), shutdown);
+
+        let mut client = TcpStream::connect(server).await.unwrap();
+        client
+            .write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.ends_with("i-0000000a"), "{answer}");
+
+        stop.send(true).unwrap();
+        served.await.unwrap();
+    }
+
+    /// At shutdown a keep-alive connection waiting for its next request is
+    /// closed at once (not after the header timeout), and the server ends.
+    #[tokio::test]
+    async fn shutdown_closes_waiting_keep_alive_connections() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let state = tempfile::tempdir().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let (server, served) = loopback_server(state.path(), shutdown);
+
+        let mut client = TcpStream::connect(server).await.unwrap();
+        client
+            .write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = client.read(&mut answer).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer[..n]).ends_with("i-0000000a"));
+
+        let started = std::time::Instant::now();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), served)
+            .await
+            .expect("the server ended")
+            .unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    /// Not a test: a fixed load for an instruction count of the server
+    /// (`valgrind --tool=callgrind --separate-threads=yes <test binary>
+    /// --ignored --exact ingress::server::tests::keep_alive_load_for_a_profile`).
+    #[test]
+    #[ignore]
+    fn keep_alive_load_for_a_profile() {
+        use std::io::{Read as _, Write as _};
+        const REQUESTS: usize = 2000;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        runtime.block_on(async {
+            let (server, served) = loopback_server(state.path(), shutdown);
+            let client = std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(server).unwrap();
+                let request = b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n";
+                let mut buf = vec![0u8; 65536];
+                if std::env::var_os("PROFILE_CLOSE").is_some() {
+                    let request = b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n";
+                    for _ in 0..REQUESTS {
+                        let mut stream = std::net::TcpStream::connect(server).unwrap();
+                        stream.write_all(request).unwrap();
+                        let mut all = Vec::new();
+                        stream.read_to_end(&mut all).unwrap();
+                        assert!(all.len() > 100);
+                    }
+                    return;
+                }
+                for _ in 0..REQUESTS {
+                    stream.write_all(request).unwrap();
+                    let mut have = 0;
+                    loop {
+                        have += stream.read(&mut buf[have..]).unwrap();
+                        let text = String::from_utf8_lossy(&buf[..have]);
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length: usize = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .unwrap()
+                                .parse()
+                                .unwrap();
+                            if have >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+            while !client.is_finished() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            client.join().unwrap();
+            stop.send(true).unwrap();
+            served.await.unwrap();
+        });
     }
 
     /// Several listeners share one address (SO_REUSEPORT).

@@ -363,18 +363,21 @@ fn strip_tags(text: &str) -> String {
 /// A response with `body`, or for HEAD no body but the Content-Length the
 /// body would have had (what eventlet sends for nova; hyper keeps an explicit
 /// Content-Length on HEAD responses).
+///
+/// Any other answer's length is its body's, which ingress writes (hyper
+/// and `guest_http` alike): a header of its own here would be a value
+/// allocated per answer and written only to be replaced.
 pub fn body_response(status: StatusCode, body: Bytes, method: &Method) -> HttpResponse {
-    let length = body.len();
-    let body = if method == Method::HEAD {
-        Bytes::new()
-    } else {
-        body
-    };
-    let mut response = Response::new(Full::new(body));
+    if method != Method::HEAD {
+        let mut response = Response::new(Full::new(body));
+        *response.status_mut() = status;
+        return response;
+    }
+    let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
         .headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     response
 }
 
