@@ -1,10 +1,10 @@
 //! What the daemon counts while it serves, kept where the layers can record
 //! into it cheaply: each thread counts in tables of its own (`per_thread`),
 //! summed when read, so the server's threads never pull a count's cache
-//! line from each other's cores; no allocation and no shared lock on the
-//! request path (the one map, tokenless requests per instance, is one per
-//! thread behind a lock only a scrape contends for, and allocates only the
-//! first time the thread sees an instance).
+//! line from each other's cores; no shared lock on the request path, and no
+//! allocation but a thread's first (the one map, tokenless requests per
+//! instance, is one per thread behind a lock only a scrape contends for,
+//! and allocates the first time the thread sees an instance).
 //!
 //! Layers hold an `Arc<Metrics>` and call its `record_*` methods; they never
 //! see how the numbers are exposed. `exporter/` reads them (with what it
