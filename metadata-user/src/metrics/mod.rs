@@ -1,7 +1,10 @@
 //! What the daemon counts while it serves, kept where the layers can record
-//! into it cheaply: plain atomics in fixed tables, no allocation and no lock
-//! on the request path (the one map, tokenless requests per instance, takes
-//! a read lock and allocates only the first time an instance is seen).
+//! into it cheaply: each thread counts in tables of its own (`per_thread`),
+//! summed when read, so the server's threads never pull a count's cache
+//! line from each other's cores; no shared lock on the request path, and no
+//! allocation but a thread's first (the one map, tokenless requests per
+//! instance, is one per thread behind a lock only a scrape contends for,
+//! and allocates the first time the thread sees an instance).
 //!
 //! Layers hold an `Arc<Metrics>` and call its `record_*` methods; they never
 //! see how the numbers are exposed. `exporter/` reads them (with what it
@@ -10,15 +13,14 @@
 //!
 //! A bottom layer like `state`: it depends on no other module of the daemon.
 pub mod histogram;
+pub mod per_thread;
 pub mod requests;
 pub mod tokenless;
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
 pub use histogram::Histogram;
+pub use per_thread::Counter;
 pub use requests::{RequestCounts, Tree};
 pub use tokenless::TokenlessCounts;
 
@@ -49,9 +51,9 @@ pub struct Metrics {
     /// Time nova-api-metadata took for a forwarded request (nova mode).
     pub upstream_latency: Histogram,
     /// Requests refused with 429 (over the port's request rate).
-    pub rate_limited: AtomicU64,
+    pub rate_limited: Counter,
     /// IMDSv2 tokens minted.
-    pub tokens_minted: AtomicU64,
+    pub tokens_minted: Counter,
     /// EC2 requests answered without a token, per instance.
     pub tokenless: TokenlessCounts,
     /// Time one tap took to attach (port entry and program).
@@ -65,8 +67,8 @@ impl Metrics {
             requests: RequestCounts::default(),
             guest_latency: Default::default(),
             upstream_latency: Histogram::default(),
-            rate_limited: AtomicU64::new(0),
-            tokens_minted: AtomicU64::new(0),
+            rate_limited: Counter::default(),
+            tokens_minted: Counter::default(),
             tokenless: TokenlessCounts::default(),
             attach_latency: Histogram::default(),
         }
@@ -77,12 +79,12 @@ impl Metrics {
         self.requests.add(tree, status);
         self.guest_latency[tree as usize].observe(elapsed);
         if status == 429 {
-            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.rate_limited.add(1);
         }
     }
 
     pub fn record_token_minted(&self) {
-        self.tokens_minted.fetch_add(1, Ordering::Relaxed);
+        self.tokens_minted.add(1);
     }
 
     pub fn record_tokenless(&self, instance: uuid::Uuid) {
@@ -112,7 +114,7 @@ mod tests {
         assert_eq!(metrics.requests.get(Tree::Ec2, 429), 1);
         assert_eq!(metrics.requests.get(Tree::OpenStack, 404), 1);
         assert_eq!(metrics.requests.get(Tree::Token, 200), 0);
-        assert_eq!(metrics.rate_limited.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.rate_limited.get(), 1);
         assert_eq!(
             metrics.guest_latency[Tree::Ec2 as usize].snapshot().count,
             2

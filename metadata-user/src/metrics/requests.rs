@@ -1,6 +1,11 @@
-//! Guest requests by tree and status code: one atomic per (tree, code), so
-//! counting needs no lock, no map and no allocation.
+//! Guest requests by tree and status code: one count per (tree, code) in
+//! a table per thread (see `per_thread`), so counting needs no lock, no map
+//! and no allocation (but the thread's first).
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use thread_local::ThreadLocal;
+
+use super::per_thread::bump;
 
 /// Which part of the API a request asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,20 +36,20 @@ impl Tree {
 const FIRST_CODE: u16 = 100;
 const CODES: usize = 500;
 
-#[derive(Debug)]
+/// [tree][code - 100], plus one slot per tree for codes out of range.
+/// 12 KiB, an allocation of its own per thread: two threads' tables can
+/// share at most the lines at their ends, which hold codes never sent.
+type Table = Box<[[AtomicU64; CODES + 1]; Tree::COUNT]>;
+
+#[derive(Debug, Default)]
 pub struct RequestCounts {
-    /// [tree][code - 100], plus one slot per tree for codes out of range.
-    counts: Box<[[AtomicU64; CODES + 1]; Tree::COUNT]>,
+    per_thread: ThreadLocal<Table>,
 }
 
-impl Default for RequestCounts {
-    fn default() -> Self {
-        Self {
-            counts: Box::new(std::array::from_fn(|_| {
-                std::array::from_fn(|_| AtomicU64::new(0))
-            })),
-        }
-    }
+fn new_table() -> Table {
+    Box::new(std::array::from_fn(|_| {
+        std::array::from_fn(|_| AtomicU64::new(0))
+    }))
 }
 
 fn slot(status: u16) -> usize {
@@ -64,20 +69,32 @@ fn code_of(slot: usize) -> u16 {
 
 impl RequestCounts {
     pub fn add(&self, tree: Tree, status: u16) {
-        self.counts[tree as usize][slot(status)].fetch_add(1, Ordering::Relaxed);
+        let table = self.per_thread.get_or(new_table);
+        bump(&table[tree as usize][slot(status)], 1);
     }
 
     #[cfg(test)]
     pub fn get(&self, tree: Tree, status: u16) -> u64 {
-        self.counts[tree as usize][slot(status)].load(Ordering::Relaxed)
+        self.per_thread
+            .iter()
+            .map(|table| table[tree as usize][slot(status)].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 
-    /// Every (tree, code, count) with a count above zero.
+    /// Every (tree, code, count) with a count above zero, summed over the
+    /// threads.
     pub fn nonzero(&self) -> Vec<(Tree, u16, u64)> {
+        let mut totals = [[0u64; CODES + 1]; Tree::COUNT];
+        for table in self.per_thread.iter() {
+            for (totals, counts) in totals.iter_mut().zip(table.iter()) {
+                for (total, count) in totals.iter_mut().zip(counts) {
+                    *total = total.wrapping_add(count.load(Ordering::Relaxed));
+                }
+            }
+        }
         let mut out = Vec::new();
         for tree in Tree::ALL {
-            for (slot, count) in self.counts[tree as usize].iter().enumerate() {
-                let count = count.load(Ordering::Relaxed);
+            for (slot, &count) in totals[tree as usize].iter().enumerate() {
                 if count > 0 {
                     out.push((tree, code_of(slot), count));
                 }
@@ -109,5 +126,26 @@ mod tests {
                 (Tree::Token, 400, 1),
             ]
         );
+    }
+
+    #[test]
+    fn counts_are_summed_over_the_threads() {
+        let counts = RequestCounts::default();
+        counts.add(Tree::Ec2, 200);
+        std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        counts.add(Tree::Ec2, 200);
+                        counts.add(Tree::OpenStack, 404);
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            counts.nonzero(),
+            vec![(Tree::OpenStack, 404, 3000), (Tree::Ec2, 200, 3001)]
+        );
+        assert_eq!(counts.get(Tree::Ec2, 200), 3001);
     }
 }
