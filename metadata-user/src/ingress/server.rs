@@ -239,12 +239,17 @@ impl GuestServer {
                 WithDeadline::new(GuestSocket::new(stream, conn.clone()), deadline.clone());
             let server = self.clone();
             let hyper_watcher = graceful.watcher();
-            tokio::spawn(async move {
+            // Boxed where it is made: the connection's future (its request,
+            // its answer, the backend's state) is over a kilobyte, and
+            // tokio moves a task's future several times while spawning
+            // it; a box is one allocation and moves as a pointer.
+            let connection = Box::pin(async move {
                 server
                     .serve_connection(stream, guest, conn, deadline, peer, hyper_watcher)
                     .await;
                 drop(permit);
             });
+            tokio::spawn(connection);
         }
         drop(listener);
         // Connections still waiting for a head keep their deadline while
@@ -285,7 +290,30 @@ impl GuestServer {
         else {
             return;
         };
-        let server = self.clone();
+        // Boxed: hyper's connection is kilobytes, and inline it would make
+        // every connection's task that large, to be moved into place at
+        // each spawn, for the few connections that ever get here.
+        self.serve_with_hyper(stream, taken_in, guest, conn, deadline, peer, hyper_watcher)
+            .await;
+    }
+
+    /// The rest of a connection, from a request that is not plain on,
+    /// served by hyper; `taken_in` is what was read of it already.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the connection's parts, handed on as they are"
+    )]
+    fn serve_with_hyper(
+        self: Arc<Self>,
+        stream: WithDeadline<GuestSocket>,
+        taken_in: Bytes,
+        guest: Guest,
+        conn: Arc<ConnHandle>,
+        deadline: Arc<Deadline>,
+        peer: SocketAddr,
+        hyper_watcher: Watcher,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let server = self;
         let service = service_fn(move |request: Request<Incoming>| {
             let server = server.clone();
             let guest = guest.clone();
@@ -311,9 +339,11 @@ impl GuestServer {
             .header_read_timeout(None)
             .max_buf_size(MAX_REQUEST_HEAD)
             .serve_connection(TokioIo::new(Prefixed::new(taken_in, stream)), service);
-        if let Err(err) = hyper_watcher.watch(connection).await {
-            debug!(%peer, "connection: {err}");
-        }
+        Box::pin(async move {
+            if let Err(err) = hyper_watcher.watch(connection).await {
+                debug!(%peer, "connection: {err}");
+            }
+        })
     }
 
     /// Answers the connection's plain requests until it ends (None) or a
@@ -328,7 +358,9 @@ impl GuestServer {
         peer: SocketAddr,
     ) -> Option<Bytes> {
         let mut buffer = BytesMut::with_capacity(READ_BUFFER);
-        let mut head = Vec::new();
+        // Room for a usual head (status, a few headers, the date), so that
+        // a new connection's answer is not written through reallocations.
+        let mut head = Vec::with_capacity(256);
         loop {
             match guest_http::take_head(&mut buffer, MAX_REQUEST_HEAD) {
                 Head::Plain(PlainRequest { request, closes }) => {
