@@ -11,8 +11,8 @@
 //! hyper itself uses, into the same `http` types, and its answer goes out
 //! in one sendmsg, head and body together.
 //!
-//! Everything else goes to hyper with the bytes read so far (`Prefixed`),
-//! and hyper serves the rest of that connection: a request with a body
+//! Everything else goes to hyper with the bytes read so far (in front of
+//! the socket's), and hyper serves the rest of that connection: a request with a body
 //! (the password POST, chunked or not) or `Expect`, an upgrade, HTTP/1.0,
 //! and every head that is malformed, too large or has too many headers, so
 //! hyper stays the one place that answers HTTP's corner cases and errors.
@@ -27,14 +27,14 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::{Empty, Full};
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
     body::Body as _,
     header::{CONNECTION, CONTENT_LENGTH, DATE, HeaderName, HeaderValue, TRANSFER_ENCODING},
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 
 /// Headers a plain head may have; a head with more goes to hyper (whose
 /// limit is 100). Guests send about five.
@@ -272,65 +272,6 @@ fn http_date(with: impl FnOnce(&[u8])) {
         }
         with(value);
     });
-}
-
-/// A stream whose first reads return bytes read from it before: how a
-/// connection goes to hyper with the part of a request already taken in.
-pub(super) struct Prefixed<S> {
-    prefix: Bytes,
-    stream: S,
-}
-
-impl<S> Prefixed<S> {
-    pub(super) fn new(prefix: Bytes, stream: S) -> Self {
-        Self { prefix, stream }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
-            return Pin::new(&mut self.stream).poll_read(cx, buf);
-        }
-        let count = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix[..count]);
-        self.prefix.advance(count);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }
 
 /// Writes `head` and then `body`, vectored, until all of both is out.
@@ -572,19 +513,6 @@ mod tests {
         );
         assert!(encoded.closes);
         assert!(head_text(&encoded).starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
-    }
-
-    #[tokio::test]
-    async fn a_prefixed_stream_reads_the_prefix_first() {
-        let (mut client, server) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut client, b" world")
-            .await
-            .unwrap();
-        drop(client);
-        let mut stream = Prefixed::new(Bytes::from_static(b"hello"), server);
-        let mut all = String::new();
-        stream.read_to_string(&mut all).await.unwrap();
-        assert_eq!(all, "hello world");
     }
 
     #[tokio::test]

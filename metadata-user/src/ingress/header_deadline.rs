@@ -93,25 +93,22 @@ impl HeaderDeadlines {
     /// `Deadline::closing` once its answer is out.
     pub fn close_idle(&self) {
         self.closing.store(true, Ordering::Relaxed);
-        self.connections
-            .lock()
-            .expect("deadline list lock")
-            .retain(|connection| {
-                let Some(connection) = connection.upgrade() else {
-                    return false;
-                };
-                if connection.at.load(Ordering::Relaxed) != NONE {
-                    connection.expired.store(true, Ordering::Relaxed);
-                    connection.waker.wake();
-                }
-                true
-            });
+        self.close_where(|at| at != NONE);
     }
 
     /// One tick: the clock moves on, and every connection whose deadline
     /// is before it is woken to be closed.
     fn expire(&self) {
         let now = self.now.fetch_add(1, Ordering::Relaxed) + 1;
+        // Strictly before: a deadline set during tick N ran for at least
+        // the whole timeout by tick N + timeout + 1.
+        self.close_where(|at| at < now);
+    }
+
+    /// Wakes every connection whose deadline (`NONE` while it is being
+    /// answered) `is_due` says has passed, to be closed, and forgets it and
+    /// the connections that ended.
+    fn close_where(&self, is_due: impl Fn(u64) -> bool) {
         self.connections
             .lock()
             .expect("deadline list lock")
@@ -119,9 +116,7 @@ impl HeaderDeadlines {
                 let Some(connection) = connection.upgrade() else {
                     return false;
                 };
-                // Strictly before: a deadline set during tick N ran for
-                // at least the whole timeout by tick N + timeout + 1.
-                if connection.at.load(Ordering::Relaxed) < now {
+                if is_due(connection.at.load(Ordering::Relaxed)) {
                     connection.expired.store(true, Ordering::Relaxed);
                     connection.waker.wake();
                     return false;

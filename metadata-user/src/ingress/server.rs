@@ -47,7 +47,7 @@ use tracing::{debug, error, warn};
 use super::{
     conn::ConnHandle,
     dispatch::Dispatcher,
-    guest_http::{self, Head, PlainRequest, Prefixed, has_token},
+    guest_http::{self, Head, PlainRequest, has_token},
     guest_socket::{GuestListener, GuestSocket},
     header_deadline::{Deadline, HeaderDeadlines, WithDeadline},
     limits::{ConnectionLimiter, OverCap},
@@ -327,6 +327,9 @@ impl GuestServer {
                 Ok::<_, Infallible>(response)
             }
         });
+        // hyper reads what was taken in first, then the socket.
+        let (reader, writer) = tokio::io::split(stream);
+        let io = tokio::io::join(std::io::Cursor::new(taken_in).chain(reader), writer);
         let connection = http1::Builder::new()
             // A guest may shut down its sending side once its request
             // is out (`printf ... | nc`, as minimal images fetch): that
@@ -338,7 +341,7 @@ impl GuestServer {
             // request head. Without a timer hyper has none either.
             .header_read_timeout(None)
             .max_buf_size(MAX_REQUEST_HEAD)
-            .serve_connection(TokioIo::new(Prefixed::new(taken_in, stream)), service);
+            .serve_connection(TokioIo::new(io), service);
         Box::pin(async move {
             if let Err(err) = hyper_watcher.watch(connection).await {
                 debug!(%peer, "connection: {err}");
@@ -793,6 +796,17 @@ mod tests {
         served.await.unwrap();
     }
 
+    /// A new connection to `server` with an instance-id request sent on it.
+    async fn instance_id_requested(server: SocketAddr) -> TcpStream {
+        use tokio::io::AsyncWriteExt as _;
+        let mut client = TcpStream::connect(server).await.unwrap();
+        client
+            .write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        client
+    }
+
     /// A guest that shuts its sending side after the request still gets
     /// the answer, and then the connection closes.
     #[tokio::test]
@@ -802,11 +816,7 @@ mod tests {
         let (stop, shutdown) = watch::channel(false);
         let (server, served) = loopback_server(state.path(), shutdown);
 
-        let mut client = TcpStream::connect(server).await.unwrap();
-        client
-            .write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
+        let mut client = instance_id_requested(server).await;
         client.shutdown().await.unwrap();
         let mut answer = String::new();
         client.read_to_string(&mut answer).await.unwrap();
@@ -820,16 +830,12 @@ mod tests {
     /// closed at once (not after the header timeout), and the server ends.
     #[tokio::test]
     async fn shutdown_closes_waiting_keep_alive_connections() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio::io::AsyncReadExt as _;
         let state = tempfile::tempdir().unwrap();
         let (stop, shutdown) = watch::channel(false);
         let (server, served) = loopback_server(state.path(), shutdown);
 
-        let mut client = TcpStream::connect(server).await.unwrap();
-        client
-            .write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
+        let mut client = instance_id_requested(server).await;
         let mut answer = vec![0u8; 4096];
         let n = client.read(&mut answer).await.unwrap();
         assert!(String::from_utf8_lossy(&answer[..n]).ends_with("i-0000000a"));
