@@ -28,6 +28,27 @@ pub struct Guest {
     pub guest_addr: Option<IpAddr>,
 }
 
+/// A guest request's body as the backends take it: hyper's on a
+/// connection hyper serves, an empty one for a plain request read without
+/// it (`ingress::guest_http`).
+pub trait GuestBody:
+    hyper::body::Body<
+        Data = Bytes,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+    > + Send
+    + 'static
+{
+}
+
+impl<B> GuestBody for B where
+    B: hyper::body::Body<
+            Data = Bytes,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+        > + Send
+        + 'static
+{
+}
+
 /// Linux's default IP TTL: how far an ordinary answer may travel.
 pub const DEFAULT_TTL: u8 = 64;
 

@@ -18,11 +18,10 @@ pub mod watch;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use hyper::{Method, Request};
 use tokio::sync::watch as signal;
 
-pub use guest::{Answer, Guest, Reply};
+pub use guest::{Answer, Guest, GuestBody, Reply};
 use local::{
     ApiContext,
     response::{ApiError, too_many_requests},
@@ -55,8 +54,7 @@ impl Responder {
     /// plain request read without it (`ingress::guest_http`).
     pub fn respond<'a, B>(&'a self, guest: &'a Guest, request: Request<B>) -> Answer<'a>
     where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+        B: GuestBody,
     {
         // Only a request with a query string pays for this. GETs only: in
         // nova mode a watch's answer is cached, and a HEAD's has no body.
@@ -94,8 +92,7 @@ impl Responder {
     /// (429 beyond), held until the backend says the answer changed.
     async fn watch<B>(&self, guest: &Guest, request: Request<B>, query: &WatchQuery) -> Reply
     where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+        B: GuestBody,
     {
         let Some(_permit) = self.watches.acquire(guest.port.slot) else {
             return Reply::new(too_many_requests(request.method(), request.headers()));

@@ -2,7 +2,6 @@
 //! then what the operator sees of the answer (metrics, the audit log).
 use std::{sync::Arc, time::Instant};
 
-use bytes::Bytes;
 use hyper::{Method, Request};
 
 use super::{
@@ -11,7 +10,7 @@ use super::{
 };
 use crate::{
     backend::{
-        Answer, Guest, Reply, Responder,
+        Answer, Guest, GuestBody, Reply, Responder,
         kind::{PathKind, Secret},
         local::token::TOKEN_HEADER,
     },
@@ -33,8 +32,7 @@ impl Dispatcher {
     /// backend answers at once (see [`Answer`]).
     pub fn dispatch<'a, B>(&'a self, guest: &'a Guest, request: Request<B>) -> Answer<'a>
     where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+        B: GuestBody,
     {
         let kind = PathKind::of(request.uri().path());
         // One clock read for the rate and the latency.

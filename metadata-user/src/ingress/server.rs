@@ -53,7 +53,7 @@ use super::{
     limits::{ConnectionLimiter, OverCap},
 };
 use crate::{
-    backend::{Guest, Reply, local::response::ApiError},
+    backend::{Guest, GuestBody, Reply, local::response::ApiError},
     state::Registry,
 };
 
@@ -416,8 +416,7 @@ impl GuestServer {
         closes: bool,
     ) -> Response<Full<Bytes>>
     where
-        B: hyper::body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+        B: GuestBody,
     {
         // Kept for an error page in the guest's format, should the answer
         // have to be withheld.
