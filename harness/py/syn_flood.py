@@ -1,7 +1,7 @@
 """A hostile guest: SYNs to 169.254.169.254:80 that are never completed,
 at a fixed rate, from raw sockets (IP_HDRINCL).
 
-Usage: syn_flood.py RATE SECONDS START [READY_FILE [NICE]]
+Usage: syn_flood.py RATE SECONDS START [READY_FILE [NICE [CPU]]]
 
 START is when to begin (Unix time): the packets are prepared first, so
 several flooders can start together at a known time. READY_FILE, if given,
@@ -11,6 +11,11 @@ NICE, if given, is added to the script's CPU niceness once its packets
 are ready (a flooding guest burns its own vCPUs; here guests are processes
 sharing the machine's cores, and the flood's kernel work, the datapath and
 the server's SYN handling included, runs in this process's context).
+
+CPU, if given, pins the script to that CPU before it prepares its packets,
+for the same reason: on a hypervisor the flood's kernel work runs on the
+flooding guest's vCPUs and its tap's vhost thread, not on every core of
+the host.
 
 Every SYN has a fresh source port (cycling through all 65535) and a source
 address in 10.0.0.128/25 that no guest uses, so the SYN-ACKs the server
@@ -57,7 +62,9 @@ def syn(src, sport, seq):
 def main():
     rate, seconds, start_at = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
     ready = sys.argv[4] if len(sys.argv) > 4 else None
-    niceness = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    niceness = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[5] else 0
+    if len(sys.argv) > 6:
+        os.sched_setaffinity(0, {int(sys.argv[6])})
     rng = random.Random()
     # One packet per source port, prepared up front so the loop only sends.
     packets = []
