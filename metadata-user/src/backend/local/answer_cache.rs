@@ -12,7 +12,6 @@
 //! EC2 meta-data tree, the decoded user data. Entries of ports the registry
 //! no longer has are dropped when a shard takes a new entry.
 use std::{
-    collections::HashMap,
     net::IpAddr,
     sync::{Arc, Mutex, OnceLock},
 };
@@ -35,8 +34,9 @@ use crate::{
 /// for each other.
 const SHARDS: usize = 16;
 
-/// Port slot -> its answers.
-type Shard = Mutex<HashMap<u32, Arc<PortAnswers>>>;
+/// Port slot -> its answers. foldhash, not SipHash: the daemon assigns
+/// the slots, a guest cannot choose them, and every request looks one up.
+type Shard = Mutex<foldhash::HashMap<u32, Arc<PortAnswers>>>;
 
 #[derive(Default)]
 pub struct AnswerCache {
