@@ -12,10 +12,11 @@
 //! in one sendmsg, head and body together.
 //!
 //! Everything else goes to hyper with the bytes read so far (in front of
-//! the socket's), and hyper serves the rest of that connection: a request with a body
-//! (the password POST, chunked or not) or `Expect`, an upgrade, HTTP/1.0,
-//! and every head that is malformed, too large or has too many headers, so
-//! hyper stays the one place that answers HTTP's corner cases and errors.
+//! the socket's), and hyper serves the rest of that connection: a request
+//! with a body (the password POST, chunked or not) or `Expect`, an
+//! upgrade, HTTP/1.0, and every head that is malformed, too large or has
+//! too many headers, so hyper stays the one place that answers HTTP's
+//! corner cases and errors.
 //! Firecracker's MMDS makes the same trade with a small HTTP server of its
 //! own; this one is smaller still because it can always hand over.
 use std::{

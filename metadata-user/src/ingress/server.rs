@@ -292,15 +292,15 @@ impl GuestServer {
         else {
             return;
         };
-        // Boxed: hyper's connection is kilobytes, and inline it would make
-        // every connection's task that large, to be moved into place at
-        // each spawn, for the few connections that ever get here.
         self.serve_with_hyper(stream, taken_in, guest, conn, deadline, peer, hyper_watcher)
             .await;
     }
 
     /// The rest of a connection, from a request that is not plain on,
-    /// served by hyper; `taken_in` is what was read of it already.
+    /// served by hyper; `taken_in` is what was read of it already. Boxed:
+    /// hyper's connection is kilobytes, and inline it would make every
+    /// connection's task that large, to be moved into place at each spawn,
+    /// for the few connections that ever get here.
     #[allow(
         clippy::too_many_arguments,
         reason = "the connection's parts, handed on as they are"
