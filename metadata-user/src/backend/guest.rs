@@ -3,6 +3,7 @@
 use std::{
     future::Future,
     net::IpAddr,
+    ops::Range,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -59,6 +60,22 @@ pub const DEFAULT_TTL: u8 = 64;
 pub struct Reply {
     pub response: Response<Full<Bytes>>,
     pub ip_ttl: u8,
+    /// Set when the same request head from the same guest would get this
+    /// answer again for as long as the registry publishes no new snapshot
+    /// (`Registry::generation`): ingress may then keep it encoded and
+    /// answer a repeat of the request with it, without the backend
+    /// (`ingress::answer_replay`). None for anything that depends on more:
+    /// the clock (tokens, the versions listing), a store outside the
+    /// registry (passwords), nova, a watch, the request rate.
+    pub repeat: Option<Repeat>,
+}
+
+/// How a repeat of a request gets this reply again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Repeat {
+    /// The span of the body that is new in every answer (meta_data.json's
+    /// random seed): filled afresh for each repeat.
+    pub seed: Option<Range<usize>>,
 }
 
 impl Reply {
@@ -67,6 +84,7 @@ impl Reply {
         Self {
             response,
             ip_ttl: DEFAULT_TTL,
+            repeat: None,
         }
     }
 }

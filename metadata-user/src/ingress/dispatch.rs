@@ -60,10 +60,32 @@ impl Dispatcher {
                 request.headers(),
             ))),
         };
-        answer.map(move |reply| {
+        answer.map(move |mut reply| {
+            // Every access to a secret leaves an audit record, which only
+            // this path writes: such an answer is never replayed.
+            if record.audited.is_some() {
+                reply.repeat = None;
+            }
             self.record(guest, record, &reply);
             reply
         })
+    }
+
+    /// A request answered again from what ingress kept of its first answer
+    /// (`answer_replay`, a 200 without a token and without a secret): the
+    /// port's rate and the metrics as `dispatch` keeps them, without the
+    /// backend. False when the port is over its rate: the request then goes
+    /// the whole way, for its 429 (a refused check takes nothing).
+    pub fn replay(&self, guest: &Guest, tree: Tree, status: u16) -> bool {
+        let started = Instant::now();
+        if self.requests.check(guest.port.slot, started).is_err() {
+            return false;
+        }
+        self.metrics.record_request(tree, status, started.elapsed());
+        if is_tokenless_use(tree, false, status) {
+            self.metrics.record_tokenless(guest.port.spec.instance);
+        }
+        true
     }
 
     /// What the operator sees of an answered request: metrics, audit log.
@@ -72,9 +94,7 @@ impl Dispatcher {
         let kind = record.kind;
         self.metrics
             .record_request(kind.tree, status, record.started.elapsed());
-        // IMDSv1 use, as AWS's MetadataNoToken counts it: answered without a
-        // token, not refused for the lack of one (401) or for the rate (429).
-        if kind.tree == Tree::Ec2 && !record.has_token && status != 401 && status != 429 {
+        if is_tokenless_use(kind.tree, record.has_token, status) {
             self.metrics.record_tokenless(guest.port.spec.instance);
         }
         if let Some((secret, method, path)) = record.audited {
@@ -84,6 +104,13 @@ impl Dispatcher {
             audit::record(guest, secret, &method, &path, status);
         }
     }
+}
+
+/// IMDSv1 use, as AWS's MetadataNoToken counts it: an EC2 request
+/// answered without a token, not refused for the lack of one (401) or for
+/// the rate (429).
+fn is_tokenless_use(tree: Tree, has_token: bool, status: u16) -> bool {
+    tree == Tree::Ec2 && !has_token && status != 401 && status != 429
 }
 
 /// What is noted of a request before it is answered, for `record`.

@@ -44,6 +44,9 @@ const MAX_HEADERS: usize = 32;
 /// A plain request, taken out of the connection's buffer.
 pub(super) struct PlainRequest {
     pub request: Request<Empty<Bytes>>,
+    /// The head's bytes as they came (the request's parts are slices of
+    /// them).
+    pub head: Bytes,
     /// The guest asked for the connection to end after this answer.
     pub closes: bool,
 }
@@ -134,7 +137,11 @@ pub(super) fn take_head(buffer: &mut BytesMut, max_head: usize) -> Head {
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = map;
-    Head::Plain(PlainRequest { request, closes })
+    Head::Plain(PlainRequest {
+        request,
+        head,
+        closes,
+    })
 }
 
 /// A header a plain request may have: none that announces a body (a
@@ -172,6 +179,9 @@ pub(super) struct Encoded {
     pub body: Bytes,
     /// The answer itself ends the connection (`Connection: close`).
     pub closes: bool,
+    /// Where the Date's value is in `head`, when it is ours (a response
+    /// that brings its own has it as it is).
+    pub date_at: Option<usize>,
 }
 
 /// Writes `response`, the answer to a `method` request, the way hyper
@@ -227,8 +237,10 @@ pub(super) fn encode(
         head.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    let mut date_at = None;
     if !parts.headers.contains_key(DATE) {
         head.extend_from_slice(b"date: ");
+        date_at = Some(head.len());
         http_date(|date| head.extend_from_slice(date));
         head.extend_from_slice(b"\r\n");
     }
@@ -237,6 +249,7 @@ pub(super) fn encode(
         head,
         body: if no_body { Bytes::new() } else { body },
         closes,
+        date_at,
     }
 }
 
@@ -250,14 +263,18 @@ fn full_bytes(mut body: Full<Bytes>) -> Bytes {
     }
 }
 
+/// An HTTP date's length (IMF-fixdate is always 29 bytes).
+pub(super) const HTTP_DATE_LEN: usize = 29;
+
 thread_local! {
     /// The Date header's value for the current second, per thread (as
     /// hyper keeps it): formatted once a second, not once an answer.
-    static DATE_VALUE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    static DATE_VALUE: RefCell<(u64, [u8; HTTP_DATE_LEN])> =
+        const { RefCell::new((u64::MAX, [0; HTTP_DATE_LEN])) };
 }
 
 /// Calls `with` with the current time as an HTTP date (IMF-fixdate).
-fn http_date(with: impl FnOnce(&[u8])) {
+pub(super) fn http_date(with: impl FnOnce(&[u8; HTTP_DATE_LEN])) {
     let now = SystemTime::now();
     let second = now
         .duration_since(UNIX_EPOCH)
@@ -265,7 +282,6 @@ fn http_date(with: impl FnOnce(&[u8])) {
     DATE_VALUE.with_borrow_mut(|(cached_second, value)| {
         if *cached_second != second {
             let formatted = httpdate::fmt_http_date(now);
-            // IMF-fixdate is always 29 bytes.
             if formatted.len() == value.len() {
                 value.copy_from_slice(formatted.as_bytes());
                 *cached_second = second;
@@ -281,11 +297,24 @@ pub(super) async fn write_answer(
     head: &[u8],
     body: &[u8],
 ) -> io::Result<()> {
+    write_parts(stream, [head, body]).await
+}
+
+/// Writes `parts` one after the other, vectored, until all are out.
+pub(super) async fn write_parts<const N: usize>(
+    stream: &mut (impl AsyncWrite + Unpin),
+    parts: [&[u8]; N],
+) -> io::Result<()> {
     use tokio::io::AsyncWriteExt as _;
-    let mut parts = [io::IoSlice::new(head), io::IoSlice::new(body)];
-    // An empty body is no part of its own (advance_slices keeps a
-    // leading empty slice).
-    let mut parts = &mut parts[..if body.is_empty() { 1 } else { 2 }];
+    let mut slices = [io::IoSlice::new(&[]); N];
+    // Empty parts are left out (advance_slices keeps a leading empty
+    // slice).
+    let mut count = 0;
+    for part in parts.into_iter().filter(|part| !part.is_empty()) {
+        slices[count] = io::IoSlice::new(part);
+        count += 1;
+    }
+    let mut parts = &mut slices[..count];
     while !parts.is_empty() {
         let written = stream.write_vectored(parts).await?;
         if written == 0 {
@@ -323,8 +352,17 @@ mod tests {
             "X-aws-ec2-metadata-token: abc\r\nAccept: */*\r\nAccept: text/plain\r\n\r\n",
             "GET /next"
         ));
-        let PlainRequest { request, closes } = plain(&mut buf);
+        let PlainRequest {
+            request,
+            head,
+            closes,
+        } = plain(&mut buf);
         assert!(!closes);
+        assert!(head.starts_with(b"GET /latest/meta-data/?x=1 HTTP/1.1\r\n"));
+        assert!(
+            head.ends_with(b"Accept: text/plain\r\n\r\n"),
+            "the whole head"
+        );
         assert_eq!(request.method(), Method::GET);
         assert_eq!(request.uri().path(), "/latest/meta-data/");
         assert_eq!(request.uri().query(), Some("x=1"));

@@ -13,6 +13,9 @@
 //!   IPv6 (a link-local one names the guest's MAC).
 //! - `guest_http`: a guest connection's plain HTTP/1.1 requests, read
 //!   and answered without hyper; anything else is handed to hyper.
+//! - `answer_replay`: a request head a guest sent before, answered again
+//!   with the bytes its answer went out as, while the registry is
+//!   unchanged.
 //! - `guest_socket`: a guest connection's socket, accepted and served
 //!   without epoll until it has to wait.
 //! - `conn`: what an answer sets on its connection (the IMDSv2 hop limit as
@@ -27,6 +30,7 @@
 //!
 //! Depends on `backend` (who answers) and `state` (which port a slot is);
 //! records into `metrics`.
+mod answer_replay;
 pub mod audit;
 pub mod conn;
 pub mod dispatch;

@@ -29,9 +29,8 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::Full;
 use hyper::{
-    HeaderMap, Method, Request, Response, Version,
+    HeaderMap, Method, Request, Version,
     body::Incoming,
     header::{ACCEPT, CONNECTION, HeaderValue},
     server::conn::http1,
@@ -45,6 +44,7 @@ use tokio::{io::AsyncReadExt as _, sync::watch};
 use tracing::{debug, error, warn};
 
 use super::{
+    answer_replay::{self, Answered, Replay},
     conn::ConnHandle,
     dispatch::Dispatcher,
     guest_http::{self, Head, PlainRequest, has_token},
@@ -53,7 +53,11 @@ use super::{
     limits::{ConnectionLimiter, OverCap},
 };
 use crate::{
-    backend::{Guest, GuestBody, Reply, local::response::ApiError},
+    backend::{
+        Guest, GuestBody, Reply,
+        kind::PathKind,
+        local::{SEED_BASE64_LEN, fill_random_seed, response::ApiError},
+    },
     state::Registry,
 };
 
@@ -324,9 +328,9 @@ impl GuestServer {
             deadline.head_received();
             async move {
                 let closes = closes_after_answer(&request);
-                let response = server.answer(&guest, &conn, peer, request, closes).await;
+                let reply = server.answer(&guest, &conn, peer, request, closes).await;
                 deadline.wait_for_head();
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(reply.response)
             }
         });
         // hyper reads what was taken in first, then the socket.
@@ -367,12 +371,50 @@ impl GuestServer {
         // a new connection's answer is not written through reallocations.
         let mut head = Vec::with_capacity(256);
         loop {
+            // A head this guest sent before, answered as it was then.
+            if let Some(head_len) = answer_replay::head_end(&buffer, MAX_REQUEST_HEAD)
+                && let Some(replay) = answer_replay::lookup(
+                    guest,
+                    &buffer[..head_len],
+                    self.registry.generation(),
+                    &mut head,
+                )
+                // Either refused: the whole way, for its 500 or its 429.
+                && conn.limit_ip_ttl(replay.ip_ttl).is_ok()
+                && self
+                    .dispatcher
+                    .replay(guest, replay.tree, replay.status)
+            {
+                deadline.head_received();
+                bytes::Buf::advance(&mut buffer, head_len);
+                if replay.closes {
+                    conn.send_fin_with_last_answer();
+                }
+                if let Err(err) = write_replay(stream, &head, &replay).await {
+                    debug!(%peer, "connection: {err}");
+                    return None;
+                }
+                if replay.closes || deadline.closing() {
+                    return None;
+                }
+                deadline.wait_for_head();
+                continue;
+            }
             match guest_http::take_head(&mut buffer, MAX_REQUEST_HEAD) {
-                Head::Plain(PlainRequest { request, closes }) => {
+                Head::Plain(PlainRequest {
+                    request,
+                    head: request_head,
+                    closes,
+                }) => {
                     deadline.head_received();
+                    // Read before the answer's snapshot is (`Registry::generation`).
+                    let generation = self.registry.generation();
                     let method = request.method().clone();
-                    let response = self.answer(guest, conn, peer, request, closes).await;
-                    let answer = guest_http::encode(response, &method, head);
+                    let uri = request.uri().clone();
+                    let reply = self.answer(guest, conn, peer, request, closes).await;
+                    let (repeat, ip_ttl, status) =
+                        (reply.repeat, reply.ip_ttl, reply.response.status());
+                    let answer = guest_http::encode(reply.response, &method, head);
                     if answer.closes {
                         conn.send_fin_with_last_answer();
                     }
@@ -381,6 +423,24 @@ impl GuestServer {
                     {
                         debug!(%peer, "connection: {err}");
                         return None;
+                    }
+                    if let (Some(repeat), Some(date_at)) = (repeat, answer.date_at) {
+                        answer_replay::keep(
+                            guest,
+                            Answered {
+                                request: &request_head,
+                                generation,
+                                head: &answer.head,
+                                date_at,
+                                body: &answer.body,
+                                // A HEAD answer has no body to put one in.
+                                seed: repeat.seed.filter(|_| !answer.body.is_empty()),
+                                ip_ttl,
+                                tree: PathKind::of(uri.path()).tree,
+                                status: status.as_u16(),
+                                closes: closes || answer.closes,
+                            },
+                        );
                     }
                     if closes || answer.closes || deadline.closing() {
                         return None;
@@ -416,7 +476,7 @@ impl GuestServer {
         peer: SocketAddr,
         request: Request<B>,
         closes: bool,
-    ) -> Response<Full<Bytes>>
+    ) -> Reply
     where
         B: GuestBody,
     {
@@ -433,9 +493,9 @@ impl GuestServer {
     }
 }
 
-/// The reply's response, sent with the IP TTL it needs: the connection's
-/// TTL is lowered first (and stays lowered, see `ConnHandle::limit_ip_ttl`).
-/// If the kernel refuses the lower TTL the answer is withheld: an IMDSv2
+/// The reply, sent with the IP TTL it needs: the connection's TTL is
+/// lowered first (and stays lowered, see `ConnHandle::limit_ip_ttl`). If
+/// the kernel refuses the lower TTL the answer is withheld: an IMDSv2
 /// token would otherwise leave with the default TTL and reach a container
 /// or a host beyond the hop limit. The guest gets a 500 instead, and the
 /// log says why.
@@ -445,9 +505,9 @@ fn within_hop_limit(
     method: &Method,
     accept: Option<HeaderValue>,
     peer: SocketAddr,
-) -> Response<http_body_util::Full<bytes::Bytes>> {
+) -> Reply {
     match conn.limit_ip_ttl(reply.ip_ttl) {
-        Ok(()) => reply.response,
+        Ok(()) => reply,
         Err(err) => {
             error!(
                 %peer,
@@ -458,8 +518,29 @@ fn within_hop_limit(
             if let Some(accept) = accept {
                 headers.insert(ACCEPT, accept);
             }
-            ApiError::Internal.into_response(method, &headers)
+            Reply::new(ApiError::Internal.into_response(method, &headers))
         }
+    }
+}
+
+/// A kept answer, with a new seed where it has one.
+async fn write_replay(
+    stream: &mut WithDeadline<GuestSocket>,
+    head: &[u8],
+    replay: &Replay,
+) -> io::Result<()> {
+    let body = &replay.body[..];
+    match &replay.seed {
+        Some(seed) => {
+            let mut fresh = [0; SEED_BASE64_LEN];
+            fill_random_seed(&mut fresh);
+            guest_http::write_parts(
+                stream,
+                [head, &body[..seed.start], &fresh, &body[seed.end..]],
+            )
+            .await
+        }
+        None => guest_http::write_answer(stream, head, body).await,
     }
 }
 
@@ -491,17 +572,21 @@ impl Drop for AbortOnDrop {
 mod tests {
     use bytes::Bytes;
     use http_body_util::{BodyExt as _, Full};
-    use hyper::StatusCode;
+    use hyper::{Response, StatusCode};
 
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::ingress::conn::segments_in;
+    use crate::{
+        ingress::{answer_replay::kept_and_replayed, conn::segments_in, ratelimit::RateLimiter},
+        metrics::{Metrics, Tree},
+    };
 
     fn token_reply(ip_ttl: u8) -> Reply {
         Reply {
             response: Response::new(Full::new(Bytes::from_static(b"SECRET-TOKEN"))),
             ip_ttl,
+            repeat: None,
         }
     }
 
@@ -519,7 +604,7 @@ mod tests {
         let conn = ConnHandle::new(reader.as_raw_fd());
         let peer: SocketAddr = "240.1.0.9:40000".parse().unwrap();
 
-        let answer = within_hop_limit(&conn, token_reply(1), &Method::PUT, None, peer);
+        let answer = within_hop_limit(&conn, token_reply(1), &Method::PUT, None, peer).response;
         assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let text = body(answer).await;
         assert!(
@@ -528,7 +613,7 @@ mod tests {
         );
 
         let default = token_reply(crate::backend::guest::DEFAULT_TTL);
-        let answer = within_hop_limit(&conn, default, &Method::GET, None, peer);
+        let answer = within_hop_limit(&conn, default, &Method::GET, None, peer).response;
         assert_eq!(answer.status(), StatusCode::OK);
         assert_eq!(body(answer).await, "SECRET-TOKEN");
     }
@@ -539,7 +624,7 @@ mod tests {
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_side, peer) = listener.accept().unwrap();
         let conn = ConnHandle::new(server_side.as_raw_fd());
-        let answer = within_hop_limit(&conn, token_reply(1), &Method::PUT, None, peer);
+        let answer = within_hop_limit(&conn, token_reply(1), &Method::PUT, None, peer).response;
         assert_eq!(answer.status(), StatusCode::OK);
         assert_eq!(body(answer).await, "SECRET-TOKEN");
     }
@@ -624,17 +709,36 @@ mod tests {
         state: &std::path::Path,
         shutdown: watch::Receiver<bool>,
     ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let server = loopback_server_with(state, shutdown, RateLimiter::new(1e9, u32::MAX));
+        (server.address, server.served)
+    }
+
+    /// What a test sees of a loopback server.
+    struct Loopback {
+        address: SocketAddr,
+        served: tokio::task::JoinHandle<()>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    }
+
+    const INSTANCE: &str = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa";
+
+    /// `loopback_server` with the ports' request rate `requests`.
+    fn loopback_server_with(
+        state: &std::path::Path,
+        shutdown: watch::Receiver<bool>,
+        requests: RateLimiter,
+    ) -> Loopback {
         use crate::{
             backend::{
                 Backend, Responder,
                 local::{ApiConfig, ApiContext},
                 watch::{MAX_WATCHES_PER_PORT, WatchLimiter},
             },
-            ingress::ratelimit::RateLimiter,
-            metrics::{BackendLabel, Metrics},
+            metrics::BackendLabel,
             state::PortAddRequest,
         };
-        let uuid = "aaaaaaaa-1111-4111-8111-aaaaaaaaaaaa";
+        let uuid = INSTANCE;
         let registry = Registry::open(state).unwrap();
         let doc =
             serde_json::json!({"uuid": uuid, "name": "a", "ec2": {"instance_id": "i-0000000a"}});
@@ -649,6 +753,7 @@ mod tests {
             .unwrap();
         let key = registry.secret("imds-token-key").unwrap();
         let api = ApiContext::new(ApiConfig::default(), key, registry.clone());
+        let metrics = Arc::new(Metrics::new(BackendLabel::Local));
         let server = Arc::new(GuestServer {
             flows: Arc::new(OnePort),
             registry: registry.clone(),
@@ -659,14 +764,19 @@ mod tests {
                     watches: WatchLimiter::new(MAX_WATCHES_PER_PORT),
                     shutdown: shutdown.clone(),
                 }),
-                requests: RateLimiter::new(1e9, u32::MAX),
-                metrics: Arc::new(Metrics::new(BackendLabel::Local)),
+                requests,
+                metrics: metrics.clone(),
             }),
             connections: ConnectionLimiter::new(Default::default()),
         });
         let listener = listen(Ipv4Addr::LOCALHOST, 0, 1).unwrap().remove(0);
         let address = listener.local_addr().unwrap();
-        (address, tokio::spawn(server.run(listener, shutdown)))
+        Loopback {
+            address,
+            served: tokio::spawn(server.run(listener, shutdown)),
+            registry,
+            metrics,
+        }
     }
 
     /// One request on a new connection, read until the server closes: the
@@ -851,6 +961,255 @@ mod tests {
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    /// A keep-alive client that reads one answer at a time (framed by its
+    /// Content-Length; none after a HEAD).
+    struct Client {
+        stream: TcpStream,
+        read: Vec<u8>,
+    }
+
+    /// An answer's head (without the date, which moves) and body.
+    #[derive(Debug, PartialEq)]
+    struct Answer {
+        head: String,
+        date: String,
+        body: Vec<u8>,
+    }
+
+    impl Client {
+        async fn connect(server: SocketAddr) -> Self {
+            Self {
+                stream: TcpStream::connect(server).await.unwrap(),
+                read: Vec::new(),
+            }
+        }
+
+        async fn send(&mut self, requests: &str) {
+            use tokio::io::AsyncWriteExt as _;
+            self.stream.write_all(requests.as_bytes()).await.unwrap();
+        }
+
+        async fn answer(&mut self, to_head: bool) -> Answer {
+            use tokio::io::AsyncReadExt as _;
+            loop {
+                if let Some(end) = answer_replay::head_end(&self.read, usize::MAX) {
+                    let head = String::from_utf8(self.read[..end].to_vec()).unwrap();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length: "))
+                        .map_or(0, |value| value.parse().unwrap());
+                    let length = if to_head { 0 } else { length };
+                    if self.read.len() >= end + length {
+                        let body = self.read[end..end + length].to_vec();
+                        self.read.drain(..end + length);
+                        let (date, head): (Vec<&str>, Vec<&str>) =
+                            head.lines().partition(|line| line.starts_with("date: "));
+                        return Answer {
+                            head: head.join("\n"),
+                            date: date.concat(),
+                            body,
+                        };
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                    .await
+                    .expect("an answer in time")
+                    .unwrap();
+                assert!(
+                    n > 0,
+                    "closed before the answer: {:?}",
+                    String::from_utf8_lossy(&self.read)
+                );
+                self.read.extend_from_slice(&chunk[..n]);
+            }
+        }
+
+        async fn ask(&mut self, request: &str) -> Answer {
+            self.send(request).await;
+            self.answer(request.starts_with("HEAD ")).await
+        }
+    }
+
+    fn json(answer: &Answer) -> serde_json::Value {
+        serde_json::from_slice(&answer.body).unwrap()
+    }
+
+    const META_DATA: &str = "GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    /// A request head sent again gets the answer kept from the first time
+    /// (`answer_replay`): the same head and body but for a new seed and
+    /// the current date, counted like any other request. `instance put`
+    /// takes effect on the next request, as without it.
+    #[tokio::test]
+    async fn a_repeated_request_gets_its_kept_answer_until_the_instance_changes() {
+        let state = tempfile::tempdir().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let server = loopback_server_with(state.path(), shutdown, RateLimiter::new(1e9, u32::MAX));
+        let mut client = Client::connect(server.address).await;
+
+        let first = client.ask(META_DATA).await;
+        assert!(first.head.starts_with("HTTP/1.1 200 OK"), "{first:?}");
+        assert_eq!(kept_and_replayed(), (1, 0));
+        let second = client.ask(META_DATA).await;
+        let third = client.ask(META_DATA).await;
+        assert_eq!(kept_and_replayed(), (1, 2), "the repeats were replayed");
+        assert_eq!(second.head, first.head);
+        assert_eq!(third.head, first.head);
+        assert!(httpdate::parse_http_date(third.date.trim_start_matches("date: ")).is_ok());
+        let seeds: Vec<serde_json::Value> = [&first, &second, &third]
+            .into_iter()
+            .map(|answer| {
+                let mut document = json(answer);
+                let seed = document["random_seed"].take();
+                assert_eq!(document, {
+                    let mut d = json(&first);
+                    d["random_seed"].take();
+                    d
+                });
+                seed
+            })
+            .collect();
+        assert_eq!(seeds[0].as_str().unwrap().len(), 684);
+        assert_ne!(seeds[0], seeds[1]);
+        assert_ne!(seeds[1], seeds[2]);
+        assert_eq!(server.metrics.requests.get(Tree::OpenStack, 200), 3);
+
+        let renamed = serde_json::json!({"uuid": INSTANCE, "name": "renamed"});
+        server
+            .registry
+            .put_instance(renamed.to_string().as_bytes())
+            .unwrap();
+        let fourth = client.ask(META_DATA).await;
+        assert_eq!(json(&fourth)["name"], "renamed");
+        assert_eq!(kept_and_replayed(), (1, 2), "the change was a miss");
+        let fifth = client.ask(META_DATA).await;
+        assert_eq!(json(&fifth)["name"], "renamed");
+        assert_eq!(kept_and_replayed(), (1, 3), "and is kept in turn");
+
+        stop.send(true).unwrap();
+        server.served.await.unwrap();
+    }
+
+    /// A replayed request takes from the port's rate like any other; once
+    /// it is spent, the repeat goes the whole way and gets its 429.
+    #[tokio::test]
+    async fn a_repeat_is_held_to_the_ports_rate() {
+        let state = tempfile::tempdir().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let server = loopback_server_with(state.path(), shutdown, RateLimiter::new(0.01, 2));
+        let mut client = Client::connect(server.address).await;
+        let request = "GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n";
+        assert!(client.ask(request).await.head.starts_with("HTTP/1.1 200 "));
+        assert!(client.ask(request).await.head.starts_with("HTTP/1.1 200 "));
+        assert_eq!(kept_and_replayed(), (1, 1));
+        // Found kept, refused by the rate, and answered the whole way.
+        let refused = client.ask(request).await;
+        assert!(refused.head.starts_with("HTTP/1.1 429 "), "{refused:?}");
+        assert_eq!(kept_and_replayed(), (1, 2));
+        assert_eq!(server.metrics.requests.get(Tree::Ec2, 200), 2);
+        assert_eq!(server.metrics.requests.get(Tree::Ec2, 429), 1);
+
+        stop.send(true).unwrap();
+        server.served.await.unwrap();
+    }
+
+    /// Nothing whose answer depends on more than the request, the port and
+    /// the instance document is kept: user data (every read is audited), a
+    /// token and a request with one, a watch, an error, the versions
+    /// listing (it follows the clock). Each is answered the whole way, every
+    /// time.
+    #[tokio::test]
+    async fn what_depends_on_more_than_the_document_is_never_kept() {
+        let state = tempfile::tempdir().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let server = loopback_server_with(state.path(), shutdown, RateLimiter::new(1e9, u32::MAX));
+        let with_user_data =
+            serde_json::json!({"uuid": INSTANCE, "name": "a", "user_data": "aGVsbG8="});
+        server
+            .registry
+            .put_instance(with_user_data.to_string().as_bytes())
+            .unwrap();
+        let mut client = Client::connect(server.address).await;
+        let token = client
+            .ask("PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n")
+            .await;
+        assert!(token.head.starts_with("HTTP/1.1 200 "), "{token:?}");
+        let token = String::from_utf8(token.body).unwrap();
+        let with_token = format!(
+            "GET /latest/meta-data/instance-id HTTP/1.1\r\nX-aws-ec2-metadata-token: {token}\r\n\r\n"
+        );
+        let etag = client.ask(META_DATA).await;
+        let watch = "GET /openstack/latest/meta_data.json?wait_for_change=true&last_etag=other HTTP/1.1\r\n\r\n";
+        let kept_before = kept_and_replayed();
+        for request in [
+            "GET /openstack/latest/user_data HTTP/1.1\r\n\r\n",
+            "GET /latest/user-data HTTP/1.1\r\n\r\n",
+            with_token.as_str(),
+            watch,
+            "GET /latest/meta-data/nothing-here HTTP/1.1\r\n\r\n",
+            "GET /openstack HTTP/1.1\r\n\r\n",
+        ] {
+            for _ in 0..2 {
+                let answer = client.ask(request).await;
+                assert!(!answer.head.is_empty(), "{request}");
+            }
+        }
+        assert_eq!(kept_and_replayed(), kept_before, "none kept, none replayed");
+        assert!(etag.head.contains("etag: "));
+        let user_data = client.ask("GET /latest/user-data HTTP/1.1\r\n\r\n").await;
+        assert_eq!(user_data.body, b"hello");
+
+        stop.send(true).unwrap();
+        server.served.await.unwrap();
+    }
+
+    /// Repeats sent together are answered in order; a HEAD's repeat has no
+    /// body; a repeat that asks to close gets its answer and the close,
+    /// on a new connection as on the first.
+    #[tokio::test]
+    async fn pipelined_head_and_closing_repeats() {
+        let state = tempfile::tempdir().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let server = loopback_server_with(state.path(), shutdown, RateLimiter::new(1e9, u32::MAX));
+        let get = "GET /latest/meta-data/instance-id HTTP/1.1\r\n\r\n";
+        let head = "HEAD /latest/meta-data/instance-id HTTP/1.1\r\n\r\n";
+        let mut client = Client::connect(server.address).await;
+        client.send(&format!("{get}{head}{get}{head}{get}")).await;
+        for to_head in [false, true, false, true, false] {
+            let answer = client.answer(to_head).await;
+            assert!(answer.head.contains("content-length: 10"), "{answer:?}");
+            if !to_head {
+                assert_eq!(answer.body, b"i-0000000a");
+            }
+        }
+        assert_eq!(kept_and_replayed(), (2, 3));
+        // Kept on this thread whichever connection asks.
+        let mut other = Client::connect(server.address).await;
+        other.send(&format!("{head}{head}")).await;
+        for _ in 0..2 {
+            let answer = other.answer(true).await;
+            assert!(answer.head.contains("content-length: 10"), "{answer:?}");
+        }
+        assert!(other.read.is_empty(), "a body after a HEAD");
+        assert_eq!(kept_and_replayed(), (2, 5));
+
+        let closing = "GET /latest/meta-data/instance-id HTTP/1.1\r\nConnection: close\r\n\r\n";
+        for replayed in [5, 6] {
+            let wire = exchange(server.address, &format!("{closing}{get}")).await;
+            assert_eq!(
+                wire.matches("HTTP/1.1 200 OK").count(),
+                1,
+                "closed after it: {wire}"
+            );
+            assert!(wire.ends_with("i-0000000a"), "{wire}");
+            assert_eq!(kept_and_replayed().1, replayed);
+        }
+
+        stop.send(true).unwrap();
+        server.served.await.unwrap();
     }
 
     /// Not a test: a fixed load for an instruction count of the server

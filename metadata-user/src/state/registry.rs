@@ -240,6 +240,8 @@ pub struct Registry {
     max_slot: u32,
     /// See [`Registry::manual_changes`].
     manual_changes: watch::Sender<u64>,
+    /// See [`Registry::generation`].
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -290,11 +292,21 @@ impl Registry {
             secrets: Mutex::new(HashMap::new()),
             max_slot,
             manual_changes: watch::Sender::new(0),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// Moves on every snapshot published, after it is published: a number
+    /// read before a snapshot that is still the current one afterwards says
+    /// that snapshot is still current (ingress's kept answers are checked
+    /// this way; one atomic load, where `snapshot` takes a lock and counts
+    /// a reference).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// For whoever reacts to changes (the datapath attaching new ports).
@@ -682,6 +694,7 @@ impl Registry {
         // Where the next slot is looked for, whichever path allocated last.
         next.last_slot = self.last_slot.load(Ordering::Relaxed);
         self.snapshot.send_replace(Arc::new(next));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 

@@ -50,6 +50,8 @@ pub mod token;
 mod view;
 pub mod watch;
 
+pub use rendered::{SEED_BASE64_LEN, fill_random_seed};
+
 #[cfg(test)]
 mod tests;
 
@@ -69,7 +71,7 @@ use hyper::{
 
 use crate::{
     backend::{
-        guest::{Answer, Guest, Reply},
+        guest::{Answer, Guest, Repeat, Reply},
         identity::Identity,
     },
     state::instance::{InstanceDoc, TokenMode},
@@ -252,6 +254,18 @@ fn is_read(method: &Method) -> bool {
     *method == Method::GET || *method == Method::HEAD
 }
 
+/// A document answer that a repeat of the request gets again, with a new
+/// seed (`Reply::repeat`): for a request that sent no token, since a
+/// token's check depends on the clock.
+fn repeatable_reply(document: Document, parts: &Parts) -> Reply {
+    let seed = document.volatile.clone();
+    let mut reply = document_reply(document, &parts.method);
+    if !parts.headers.contains_key(&token::TOKEN_HEADER) {
+        reply.repeat = Some(Repeat { seed });
+    }
+    reply
+}
+
 /// Answers a GET or HEAD from its request head alone: what a watch renders
 /// again when the instance changes.
 pub fn answer_read(
@@ -271,7 +285,11 @@ pub fn answer_read(
         },
         None => Err(ApiError::NotFound),
     };
-    finish(reply, instance.map(Arc::as_ref), parts)
+    let mut reply = finish(reply, instance.map(Arc::as_ref), parts);
+    // A watch's answer: a repeat of its request is held again, not
+    // answered with this.
+    reply.repeat = None;
+    reply
 }
 
 const ALLOW_READ: &str = "GET, HEAD";
@@ -293,9 +311,12 @@ fn answer<B>(
         }
         Route::Ec2(segments) => {
             check_session(ctx, &view, &parts.headers, view.token_mode())?;
-            let document = ec2_document(ctx, &view, doc, &segments)?;
+            let (document, kept) = ec2_document(ctx, &view, doc, &segments)?;
             require_read(method, ALLOW_READ)?;
-            Ok(Step::Done(document_reply(document, method)))
+            Ok(Step::Done(match kept {
+                Kept::Yes => repeatable_reply(document, parts),
+                Kept::No => document_reply(document, method),
+            }))
         }
         Route::OpenStack(segments) if segments == ["identity"] => {
             // A credential like the EC2 tree's: the same IMDSv2 rules.
@@ -337,7 +358,7 @@ fn answer_openstack<B>(
                 openstack::render(view, version, file, answers.user_data())
             })?;
             require_read(method, ALLOW_READ)?;
-            document_reply(rendered.document(), method)
+            repeatable_reply(rendered.document(), parts)
         }
         Resource::Password => {
             let store = ctx.passwords.as_ref();
@@ -373,6 +394,15 @@ where
     Ok(document_reply(document, &parts.method))
 }
 
+/// Whether a document comes from the instance document and the port alone
+/// (see `Reply::repeat`).
+enum Kept {
+    Yes,
+    /// The signed identity, whose signature and key the registry does not
+    /// hold: left out rather than reasoned about.
+    No,
+}
+
 /// A GET on the EC2 tree (any method: the caller checks it afterwards, as
 /// nova looks the path up first).
 fn ec2_document(
@@ -380,23 +410,24 @@ fn ec2_document(
     view: &InstanceView<'_>,
     doc: &Arc<InstanceDoc>,
     segments: &[String],
-) -> Result<Document, ApiError> {
-    match ec2::resolve(segments)? {
-        ec2::Resource::Versions => Ok(Document::text(ec2::versions_listing())),
-        ec2::Resource::Version => Ok(ec2::version_listing(view)),
-        ec2::Resource::Dynamic(version, rest) => identity::lookup(ctx, view, version, rest),
+) -> Result<(Document, Kept), ApiError> {
+    let document = match ec2::resolve(segments)? {
+        ec2::Resource::Versions => Document::text(ec2::versions_listing()),
+        ec2::Resource::Version => ec2::version_listing(view),
+        ec2::Resource::Dynamic(version, rest) => {
+            return Ok((identity::lookup(ctx, view, version, rest)?, Kept::No));
+        }
         ec2::Resource::MetaData(version, path) => {
             let answers = ctx.answers.for_guest(view.guest, doc);
             let tree = answers.ec2_tree(version, || ec2::meta_data(view, version));
-            ec2::meta_data_node(tree, path)
+            ec2::meta_data_node(tree, path)?
         }
         ec2::Resource::UserData => {
             let answers = ctx.answers.for_guest(view.guest, doc);
-            Ok(Document::text(
-                answers.user_data().ok_or(ApiError::NotFound)?.clone(),
-            ))
+            Document::text(answers.user_data().ok_or(ApiError::NotFound)?.clone())
         }
-    }
+    };
+    Ok((document, Kept::Yes))
 }
 
 fn require_read(method: &Method, allow: &'static str) -> Result<(), ApiError> {
@@ -441,6 +472,7 @@ fn issue_token(
     Ok(Reply {
         response,
         ip_ttl: view.hop_limit(),
+        repeat: None,
     })
 }
 

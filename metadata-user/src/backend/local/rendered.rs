@@ -11,7 +11,7 @@ use crate::backend::watch::ETag;
 /// Random bytes in each `random_seed` (nova: `os.urandom(512)`).
 const SEED_BYTES: usize = 512;
 /// Their length in base64.
-const SEED_BASE64_LEN: usize = SEED_BYTES.div_ceil(3) * 4;
+pub const SEED_BASE64_LEN: usize = SEED_BYTES.div_ceil(3) * 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rendered {
@@ -79,17 +79,27 @@ impl Rendered {
     }
 }
 
-/// 512 random bytes from the thread's CSPRNG (ChaCha12, seeded and
-/// reseeded from the OS every 64 KiB), base64, appended to `out`.
+/// A new seed appended to `out`.
 fn append_random_seed(out: &mut BytesMut) {
-    let mut seed = [0u8; SEED_BYTES];
-    rand::rng().fill_bytes(&mut seed);
     let start = out.len();
     out.resize(start + SEED_BASE64_LEN, 0);
+    let seed: &mut [u8; SEED_BASE64_LEN] = (&mut out[start..])
+        .try_into()
+        .expect("resized to the seed's length");
+    fill_random_seed(seed);
+}
+
+/// 512 random bytes from the thread's CSPRNG (ChaCha12, seeded and
+/// reseeded from the OS every 64 KiB), base64, written over `out`: a
+/// seed as every meta_data.json answer gets one (also a replayed answer's,
+/// `ingress::answer_replay`).
+pub fn fill_random_seed(out: &mut [u8; SEED_BASE64_LEN]) {
+    let mut seed = [0u8; SEED_BYTES];
+    rand::rng().fill_bytes(&mut seed);
     // Vectorized (AVX2 where the CPU has it): the scalar engine of the
     // `base64` crate was 2.7% of the daemon's CPU with keep-alive.
     let written = base64_simd::STANDARD
-        .encode(&seed, base64_simd::Out::from_slice(&mut out[start..]))
+        .encode(&seed, base64_simd::Out::from_slice(out))
         .len();
     debug_assert_eq!(written, SEED_BASE64_LEN);
 }
