@@ -311,11 +311,11 @@ fn answer<B>(
         }
         Route::Ec2(segments) => {
             check_session(ctx, &view, &parts.headers, view.token_mode())?;
-            let (document, kept) = ec2_document(ctx, &view, doc, &segments)?;
+            let (document, repeatable) = ec2_document(ctx, &view, doc, &segments)?;
             require_read(method, ALLOW_READ)?;
-            Ok(Step::Done(match kept {
-                Kept::Yes => repeatable_reply(document, parts),
-                Kept::No => document_reply(document, method),
+            Ok(Step::Done(match repeatable {
+                Repeatable::Yes => repeatable_reply(document, parts),
+                Repeatable::No => document_reply(document, method),
             }))
         }
         Route::OpenStack(segments) if segments == ["identity"] => {
@@ -394,9 +394,9 @@ where
     Ok(document_reply(document, &parts.method))
 }
 
-/// Whether a document comes from the instance document and the port alone
-/// (see `Reply::repeat`).
-enum Kept {
+/// Whether a document comes from the instance document and the port alone,
+/// so that a repeat of its request may get it again (`Reply::repeat`).
+enum Repeatable {
     Yes,
     /// The signed identity, whose signature and key the registry does not
     /// hold: left out rather than reasoned about.
@@ -410,12 +410,12 @@ fn ec2_document(
     view: &InstanceView<'_>,
     doc: &Arc<InstanceDoc>,
     segments: &[String],
-) -> Result<(Document, Kept), ApiError> {
+) -> Result<(Document, Repeatable), ApiError> {
     let document = match ec2::resolve(segments)? {
         ec2::Resource::Versions => Document::text(ec2::versions_listing()),
         ec2::Resource::Version => ec2::version_listing(view),
         ec2::Resource::Dynamic(version, rest) => {
-            return Ok((identity::lookup(ctx, view, version, rest)?, Kept::No));
+            return Ok((identity::lookup(ctx, view, version, rest)?, Repeatable::No));
         }
         ec2::Resource::MetaData(version, path) => {
             let answers = ctx.answers.for_guest(view.guest, doc);
@@ -427,7 +427,7 @@ fn ec2_document(
             Document::text(answers.user_data().ok_or(ApiError::NotFound)?.clone())
         }
     };
-    Ok((document, Kept::Yes))
+    Ok((document, Repeatable::Yes))
 }
 
 fn require_read(method: &Method, allow: &'static str) -> Result<(), ApiError> {
