@@ -1,9 +1,8 @@
 //! A request head a guest has sent before, answered again with the bytes
 //! its answer went out as, without the backend.
 //!
-//! Guests repeat themselves: an agent polls the same path, a boot crawls
-//! the files the last boot crawled, every connection of a polling client
-//! sends the same head. What the local store answers from the instance
+//! Guests repeat themselves: an agent polls the same path, and a client
+//! that opens a connection per request sends the same head on each. What the local store answers from the instance
 //! document and the port alone (`Reply::repeat`) is kept here as it was
 //! encoded, under the exact bytes of the request head, the port and the
 //! guest's address, with the registry's generation it was answered under:
