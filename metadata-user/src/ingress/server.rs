@@ -1111,6 +1111,15 @@ mod tests {
         assert_eq!(kept_and_replayed(), (1, 2));
         assert_eq!(server.metrics.requests.get(Tree::Ec2, 200), 2);
         assert_eq!(server.metrics.requests.get(Tree::Ec2, 429), 1);
+        // IMDSv1 use: both answers, the replayed one too; not the 429.
+        let instance = INSTANCE.parse().unwrap();
+        assert_eq!(
+            server
+                .metrics
+                .tokenless
+                .retain_and_read(&[instance].into_iter().collect()),
+            [(instance, 2)]
+        );
 
         stop.send(true).unwrap();
         server.served.await.unwrap();
