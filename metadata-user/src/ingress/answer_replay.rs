@@ -60,7 +60,9 @@ pub(super) fn head_end(buffer: &[u8], max_head: usize) -> Option<usize> {
     BLANK_LINE.find(searched).map(|at| at + 4)
 }
 
-/// An answer to send again.
+/// An answer to send again: its body and what goes with it (the head
+/// is kept apart, to get the current Date).
+#[derive(Clone)]
 pub(super) struct Replay {
     pub body: Bytes,
     /// The span of `body` to fill with a new seed.
@@ -84,12 +86,7 @@ struct Kept {
     /// The answer's head, with the Date of its first sending at `date_at`.
     head: Box<[u8]>,
     date_at: usize,
-    body: Bytes,
-    seed: Option<Range<usize>>,
-    ip_ttl: u8,
-    tree: Tree,
-    status: u16,
-    closes: bool,
+    replay: Replay,
 }
 
 impl Kept {
@@ -141,14 +138,7 @@ pub(super) fn lookup(
         http_date(|date| {
             head[entry.date_at..entry.date_at + HTTP_DATE_LEN].copy_from_slice(date);
         });
-        Some(Replay {
-            body: entry.body.clone(),
-            seed: entry.seed.clone(),
-            ip_ttl: entry.ip_ttl,
-            tree: entry.tree,
-            status: entry.status,
-            closes: entry.closes,
-        })
+        Some(entry.replay.clone())
     })
 }
 
@@ -161,12 +151,7 @@ pub(super) struct Answered<'a> {
     pub head: &'a [u8],
     /// Where the Date's value is in `head`.
     pub date_at: usize,
-    pub body: &'a Bytes,
-    pub seed: Option<Range<usize>>,
-    pub ip_ttl: u8,
-    pub tree: Tree,
-    pub status: u16,
-    pub closes: bool,
+    pub replay: Replay,
 }
 
 /// Keeps `answered` for repeats of its request from `guest`, when its
@@ -178,8 +163,9 @@ pub(super) fn keep(guest: &Guest, answered: Answered<'_>) {
     {
         return;
     }
-    if let Some(seed) = &answered.seed
-        && (seed.end > answered.body.len() || seed.len() != crate::backend::local::SEED_BASE64_LEN)
+    if let Some(seed) = &answered.replay.seed
+        && (seed.end > answered.replay.body.len()
+            || seed.len() != crate::backend::local::SEED_BASE64_LEN)
     {
         return;
     }
@@ -197,12 +183,7 @@ pub(super) fn keep(guest: &Guest, answered: Answered<'_>) {
                 generation: answered.generation,
                 head: answered.head.into(),
                 date_at: answered.date_at,
-                body: answered.body.clone(),
-                seed: answered.seed,
-                ip_ttl: answered.ip_ttl,
-                tree: answered.tree,
-                status: answered.status,
-                closes: answered.closes,
+                replay: answered.replay,
             },
         );
     });
@@ -256,12 +237,14 @@ mod tests {
                 generation,
                 head: ANSWER_HEAD,
                 date_at: "HTTP/1.1 200 OK\r\ndate: ".len(),
-                body,
-                seed: None,
-                ip_ttl: 64,
-                tree: Tree::Ec2,
-                status: 200,
-                closes: false,
+                replay: Replay {
+                    body: body.clone(),
+                    seed: None,
+                    ip_ttl: 64,
+                    tree: Tree::Ec2,
+                    status: 200,
+                    closes: false,
+                },
             },
         );
     }
@@ -344,12 +327,14 @@ mod tests {
                 generation: 1,
                 head: ANSWER_HEAD,
                 date_at: 23,
-                body: &body,
-                seed: Some(0..crate::backend::local::SEED_BASE64_LEN),
-                ip_ttl: 64,
-                tree: Tree::OpenStack,
-                status: 200,
-                closes: false,
+                replay: Replay {
+                    body,
+                    seed: Some(0..crate::backend::local::SEED_BASE64_LEN),
+                    ip_ttl: 64,
+                    tree: Tree::OpenStack,
+                    status: 200,
+                    closes: false,
+                },
             },
         );
         assert_eq!(kept_and_replayed().0, 0);
